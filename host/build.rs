@@ -1,0 +1,69 @@
+//! Builds the default policy (`policy-guest`) as a `wasm32-wasip2` component and
+//! hands its path to the crate as `ATTRELAY_DEFAULT_POLICY`, so that the relay
+//! embeds it and `cargo run` works on a fresh clone with no manual step.
+//!
+//! The nested cargo gets its own target directory: sharing ours would wait
+//! forever on the build lock the outer cargo holds.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().expect("host/ sits in the workspace").to_path_buf();
+    let guest = root.join("policy-guest");
+    for p in ["src", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", guest.join(p).display());
+    }
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+
+    // One guest build shared by every profile of the host (debug, release, clippy).
+    let target_root = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target_dir = target_root.join("policy-guest");
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--locked", "-p", "attrelay-policy", "--lib"])
+        // Small and fast: no debug info in the embedded component.
+        .args(["--config", "profile.release.debug=false", "--config", "profile.release.strip=true"])
+        .args(["--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    // The outer build's settings are not meant for the guest: a clippy or
+    // coverage wrapper, host RUSTFLAGS, or a profile forced by environment.
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, _) in env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if k.starts_with("CARGO_PROFILE_") || k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let status = cmd.status().expect("could not run cargo to build the policy guest");
+    if !status.success() {
+        panic!(
+            "building the default policy component failed ({status}); is the wasm32-wasip2 target installed? \
+             (`rustup target add wasm32-wasip2`; rust-toolchain.toml requests it)"
+        );
+    }
+    let wasm = target_dir.join("wasm32-wasip2/release/attrelay_policy.wasm");
+    assert!(wasm.exists(), "expected the component at {}", wasm.display());
+    println!("cargo:rustc-env=ATTRELAY_DEFAULT_POLICY={}", wasm.display());
+}

@@ -1,0 +1,182 @@
+//! `attrelay check`: runs exactly what the relay runs for one session (the same
+//! configuration, directory, certificate verification and policy component)
+//! and reports, per recipient, the reply, the tenant and why.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use attrelay_policy::model::{Action, SessionFacts, TlsFacts, Verdict};
+use serde::Serialize;
+
+use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config, session_time};
+use crate::directory::Directory;
+use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
+use crate::tls::client_cert::{TrustAnchors, inspect_chain, unix_time};
+use crate::tls::pem::read_certificates;
+
+/// The TLS version and cipher `check` assumes for a session with `--cert` or
+/// `--tls` (the relay negotiates TLS 1.3 with every modern client).
+pub const ASSUMED_TLS_PROTOCOL: &str = "TLSv1.3";
+pub const ASSUMED_TLS_CIPHER: &str = "TLS_AES_256_GCM_SHA384";
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckArgs {
+    pub config: Option<PathBuf>,
+    pub ip: String,
+    pub cert: Option<PathBuf>,
+    pub tls: bool,
+    pub helo: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub at: Option<String>,
+    pub policy: Option<PathBuf>,
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: String,
+    pub text: String,
+    pub tenant: Option<String>,
+    pub reason: Option<String>,
+    pub explanation: Vec<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl From<Verdict> for Reply {
+    fn from(v: Verdict) -> Self {
+        Reply {
+            code: v.code,
+            enhanced: v.enhanced,
+            text: v.text,
+            tenant: v.tenant,
+            reason: v.reason,
+            explanation: v.explanation,
+            headers: v.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecipientReport {
+    pub rcpt: String,
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub policy: String,
+    pub mail_from: Reply,
+    pub recipients: Vec<RecipientReport>,
+}
+
+/// Strips one pair of angle brackets, so that `<john@contoso.com>` and `<>` work too.
+fn bare_address(a: &str) -> String {
+    let t = a.trim();
+    t.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(t).to_string()
+}
+
+/// Runs the check and returns the report (no printing).
+pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
+    if args.to.is_empty() {
+        return Err(UsageError("give at least one --to recipient".into()));
+    }
+    let config = load_config(args.config.as_deref())?;
+    let ip: IpAddr = args
+        .ip
+        .trim()
+        .parse()
+        .map_err(|_| UsageError(format!("--ip: '{}' is not an IPv4 or IPv6 address", args.ip)))?;
+    let time = session_time(args.at.as_deref())?;
+    let anchors = TrustAnchors::load(&config.server.client_ca).map_err(UsageError::new)?;
+    let tls = match &args.cert {
+        Some(path) => {
+            let chain = read_certificates(path).map_err(UsageError::new)?;
+            let cert = inspect_chain(&chain, &anchors, unix_time(time))
+                .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+            Some(TlsFacts {
+                protocol: ASSUMED_TLS_PROTOCOL.into(),
+                cipher: ASSUMED_TLS_CIPHER.into(),
+                client_certificate: Some(cert),
+            })
+        }
+        None if args.tls => Some(TlsFacts {
+            protocol: ASSUMED_TLS_PROTOCOL.into(),
+            cipher: ASSUMED_TLS_CIPHER.into(),
+            client_certificate: None,
+        }),
+        None => None,
+    };
+    let facts = SessionFacts {
+        client_ip: ip,
+        helo: args.helo.clone().unwrap_or_else(|| format!("[{ip}]")),
+        server_hostname: config.server.hostname.clone(),
+        time,
+        tls,
+    };
+    let source = match &args.policy {
+        Some(p) => PolicySource::File(p.clone()),
+        None => PolicySource::from_option(config.policy.component.as_deref()),
+    };
+    let engine = PolicyEngine::new(EngineLimits { max_instances: 4, ..EngineLimits::from(&config.policy) })
+        .map_err(UsageError::new)?;
+    let policy = engine.load(&source, &config.policy.settings).map_err(UsageError::new)?;
+    let directory = Arc::new(Directory::from_config(&config));
+    let mut session = policy.open_session(directory, &facts);
+
+    let sender = bare_address(&args.from);
+    let mail = session.mail_from(&sender);
+    let mail_ok = mail.action == Action::Accept;
+    let recipients = args
+        .to
+        .iter()
+        .map(|to| {
+            let rcpt = bare_address(to);
+            // As on the wire: a refused MAIL FROM leaves no transaction for RCPT TO.
+            let v = if mail_ok { session.rcpt_to(&rcpt) } else { mail.clone() };
+            RecipientReport { rcpt, reply: v.into() }
+        })
+        .collect();
+    Ok(CheckReport { policy: policy.origin().to_string(), mail_from: mail.into(), recipients })
+}
+
+/// Whether every recipient was accepted.
+pub fn all_accepted(r: &CheckReport) -> bool {
+    r.recipients.iter().all(|x| (200..300).contains(&x.reply.code))
+}
+
+/// Prints the report and returns the exit status.
+pub fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<u8, UsageError> {
+    let report = run_check(args)?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report).map_err(UsageError::new)?;
+        writeln!(out).map_err(UsageError::new)?;
+    } else {
+        write_text(&report, &bare_address(&args.from), out).map_err(UsageError::new)?;
+    }
+    Ok(if all_accepted(&report) { EXIT_OK } else { EXIT_REFUSED })
+}
+
+fn write_text(r: &CheckReport, sender: &str, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "policy: {}", r.policy)?;
+    writeln!(out, "MAIL FROM:<{sender}>")?;
+    writeln!(out, "  {} {} {}", r.mail_from.code, r.mail_from.enhanced, r.mail_from.text)?;
+    for x in &r.recipients {
+        writeln!(out, "RCPT TO:<{}>", x.rcpt)?;
+        writeln!(out, "  {} {} {}", x.reply.code, x.reply.enhanced, x.reply.text)?;
+        writeln!(out, "  tenant: {}", x.reply.tenant.as_deref().unwrap_or("(none)"))?;
+        writeln!(out, "  reason: {}", x.reply.reason.as_deref().unwrap_or("(none)"))?;
+        for (name, value) in &x.reply.headers {
+            writeln!(out, "  header: {name}: {value}")?;
+        }
+        writeln!(out, "  why:")?;
+        for line in &x.reply.explanation {
+            writeln!(out, "    - {line}")?;
+        }
+    }
+    Ok(())
+}

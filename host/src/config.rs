@@ -1,0 +1,611 @@
+//! The relay's configuration file (TOML), its validation and its warnings.
+//!
+//! Every error names the file, the line and column, and the key, because an
+//! operator editing a directory of thousands of tenants needs to find the one
+//! bad entry without guessing. Validation is strict: unknown keys, malformed
+//! addresses and ambiguous ownership are errors, not silent defaults.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use attrelay_policy::certname;
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error with its location.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, 0 when the error has no position (an unreadable file).
+    pub line: usize,
+    pub column: usize,
+    /// The key in dotted form (`tenant[0].connector[1].sender_ip_addresses[2]`).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+/// A configuration warning (the configuration is usable, but probably not what
+/// the operator meant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: {}", self.line, self.key, self.message)
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    hostname: Option<Spanned<String>>,
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    client_ca: Vec<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    component: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    settings: BTreeMap<String, Spanned<toml::Value>>,
+    timeout_ms: Option<Spanned<u64>>,
+    memory_limit_mib: Option<Spanned<u64>>,
+    max_instances: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: Spanned<String>,
+    #[serde(default)]
+    accepted_domains: Vec<Spanned<String>>,
+    #[serde(default, rename = "connector")]
+    connectors: Vec<RawConnector>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectorType {
+    OnPremises,
+    Partner,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnector {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: ConnectorType,
+    #[serde(default)]
+    sender_ip_addresses: Vec<Spanned<String>>,
+    tls_sender_certificate_name: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    sender_domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    recipient_domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    restrict_domains_to_ip_addresses: bool,
+    #[serde(default)]
+    restrict_domains_to_certificate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub hostname: String,
+    pub listen: Vec<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Trust anchors for client certificates, resolved against the config's directory.
+    pub client_ca: Vec<PathBuf>,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// `None`: the embedded default policy.
+    pub component: Option<PathBuf>,
+    /// Settings handed to the policy's `configure`, as strings.
+    pub settings: Vec<(String, String)>,
+    /// The time budget of one policy call.
+    pub timeout: Duration,
+    /// The memory budget of one policy instance.
+    pub memory_limit: usize,
+    /// How many policy instances (SMTP sessions being judged) may exist at once.
+    pub max_instances: u32,
+    /// Line of each setting key, to point at it when the policy refuses it.
+    pub setting_lines: HashMap<String, usize>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            component: None,
+            settings: Vec::new(),
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            memory_limit: (DEFAULT_MEMORY_MIB * 1024 * 1024) as usize,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            setting_lines: HashMap::new(),
+        }
+    }
+}
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 200;
+pub const DEFAULT_MEMORY_MIB: u64 = 32;
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
+
+/// A tenant and its connectors.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    /// Normalised (lower case, no trailing dot).
+    pub accepted_domains: Vec<String>,
+    pub connectors: Vec<Connector>,
+    pub line: usize,
+}
+
+/// A validated connector.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub name: String,
+    pub kind: ConnectorType,
+    pub enabled: bool,
+    pub sender_ip_addresses: Vec<IpNet>,
+    /// Normalised certificate name.
+    pub tls_sender_certificate_name: Option<String>,
+    pub sender_domains: Vec<String>,
+    pub recipient_domains: Vec<String>,
+    pub restrict_domains_to_ip_addresses: bool,
+    pub restrict_domains_to_certificate: bool,
+    pub line: usize,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (`<embedded>` for the demo default).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub policy: PolicyConfig,
+    pub tenants: Vec<Tenant>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Line/column lookup and error construction for one source text.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map(|n| offset - n).unwrap_or(offset + 1);
+        (line, column)
+    }
+
+    fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.position(span.start);
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.position(span.start).0
+    }
+
+    /// The key written on the line of `offset` (`key = value`), for errors
+    /// that the TOML parser reports by position only.
+    fn key_at(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let start = self.text[..offset].rfind('\n').map(|n| n + 1).unwrap_or(0);
+        let end = self.text[offset..].find('\n').map(|n| offset + n).unwrap_or(self.text.len());
+        let line = self.text[start..end].trim();
+        match line.split_once('=') {
+            Some((k, _)) => k.trim().to_string(),
+            None => line.to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the configuration: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates a configuration given as text; `path` names it in errors and
+    /// anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let src = Source { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_string();
+            src.error(span.clone(), src.key_at(span.start), message)
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let mut warnings = Vec::new();
+
+        // [server]
+        let s = raw.server;
+        let hostname = match s.hostname {
+            Some(h) => {
+                let span = h.span();
+                certname::validate(h.get_ref(), false)
+                    .map_err(|e| src.error(span, "server.hostname", format!("'{}': {e}", h.get_ref())))?
+            }
+            None => "relay.attrelay.invalid".to_string(),
+        };
+        let mut listen = Vec::new();
+        for (i, l) in s.listen.iter().enumerate() {
+            listen.push(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                src.error(
+                    l.span(),
+                    format!("server.listen[{i}]"),
+                    format!("'{}' is not an address:port such as 127.0.0.1:2525 or [::1]:2525", l.get_ref()),
+                )
+            })?);
+        }
+        if listen.is_empty() {
+            listen.push(SocketAddr::from(([127, 0, 0, 1], 2525)));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            let span = s.tls_cert.as_ref().or(s.tls_key.as_ref()).map(|x| x.span()).unwrap_or(0..0);
+            return Err(src.error(span, "server.tls_cert", "tls_cert and tls_key go together: give both or neither"));
+        }
+        let server = ServerConfig {
+            hostname,
+            listen,
+            tls_cert: s.tls_cert.map(|p| resolve(p.get_ref())),
+            tls_key: s.tls_key.map(|p| resolve(p.get_ref())),
+            client_ca: s.client_ca.iter().map(|p| resolve(p.get_ref())).collect(),
+        };
+
+        // [policy]
+        let p = raw.policy;
+        let mut policy = PolicyConfig {
+            component: p.component.map(|c| resolve(c.get_ref())),
+            ..PolicyConfig::default()
+        };
+        for (key, value) in &p.settings {
+            let text = match value.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                _ => {
+                    return Err(src.error(
+                        value.span(),
+                        format!("policy.settings.{key}"),
+                        "a setting is a string, number, boolean or date-time, not an array or table",
+                    ));
+                }
+            };
+            policy.setting_lines.insert(key.clone(), src.line(&value.span()));
+            policy.settings.push((key.clone(), text));
+        }
+        if let Some(t) = p.timeout_ms {
+            if !(1..=60_000).contains(t.get_ref()) {
+                return Err(src.error(t.span(), "policy.timeout_ms", "must be between 1 and 60000 milliseconds"));
+            }
+            policy.timeout = Duration::from_millis(*t.get_ref());
+        }
+        if let Some(m) = p.memory_limit_mib {
+            if !(1..=4096).contains(m.get_ref()) {
+                return Err(src.error(m.span(), "policy.memory_limit_mib", "must be between 1 and 4096 MiB"));
+            }
+            policy.memory_limit = (*m.get_ref() * 1024 * 1024) as usize;
+        }
+        if let Some(n) = p.max_instances {
+            if !(1..=100_000).contains(n.get_ref()) {
+                return Err(src.error(n.span(), "policy.max_instances", "must be between 1 and 100000"));
+            }
+            policy.max_instances = *n.get_ref();
+        }
+
+        // [[tenant]]
+        let mut tenants: Vec<Tenant> = Vec::new();
+        let mut tenant_ids: HashMap<String, usize> = HashMap::new();
+        let mut domain_owner: HashMap<String, (String, usize)> = HashMap::new();
+        for (ti, t) in raw.tenants.iter().enumerate() {
+            let key = format!("tenant[{ti}]");
+            let id = t.id.get_ref().trim().to_string();
+            let id_ok = !id.is_empty()
+                && id.len() <= 128
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !id_ok {
+                return Err(src.error(
+                    t.id.span(),
+                    format!("{key}.id"),
+                    format!("'{id}' is not a tenant id (1 to 128 letters, digits, '-', '_' or '.')"),
+                ));
+            }
+            if let Some(line) = tenant_ids.get(&id) {
+                return Err(src.error(
+                    t.id.span(),
+                    format!("{key}.id"),
+                    format!("duplicate tenant id '{id}' (first defined on line {line})"),
+                ));
+            }
+            let tenant_line = src.line(&t.id.span());
+            tenant_ids.insert(id.clone(), tenant_line);
+
+            let mut accepted = Vec::new();
+            for (di, d) in t.accepted_domains.iter().enumerate() {
+                let dkey = format!("{key}.accepted_domains[{di}]");
+                let domain = certname::validate(d.get_ref(), false)
+                    .map_err(|e| src.error(d.span(), &dkey, format!("'{}': {e}", d.get_ref())))?;
+                if let Some((owner, line)) = domain_owner.get(&domain) {
+                    return Err(src.error(
+                        d.span(),
+                        &dkey,
+                        format!("domain {domain} is already an accepted domain of tenant '{owner}' (line {line}); a domain belongs to one tenant"),
+                    ));
+                }
+                domain_owner.insert(domain.clone(), (id.clone(), src.line(&d.span())));
+                accepted.push(domain);
+            }
+
+            let mut connectors: Vec<Connector> = Vec::new();
+            for (ci, c) in t.connectors.iter().enumerate() {
+                let ckey = format!("{key}.connector[{ci}]");
+                let name = c.name.get_ref().trim().to_string();
+                if name.is_empty() || name.chars().any(char::is_control) {
+                    return Err(src.error(c.name.span(), format!("{ckey}.name"), "a connector needs a printable, non-empty name"));
+                }
+                if connectors.iter().any(|x| x.name == name) {
+                    return Err(src.error(
+                        c.name.span(),
+                        format!("{ckey}.name"),
+                        format!("tenant '{id}' already has a connector named '{name}'"),
+                    ));
+                }
+                let mut nets = Vec::new();
+                for (ii, ip) in c.sender_ip_addresses.iter().enumerate() {
+                    nets.push(parse_net(ip.get_ref()).map_err(|m| {
+                        src.error(ip.span(), format!("{ckey}.sender_ip_addresses[{ii}]"), m)
+                    })?);
+                }
+                let cert_name = match &c.tls_sender_certificate_name {
+                    Some(n) => Some(certname::validate(n.get_ref(), true).map_err(|e| {
+                        src.error(
+                            n.span(),
+                            format!("{ckey}.tls_sender_certificate_name"),
+                            format!("'{}': {e}", n.get_ref()),
+                        )
+                    })?),
+                    None => None,
+                };
+                let line = src.line(&c.name.span());
+                if c.kind == ConnectorType::OnPremises && nets.is_empty() && cert_name.is_none() {
+                    return Err(src.error(
+                        c.name.span(),
+                        &ckey,
+                        "an on-premises connector identifies servers by sender_ip_addresses, tls_sender_certificate_name, or both; it has neither",
+                    ));
+                }
+                let mut sender_domains = Vec::new();
+                for (si, d) in c.sender_domains.iter().enumerate() {
+                    if d.get_ref().trim() == "*" {
+                        sender_domains.push("*".to_string());
+                        continue;
+                    }
+                    sender_domains.push(certname::validate(d.get_ref(), false).map_err(|e| {
+                        src.error(d.span(), format!("{ckey}.sender_domains[{si}]"), format!("'{}': {e}", d.get_ref()))
+                    })?);
+                }
+                let mut recipient_domains = Vec::new();
+                for (ri, d) in c.recipient_domains.iter().enumerate() {
+                    let dom = certname::validate(d.get_ref(), false).map_err(|e| {
+                        src.error(d.span(), format!("{ckey}.recipient_domains[{ri}]"), format!("'{}': {e}", d.get_ref()))
+                    })?;
+                    if !accepted.contains(&dom) {
+                        return Err(src.error(
+                            d.span(),
+                            format!("{ckey}.recipient_domains[{ri}]"),
+                            format!("{dom} is not an accepted domain of tenant '{id}'"),
+                        ));
+                    }
+                    recipient_domains.push(dom);
+                }
+                if c.kind == ConnectorType::Partner {
+                    if c.restrict_domains_to_ip_addresses && nets.is_empty() {
+                        return Err(src.error(c.name.span(), &ckey, "restrict_domains_to_ip_addresses needs sender_ip_addresses"));
+                    }
+                    if c.restrict_domains_to_certificate && cert_name.is_none() {
+                        return Err(src.error(c.name.span(), &ckey, "restrict_domains_to_certificate needs tls_sender_certificate_name"));
+                    }
+                    if sender_domains.is_empty() {
+                        return Err(src.error(c.name.span(), &ckey, "a partner connector needs sender_domains (use [\"*\"] for all senders)"));
+                    }
+                } else if !sender_domains.is_empty()
+                    || !recipient_domains.is_empty()
+                    || c.restrict_domains_to_ip_addresses
+                    || c.restrict_domains_to_certificate
+                {
+                    return Err(src.error(
+                        c.name.span(),
+                        &ckey,
+                        "sender_domains, recipient_domains and restrict_domains_to_* apply to partner connectors only",
+                    ));
+                }
+                connectors.push(Connector {
+                    name,
+                    kind: c.kind,
+                    enabled: c.enabled,
+                    sender_ip_addresses: nets,
+                    tls_sender_certificate_name: cert_name,
+                    sender_domains,
+                    recipient_domains,
+                    restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+                    restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+                    line,
+                });
+            }
+            tenants.push(Tenant { id, accepted_domains: accepted, connectors, line: tenant_line });
+        }
+
+        // Warnings need every tenant's domains (ownership is global).
+        for (ti, t) in tenants.iter().enumerate() {
+            for (ci, c) in t.connectors.iter().enumerate() {
+                let Some(name) = &c.tls_sender_certificate_name else { continue };
+                if c.kind != ConnectorType::OnPremises {
+                    continue;
+                }
+                let domain = certname::domain_of(name);
+                if !t.accepted_domains.iter().any(|d| d == domain) {
+                    let parent = t
+                        .accepted_domains
+                        .iter()
+                        .find(|d| domain.ends_with(&format!(".{d}")))
+                        .map(|d| format!("set it to *.{d} so that the certificate-based rule applies"))
+                        .unwrap_or_else(|| format!("add {domain} to the tenant's accepted domains or use *.<accepted domain>"));
+                    warnings.push(ConfigWarning {
+                        line: c.line,
+                        key: format!("tenant[{ti}].connector[{ci}].tls_sender_certificate_name"),
+                        message: format!(
+                            "connector '{}' of tenant '{}' uses certificate name {name}, whose domain {domain} is not an accepted domain of the tenant: it identifies the server but cannot relay NDRs, forwarded mail or mail from domains the tenant does not own; {parent}",
+                            c.name, t.id
+                        ),
+                    });
+                }
+            }
+        }
+
+        Ok(Config { source: path.to_path_buf(), server, policy, tenants, warnings })
+    }
+}
+
+/// Parses an IP address or CIDR range. Host bits set in a range are an error:
+/// `203.0.113.7/24` is almost always a typo for an address or for `.0/24`.
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = t.parse().map_err(|_| {
+        format!("'{t}' is not an IP address or CIDR range (such as 203.0.113.5, 203.0.113.0/24 or 2001:db8::/32)")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "'{t}' has host bits set; did you mean {} (the range) or {} (the address)?",
+            net.trunc(),
+            net.addr()
+        ));
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("relay.toml"), text)
+    }
+
+    #[test]
+    fn nets() {
+        assert_eq!(parse_net("203.0.113.5").unwrap().to_string(), "203.0.113.5/32");
+        assert_eq!(parse_net("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
+        assert!(parse_net("203.0.113.5/24").unwrap_err().contains("203.0.113.0/24"));
+        assert!(parse_net("203.0.113.0/33").is_err());
+        assert!(parse_net("300.1.1.1").is_err());
+    }
+
+    #[test]
+    fn error_positions() {
+        let e = parse("[server]\nhostname = \"relay.example.test\"\nbogus = 1\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "bogus"), "{e}");
+        let e = parse("[[tenant]]\nid = \"a\"\naccepted_domains = [\"a.com\"]\n[[tenant.connector]]\nname = \"c\"\ntype = \"on-premises\"\nsender_ip_addresses = [\"1.2.3.0/24\", \"1.2.3.4/40\"]\n").unwrap_err();
+        assert_eq!(e.line, 7);
+        assert_eq!(e.key, "tenant[0].connector[0].sender_ip_addresses[1]");
+        assert!(e.to_string().starts_with("relay.toml:7:"), "{e}");
+    }
+}
+
+/// The embedded demo configuration (`examples/demo.toml`).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/demo.toml");
+
+impl Config {
+    /// The demo configuration used when no `--config` is given.
+    pub fn embedded_default() -> Config {
+        Config::parse(Path::new("<embedded examples/demo.toml>"), EMBEDDED_DEFAULT)
+            .expect("the embedded demo configuration is valid (tested)")
+    }
+}
+
+#[cfg(test)]
+mod embedded_tests {
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = super::Config::embedded_default();
+        assert_eq!(c.tenants[0].id, "demo");
+        assert!(c.warnings.is_empty());
+    }
+}

@@ -1,0 +1,296 @@
+//! The policy engine: one long-lived wasmtime `Engine` with the pooling
+//! allocator and an epoch ticker, and loaded policies ready to instantiate.
+//!
+//! The model is Kubewarden's policy-server: compile once, keep an immutable
+//! `Arc`-shared pre-instantiated component, and give every SMTP session a fresh
+//! `Store` with its own time and memory budget, so no state and no failure
+//! crosses from one session (or tenant) to another.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use attrelay_policy::model::SessionFacts;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::WasiCtx;
+
+use super::bindings::{AttributionPolicyPre, guest};
+use super::session::{Budget, PolicySession, SessionState};
+use crate::config::PolicyConfig;
+use crate::directory::Directory;
+
+/// How often the engine's epoch advances; the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Budgets every policy instance gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Wall-clock budget of one call into the policy (instantiation included).
+    pub call_timeout: Duration,
+    /// Linear memory one instance may use, in bytes.
+    pub memory_limit: usize,
+    /// Instances alive at once (the pooling allocator is sized for them);
+    /// beyond it, new sessions get a policy failure (451) until one ends.
+    pub max_instances: u32,
+}
+
+impl From<&PolicyConfig> for EngineLimits {
+    fn from(p: &PolicyConfig) -> Self {
+        EngineLimits { call_timeout: p.timeout, memory_limit: p.memory_limit, max_instances: p.max_instances }
+    }
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits::from(&PolicyConfig::default())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot create the WebAssembly engine: {0:#}")]
+    Engine(anyhow::Error),
+    #[error("{origin}: cannot read the component: {source}")]
+    Read { origin: String, source: std::io::Error },
+    #[error("{origin}: not a valid WebAssembly component: {detail:#}")]
+    Compile { origin: String, detail: anyhow::Error },
+    #[error("{origin}: the component does not implement the attrelay:policy/attribution-policy world: {detail:#}")]
+    Link { origin: String, detail: anyhow::Error },
+    #[error("{origin}: the policy refused its settings: {message}")]
+    Settings { origin: String, message: String },
+    #[error("{origin}: the policy failed while starting: {message}")]
+    Start { origin: String, message: String },
+}
+
+/// Where a policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The default policy embedded in the binary.
+    Embedded,
+    /// A component file.
+    File(PathBuf),
+}
+
+impl PolicySource {
+    pub fn from_option(path: Option<&Path>) -> PolicySource {
+        path.map(|p| PolicySource::File(p.to_path_buf())).unwrap_or(PolicySource::Embedded)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            PolicySource::Embedded => "<embedded default policy>".to_string(),
+            PolicySource::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+struct EngineInner {
+    engine: Engine,
+    linker: Linker<SessionState>,
+    limits: EngineLimits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The shared engine. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    inner: Arc<EngineInner>,
+}
+
+impl PolicyEngine {
+    pub fn new(limits: EngineLimits) -> Result<PolicyEngine, PolicyError> {
+        Self::build(limits).map_err(PolicyError::Engine)
+    }
+
+    fn build(limits: EngineLimits) -> anyhow::Result<PolicyEngine> {
+        let n = limits.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        // A wasip2 component from Rust has one core module with one memory, plus
+        // small shim modules; leave room for a few more.
+        pool.total_component_instances(n)
+            .max_core_instances_per_component(16)
+            .total_core_instances(n.saturating_mul(8))
+            .max_memories_per_component(2)
+            .total_memories(n.saturating_mul(2))
+            .max_tables_per_component(4)
+            .total_tables(n.saturating_mul(4))
+            .max_memory_size(limits.memory_limit);
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        // A wasip2 guest imports WASI even when it uses none of it; every
+        // store gets an empty, deny-all WasiCtx (no files, network or env).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).context("linking WASI")?;
+        super::bindings::AttributionPolicy::add_to_linker::<_, wasmtime::component::HasSelf<SessionState>>(
+            &mut linker,
+            |s| s,
+        )
+        .context("linking the directory interface")?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("attrelay-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits, stop }) })
+    }
+
+    pub fn limits(&self) -> EngineLimits {
+        self.inner.limits
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Epoch ticks that make up one call's budget (rounded up, plus one tick
+    /// because the current tick may be about to end).
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        let t = self.inner.limits.call_timeout.as_micros().div_ceil(EPOCH_TICK.as_micros());
+        t as u64 + 1
+    }
+
+    /// Compiles and links a component, then checks that it instantiates and
+    /// accepts `settings`. A component that fails any step is refused here,
+    /// before it decides anything.
+    pub fn load(&self, source: &PolicySource, settings: &[(String, String)]) -> Result<LoadedPolicy, PolicyError> {
+        let origin = source.describe();
+        let bytes: std::borrow::Cow<'static, [u8]> = match source {
+            PolicySource::Embedded => super::DEFAULT_POLICY.into(),
+            PolicySource::File(p) => std::fs::read(p)
+                .map_err(|e| PolicyError::Read { origin: origin.clone(), source: e })?
+                .into(),
+        };
+        self.load_bytes(&origin, &bytes, settings)
+    }
+
+    pub fn load_bytes(&self, origin: &str, bytes: &[u8], settings: &[(String, String)]) -> Result<LoadedPolicy, PolicyError> {
+        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let component = Component::new(&self.inner.engine, bytes)
+            .map_err(|e| PolicyError::Compile { origin: origin.to_string(), detail: e.into() })?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PolicyError::Link { origin: origin.to_string(), detail: e.into() })?;
+        let pre = AttributionPolicyPre::new(pre)
+            .map_err(|e| PolicyError::Link { origin: origin.to_string(), detail: e.into() })?;
+        let policy = LoadedPolicy {
+            inner: Arc::new(LoadedInner {
+                engine: self.clone(),
+                pre,
+                settings: settings
+                    .iter()
+                    .map(|(k, v)| guest::Setting { key: k.clone(), value: v.clone() })
+                    .collect(),
+                origin: origin.to_string(),
+                sha256,
+            }),
+        };
+        // Probe: instantiate and configure once, so that bad settings and a
+        // component that traps at start are refused at load time.
+        let mut store = policy.new_store(Arc::new(Directory::default()));
+        match policy.instantiate(&mut store) {
+            Ok(_) => Ok(policy),
+            Err(StartError::Settings(message)) => Err(PolicyError::Settings { origin: origin.to_string(), message }),
+            Err(StartError::Failed(message)) => Err(PolicyError::Start { origin: origin.to_string(), message }),
+        }
+    }
+}
+
+struct LoadedInner {
+    engine: PolicyEngine,
+    pre: AttributionPolicyPre<SessionState>,
+    settings: Vec<guest::Setting>,
+    origin: String,
+    sha256: String,
+}
+
+/// A compiled, linked and validated policy with its settings. Cheap to clone;
+/// sessions opened on it keep it alive, so a reload never pulls a policy from
+/// under a session in flight.
+#[derive(Clone)]
+pub struct LoadedPolicy {
+    inner: Arc<LoadedInner>,
+}
+
+pub(crate) enum StartError {
+    Settings(String),
+    Failed(String),
+}
+
+impl LoadedPolicy {
+    /// Where the component came from.
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// SHA-256 of the component bytes, lower-case hex.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn new_store(&self, directory: Arc<Directory>) -> Store<SessionState> {
+        let limits = self.inner.engine.limits();
+        let state = SessionState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            budget: Budget::new(limits.memory_limit),
+            directory,
+        };
+        let mut store = Store::new(self.inner.engine.engine(), state);
+        store.limiter(|s| &mut s.budget);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Instantiates in `store` and calls `configure`.
+    pub(crate) fn instantiate(
+        &self,
+        store: &mut Store<SessionState>,
+    ) -> Result<super::bindings::AttributionPolicy, StartError> {
+        store.set_epoch_deadline(self.inner.engine.deadline_ticks());
+        let bindings = self
+            .inner
+            .pre
+            .instantiate(&mut *store)
+            .map_err(|e| StartError::Failed(super::session::describe_error(store, &e.into(), &self.inner.engine)))?;
+        store.set_epoch_deadline(self.inner.engine.deadline_ticks());
+        match bindings.attrelay_policy_policy().call_configure(&mut *store, &self.inner.settings) {
+            Ok(Ok(())) => Ok(bindings),
+            Ok(Err(message)) => Err(StartError::Settings(message.chars().take(1000).collect())),
+            Err(e) => Err(StartError::Failed(super::session::describe_error(store, &e.into(), &self.inner.engine))),
+        }
+    }
+
+    /// Opens a policy session for one SMTP session. Never fails: a session
+    /// whose policy could not start answers every call with `451 4.3.5`.
+    pub fn open_session(&self, directory: Arc<Directory>, facts: &SessionFacts) -> PolicySession {
+        PolicySession::open(self.clone(), directory, facts)
+    }
+}

@@ -1,0 +1,14 @@
+//! Running attribution policies: the WebAssembly engine, per-session
+//! instances, and the checks that make every failure fail closed.
+
+pub mod bindings;
+pub mod engine;
+pub mod session;
+pub mod verdict;
+
+pub use engine::{EngineLimits, LoadedPolicy, PolicyEngine, PolicyError, PolicySource};
+pub use session::PolicySession;
+pub use verdict::policy_failure;
+
+/// The default policy component, compiled from `policy-guest` by the build script.
+pub static DEFAULT_POLICY: &[u8] = include_bytes!(env!("ATTRELAY_DEFAULT_POLICY"));

@@ -1,0 +1,157 @@
+//! Native mirror of the WIT types (`wit/policy.wit`).
+//!
+//! The rules work on these plain Rust types so that they compile and are tested
+//! natively; the component glue (`component.rs`) converts from and to the
+//! generated bindings at the boundary, and the host can call the same rules
+//! directly as a native baseline.
+
+use std::net::IpAddr;
+
+/// Seconds since the Unix epoch, UTC.
+pub type UnixSeconds = i64;
+
+/// The client certificate as the host saw and verified it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// Chain verified against the operator's trust anchors at the session time.
+    pub verified: bool,
+    pub verification_error: Option<String>,
+    pub subject: String,
+    pub common_names: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub issuer: String,
+    pub serial: String,
+    pub sha256_fingerprint: String,
+    pub not_before: UnixSeconds,
+    pub not_after: UnixSeconds,
+}
+
+impl ClientCertificate {
+    /// The names attribution considers: every CN, then every DNS SAN, normalised
+    /// (lower case, no trailing dot) and without duplicates, in first-seen order.
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in self.common_names.iter().chain(&self.dns_names) {
+            let n = crate::certname::normalize(n);
+            if !n.is_empty() && !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    pub protocol: String,
+    pub cipher: String,
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionFacts {
+    pub client_ip: IpAddr,
+    pub helo: String,
+    pub server_hostname: String,
+    /// The decision instant (seconds since the epoch, UTC).
+    pub time: UnixSeconds,
+    pub tls: Option<TlsFacts>,
+}
+
+impl SessionFacts {
+    /// The client certificate, if one was presented.
+    pub fn certificate(&self) -> Option<&ClientCertificate> {
+        self.tls.as_ref().and_then(|t| t.client_certificate.as_ref())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectorKind {
+    OnPremises,
+    Partner,
+}
+
+/// An inbound connector of a tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connector {
+    pub tenant: String,
+    pub name: String,
+    pub kind: ConnectorKind,
+    pub enabled: bool,
+    pub sender_ip_addresses: Vec<String>,
+    pub tls_sender_certificate_name: Option<String>,
+    pub sender_domains: Vec<String>,
+    pub recipient_domains: Vec<String>,
+    pub restrict_domains_to_ip_addresses: bool,
+    pub restrict_domains_to_certificate: bool,
+}
+
+impl Connector {
+    /// A connector that identifies a tenant's own servers.
+    pub fn on_premises(tenant: &str, name: &str) -> Self {
+        Connector {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            kind: ConnectorKind::OnPremises,
+            enabled: true,
+            sender_ip_addresses: Vec::new(),
+            tls_sender_certificate_name: None,
+            sender_domains: Vec::new(),
+            recipient_domains: Vec::new(),
+            restrict_domains_to_ip_addresses: false,
+            restrict_domains_to_certificate: false,
+        }
+    }
+
+    /// Whether two values denote the same connector (tenant and name are unique together).
+    pub fn same_as(&self, other: &Connector) -> bool {
+        self.tenant == other.tenant && self.name == other.name
+    }
+
+    /// A short label for explanations: `'Contoso on-premises' (tenant contoso)`.
+    pub fn label(&self) -> String {
+        format!("connector '{}' (tenant {})", self.name, self.tenant)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Accept,
+    Defer,
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
+/// The answer to one SMTP command; see `verdict` in the WIT file for the checks hosts apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: Action,
+    pub code: u16,
+    pub enhanced: String,
+    pub text: String,
+    pub tenant: Option<String>,
+    pub reason: Option<String>,
+    pub explanation: Vec<String>,
+    pub headers: Vec<HeaderField>,
+}
+
+impl Verdict {
+    /// `code enhanced text`, as it goes on the wire.
+    pub fn reply_line(&self) -> String {
+        format!("{} {} {}", self.code, self.enhanced, self.text)
+    }
+}
+
+/// Tenant data the rules look up. In the component these are imported host
+/// functions; natively, any indexed store (tests use a small in-memory one).
+pub trait Directory {
+    fn connectors_by_ip(&self, ip: IpAddr) -> Vec<Connector>;
+    fn connectors_by_certificate_name(&self, name: &str) -> Vec<Connector>;
+    fn connectors_of_tenant(&self, tenant: &str) -> Vec<Connector>;
+    fn tenant_of_domain(&self, domain: &str) -> Option<String>;
+}
