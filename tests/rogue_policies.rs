@@ -1,1 +1,179 @@
+//! Fail closed: a policy that loops, traps, exhausts its memory or returns a
+//! malformed verdict is answered with `451 4.3.5` within its budget, never
+//! with an accept, and it harms no other session.
 
+mod support;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use attrelay::directory::Directory;
+use attrelay::policy::{EngineLimits, PolicyEngine, PolicyError, PolicySource};
+use attrelay_policy::model::{Action, SessionFacts, Verdict};
+use attrelay_policy::scenarios::scenarios;
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+const MEMORY: usize = 16 * 1024 * 1024;
+/// Slack for a loaded CI machine; an unbounded policy would never return at all.
+const SLACK: Duration = Duration::from_secs(2);
+
+fn rogue() -> &'static PathBuf {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| support::build_component("rogue-policy"))
+}
+
+fn engine() -> &'static PolicyEngine {
+    static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        PolicyEngine::new(EngineLimits { call_timeout: TIMEOUT, memory_limit: MEMORY, max_instances: 16 }).unwrap()
+    })
+}
+
+fn facts() -> SessionFacts {
+    scenarios().into_iter().find(|s| s.name == "originating by IP with an accepted sender domain").unwrap().facts
+}
+
+fn directory() -> Arc<Directory> {
+    Arc::new(Directory::from_config(&support::fixture_config()))
+}
+
+fn assert_policy_failure(v: &Verdict, what: &str, cause: &str) {
+    assert_eq!(v.action, Action::Defer, "{what}: {v:?}");
+    assert_eq!((v.code, v.enhanced.as_str()), (451, "4.3.5"), "{what}: {v:?}");
+    assert_eq!(v.reason.as_deref(), Some("policy-failure"), "{what}");
+    assert!(v.tenant.is_none(), "{what}: a failed policy attributes nothing");
+    let why = v.explanation.join(" ");
+    assert!(why.contains(cause), "{what}: explanation {why:?} should mention {cause:?}");
+}
+
+/// Runs one session against the rogue policy misbehaving at `stage` and
+/// returns the verdicts of MAIL FROM and RCPT TO with the time each took.
+fn run(behavior: &str, stage: &str) -> Vec<(Verdict, Duration)> {
+    let settings = vec![("behavior".to_string(), behavior.to_string()), ("stage".to_string(), stage.to_string())];
+    let policy = engine().load(&PolicySource::File(rogue().clone()), &settings).unwrap();
+    let t0 = Instant::now();
+    let mut session = policy.open_session(directory(), &facts());
+    let opened = t0.elapsed();
+    let t1 = Instant::now();
+    let mail = session.mail_from("john@contoso.com");
+    let mail_t = t1.elapsed() + if stage == "session" { opened } else { Duration::ZERO };
+    let t2 = Instant::now();
+    let rcpt = session.rcpt_to("someone@internet.example");
+    vec![(mail, mail_t), (rcpt, t2.elapsed())]
+}
+
+#[test]
+fn the_rogue_component_behaves_when_told_to() {
+    // The control: the same component without misbehaviour accepts, so the
+    // failures below come from the behaviours, not from a broken build.
+    let v = run("accept-all", "rcpt-to");
+    assert_eq!(v[0].0.code, 250);
+    assert_eq!(v[1].0.code, 250);
+}
+
+#[test]
+fn infinite_loop_is_interrupted_at_the_deadline() {
+    for stage in ["session", "mail-from", "rcpt-to"] {
+        let v = run("loop", stage);
+        let idx = if stage == "rcpt-to" { 1 } else { 0 };
+        let (verdict, took) = &v[idx];
+        assert_policy_failure(verdict, &format!("loop at {stage}"), "time budget");
+        assert!(*took >= TIMEOUT, "loop at {stage}: interrupted after {took:?}, before the budget");
+        assert!(*took < TIMEOUT + SLACK, "loop at {stage}: took {took:?}");
+        // The instance is discarded: later calls fail closed too, at once.
+        if idx == 0 {
+            assert_policy_failure(&v[1].0, "after the loop", "time budget");
+            assert!(v[1].1 < SLACK);
+        }
+    }
+}
+
+#[test]
+fn trap_fails_closed() {
+    for stage in ["session", "mail-from", "rcpt-to"] {
+        let v = run("trap", stage);
+        let idx = if stage == "rcpt-to" { 1 } else { 0 };
+        assert_policy_failure(&v[idx].0, &format!("trap at {stage}"), "trapped");
+        assert!(v[idx].1 < TIMEOUT + SLACK);
+    }
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_budget() {
+    for stage in ["session", "rcpt-to"] {
+        let v = run("oom", stage);
+        let idx = if stage == "rcpt-to" { 1 } else { 0 };
+        assert_policy_failure(&v[idx].0, &format!("oom at {stage}"), "memory budget (16 MiB)");
+        assert!(v[idx].1 < TIMEOUT + SLACK, "oom took {:?}", v[idx].1);
+    }
+}
+
+#[test]
+fn malformed_verdicts_fail_closed() {
+    let cases = [
+        ("huge-explanation", "explanation line is over"),
+        ("many-lines", "more than 64"),
+        ("code-mismatch", "does not agree with action"),
+        ("crlf-injection", "not printable ASCII"),
+        ("bad-enhanced", "is not 2.x.y"),
+        ("unknown-tenant", "unknown tenant"),
+        ("bad-header", "is not X- followed by"),
+    ];
+    for (behavior, cause) in cases {
+        let v = run(behavior, "rcpt-to");
+        assert_eq!(v[0].0.code, 250, "{behavior}: MAIL FROM is well-formed");
+        assert_policy_failure(&v[1].0, behavior, cause);
+    }
+}
+
+#[test]
+fn misbehaving_at_configure_is_refused_at_load() {
+    for (behavior, cause) in [("loop", "time budget"), ("trap", "trapped"), ("oom", "memory budget")] {
+        let settings = vec![("behavior".to_string(), behavior.to_string()), ("stage".to_string(), "configure".to_string())];
+        let t0 = Instant::now();
+        let err = engine().load(&PolicySource::File(rogue().clone()), &settings).err().expect("load must fail");
+        assert!(t0.elapsed() < TIMEOUT + SLACK, "{behavior}: load took {:?}", t0.elapsed());
+        assert!(matches!(err, PolicyError::Start { .. }), "{behavior}: {err}");
+        assert!(err.to_string().contains(cause), "{behavior}: {err}");
+    }
+    let err = engine()
+        .load(&PolicySource::File(rogue().clone()), &[("colour".into(), "red".into())])
+        .err()
+        .unwrap();
+    assert!(matches!(err, PolicyError::Settings { .. }), "{err}");
+}
+
+#[test]
+fn a_looping_session_does_not_hold_up_others() {
+    let settings = vec![("behavior".to_string(), "loop".to_string())];
+    let rogue_policy = engine().load(&PolicySource::File(rogue().clone()), &settings).unwrap();
+    let good = engine().load(&PolicySource::Embedded, &[]).unwrap();
+    let dir = directory();
+    let looping = std::thread::spawn({
+        let dir = dir.clone();
+        move || {
+            let mut s = rogue_policy.open_session(dir, &facts());
+            s.mail_from("john@contoso.com");
+            s.rcpt_to("x@internet.example")
+        }
+    });
+    // While the rogue instance spins, the default policy keeps deciding.
+    for _ in 0..20 {
+        let mut s = good.open_session(dir.clone(), &facts());
+        s.mail_from("john@contoso.com");
+        assert_eq!(s.rcpt_to("x@internet.example").code, 250);
+    }
+    assert_policy_failure(&looping.join().unwrap(), "looping thread", "time budget");
+}
+
+#[test]
+fn not_a_component_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm not really").unwrap();
+    let err = engine().load(&PolicySource::File(bogus), &[]).err().unwrap();
+    assert!(matches!(err, PolicyError::Compile { .. }), "{err}");
+    let err = engine().load(&PolicySource::File(dir.path().join("missing.wasm")), &[]).err().unwrap();
+    assert!(matches!(err, PolicyError::Read { .. }), "{err}");
+}

@@ -34,6 +34,11 @@ fn mask_v6(addr: u128, len: u8) -> u128 {
     if len == 0 { 0 } else { addr & (u128::MAX << (128 - u32::from(len))) }
 }
 
+/// A range as admins write it: a single address without its `/32` or `/128`.
+pub fn net_text(n: &IpNet) -> String {
+    if n.prefix_len() == n.max_prefix_len() { n.addr().to_string() } else { n.to_string() }
+}
+
 /// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are the IPv4 client they carry.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -82,7 +87,7 @@ impl Directory {
                         ConnectorType::Partner => model::ConnectorKind::Partner,
                     },
                     enabled: c.enabled,
-                    sender_ip_addresses: c.sender_ip_addresses.iter().map(|n| n.to_string()).collect(),
+                    sender_ip_addresses: c.sender_ip_addresses.iter().map(net_text).collect(),
                     tls_sender_certificate_name: c.tls_sender_certificate_name.clone(),
                     sender_domains: c.sender_domains.clone(),
                     recipient_domains: c.recipient_domains.clone(),
@@ -151,21 +156,6 @@ impl model::Directory for Directory {
 
     fn tenant_of_domain(&self, domain: &str) -> Option<String> {
         self.domains.get(&attrelay_policy::certname::normalize(domain)).cloned()
-    }
-}
-
-impl<T: model::Directory + ?Sized> model::Directory for &T {
-    fn connectors_by_ip(&self, ip: IpAddr) -> Vec<model::Connector> {
-        (**self).connectors_by_ip(ip)
-    }
-    fn connectors_by_certificate_name(&self, name: &str) -> Vec<model::Connector> {
-        (**self).connectors_by_certificate_name(name)
-    }
-    fn connectors_of_tenant(&self, tenant: &str) -> Vec<model::Connector> {
-        (**self).connectors_of_tenant(tenant)
-    }
-    fn tenant_of_domain(&self, domain: &str) -> Option<String> {
-        (**self).tenant_of_domain(domain)
     }
 }
 

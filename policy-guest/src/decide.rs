@@ -386,7 +386,8 @@ impl<D: Directory> Session<D> {
                 if !c.enabled {
                     why.push("it is disabled".to_string());
                 }
-                if !c.sender_ip_addresses.is_empty() {
+                let ip_listed = self.all_ip_connectors.iter().any(|x| x.same_as(&c));
+                if !c.sender_ip_addresses.is_empty() && !ip_listed {
                     why.push(format!(
                         "client IP {} is not in its sender IP addresses [{}] (did the server's address change?)",
                         self.facts.client_ip,

@@ -5,5 +5,5 @@ wasmtime::component::bindgen!({
     world: "attribution-policy",
 });
 
-pub use attrelay::policy::types;
-pub use exports::attrelay::policy::policy as guest;
+pub use self::attrelay::policy::types;
+pub use self::exports::attrelay::policy::policy as guest;

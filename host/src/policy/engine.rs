@@ -134,12 +134,13 @@ impl PolicyEngine {
         let mut linker = Linker::new(&engine);
         // A wasip2 guest imports WASI even when it uses none of it; every
         // store gets an empty, deny-all WasiCtx (no files, network or env).
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).context("linking WASI")?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::Error::from(e).context("linking WASI"))?;
         super::bindings::AttributionPolicy::add_to_linker::<_, wasmtime::component::HasSelf<SessionState>>(
             &mut linker,
             |s| s,
         )
-        .context("linking the directory interface")?;
+        .map_err(|e| anyhow::Error::from(e).context("linking the directory interface"))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();

@@ -107,7 +107,7 @@ fn describe_webpki_error(e: &webpki::Error, leaf: &CertificateDer<'_>) -> String
                 "issuer not trusted: no chain to a configured CA (was the intermediate certificate sent?)".into()
             }
         }
-        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => {
+        E::RequiredEkuNotFoundContext(_) => {
             "certificate is not valid for TLS client authentication (extended key usage)".into()
         }
         E::CertRevoked => "certificate revoked".into(),

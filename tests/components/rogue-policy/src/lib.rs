@@ -1,0 +1,94 @@
+//! A rogue attribution policy. The `behavior` setting picks the misbehaviour,
+//! and `stage` picks when: `configure`, `session` (the constructor),
+//! `mail-from` or `rcpt-to` (default).
+
+use std::cell::RefCell;
+
+wit_bindgen::generate!({ path: "../../../wit", world: "attribution-policy" });
+
+use attrelay::policy::types::{Action, HeaderField};
+use exports::attrelay::policy::policy::{Guest, GuestSession, SessionFacts, Setting, Verdict};
+
+thread_local! {
+    static BEHAVIOR: RefCell<(String, String)> = RefCell::new((String::new(), "rcpt-to".into()));
+}
+
+fn ok() -> Verdict {
+    Verdict {
+        action: Action::Accept,
+        code: 250,
+        enhanced: "2.1.5".into(),
+        text: "OK".into(),
+        tenant: None,
+        reason: None,
+        explanation: Vec::new(),
+        headers: Vec::new(),
+    }
+}
+
+/// Misbehaves if `stage` is the configured stage; otherwise returns `ok()`.
+fn act(stage: &str) -> Verdict {
+    let (behavior, when) = BEHAVIOR.with(|b| b.borrow().clone());
+    if when != stage {
+        return ok();
+    }
+    match behavior.as_str() {
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "trap" => panic!("rogue policy: deliberate panic"),
+        "oom" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "huge-explanation" => Verdict { explanation: vec!["x".repeat(8 << 20)], ..ok() },
+        "many-lines" => Verdict { explanation: vec!["line".into(); 100_000], ..ok() },
+        "code-mismatch" => Verdict { code: 550, ..ok() },
+        "crlf-injection" => Verdict { text: "OK\r\n250 smuggled".into(), ..ok() },
+        "bad-enhanced" => Verdict { enhanced: "5.7.1".into(), ..ok() },
+        "unknown-tenant" => Verdict { tenant: Some("no-such-tenant".into()), ..ok() },
+        "bad-header" => Verdict { headers: vec![HeaderField { name: "Received".into(), value: "forged".into() }], ..ok() },
+        "accept-all" | "" => ok(),
+        other => panic!("unknown behavior {other}"),
+    }
+}
+
+struct Rogue;
+
+impl Guest for Rogue {
+    type Session = Session;
+    fn configure(settings: Vec<Setting>) -> Result<(), String> {
+        for s in settings {
+            match s.key.as_str() {
+                "behavior" => BEHAVIOR.with(|b| b.borrow_mut().0 = s.value),
+                "stage" => BEHAVIOR.with(|b| b.borrow_mut().1 = s.value),
+                other => return Err(format!("unknown setting '{other}'")),
+            }
+        }
+        act("configure");
+        Ok(())
+    }
+}
+
+struct Session;
+
+impl GuestSession for Session {
+    fn new(_facts: SessionFacts) -> Self {
+        act("session");
+        Session
+    }
+    fn mail_from(&self, _sender: String) -> Verdict {
+        act("mail-from")
+    }
+    fn rcpt_to(&self, _recipient: String) -> Verdict {
+        act("rcpt-to")
+    }
+}
+
+export!(Rogue);
