@@ -11,13 +11,19 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().expect("host/ sits in the workspace").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("host/ sits in the workspace")
+        .to_path_buf();
     let guest = root.join("policy-guest");
     for p in ["src", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", guest.join(p).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     // One guest build shared by every profile of the host (debug, release, clippy).
     let target_root = env::var_os("CARGO_TARGET_DIR")
@@ -28,9 +34,21 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--locked", "-p", "attrelay-policy", "--lib"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "attrelay-policy",
+            "--lib",
+        ])
         // Small and fast: no debug info in the embedded component.
-        .args(["--config", "profile.release.debug=false", "--config", "profile.release.strip=true"])
+        .args([
+            "--config",
+            "profile.release.debug=false",
+            "--config",
+            "profile.release.strip=true",
+        ])
         .args(["--target", "wasm32-wasip2", "--target-dir"])
         .arg(&target_dir);
     // The outer build's settings are not meant for the guest: a clippy or
@@ -52,11 +70,16 @@ fn main() {
     }
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy().to_string();
-        if k.starts_with("CARGO_PROFILE_") || k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_") {
+        if k.starts_with("CARGO_PROFILE_")
+            || k.starts_with("CARGO_CFG_")
+            || k.starts_with("CARGO_FEATURE_")
+        {
             cmd.env_remove(k);
         }
     }
-    let status = cmd.status().expect("could not run cargo to build the policy guest");
+    let status = cmd
+        .status()
+        .expect("could not run cargo to build the policy guest");
     if !status.success() {
         panic!(
             "building the default policy component failed ({status}); is the wasm32-wasip2 target installed? \
@@ -64,6 +87,10 @@ fn main() {
         );
     }
     let wasm = target_dir.join("wasm32-wasip2/release/attrelay_policy.wasm");
-    assert!(wasm.exists(), "expected the component at {}", wasm.display());
+    assert!(
+        wasm.exists(),
+        "expected the component at {}",
+        wasm.display()
+    );
     println!("cargo:rustc-env=ATTRELAY_DEFAULT_POLICY={}", wasm.display());
 }

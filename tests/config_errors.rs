@@ -1,1 +1,182 @@
+//! Bad configuration gets an error naming the file, the line and the key, and
+//! exit status 2; dubious configuration gets a warning with the reference's advice.
 
+mod support;
+
+use support::{attrelay, stderr};
+
+/// Writes `text` as a config file and runs `check` on it; returns (exit, stderr).
+fn run(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = attrelay(&[
+        "check",
+        "--config",
+        path.to_str().unwrap(),
+        "--ip",
+        "203.0.113.10",
+        "--from",
+        "a@contoso.com",
+        "--to",
+        "b@example.org",
+        "--at",
+        "2020-01-01T00:00:00Z",
+    ]);
+    (out.status.code(), stderr(&out), path.display().to_string())
+}
+
+const TENANT: &str = r#"
+[[tenant]]
+id = "contoso"
+accepted_domains = ["contoso.com"]
+
+[[tenant.connector]]
+name = "Contoso on-premises"
+type = "on-premises"
+sender_ip_addresses = ["203.0.113.0/24"]
+tls_sender_certificate_name = "*.contoso.com"
+"#;
+
+fn expect_error(text: &str, line: usize, key: &str, message: &str) {
+    let (code, err, path) = run(text);
+    assert_eq!(code, Some(2), "exit status for {key}: {err}");
+    let prefix = format!("attrelay: {path}:{line}:");
+    assert!(err.contains(&prefix), "expected {prefix:?} in {err:?}");
+    assert!(
+        err.contains(&format!(": {key}: ")),
+        "expected key {key:?} in {err:?}"
+    );
+    assert!(err.contains(message), "expected {message:?} in {err:?}");
+}
+
+#[test]
+fn a_valid_configuration_runs() {
+    let (code, err, _) = run(TENANT);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn invalid_cidr_and_ip() {
+    expect_error(
+        &TENANT.replace("203.0.113.0/24", "203.0.113.0/33"),
+        9,
+        "tenant[0].connector[0].sender_ip_addresses[0]",
+        "'203.0.113.0/33' is not an IP address or CIDR range",
+    );
+    expect_error(
+        &TENANT.replace("203.0.113.0/24", "203.0.113.7/24"),
+        9,
+        "tenant[0].connector[0].sender_ip_addresses[0]",
+        "did you mean 203.0.113.0/24",
+    );
+    expect_error(
+        &TENANT.replace("203.0.113.0/24", "mail.contoso.com"),
+        9,
+        "tenant[0].connector[0].sender_ip_addresses[0]",
+        "not an IP address",
+    );
+}
+
+#[test]
+fn misplaced_wildcards() {
+    for bad in ["mail.*.contoso.com", "*mail.contoso.com", "*.*.contoso.com"] {
+        expect_error(
+            &TENANT.replace("*.contoso.com", bad),
+            10,
+            "tenant[0].connector[0].tls_sender_certificate_name",
+            "a '*' is allowed only as the whole leftmost label",
+        );
+    }
+}
+
+#[test]
+fn unknown_keys() {
+    expect_error(
+        &format!("{TENANT}sender_ip_adresses = [\"1.2.3.4\"]\n"),
+        11,
+        "tenant.connector.sender_ip_adresses",
+        "unknown field `sender_ip_adresses`",
+    );
+    expect_error(
+        &format!("[server]\nhostname = \"relay.example.test\"\nlisten_on = 1\n{TENANT}"),
+        3,
+        "server.listen_on",
+        "unknown field `listen_on`",
+    );
+    expect_error(
+        &TENANT.replace("\"on-premises\"", "\"cloud\""),
+        8,
+        "tenant.connector.type",
+        "unknown variant `cloud`",
+    );
+}
+
+#[test]
+fn a_domain_belongs_to_one_tenant_and_ids_are_unique() {
+    let second =
+        "\n[[tenant]]\nid = \"other\"\naccepted_domains = [\"example.net\", \"CONTOSO.com\"]\n";
+    expect_error(
+        &format!("{TENANT}{second}"),
+        14,
+        "tenant[1].accepted_domains[1]",
+        "domain contoso.com is already an accepted domain of tenant 'contoso' (line 4)",
+    );
+    let dup = "\n[[tenant]]\nid = \"contoso\"\naccepted_domains = [\"example.net\"]\n";
+    expect_error(
+        &format!("{TENANT}{dup}"),
+        13,
+        "tenant[1].id",
+        "duplicate tenant id 'contoso' (first defined on line 3)",
+    );
+}
+
+#[test]
+fn policy_settings_refused_by_the_policy_point_at_their_line() {
+    let text = format!(
+        "[policy.settings]\nenforcement = \"2017-07-05T00:00:00Z\"\nbefore_enforcment = \"warn\"\n{TENANT}"
+    );
+    expect_error(
+        &text,
+        3,
+        "policy.settings.before_enforcment",
+        "unknown setting 'before_enforcment'",
+    );
+}
+
+#[test]
+fn host_name_connector_draws_the_wildcard_advice() {
+    let (code, err, path) = run(&TENANT.replace("*.contoso.com", "mail.contoso.com"));
+    assert_eq!(code, Some(0), "a warning is not an error: {err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {path}: line 7: tenant[0].connector[0].tls_sender_certificate_name"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("set it to *.contoso.com so that the certificate-based rule applies"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let out = attrelay(&[
+        "check",
+        "--config",
+        "/nonexistent/relay.toml",
+        "--ip",
+        "1.2.3.4",
+        "--from",
+        "",
+        "--to",
+        "x@y.example",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/relay.toml: cannot read the configuration"),
+        "{}",
+        stderr(&out)
+    );
+}

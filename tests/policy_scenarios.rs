@@ -14,7 +14,10 @@ use attrelay_policy::scenarios::{check, fixture, scenarios};
 use attrelay_policy::{Session, Settings};
 
 fn owned(settings: &[(&str, &str)]) -> Vec<(String, String)> {
-    settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// One loaded policy per distinct settings.
@@ -22,8 +25,11 @@ fn policies() -> HashMap<Vec<(String, String)>, LoadedPolicy> {
     let mut map = HashMap::new();
     for s in scenarios() {
         let settings = owned(&s.settings);
-        map.entry(settings.clone())
-            .or_insert_with(|| support::engine().load(&PolicySource::Embedded, &settings).unwrap());
+        map.entry(settings.clone()).or_insert_with(|| {
+            support::engine()
+                .load(&PolicySource::Embedded, &settings)
+                .unwrap()
+        });
     }
     map
 }
@@ -37,9 +43,19 @@ fn every_seed_scenario_through_the_component() {
     for s in scenarios() {
         let policy = &policies[&owned(&s.settings)];
         let mut session = policy.open_session(directory.clone(), &s.facts);
-        assert!(session.failure().is_none(), "{}: {:?}", s.name, session.failure());
+        assert!(
+            session.failure().is_none(),
+            "{}: {:?}",
+            s.name,
+            session.failure()
+        );
         let mail = session.mail_from(s.sender);
-        assert_eq!((mail.code, mail.enhanced.as_str()), (250, "2.1.0"), "{}: MAIL FROM {mail:?}", s.name);
+        assert_eq!(
+            (mail.code, mail.enhanced.as_str()),
+            (250, "2.1.0"),
+            "{}: MAIL FROM {mail:?}",
+            s.name
+        );
         for (rcpt, expect) in &s.recipients {
             checked += 1;
             if let Err(e) = check(expect, &session.rcpt_to(rcpt)) {
@@ -61,9 +77,19 @@ fn component_and_native_rules_agree_exactly() {
         let mut wasm = policies[&owned(&s.settings)].open_session(directory.clone(), &s.facts);
         let settings = Settings::from_pairs(s.settings.iter().copied()).unwrap();
         let mut native = Session::open(fixture(), settings, s.facts.clone());
-        assert_eq!(wasm.mail_from(s.sender), native.mail_from(s.sender), "{}", s.name);
+        assert_eq!(
+            wasm.mail_from(s.sender),
+            native.mail_from(s.sender),
+            "{}",
+            s.name
+        );
         for (rcpt, _) in &s.recipients {
-            assert_eq!(wasm.rcpt_to(rcpt), native.rcpt_to(rcpt), "{} / {rcpt}", s.name);
+            assert_eq!(
+                wasm.rcpt_to(rcpt),
+                native.rcpt_to(rcpt),
+                "{} / {rcpt}",
+                s.name
+            );
         }
     }
 }
@@ -71,20 +97,31 @@ fn component_and_native_rules_agree_exactly() {
 #[test]
 fn bad_settings_are_refused_at_load() {
     let err = support::engine()
-        .load(&PolicySource::Embedded, &owned(&[("before_enforcement", "sometimes")]))
+        .load(
+            &PolicySource::Embedded,
+            &owned(&[("before_enforcement", "sometimes")]),
+        )
         .err()
         .expect("bad settings must be refused");
     let msg = err.to_string();
-    assert!(msg.contains("refused its settings") && msg.contains("before_enforcement"), "{msg}");
+    assert!(
+        msg.contains("refused its settings") && msg.contains("before_enforcement"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn sessions_do_not_share_state() {
     // Two sessions on one loaded policy, interleaved: each keeps its own sender.
     let directory = Arc::new(Directory::from_config(&support::fixture_config()));
-    let policy = support::engine().load(&PolicySource::Embedded, &[]).unwrap();
+    let policy = support::engine()
+        .load(&PolicySource::Embedded, &[])
+        .unwrap();
     let all = scenarios();
-    let by_ip = all.iter().find(|s| s.name == "originating by IP with an accepted sender domain").unwrap();
+    let by_ip = all
+        .iter()
+        .find(|s| s.name == "originating by IP with an accepted sender domain")
+        .unwrap();
     let mut a = policy.open_session(directory.clone(), &by_ip.facts);
     let mut b = policy.open_session(directory.clone(), &by_ip.facts);
     a.mail_from("john@contoso.com");

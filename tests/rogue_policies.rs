@@ -26,12 +26,21 @@ fn rogue() -> &'static PathBuf {
 fn engine() -> &'static PolicyEngine {
     static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        PolicyEngine::new(EngineLimits { call_timeout: TIMEOUT, memory_limit: MEMORY, max_instances: 16 }).unwrap()
+        PolicyEngine::new(EngineLimits {
+            call_timeout: TIMEOUT,
+            memory_limit: MEMORY,
+            max_instances: 16,
+        })
+        .unwrap()
     })
 }
 
 fn facts() -> SessionFacts {
-    scenarios().into_iter().find(|s| s.name == "originating by IP with an accepted sender domain").unwrap().facts
+    scenarios()
+        .into_iter()
+        .find(|s| s.name == "originating by IP with an accepted sender domain")
+        .unwrap()
+        .facts
 }
 
 fn directory() -> Arc<Directory> {
@@ -40,24 +49,44 @@ fn directory() -> Arc<Directory> {
 
 fn assert_policy_failure(v: &Verdict, what: &str, cause: &str) {
     assert_eq!(v.action, Action::Defer, "{what}: {v:?}");
-    assert_eq!((v.code, v.enhanced.as_str()), (451, "4.3.5"), "{what}: {v:?}");
+    assert_eq!(
+        (v.code, v.enhanced.as_str()),
+        (451, "4.3.5"),
+        "{what}: {v:?}"
+    );
     assert_eq!(v.reason.as_deref(), Some("policy-failure"), "{what}");
-    assert!(v.tenant.is_none(), "{what}: a failed policy attributes nothing");
+    assert!(
+        v.tenant.is_none(),
+        "{what}: a failed policy attributes nothing"
+    );
     let why = v.explanation.join(" ");
-    assert!(why.contains(cause), "{what}: explanation {why:?} should mention {cause:?}");
+    assert!(
+        why.contains(cause),
+        "{what}: explanation {why:?} should mention {cause:?}"
+    );
 }
 
 /// Runs one session against the rogue policy misbehaving at `stage` and
 /// returns the verdicts of MAIL FROM and RCPT TO with the time each took.
 fn run(behavior: &str, stage: &str) -> Vec<(Verdict, Duration)> {
-    let settings = vec![("behavior".to_string(), behavior.to_string()), ("stage".to_string(), stage.to_string())];
-    let policy = engine().load(&PolicySource::File(rogue().clone()), &settings).unwrap();
+    let settings = vec![
+        ("behavior".to_string(), behavior.to_string()),
+        ("stage".to_string(), stage.to_string()),
+    ];
+    let policy = engine()
+        .load(&PolicySource::File(rogue().clone()), &settings)
+        .unwrap();
     let t0 = Instant::now();
     let mut session = policy.open_session(directory(), &facts());
     let opened = t0.elapsed();
     let t1 = Instant::now();
     let mail = session.mail_from("john@contoso.com");
-    let mail_t = t1.elapsed() + if stage == "session" { opened } else { Duration::ZERO };
+    let mail_t = t1.elapsed()
+        + if stage == "session" {
+            opened
+        } else {
+            Duration::ZERO
+        };
     let t2 = Instant::now();
     let rcpt = session.rcpt_to("someone@internet.example");
     vec![(mail, mail_t), (rcpt, t2.elapsed())]
@@ -79,7 +108,10 @@ fn infinite_loop_is_interrupted_at_the_deadline() {
         let idx = if stage == "rcpt-to" { 1 } else { 0 };
         let (verdict, took) = &v[idx];
         assert_policy_failure(verdict, &format!("loop at {stage}"), "time budget");
-        assert!(*took >= TIMEOUT, "loop at {stage}: interrupted after {took:?}, before the budget");
+        assert!(
+            *took >= TIMEOUT,
+            "loop at {stage}: interrupted after {took:?}, before the budget"
+        );
         assert!(*took < TIMEOUT + SLACK, "loop at {stage}: took {took:?}");
         // The instance is discarded: later calls fail closed too, at once.
         if idx == 0 {
@@ -104,7 +136,11 @@ fn memory_bomb_hits_the_memory_budget() {
     for stage in ["session", "rcpt-to"] {
         let v = run("oom", stage);
         let idx = if stage == "rcpt-to" { 1 } else { 0 };
-        assert_policy_failure(&v[idx].0, &format!("oom at {stage}"), "memory budget (16 MiB)");
+        assert_policy_failure(
+            &v[idx].0,
+            &format!("oom at {stage}"),
+            "memory budget (16 MiB)",
+        );
         assert!(v[idx].1 < TIMEOUT + SLACK, "oom took {:?}", v[idx].1);
     }
 }
@@ -129,16 +165,36 @@ fn malformed_verdicts_fail_closed() {
 
 #[test]
 fn misbehaving_at_configure_is_refused_at_load() {
-    for (behavior, cause) in [("loop", "time budget"), ("trap", "trapped"), ("oom", "memory budget")] {
-        let settings = vec![("behavior".to_string(), behavior.to_string()), ("stage".to_string(), "configure".to_string())];
+    for (behavior, cause) in [
+        ("loop", "time budget"),
+        ("trap", "trapped"),
+        ("oom", "memory budget"),
+    ] {
+        let settings = vec![
+            ("behavior".to_string(), behavior.to_string()),
+            ("stage".to_string(), "configure".to_string()),
+        ];
         let t0 = Instant::now();
-        let err = engine().load(&PolicySource::File(rogue().clone()), &settings).err().expect("load must fail");
-        assert!(t0.elapsed() < TIMEOUT + SLACK, "{behavior}: load took {:?}", t0.elapsed());
-        assert!(matches!(err, PolicyError::Start { .. }), "{behavior}: {err}");
+        let err = engine()
+            .load(&PolicySource::File(rogue().clone()), &settings)
+            .err()
+            .expect("load must fail");
+        assert!(
+            t0.elapsed() < TIMEOUT + SLACK,
+            "{behavior}: load took {:?}",
+            t0.elapsed()
+        );
+        assert!(
+            matches!(err, PolicyError::Start { .. }),
+            "{behavior}: {err}"
+        );
         assert!(err.to_string().contains(cause), "{behavior}: {err}");
     }
     let err = engine()
-        .load(&PolicySource::File(rogue().clone()), &[("colour".into(), "red".into())])
+        .load(
+            &PolicySource::File(rogue().clone()),
+            &[("colour".into(), "red".into())],
+        )
         .err()
         .unwrap();
     assert!(matches!(err, PolicyError::Settings { .. }), "{err}");
@@ -147,7 +203,9 @@ fn misbehaving_at_configure_is_refused_at_load() {
 #[test]
 fn a_looping_session_does_not_hold_up_others() {
     let settings = vec![("behavior".to_string(), "loop".to_string())];
-    let rogue_policy = engine().load(&PolicySource::File(rogue().clone()), &settings).unwrap();
+    let rogue_policy = engine()
+        .load(&PolicySource::File(rogue().clone()), &settings)
+        .unwrap();
     let good = engine().load(&PolicySource::Embedded, &[]).unwrap();
     let dir = directory();
     let looping = std::thread::spawn({
@@ -172,8 +230,14 @@ fn not_a_component_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("bogus.wasm");
     std::fs::write(&bogus, b"\0asm not really").unwrap();
-    let err = engine().load(&PolicySource::File(bogus), &[]).err().unwrap();
+    let err = engine()
+        .load(&PolicySource::File(bogus), &[])
+        .err()
+        .unwrap();
     assert!(matches!(err, PolicyError::Compile { .. }), "{err}");
-    let err = engine().load(&PolicySource::File(dir.path().join("missing.wasm")), &[]).err().unwrap();
+    let err = engine()
+        .load(&PolicySource::File(dir.path().join("missing.wasm")), &[])
+        .err()
+        .unwrap();
     assert!(matches!(err, PolicyError::Read { .. }), "{err}");
 }

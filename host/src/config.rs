@@ -235,7 +235,12 @@ impl Source<'_> {
         (line, column)
     }
 
-    fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = self.position(span.start);
         ConfigError {
             file: self.file.to_path_buf(),
@@ -255,11 +260,25 @@ impl Source<'_> {
     fn key_at(&self, offset: usize) -> String {
         let offset = offset.min(self.text.len());
         let start = self.text[..offset].rfind('\n').map(|n| n + 1).unwrap_or(0);
-        let end = self.text[offset..].find('\n').map(|n| offset + n).unwrap_or(self.text.len());
+        let end = self.text[offset..]
+            .find('\n')
+            .map(|n| offset + n)
+            .unwrap_or(self.text.len());
         let line = self.text[start..end].trim();
-        match line.split_once('=') {
-            Some((k, _)) => k.trim().to_string(),
-            None => line.to_string(),
+        let key = match line.split_once('=') {
+            Some((k, _)) => k.trim(),
+            None => return line.to_string(),
+        };
+        // Qualify it with the table it is in: `tenant.connector.type`.
+        let table = self.text[..start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+        match table {
+            Some(t) => format!("{t}.{key}"),
+            None => key.to_string(),
         }
     }
 }
@@ -287,7 +306,13 @@ impl Config {
             src.error(span.clone(), src.key_at(span.start), message)
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let mut warnings = Vec::new();
 
         // [server]
@@ -295,8 +320,9 @@ impl Config {
         let hostname = match s.hostname {
             Some(h) => {
                 let span = h.span();
-                certname::validate(h.get_ref(), false)
-                    .map_err(|e| src.error(span, "server.hostname", format!("'{}': {e}", h.get_ref())))?
+                certname::validate(h.get_ref(), false).map_err(|e| {
+                    src.error(span, "server.hostname", format!("'{}': {e}", h.get_ref()))
+                })?
             }
             None => "relay.attrelay.invalid".to_string(),
         };
@@ -306,7 +332,10 @@ impl Config {
                 src.error(
                     l.span(),
                     format!("server.listen[{i}]"),
-                    format!("'{}' is not an address:port such as 127.0.0.1:2525 or [::1]:2525", l.get_ref()),
+                    format!(
+                        "'{}' is not an address:port such as 127.0.0.1:2525 or [::1]:2525",
+                        l.get_ref()
+                    ),
                 )
             })?);
         }
@@ -314,8 +343,17 @@ impl Config {
             listen.push(SocketAddr::from(([127, 0, 0, 1], 2525)));
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
-            let span = s.tls_cert.as_ref().or(s.tls_key.as_ref()).map(|x| x.span()).unwrap_or(0..0);
-            return Err(src.error(span, "server.tls_cert", "tls_cert and tls_key go together: give both or neither"));
+            let span = s
+                .tls_cert
+                .as_ref()
+                .or(s.tls_key.as_ref())
+                .map(|x| x.span())
+                .unwrap_or(0..0);
+            return Err(src.error(
+                span,
+                "server.tls_cert",
+                "tls_cert and tls_key go together: give both or neither",
+            ));
         }
         let server = ServerConfig {
             hostname,
@@ -346,24 +384,38 @@ impl Config {
                     ));
                 }
             };
-            policy.setting_lines.insert(key.clone(), src.line(&value.span()));
+            policy
+                .setting_lines
+                .insert(key.clone(), src.line(&value.span()));
             policy.settings.push((key.clone(), text));
         }
         if let Some(t) = p.timeout_ms {
             if !(1..=60_000).contains(t.get_ref()) {
-                return Err(src.error(t.span(), "policy.timeout_ms", "must be between 1 and 60000 milliseconds"));
+                return Err(src.error(
+                    t.span(),
+                    "policy.timeout_ms",
+                    "must be between 1 and 60000 milliseconds",
+                ));
             }
             policy.timeout = Duration::from_millis(*t.get_ref());
         }
         if let Some(m) = p.memory_limit_mib {
             if !(1..=4096).contains(m.get_ref()) {
-                return Err(src.error(m.span(), "policy.memory_limit_mib", "must be between 1 and 4096 MiB"));
+                return Err(src.error(
+                    m.span(),
+                    "policy.memory_limit_mib",
+                    "must be between 1 and 4096 MiB",
+                ));
             }
             policy.memory_limit = (*m.get_ref() * 1024 * 1024) as usize;
         }
         if let Some(n) = p.max_instances {
             if !(1..=100_000).contains(n.get_ref()) {
-                return Err(src.error(n.span(), "policy.max_instances", "must be between 1 and 100000"));
+                return Err(src.error(
+                    n.span(),
+                    "policy.max_instances",
+                    "must be between 1 and 100000",
+                ));
             }
             policy.max_instances = *n.get_ref();
         }
@@ -377,12 +429,16 @@ impl Config {
             let id = t.id.get_ref().trim().to_string();
             let id_ok = !id.is_empty()
                 && id.len() <= 128
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !id_ok {
                 return Err(src.error(
                     t.id.span(),
                     format!("{key}.id"),
-                    format!("'{id}' is not a tenant id (1 to 128 letters, digits, '-', '_' or '.')"),
+                    format!(
+                        "'{id}' is not a tenant id (1 to 128 letters, digits, '-', '_' or '.')"
+                    ),
                 ));
             }
             if let Some(line) = tenant_ids.get(&id) {
@@ -416,7 +472,11 @@ impl Config {
                 let ckey = format!("{key}.connector[{ci}]");
                 let name = c.name.get_ref().trim().to_string();
                 if name.is_empty() || name.chars().any(char::is_control) {
-                    return Err(src.error(c.name.span(), format!("{ckey}.name"), "a connector needs a printable, non-empty name"));
+                    return Err(src.error(
+                        c.name.span(),
+                        format!("{ckey}.name"),
+                        "a connector needs a printable, non-empty name",
+                    ));
                 }
                 if connectors.iter().any(|x| x.name == name) {
                     return Err(src.error(
@@ -456,13 +516,21 @@ impl Config {
                         continue;
                     }
                     sender_domains.push(certname::validate(d.get_ref(), false).map_err(|e| {
-                        src.error(d.span(), format!("{ckey}.sender_domains[{si}]"), format!("'{}': {e}", d.get_ref()))
+                        src.error(
+                            d.span(),
+                            format!("{ckey}.sender_domains[{si}]"),
+                            format!("'{}': {e}", d.get_ref()),
+                        )
                     })?);
                 }
                 let mut recipient_domains = Vec::new();
                 for (ri, d) in c.recipient_domains.iter().enumerate() {
                     let dom = certname::validate(d.get_ref(), false).map_err(|e| {
-                        src.error(d.span(), format!("{ckey}.recipient_domains[{ri}]"), format!("'{}': {e}", d.get_ref()))
+                        src.error(
+                            d.span(),
+                            format!("{ckey}.recipient_domains[{ri}]"),
+                            format!("'{}': {e}", d.get_ref()),
+                        )
                     })?;
                     if !accepted.contains(&dom) {
                         return Err(src.error(
@@ -475,10 +543,18 @@ impl Config {
                 }
                 if c.kind == ConnectorType::Partner {
                     if c.restrict_domains_to_ip_addresses && nets.is_empty() {
-                        return Err(src.error(c.name.span(), &ckey, "restrict_domains_to_ip_addresses needs sender_ip_addresses"));
+                        return Err(src.error(
+                            c.name.span(),
+                            &ckey,
+                            "restrict_domains_to_ip_addresses needs sender_ip_addresses",
+                        ));
                     }
                     if c.restrict_domains_to_certificate && cert_name.is_none() {
-                        return Err(src.error(c.name.span(), &ckey, "restrict_domains_to_certificate needs tls_sender_certificate_name"));
+                        return Err(src.error(
+                            c.name.span(),
+                            &ckey,
+                            "restrict_domains_to_certificate needs tls_sender_certificate_name",
+                        ));
                     }
                     if sender_domains.is_empty() {
                         return Err(src.error(c.name.span(), &ckey, "a partner connector needs sender_domains (use [\"*\"] for all senders)"));
@@ -507,13 +583,20 @@ impl Config {
                     line,
                 });
             }
-            tenants.push(Tenant { id, accepted_domains: accepted, connectors, line: tenant_line });
+            tenants.push(Tenant {
+                id,
+                accepted_domains: accepted,
+                connectors,
+                line: tenant_line,
+            });
         }
 
         // Warnings need every tenant's domains (ownership is global).
         for (ti, t) in tenants.iter().enumerate() {
             for (ci, c) in t.connectors.iter().enumerate() {
-                let Some(name) = &c.tls_sender_certificate_name else { continue };
+                let Some(name) = &c.tls_sender_certificate_name else {
+                    continue;
+                };
                 if c.kind != ConnectorType::OnPremises {
                     continue;
                 }
@@ -537,7 +620,13 @@ impl Config {
             }
         }
 
-        Ok(Config { source: path.to_path_buf(), server, policy, tenants, warnings })
+        Ok(Config {
+            source: path.to_path_buf(),
+            server,
+            policy,
+            tenants,
+            warnings,
+        })
     }
 }
 
@@ -571,9 +660,19 @@ mod tests {
 
     #[test]
     fn nets() {
-        assert_eq!(parse_net("203.0.113.5").unwrap().to_string(), "203.0.113.5/32");
-        assert_eq!(parse_net("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
-        assert!(parse_net("203.0.113.5/24").unwrap_err().contains("203.0.113.0/24"));
+        assert_eq!(
+            parse_net("203.0.113.5").unwrap().to_string(),
+            "203.0.113.5/32"
+        );
+        assert_eq!(
+            parse_net("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert!(
+            parse_net("203.0.113.5/24")
+                .unwrap_err()
+                .contains("203.0.113.0/24")
+        );
         assert!(parse_net("203.0.113.0/33").is_err());
         assert!(parse_net("300.1.1.1").is_err());
     }
@@ -581,7 +680,7 @@ mod tests {
     #[test]
     fn error_positions() {
         let e = parse("[server]\nhostname = \"relay.example.test\"\nbogus = 1\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_str()), (3, "bogus"), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (3, "server.bogus"), "{e}");
         let e = parse("[[tenant]]\nid = \"a\"\naccepted_domains = [\"a.com\"]\n[[tenant.connector]]\nname = \"c\"\ntype = \"on-premises\"\nsender_ip_addresses = [\"1.2.3.0/24\", \"1.2.3.4/40\"]\n").unwrap_err();
         assert_eq!(e.line, 7);
         assert_eq!(e.key, "tenant[0].connector[0].sender_ip_addresses[1]");
@@ -607,5 +706,19 @@ mod embedded_tests {
         let c = super::Config::embedded_default();
         assert_eq!(c.tenants[0].id, "demo");
         assert!(c.warnings.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn shipped_examples_are_valid() {
+        let c = super::Config::parse(
+            std::path::Path::new("examples/contoso.toml"),
+            include_str!("../../examples/contoso.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.tenants.len(), 3);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 }

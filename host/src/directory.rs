@@ -27,16 +27,28 @@ pub struct Directory {
 }
 
 fn mask_v4(addr: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { addr & (u32::MAX << (32 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - u32::from(len)))
+    }
 }
 
 fn mask_v6(addr: u128, len: u8) -> u128 {
-    if len == 0 { 0 } else { addr & (u128::MAX << (128 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u128::MAX << (128 - u32::from(len)))
+    }
 }
 
 /// A range as admins write it: a single address without its `/32` or `/128`.
 pub fn net_text(n: &IpNet) -> String {
-    if n.prefix_len() == n.max_prefix_len() { n.addr().to_string() } else { n.to_string() }
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are the IPv4 client they carry.
@@ -63,20 +75,20 @@ impl Directory {
                 }
                 for net in &c.sender_ip_addresses {
                     match net {
-                        IpNet::V4(n) => d
-                            .v4
-                            .entry(n.prefix_len())
-                            .or_default()
-                            .entry(u32::from(n.network()))
-                            .or_default()
-                            .push(idx),
-                        IpNet::V6(n) => d
-                            .v6
-                            .entry(n.prefix_len())
-                            .or_default()
-                            .entry(u128::from(n.network()))
-                            .or_default()
-                            .push(idx),
+                        IpNet::V4(n) => {
+                            d.v4.entry(n.prefix_len())
+                                .or_default()
+                                .entry(u32::from(n.network()))
+                                .or_default()
+                                .push(idx)
+                        }
+                        IpNet::V6(n) => {
+                            d.v6.entry(n.prefix_len())
+                                .or_default()
+                                .entry(u128::from(n.network()))
+                                .or_default()
+                                .push(idx)
+                        }
                     }
                 }
                 d.connectors.push(model::Connector {
@@ -147,15 +159,23 @@ impl model::Directory for Directory {
 
     fn connectors_by_certificate_name(&self, name: &str) -> Vec<model::Connector> {
         let key = attrelay_policy::certname::normalize(name);
-        self.cert_names.get(&key).map(|ids| self.pick(ids)).unwrap_or_default()
+        self.cert_names
+            .get(&key)
+            .map(|ids| self.pick(ids))
+            .unwrap_or_default()
     }
 
     fn connectors_of_tenant(&self, tenant: &str) -> Vec<model::Connector> {
-        self.tenants.get(tenant).map(|ids| self.pick(ids)).unwrap_or_default()
+        self.tenants
+            .get(tenant)
+            .map(|ids| self.pick(ids))
+            .unwrap_or_default()
     }
 
     fn tenant_of_domain(&self, domain: &str) -> Option<String> {
-        self.domains.get(&attrelay_policy::certname::normalize(domain)).cloned()
+        self.domains
+            .get(&attrelay_policy::certname::normalize(domain))
+            .cloned()
     }
 }
 
@@ -182,7 +202,12 @@ tls_sender_certificate_name = "*.Contoso.com"
         )
         .unwrap();
         let d = Directory::from_config(&cfg);
-        for ip in ["203.0.113.9", "198.51.100.7", "2001:db8::1", "::ffff:203.0.113.1"] {
+        for ip in [
+            "203.0.113.9",
+            "198.51.100.7",
+            "2001:db8::1",
+            "::ffff:203.0.113.1",
+        ] {
             assert_eq!(d.connectors_by_ip(ip.parse().unwrap()).len(), 1, "{ip}");
         }
         for ip in ["203.0.114.1", "198.51.100.8", "2001:db9::1"] {
@@ -190,7 +215,10 @@ tls_sender_certificate_name = "*.Contoso.com"
         }
         assert_eq!(d.connectors_by_certificate_name("*.contoso.com.").len(), 1);
         assert!(d.connectors_by_certificate_name("contoso.com").is_empty());
-        assert_eq!(d.tenant_of_domain("CONTOSO.net").as_deref(), Some("contoso"));
+        assert_eq!(
+            d.tenant_of_domain("CONTOSO.net").as_deref(),
+            Some("contoso")
+        );
         assert_eq!(d.tenant_of_domain("mail.contoso.com"), None);
     }
 }

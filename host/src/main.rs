@@ -8,7 +8,11 @@ use attrelay::commands::{self, EXIT_USAGE, check::CheckArgs, inspect::InspectArg
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "attrelay", version, about = "Multi-tenant SMTP relay with tenant attribution as a WebAssembly policy")]
+#[command(
+    name = "attrelay",
+    version,
+    about = "Multi-tenant SMTP relay with tenant attribution as a WebAssembly policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,20 +83,43 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "attrelay=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "attrelay=info".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
     let mut stdout = std::io::stdout().lock();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config, ip, cert, tls, helo, from, to, at, policy, json } => commands::check::check(
-            &CheckArgs { config, ip, cert, tls, helo, from, to, at, policy, json },
+        Command::Check {
+            config,
+            ip,
+            cert,
+            tls,
+            helo,
+            from,
+            to,
+            at,
+            policy,
+            json,
+        } => commands::check::check(
+            &CheckArgs {
+                config,
+                ip,
+                cert,
+                tls,
+                helo,
+                from,
+                to,
+                at,
+                policy,
+                json,
+            },
             &mut stdout,
         ),
-        Command::Cert { command: CertCommand::Inspect { pem, config, at } } => {
-            commands::inspect::inspect(&InspectArgs { pem, config, at }, &mut stdout)
-        }
+        Command::Cert {
+            command: CertCommand::Inspect { pem, config, at },
+        } => commands::inspect::inspect(&InspectArgs { pem, config, at }, &mut stdout),
     };
     let _ = stdout.flush();
     match result {
@@ -109,15 +136,31 @@ fn main() -> ExitCode {
 fn serve(config: Option<PathBuf>) -> Result<u8, commands::UsageError> {
     use attrelay::policy::{EngineLimits, PolicyEngine, PolicySource};
     let cfg = commands::load_config(config.as_deref())?;
-    let engine = PolicyEngine::new(EngineLimits::from(&cfg.policy)).map_err(commands::UsageError::new)?;
-    let policy = engine
-        .load(&PolicySource::from_option(cfg.policy.component.as_deref()), &cfg.policy.settings)
-        .map_err(commands::UsageError::new)?;
-    println!("attrelay: configuration {} is valid ({} tenants)", cfg.source.display(), cfg.tenants.len());
-    println!("attrelay: policy {} (sha256 {}) loaded and configured", policy.origin(), policy.sha256());
+    let engine =
+        PolicyEngine::new(EngineLimits::from(&cfg.policy)).map_err(commands::UsageError::new)?;
+    let policy = commands::load_policy(
+        &cfg,
+        &engine,
+        &PolicySource::from_option(cfg.policy.component.as_deref()),
+    )?;
+    println!(
+        "attrelay: configuration {} is valid ({} tenants)",
+        cfg.source.display(),
+        cfg.tenants.len()
+    );
+    println!(
+        "attrelay: policy {} (sha256 {}) loaded and configured",
+        policy.origin(),
+        policy.sha256()
+    );
     println!(
         "attrelay: the SMTP server (listening on {}) arrives with the SMTP relay issue; until then, try:",
-        cfg.server.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        cfg.server
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("  attrelay check --ip 127.0.0.1 --from alice@demo.test --to bob@example.org");
     println!("  attrelay check --ip 192.0.2.1 --from alice@demo.test --to bob@example.org");

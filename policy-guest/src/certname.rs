@@ -68,7 +68,9 @@ pub fn validate(name: &str, allow_wildcard: bool) -> Result<String, NameError> {
         }
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -105,9 +107,15 @@ pub fn matches(pattern: &str, cert: &str) -> Option<Specificity> {
             || (cd.len() > pd.len()
                 && cd.ends_with(pd)
                 && cd.as_bytes()[cd.len() - pd.len() - 1] == b'.');
-        within.then_some(Specificity { exact: false, labels })
+        within.then_some(Specificity {
+            exact: false,
+            labels,
+        })
     } else if !is_wildcard(&c) && c == p {
-        Some(Specificity { exact: true, labels })
+        Some(Specificity {
+            exact: true,
+            labels,
+        })
     } else {
         None
     }
@@ -152,10 +160,20 @@ mod tests {
 
     #[test]
     fn wildcard_connector_covers_domain_and_subdomains() {
-        for name in ["contoso.com", "mail1.contoso.com", "a.b.contoso.com", "*.contoso.com"] {
+        for name in [
+            "contoso.com",
+            "mail1.contoso.com",
+            "a.b.contoso.com",
+            "*.contoso.com",
+        ] {
             assert!(matches("*.contoso.com", name).is_some(), "{name}");
         }
-        for name in ["contoso.com.evil.example", "evilcontoso.com", "com", "*.com"] {
+        for name in [
+            "contoso.com.evil.example",
+            "evilcontoso.com",
+            "com",
+            "*.com",
+        ] {
             assert!(matches("*.contoso.com", name).is_none(), "{name}");
         }
         assert!(matches("*.example.com", "*.mail.example.com").is_some());
@@ -174,7 +192,12 @@ mod tests {
     fn candidates_cover_every_possible_match() {
         assert_eq!(
             candidate_connector_names("Mail.Contoso.com"),
-            ["mail.contoso.com", "*.mail.contoso.com", "*.contoso.com", "*.com"]
+            [
+                "mail.contoso.com",
+                "*.mail.contoso.com",
+                "*.contoso.com",
+                "*.com"
+            ]
         );
         assert_eq!(
             candidate_connector_names("*.mail.example.com"),
@@ -185,11 +208,23 @@ mod tests {
     #[test]
     fn validation() {
         assert_eq!(validate("*.Contoso.com.", true).unwrap(), "*.contoso.com");
-        assert_eq!(validate("mail.*.com", true), Err(NameError::MisplacedWildcard));
-        assert_eq!(validate("*mail.contoso.com", true), Err(NameError::MisplacedWildcard));
-        assert_eq!(validate("*.contoso.com", false), Err(NameError::MisplacedWildcard));
+        assert_eq!(
+            validate("mail.*.com", true),
+            Err(NameError::MisplacedWildcard)
+        );
+        assert_eq!(
+            validate("*mail.contoso.com", true),
+            Err(NameError::MisplacedWildcard)
+        );
+        assert_eq!(
+            validate("*.contoso.com", false),
+            Err(NameError::MisplacedWildcard)
+        );
         assert_eq!(validate("*.com", true), Err(NameError::TooShort));
         assert_eq!(validate("", true), Err(NameError::Empty));
-        assert!(matches!(validate("bad_-.com", true), Err(NameError::BadLabel(_))));
+        assert!(matches!(
+            validate("bad_-.com", true),
+            Err(NameError::BadLabel(_))
+        ));
     }
 }

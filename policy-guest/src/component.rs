@@ -29,7 +29,8 @@ impl Guest for Policy {
     type Session = Session;
 
     fn configure(settings: Vec<Setting>) -> Result<(), String> {
-        let parsed = Settings::from_pairs(settings.iter().map(|s| (s.key.as_str(), s.value.as_str())))?;
+        let parsed =
+            Settings::from_pairs(settings.iter().map(|s| (s.key.as_str(), s.value.as_str())))?;
         SETTINGS.with(|s| *s.borrow_mut() = parsed);
         Ok(())
     }
@@ -40,13 +41,22 @@ struct HostDirectory;
 
 impl model::Directory for HostDirectory {
     fn connectors_by_ip(&self, ip: IpAddr) -> Vec<model::Connector> {
-        dir::connectors_by_ip(ip_to_wit(ip)).into_iter().map(connector_from_wit).collect()
+        dir::connectors_by_ip(ip_to_wit(ip))
+            .into_iter()
+            .map(connector_from_wit)
+            .collect()
     }
     fn connectors_by_certificate_name(&self, name: &str) -> Vec<model::Connector> {
-        dir::connectors_by_certificate_name(name).into_iter().map(connector_from_wit).collect()
+        dir::connectors_by_certificate_name(name)
+            .into_iter()
+            .map(connector_from_wit)
+            .collect()
     }
     fn connectors_of_tenant(&self, tenant: &str) -> Vec<model::Connector> {
-        dir::connectors_of_tenant(tenant).into_iter().map(connector_from_wit).collect()
+        dir::connectors_of_tenant(tenant)
+            .into_iter()
+            .map(connector_from_wit)
+            .collect()
     }
     fn tenant_of_domain(&self, domain: &str) -> Option<String> {
         dir::tenant_of_domain(domain)
@@ -58,7 +68,11 @@ struct Session(RefCell<decide::Session<HostDirectory>>);
 impl GuestSession for Session {
     fn new(facts: SessionFacts) -> Self {
         let settings = SETTINGS.with(|s| s.borrow().clone());
-        Session(RefCell::new(decide::Session::open(HostDirectory, settings, facts_from_wit(facts))))
+        Session(RefCell::new(decide::Session::open(
+            HostDirectory,
+            settings,
+            facts_from_wit(facts),
+        )))
     }
     fn mail_from(&self, sender: String) -> Verdict {
         verdict_to_wit(self.0.borrow_mut().mail_from(&sender))
@@ -84,7 +98,9 @@ fn ip_to_wit(ip: IpAddr) -> wit::IpAddress {
 fn ip_from_wit(ip: wit::IpAddress) -> IpAddr {
     match ip {
         wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
+        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+        }
     }
 }
 
@@ -147,7 +163,10 @@ fn verdict_to_wit(v: model::Verdict) -> Verdict {
         headers: v
             .headers
             .into_iter()
-            .map(|h| wit::HeaderField { name: h.name, value: h.value })
+            .map(|h| wit::HeaderField {
+                name: h.name,
+                value: h.value,
+            })
             .collect(),
     }
 }

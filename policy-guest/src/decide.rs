@@ -162,16 +162,22 @@ impl<D: Directory> Session<D> {
                     }
                 }
                 None if !identifying.is_empty() => {
-                    let tenants: BTreeSet<&str> = identifying.iter().map(|c| c.tenant.as_str()).collect();
+                    let tenants: BTreeSet<&str> =
+                        identifying.iter().map(|c| c.tenant.as_str()).collect();
                     lines.push(format!(
                         "ATTR36: the server was identified for tenant(s) {} but the sender {} is not an accepted domain of it; relaying needs a certificate-based connector whose name's domain is accepted",
                         tenants.into_iter().collect::<Vec<_>>().join(", "),
                         sender_domain.as_deref().map(|d| format!("domain {d}")).unwrap_or_else(|| "<>".into())
                     ));
-                    Origin::Unrecognized { connectors: identifying }
+                    Origin::Unrecognized {
+                        connectors: identifying,
+                    }
                 }
                 None => {
-                    lines.push("no connector identified the server by IP address or certificate".to_string());
+                    lines.push(
+                        "no connector identified the server by IP address or certificate"
+                            .to_string(),
+                    );
                     self.explain_closest(sender_tenant.as_deref(), &mut lines);
                     Origin::Unknown
                 }
@@ -212,31 +218,67 @@ impl<D: Directory> Session<D> {
         };
         let mut lines = tx.lines.clone();
         let rcpt_domain = domain_of_address(recipient);
-        let rcpt_tenant = rcpt_domain.as_deref().and_then(|d| self.dir.tenant_of_domain(d));
+        let rcpt_tenant = rcpt_domain
+            .as_deref()
+            .and_then(|d| self.dir.tenant_of_domain(d));
 
         let mut v = match &tx.origin {
             Origin::Certificate(m) => {
-                lines.push(format!("recipient {recipient}: relay allowed for tenant {}", m.connector.tenant));
-                replies::verdict(Action::Accept, 250, "2.1.5", "Recipient OK", Some(m.connector.tenant.clone()), reason::ORIGINATING_CERTIFICATE)
+                lines.push(format!(
+                    "recipient {recipient}: relay allowed for tenant {}",
+                    m.connector.tenant
+                ));
+                replies::verdict(
+                    Action::Accept,
+                    250,
+                    "2.1.5",
+                    "Recipient OK",
+                    Some(m.connector.tenant.clone()),
+                    reason::ORIGINATING_CERTIFICATE,
+                )
             }
             Origin::Identified { tenant, .. } => {
-                lines.push(format!("recipient {recipient}: relay allowed for tenant {tenant}"));
-                replies::verdict(Action::Accept, 250, "2.1.5", "Recipient OK", Some(tenant.clone()), reason::ORIGINATING_IP)
+                lines.push(format!(
+                    "recipient {recipient}: relay allowed for tenant {tenant}"
+                ));
+                replies::verdict(
+                    Action::Accept,
+                    250,
+                    "2.1.5",
+                    "Recipient OK",
+                    Some(tenant.clone()),
+                    reason::ORIGINATING_IP,
+                )
             }
             _ if rcpt_tenant.is_some() => {
                 let t = rcpt_tenant.clone().unwrap_or_default();
-                self.incoming(recipient, rcpt_domain.as_deref().unwrap_or_default(), &t, &mut lines)
+                self.incoming(
+                    recipient,
+                    rcpt_domain.as_deref().unwrap_or_default(),
+                    &t,
+                    &mut lines,
+                )
             }
             Origin::Unrecognized { connectors } => {
-                let tenants: BTreeSet<&str> = connectors.iter().map(|c| c.tenant.as_str()).collect();
-                let tenant = (tenants.len() == 1).then(|| tenants.iter().next().map(|t| t.to_string())).flatten();
+                let tenants: BTreeSet<&str> =
+                    connectors.iter().map(|c| c.tenant.as_str()).collect();
+                let tenant = (tenants.len() == 1)
+                    .then(|| tenants.iter().next().map(|t| t.to_string()))
+                    .flatten();
                 self.attr36(recipient, tx, tenant, &mut lines)
             }
             Origin::Unknown => {
                 lines.push(format!(
                     "recipient {recipient}: its domain is not an accepted domain of any tenant and no tenant was attributed: relay denied"
                 ));
-                replies::verdict(Action::Reject, 550, "5.7.64", replies::TENANT_ATTRIBUTION, None, reason::TENANT_ATTRIBUTION)
+                replies::verdict(
+                    Action::Reject,
+                    550,
+                    "5.7.64",
+                    replies::TENANT_ATTRIBUTION,
+                    None,
+                    reason::TENANT_ATTRIBUTION,
+                )
             }
         };
         if v.explanation.is_empty() {
@@ -246,7 +288,13 @@ impl<D: Directory> Session<D> {
     }
 
     /// Step 4: incoming mail for tenant `tenant`, subject to its partner connectors.
-    fn incoming(&self, recipient: &str, rcpt_domain: &str, tenant: &str, lines: &mut Vec<String>) -> Verdict {
+    fn incoming(
+        &self,
+        recipient: &str,
+        rcpt_domain: &str,
+        tenant: &str,
+        lines: &mut Vec<String>,
+    ) -> Verdict {
         lines.push(format!("recipient {recipient}: {rcpt_domain} is an accepted domain of tenant {tenant}: incoming mail"));
         let sender_domain = self.tx.as_ref().and_then(|t| t.sender_domain.clone());
         let in_scope: Vec<Connector> = self
@@ -257,16 +305,28 @@ impl<D: Directory> Session<D> {
             .filter(|c| c.restrict_domains_to_ip_addresses || c.restrict_domains_to_certificate)
             .filter(|c| {
                 c.sender_domains.iter().any(|d| {
-                    d == "*" || sender_domain.as_deref().is_some_and(|s| certname::normalize(d) == s)
+                    d == "*"
+                        || sender_domain
+                            .as_deref()
+                            .is_some_and(|s| certname::normalize(d) == s)
                 })
             })
             .filter(|c| {
                 c.recipient_domains.is_empty()
-                    || c.recipient_domains.iter().any(|d| certname::normalize(d) == rcpt_domain)
+                    || c.recipient_domains
+                        .iter()
+                        .any(|d| certname::normalize(d) == rcpt_domain)
             })
             .collect();
         if in_scope.is_empty() {
-            return replies::verdict(Action::Accept, 250, "2.1.5", "Recipient OK", Some(tenant.to_string()), reason::INCOMING);
+            return replies::verdict(
+                Action::Accept,
+                250,
+                "2.1.5",
+                "Recipient OK",
+                Some(tenant.to_string()),
+                reason::INCOMING,
+            );
         }
         let verified_names = self.verified_names();
         for c in &in_scope {
@@ -274,37 +334,90 @@ impl<D: Directory> Session<D> {
                 || self.all_ip_connectors.iter().any(|x| x.same_as(c));
             let cert_ok = !c.restrict_domains_to_certificate
                 || c.tls_sender_certificate_name.as_deref().is_some_and(|p| {
-                    verified_names.iter().any(|n| certname::matches(p, n).is_some())
+                    verified_names
+                        .iter()
+                        .any(|n| certname::matches(p, n).is_some())
                 });
             if ip_ok && cert_ok {
                 lines.push(format!("partner {} admits the client", c.label()));
-                return replies::verdict(Action::Accept, 250, "2.1.5", "Recipient OK", Some(tenant.to_string()), reason::INCOMING);
+                return replies::verdict(
+                    Action::Accept,
+                    250,
+                    "2.1.5",
+                    "Recipient OK",
+                    Some(tenant.to_string()),
+                    reason::INCOMING,
+                );
             }
             lines.push(format!(
                 "partner {} restricts this mail{}{}",
                 c.label(),
-                if ip_ok { "" } else { "; the client IP is not in its sender IP addresses" },
-                if cert_ok { "" } else { "; no verified certificate matches its certificate name" }
+                if ip_ok {
+                    ""
+                } else {
+                    "; the client IP is not in its sender IP addresses"
+                },
+                if cert_ok {
+                    ""
+                } else {
+                    "; no verified certificate matches its certificate name"
+                }
             ));
         }
-        replies::verdict(Action::Reject, 550, "5.7.51", replies::TENANT_INBOUND_ATTRIBUTION, Some(tenant.to_string()), reason::TENANT_INBOUND_ATTRIBUTION)
+        replies::verdict(
+            Action::Reject,
+            550,
+            "5.7.51",
+            replies::TENANT_INBOUND_ATTRIBUTION,
+            Some(tenant.to_string()),
+            reason::TENANT_INBOUND_ATTRIBUTION,
+        )
     }
 
     /// The ATTR36 case: reject once enforced, otherwise defer or warn.
-    fn attr36(&self, recipient: &str, tx: &Transaction, tenant: Option<String>, lines: &mut Vec<String>) -> Verdict {
+    fn attr36(
+        &self,
+        recipient: &str,
+        tx: &Transaction,
+        tenant: Option<String>,
+        lines: &mut Vec<String>,
+    ) -> Verdict {
         let deadline = format_instant(self.settings.enforcement);
         if self.facts.time >= self.settings.enforcement {
-            lines.push(format!("recipient {recipient} is outside the tenant: ATTR36, enforced since {deadline}"));
-            return replies::verdict(Action::Reject, 550, "5.7.64", replies::ATTR36_ENFORCED, tenant, reason::ATTR36);
+            lines.push(format!(
+                "recipient {recipient} is outside the tenant: ATTR36, enforced since {deadline}"
+            ));
+            return replies::verdict(
+                Action::Reject,
+                550,
+                "5.7.64",
+                replies::ATTR36_ENFORCED,
+                tenant,
+                reason::ATTR36,
+            );
         }
         match self.settings.before_enforcement {
             GraceMode::Defer => {
                 lines.push(format!("recipient {recipient} is outside the tenant: ATTR36, deferred until enforcement at {deadline}"));
-                replies::verdict(Action::Defer, 451, "4.4.4", replies::ATTR36_GRACE, tenant, reason::ATTR36)
+                replies::verdict(
+                    Action::Defer,
+                    451,
+                    "4.4.4",
+                    replies::ATTR36_GRACE,
+                    tenant,
+                    reason::ATTR36,
+                )
             }
             GraceMode::Warn => {
                 lines.push(format!("recipient {recipient} is outside the tenant: ATTR36, accepted with a warning until enforcement at {deadline}"));
-                let mut v = replies::verdict(Action::Accept, 250, "2.1.5", "Recipient OK", tenant.clone(), reason::ATTR36);
+                let mut v = replies::verdict(
+                    Action::Accept,
+                    250,
+                    "2.1.5",
+                    "Recipient OK",
+                    tenant.clone(),
+                    reason::ATTR36,
+                );
                 let sender = tx.sender_domain.clone().unwrap_or_else(|| "<>".to_string());
                 v.headers.push(replies::header(
                     replies::WARNING_HEADER,
@@ -337,10 +450,21 @@ impl<D: Directory> Session<D> {
             }
         )];
         for c in &self.ip_connectors {
-            lines.push(format!("{} identifies the client IP {}", c.label(), self.facts.client_ip));
+            lines.push(format!(
+                "{} identifies the client IP {}",
+                c.label(),
+                self.facts.client_ip
+            ));
         }
-        for c in self.all_ip_connectors.iter().filter(|c| !c.enabled && c.kind == ConnectorKind::OnPremises) {
-            lines.push(format!("{} would identify the client IP but is disabled", c.label()));
+        for c in self
+            .all_ip_connectors
+            .iter()
+            .filter(|c| !c.enabled && c.kind == ConnectorKind::OnPremises)
+        {
+            lines.push(format!(
+                "{} would identify the client IP but is disabled",
+                c.label()
+            ));
         }
         lines.extend(self.cert.lines.iter().cloned());
         lines
@@ -357,10 +481,10 @@ impl<D: Directory> Session<D> {
             for name in cert.names() {
                 let mut domain = certname::domain_of(&name).to_string();
                 loop {
-                    if let Some(t) = self.dir.tenant_of_domain(&domain) {
-                        if !tenants.contains(&t) {
-                            tenants.push(t);
-                        }
+                    if let Some(t) = self.dir.tenant_of_domain(&domain)
+                        && !tenants.contains(&t)
+                    {
+                        tenants.push(t);
                     }
                     match domain.split_once('.') {
                         Some((_, parent)) if parent.contains('.') => domain = parent.to_string(),
@@ -409,9 +533,15 @@ impl<D: Directory> Session<D> {
                     });
                 }
                 if c.sender_ip_addresses.is_empty() && c.tls_sender_certificate_name.is_none() {
-                    why.push("it has neither sender IP addresses nor a certificate name".to_string());
+                    why.push(
+                        "it has neither sender IP addresses nor a certificate name".to_string(),
+                    );
                 }
-                lines.push(format!("closest: {} did not match: {}", c.label(), why.join("; ")));
+                lines.push(format!(
+                    "closest: {} did not match: {}",
+                    c.label(),
+                    why.join("; ")
+                ));
             }
         }
     }
@@ -439,7 +569,9 @@ fn analyse_certificate<D: Directory>(dir: &D, facts: &SessionFacts) -> CertAnaly
     if !cert.verified {
         a.lines.push(format!(
             "certificate not verified ({}): it is not certificate authentication and is ignored",
-            cert.verification_error.as_deref().unwrap_or("unknown error")
+            cert.verification_error
+                .as_deref()
+                .unwrap_or("unknown error")
         ));
         return a;
     }
@@ -449,17 +581,25 @@ fn analyse_certificate<D: Directory>(dir: &D, facts: &SessionFacts) -> CertAnaly
                 if c.kind != ConnectorKind::OnPremises {
                     continue;
                 }
-                let Some(pattern) = c.tls_sender_certificate_name.clone() else { continue };
-                let Some(specificity) = certname::matches(&pattern, name) else { continue };
+                let Some(pattern) = c.tls_sender_certificate_name.clone() else {
+                    continue;
+                };
+                let Some(specificity) = certname::matches(&pattern, name) else {
+                    continue;
+                };
                 if !c.enabled {
-                    a.lines.push(format!("{} matches certificate name {name} but is disabled", c.label()));
+                    a.lines.push(format!(
+                        "{} matches certificate name {name} but is disabled",
+                        c.label()
+                    ));
                     continue;
                 }
                 if a.matches.iter().any(|m| m.connector.same_as(&c)) {
                     continue;
                 }
                 let domain = certname::domain_of(&certname::normalize(&pattern)).to_string();
-                let domain_accepted = dir.tenant_of_domain(&domain).as_deref() == Some(c.tenant.as_str());
+                let domain_accepted =
+                    dir.tenant_of_domain(&domain).as_deref() == Some(c.tenant.as_str());
                 a.lines.push(if domain_accepted {
                     format!("{} ({pattern}) matches certificate name {name}; {domain} is an accepted domain of the tenant", c.label())
                 } else {
@@ -468,13 +608,27 @@ fn analyse_certificate<D: Directory>(dir: &D, facts: &SessionFacts) -> CertAnaly
                         c.label()
                     )
                 });
-                a.matches.push(CertMatch { connector: c, cert_name: name.clone(), specificity, domain_accepted });
+                a.matches.push(CertMatch {
+                    connector: c,
+                    cert_name: name.clone(),
+                    specificity,
+                    domain_accepted,
+                });
             }
         }
     }
-    let best = a.matches.iter().filter(|m| m.domain_accepted).map(|m| m.specificity).max();
+    let best = a
+        .matches
+        .iter()
+        .filter(|m| m.domain_accepted)
+        .map(|m| m.specificity)
+        .max();
     if let Some(best) = best {
-        let top: Vec<&CertMatch> = a.matches.iter().filter(|m| m.domain_accepted && m.specificity == best).collect();
+        let top: Vec<&CertMatch> = a
+            .matches
+            .iter()
+            .filter(|m| m.domain_accepted && m.specificity == best)
+            .collect();
         let tenants: BTreeSet<&str> = top.iter().map(|m| m.connector.tenant.as_str()).collect();
         if tenants.len() == 1 {
             a.attributed = top.first().map(|m| (*m).clone());
@@ -486,7 +640,10 @@ fn analyse_certificate<D: Directory>(dir: &D, facts: &SessionFacts) -> CertAnaly
             ));
         }
     } else if a.matches.is_empty() {
-        a.lines.push(format!("no enabled on-premises connector matches the certificate names [{}]", list(&names)));
+        a.lines.push(format!(
+            "no enabled on-premises connector matches the certificate names [{}]",
+            list(&names)
+        ));
     }
     a
 }

@@ -61,7 +61,9 @@ pub struct SessionFacts {
 impl SessionFacts {
     /// The client certificate, if one was presented.
     pub fn certificate(&self) -> Option<&ClientCertificate> {
-        self.tls.as_ref().and_then(|t| t.client_certificate.as_ref())
+        self.tls
+            .as_ref()
+            .and_then(|t| t.client_certificate.as_ref())
     }
 }
 

@@ -10,7 +10,9 @@
 use std::net::IpAddr;
 
 use crate::certname;
-use crate::model::{ClientCertificate, Connector, ConnectorKind, Directory, SessionFacts, TlsFacts, Verdict};
+use crate::model::{
+    ClientCertificate, Connector, ConnectorKind, Directory, SessionFacts, TlsFacts, Verdict,
+};
 
 /// A tenant of the fixture.
 #[derive(Clone, Debug)]
@@ -33,7 +35,9 @@ pub fn ip_in_range(ip: IpAddr, range: &str) -> bool {
         Some((a, l)) => (a, l.parse::<u32>().ok()),
         None => (range, None),
     };
-    let Ok(net) = addr.parse::<IpAddr>() else { return false };
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let len = len.unwrap_or(32).min(32);
@@ -42,7 +46,11 @@ pub fn ip_in_range(ip: IpAddr, range: &str) -> bool {
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
             let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -63,16 +71,28 @@ impl Directory for MemoryDirectory {
         self.tenants
             .iter()
             .flat_map(|t| &t.connectors)
-            .filter(|c| c.tls_sender_certificate_name.as_deref().map(certname::normalize) == Some(n.clone()))
+            .filter(|c| {
+                c.tls_sender_certificate_name
+                    .as_deref()
+                    .map(certname::normalize)
+                    == Some(n.clone())
+            })
             .cloned()
             .collect()
     }
     fn connectors_of_tenant(&self, tenant: &str) -> Vec<Connector> {
-        self.tenants.iter().filter(|t| t.id == tenant).flat_map(|t| t.connectors.clone()).collect()
+        self.tenants
+            .iter()
+            .filter(|t| t.id == tenant)
+            .flat_map(|t| t.connectors.clone())
+            .collect()
     }
     fn tenant_of_domain(&self, domain: &str) -> Option<String> {
         let d = certname::normalize(domain);
-        self.tenants.iter().find(|t| t.accepted_domains.contains(&d)).map(|t| t.id.clone())
+        self.tenants
+            .iter()
+            .find(|t| t.accepted_domains.contains(&d))
+            .map(|t| t.id.clone())
     }
 }
 
@@ -108,27 +128,69 @@ pub fn fixture() -> MemoryDirectory {
             tenant(
                 "contoso",
                 &["contoso.com"],
-                vec![on_prem("contoso", "Contoso on-premises", &["203.0.113.0/24", "2001:db8::/32"], Some("*.contoso.com"))],
+                vec![on_prem(
+                    "contoso",
+                    "Contoso on-premises",
+                    &["203.0.113.0/24", "2001:db8::/32"],
+                    Some("*.contoso.com"),
+                )],
             ),
             // Configured by the hybrid wizard with a host name, not an accepted domain.
             tenant(
                 "fabrikam",
                 &["fabrikam.com"],
-                vec![on_prem("fabrikam", "Fabrikam HCW", &[], Some("mail.fabrikam.com"))],
+                vec![on_prem(
+                    "fabrikam",
+                    "Fabrikam HCW",
+                    &[],
+                    Some("mail.fabrikam.com"),
+                )],
             ),
             tenant("tailspintoys", &["tailspintoys.com"], vec![partner]),
-            tenant("northwind", &["northwind.com"], vec![on_prem("northwind", "Northwind", &[], Some("*.northwind.com"))]),
-            tenant("adatum", &["adatum.com"], vec![on_prem("adatum", "Adatum", &[], Some("*.adatum.com"))]),
-            tenant("woodgrove", &["woodgrove.com"], vec![on_prem("woodgrove", "Woodgrove", &[], Some("*.woodgrove.com"))]),
+            tenant(
+                "northwind",
+                &["northwind.com"],
+                vec![on_prem(
+                    "northwind",
+                    "Northwind",
+                    &[],
+                    Some("*.northwind.com"),
+                )],
+            ),
+            tenant(
+                "adatum",
+                &["adatum.com"],
+                vec![on_prem("adatum", "Adatum", &[], Some("*.adatum.com"))],
+            ),
+            tenant(
+                "woodgrove",
+                &["woodgrove.com"],
+                vec![on_prem(
+                    "woodgrove",
+                    "Woodgrove",
+                    &[],
+                    Some("*.woodgrove.com"),
+                )],
+            ),
             tenant(
                 "woodgrove-eu",
                 &["eu.woodgrove.com"],
-                vec![on_prem("woodgrove-eu", "Woodgrove EU", &[], Some("*.eu.woodgrove.com"))],
+                vec![on_prem(
+                    "woodgrove-eu",
+                    "Woodgrove EU",
+                    &[],
+                    Some("*.eu.woodgrove.com"),
+                )],
             ),
             tenant(
                 "woodgrove-mail",
                 &["mail.woodgrove.com"],
-                vec![on_prem("woodgrove-mail", "Woodgrove mail host", &[], Some("mail.woodgrove.com"))],
+                vec![on_prem(
+                    "woodgrove-mail",
+                    "Woodgrove mail host",
+                    &[],
+                    Some("mail.woodgrove.com"),
+                )],
             ),
             tenant("litware", &["litware.com"], vec![disabled]),
         ],
@@ -146,8 +208,19 @@ pub struct Expect {
     pub warning_header: bool,
 }
 
-const fn expect(code: u16, enhanced: &'static str, tenant: Option<&'static str>, reason: &'static str) -> Expect {
-    Expect { code, enhanced, tenant, reason, warning_header: false }
+const fn expect(
+    code: u16,
+    enhanced: &'static str,
+    tenant: Option<&'static str>,
+    reason: &'static str,
+) -> Expect {
+    Expect {
+        code,
+        enhanced,
+        tenant,
+        reason,
+        warning_header: false,
+    }
 }
 
 /// Relay allowed by a certificate-based connector.
@@ -174,7 +247,13 @@ pub const fn attr36_deferred(t: Option<&'static str>) -> Expect {
 }
 /// Accepted with the warning header (grace period, warn mode).
 pub const fn attr36_warned(t: Option<&'static str>) -> Expect {
-    Expect { code: 250, enhanced: "2.1.5", tenant: t, reason: "attr36", warning_header: true }
+    Expect {
+        code: 250,
+        enhanced: "2.1.5",
+        tenant: t,
+        reason: "attr36",
+        warning_header: true,
+    }
 }
 /// `550 5.7.51 TenantInboundAttribution`.
 pub const fn inbound_denied(t: &'static str) -> Expect {
@@ -236,7 +315,10 @@ fn facts(ip: &str, cert: Option<ClientCertificate>, time: i64) -> SessionFacts {
 }
 
 fn clear(ip: &str, time: i64) -> SessionFacts {
-    SessionFacts { tls: None, ..facts(ip, None, time) }
+    SessionFacts {
+        tls: None,
+        ..facts(ip, None, time)
+    }
 }
 
 fn scenario(
@@ -245,7 +327,13 @@ fn scenario(
     sender: &'static str,
     recipients: Vec<(&'static str, Expect)>,
 ) -> Scenario {
-    Scenario { name, settings: Vec::new(), facts, sender, recipients }
+    Scenario {
+        name,
+        settings: Vec::new(),
+        facts,
+        sender,
+        recipients,
+    }
 }
 
 /// Client IPs: contoso's on-premises range, an address nobody configured.
@@ -257,54 +345,280 @@ pub fn scenarios() -> Vec<Scenario> {
     let contoso_cert = || cert("mail.contoso.com", &["mail.contoso.com"]);
     let mut v = vec![
         // The three scenarios that work only through a certificate-based connector.
-        scenario("NDR through the certificate-based connector", facts(UNKNOWN_IP, Some(contoso_cert()), ENFORCED), "", vec![("sender@internet.example", by_cert("contoso"))]),
-        scenario("sending as a domain the tenant does not own, with the certificate", facts(UNKNOWN_IP, Some(contoso_cert()), ENFORCED), "john@fabrikam-other.example", vec![("someone@internet.example", by_cert("contoso"))]),
-        scenario("forwarding rule, with the certificate", facts(CONTOSO_IP, Some(contoso_cert()), ENFORCED), "john@fabrikam.com", vec![("kate@tailspintoys.example", by_cert("contoso"))]),
+        scenario(
+            "NDR through the certificate-based connector",
+            facts(UNKNOWN_IP, Some(contoso_cert()), ENFORCED),
+            "",
+            vec![("sender@internet.example", by_cert("contoso"))],
+        ),
+        scenario(
+            "sending as a domain the tenant does not own, with the certificate",
+            facts(UNKNOWN_IP, Some(contoso_cert()), ENFORCED),
+            "john@fabrikam-other.example",
+            vec![("someone@internet.example", by_cert("contoso"))],
+        ),
+        scenario(
+            "forwarding rule, with the certificate",
+            facts(CONTOSO_IP, Some(contoso_cert()), ENFORCED),
+            "john@fabrikam.com",
+            vec![("kate@tailspintoys.example", by_cert("contoso"))],
+        ),
         // The same three through an IP-only identification: ATTR36.
-        scenario("NDR identified by IP only, enforced", clear(CONTOSO_IP, ENFORCED), "", vec![("sender@internet.example", attr36_enforced(Some("contoso")))]),
-        scenario("sending as an unowned domain by IP only, enforced", clear(CONTOSO_IP, ENFORCED), "john@fabrikam-other.example", vec![("someone@internet.example", attr36_enforced(Some("contoso")))]),
-        scenario("forwarding by IP only, enforced", facts(CONTOSO_IP, None, ENFORCED), "john@fabrikam.com", vec![("kate@tailspintoys.example", attr36_enforced(Some("contoso")))]),
+        scenario(
+            "NDR identified by IP only, enforced",
+            clear(CONTOSO_IP, ENFORCED),
+            "",
+            vec![("sender@internet.example", attr36_enforced(Some("contoso")))],
+        ),
+        scenario(
+            "sending as an unowned domain by IP only, enforced",
+            clear(CONTOSO_IP, ENFORCED),
+            "john@fabrikam-other.example",
+            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
+        ),
+        scenario(
+            "forwarding by IP only, enforced",
+            facts(CONTOSO_IP, None, ENFORCED),
+            "john@fabrikam.com",
+            vec![(
+                "kate@tailspintoys.example",
+                attr36_enforced(Some("contoso")),
+            )],
+        ),
         // Rule 1: the sender domain.
-        scenario("originating by IP with an accepted sender domain", clear(CONTOSO_IP, ENFORCED), "John@CONTOSO.com", vec![("someone@internet.example", by_ip("contoso"))]),
-        scenario("originating by IPv6", clear("2001:db8::25", ENFORCED), "john@contoso.com", vec![("someone@internet.example", by_ip("contoso"))]),
-        scenario("a subdomain of an accepted domain is not accepted", clear(CONTOSO_IP, ENFORCED), "john@sales.contoso.com", vec![("someone@internet.example", attr36_enforced(Some("contoso")))]),
+        scenario(
+            "originating by IP with an accepted sender domain",
+            clear(CONTOSO_IP, ENFORCED),
+            "John@CONTOSO.com",
+            vec![("someone@internet.example", by_ip("contoso"))],
+        ),
+        scenario(
+            "originating by IPv6",
+            clear("2001:db8::25", ENFORCED),
+            "john@contoso.com",
+            vec![("someone@internet.example", by_ip("contoso"))],
+        ),
+        scenario(
+            "a subdomain of an accepted domain is not accepted",
+            clear(CONTOSO_IP, ENFORCED),
+            "john@sales.contoso.com",
+            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
+        ),
         // The troubleshooting article: no connector matches any more.
-        scenario("certificate renewed under a different name", facts(UNKNOWN_IP, Some(cert("mail.contoso-mail.net", &["mail.contoso-mail.net"])), ENFORCED), "john@contoso.com", vec![("someone@internet.example", DENIED)]),
-        scenario("on-premises IP address changed", clear(UNKNOWN_IP, ENFORCED), "john@contoso.com", vec![("someone@internet.example", DENIED)]),
+        scenario(
+            "certificate renewed under a different name",
+            facts(
+                UNKNOWN_IP,
+                Some(cert("mail.contoso-mail.net", &["mail.contoso-mail.net"])),
+                ENFORCED,
+            ),
+            "john@contoso.com",
+            vec![("someone@internet.example", DENIED)],
+        ),
+        scenario(
+            "on-premises IP address changed",
+            clear(UNKNOWN_IP, ENFORCED),
+            "john@contoso.com",
+            vec![("someone@internet.example", DENIED)],
+        ),
         // Host-name connector (mail.fabrikam.com is not an accepted domain).
-        scenario("host-name connector with an accepted sender domain", facts(UNKNOWN_IP, Some(cert("mail.fabrikam.com", &[])), ENFORCED), "john@fabrikam.com", vec![("someone@internet.example", by_ip("fabrikam"))]),
-        scenario("host-name connector cannot relay NDRs", facts(UNKNOWN_IP, Some(cert("mail.fabrikam.com", &[])), ENFORCED), "", vec![("someone@internet.example", attr36_enforced(Some("fabrikam")))]),
+        scenario(
+            "host-name connector with an accepted sender domain",
+            facts(UNKNOWN_IP, Some(cert("mail.fabrikam.com", &[])), ENFORCED),
+            "john@fabrikam.com",
+            vec![("someone@internet.example", by_ip("fabrikam"))],
+        ),
+        scenario(
+            "host-name connector cannot relay NDRs",
+            facts(UNKNOWN_IP, Some(cert("mail.fabrikam.com", &[])), ENFORCED),
+            "",
+            vec![(
+                "someone@internet.example",
+                attr36_enforced(Some("fabrikam")),
+            )],
+        ),
         // Certificates.
-        scenario("wildcard certificate", facts(UNKNOWN_IP, Some(cert("*.contoso.com", &["*.contoso.com"])), ENFORCED), "", vec![("someone@internet.example", by_cert("contoso"))]),
-        scenario("multi-SAN certificate", facts(UNKNOWN_IP, Some(cert("mail1.contoso.com", &["mail1.contoso.com", "mail2.contoso.com"])), ENFORCED), "", vec![("someone@internet.example", by_cert("contoso"))]),
-        scenario("look-alike names do not match", facts(UNKNOWN_IP, Some(cert("contoso.com.evil.example", &["evilcontoso.com"])), ENFORCED), "", vec![("someone@internet.example", DENIED)]),
-        scenario("self-signed certificate is not authentication", facts(UNKNOWN_IP, Some(unverified(contoso_cert(), "self-signed certificate")), ENFORCED), "", vec![("someone@internet.example", DENIED)]),
-        scenario("expired certificate is not authentication", facts(UNKNOWN_IP, Some(unverified(contoso_cert(), "certificate expired")), ENFORCED), "", vec![("someone@internet.example", DENIED)]),
-        scenario("unverified certificate falls back to the IP rule", facts(CONTOSO_IP, Some(unverified(contoso_cert(), "issuer not trusted")), ENFORCED), "", vec![("someone@internet.example", attr36_enforced(Some("contoso")))]),
+        scenario(
+            "wildcard certificate",
+            facts(
+                UNKNOWN_IP,
+                Some(cert("*.contoso.com", &["*.contoso.com"])),
+                ENFORCED,
+            ),
+            "",
+            vec![("someone@internet.example", by_cert("contoso"))],
+        ),
+        scenario(
+            "multi-SAN certificate",
+            facts(
+                UNKNOWN_IP,
+                Some(cert(
+                    "mail1.contoso.com",
+                    &["mail1.contoso.com", "mail2.contoso.com"],
+                )),
+                ENFORCED,
+            ),
+            "",
+            vec![("someone@internet.example", by_cert("contoso"))],
+        ),
+        scenario(
+            "look-alike names do not match",
+            facts(
+                UNKNOWN_IP,
+                Some(cert("contoso.com.evil.example", &["evilcontoso.com"])),
+                ENFORCED,
+            ),
+            "",
+            vec![("someone@internet.example", DENIED)],
+        ),
+        scenario(
+            "self-signed certificate is not authentication",
+            facts(
+                UNKNOWN_IP,
+                Some(unverified(contoso_cert(), "self-signed certificate")),
+                ENFORCED,
+            ),
+            "",
+            vec![("someone@internet.example", DENIED)],
+        ),
+        scenario(
+            "expired certificate is not authentication",
+            facts(
+                UNKNOWN_IP,
+                Some(unverified(contoso_cert(), "certificate expired")),
+                ENFORCED,
+            ),
+            "",
+            vec![("someone@internet.example", DENIED)],
+        ),
+        scenario(
+            "unverified certificate falls back to the IP rule",
+            facts(
+                CONTOSO_IP,
+                Some(unverified(contoso_cert(), "issuer not trusted")),
+                ENFORCED,
+            ),
+            "",
+            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
+        ),
         // Most specific match and ties.
-        scenario("an exact name beats a wildcard", facts(UNKNOWN_IP, Some(cert("mail.woodgrove.com", &[])), ENFORCED), "", vec![("someone@internet.example", by_cert("woodgrove-mail"))]),
-        scenario("a longer domain beats a shorter one", facts(UNKNOWN_IP, Some(cert("mx.eu.woodgrove.com", &[])), ENFORCED), "", vec![("someone@internet.example", by_cert("woodgrove-eu"))]),
-        scenario("tie between tenants: nothing attributed by certificate", facts(UNKNOWN_IP, Some(cert("mail.northwind.com", &["mail.northwind.com", "mail.adatum.com"])), ENFORCED), "", vec![("someone@internet.example", attr36_enforced(None))]),
-        scenario("tie between tenants: the sender domain decides", facts(UNKNOWN_IP, Some(cert("mail.northwind.com", &["mail.northwind.com", "mail.adatum.com"])), ENFORCED), "john@adatum.com", vec![("someone@internet.example", by_ip("adatum"))]),
+        scenario(
+            "an exact name beats a wildcard",
+            facts(UNKNOWN_IP, Some(cert("mail.woodgrove.com", &[])), ENFORCED),
+            "",
+            vec![("someone@internet.example", by_cert("woodgrove-mail"))],
+        ),
+        scenario(
+            "a longer domain beats a shorter one",
+            facts(UNKNOWN_IP, Some(cert("mx.eu.woodgrove.com", &[])), ENFORCED),
+            "",
+            vec![("someone@internet.example", by_cert("woodgrove-eu"))],
+        ),
+        scenario(
+            "tie between tenants: nothing attributed by certificate",
+            facts(
+                UNKNOWN_IP,
+                Some(cert(
+                    "mail.northwind.com",
+                    &["mail.northwind.com", "mail.adatum.com"],
+                )),
+                ENFORCED,
+            ),
+            "",
+            vec![("someone@internet.example", attr36_enforced(None))],
+        ),
+        scenario(
+            "tie between tenants: the sender domain decides",
+            facts(
+                UNKNOWN_IP,
+                Some(cert(
+                    "mail.northwind.com",
+                    &["mail.northwind.com", "mail.adatum.com"],
+                )),
+                ENFORCED,
+            ),
+            "john@adatum.com",
+            vec![("someone@internet.example", by_ip("adatum"))],
+        ),
         // Grace period and enforcement.
-        scenario("ATTR36 in the grace period is deferred", clear(CONTOSO_IP, GRACE), "john@fabrikam-other.example", vec![("someone@internet.example", attr36_deferred(Some("contoso")))]),
-        scenario("ATTR36 exactly at the deadline is enforced", clear(CONTOSO_IP, 1_499_212_800), "", vec![("someone@internet.example", attr36_enforced(Some("contoso")))]),
+        scenario(
+            "ATTR36 in the grace period is deferred",
+            clear(CONTOSO_IP, GRACE),
+            "john@fabrikam-other.example",
+            vec![("someone@internet.example", attr36_deferred(Some("contoso")))],
+        ),
+        scenario(
+            "ATTR36 exactly at the deadline is enforced",
+            clear(CONTOSO_IP, 1_499_212_800),
+            "",
+            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
+        ),
         Scenario {
             settings: vec![("before_enforcement", "warn")],
-            ..scenario("ATTR36 in the grace period, warn mode", clear(CONTOSO_IP, GRACE), "", vec![("someone@internet.example", attr36_warned(Some("contoso")))])
+            ..scenario(
+                "ATTR36 in the grace period, warn mode",
+                clear(CONTOSO_IP, GRACE),
+                "",
+                vec![("someone@internet.example", attr36_warned(Some("contoso")))],
+            )
         },
         Scenario {
             settings: vec![("enforcement", "2030-01-01T00:00:00Z")],
-            ..scenario("a later enforcement date set by the operator", clear(CONTOSO_IP, ENFORCED), "", vec![("someone@internet.example", attr36_deferred(Some("contoso")))])
+            ..scenario(
+                "a later enforcement date set by the operator",
+                clear(CONTOSO_IP, ENFORCED),
+                "",
+                vec![("someone@internet.example", attr36_deferred(Some("contoso")))],
+            )
         },
         // Incoming mail and partner connectors.
-        scenario("incoming mail from the Internet", clear(UNKNOWN_IP, ENFORCED), "someone@internet.example", vec![("kate@contoso.com", incoming("contoso")), ("other@internet.example", DENIED)]),
-        scenario("incoming NDR from the Internet", clear(UNKNOWN_IP, ENFORCED), "", vec![("kate@CONTOSO.COM", incoming("contoso"))]),
-        scenario("partner connector restricts a sender domain to its IPs", clear(UNKNOWN_IP, ENFORCED), "john@partner.example", vec![("kate@tailspintoys.com", inbound_denied("tailspintoys")), ("kate@contoso.com", incoming("contoso"))]),
-        scenario("partner connector admits its IPs", clear("192.0.2.130", ENFORCED), "john@partner.example", vec![("kate@tailspintoys.com", incoming("tailspintoys"))]),
+        scenario(
+            "incoming mail from the Internet",
+            clear(UNKNOWN_IP, ENFORCED),
+            "someone@internet.example",
+            vec![
+                ("kate@contoso.com", incoming("contoso")),
+                ("other@internet.example", DENIED),
+            ],
+        ),
+        scenario(
+            "incoming NDR from the Internet",
+            clear(UNKNOWN_IP, ENFORCED),
+            "",
+            vec![("kate@CONTOSO.COM", incoming("contoso"))],
+        ),
+        scenario(
+            "partner connector restricts a sender domain to its IPs",
+            clear(UNKNOWN_IP, ENFORCED),
+            "john@partner.example",
+            vec![
+                ("kate@tailspintoys.com", inbound_denied("tailspintoys")),
+                ("kate@contoso.com", incoming("contoso")),
+            ],
+        ),
+        scenario(
+            "partner connector admits its IPs",
+            clear("192.0.2.130", ENFORCED),
+            "john@partner.example",
+            vec![("kate@tailspintoys.com", incoming("tailspintoys"))],
+        ),
         // Mixed recipients in one transaction.
-        scenario("mixed recipients with an unowned sender domain", clear(CONTOSO_IP, ENFORCED), "john@fabrikam-other.example", vec![("kate@contoso.com", incoming("contoso")), ("bob@tailspintoys.com", incoming("tailspintoys")), ("someone@internet.example", attr36_enforced(Some("contoso")))]),
-        scenario("a disabled connector never matches", clear("192.0.2.200", ENFORCED), "john@litware.com", vec![("someone@internet.example", DENIED)]),
+        scenario(
+            "mixed recipients with an unowned sender domain",
+            clear(CONTOSO_IP, ENFORCED),
+            "john@fabrikam-other.example",
+            vec![
+                ("kate@contoso.com", incoming("contoso")),
+                ("bob@tailspintoys.com", incoming("tailspintoys")),
+                ("someone@internet.example", attr36_enforced(Some("contoso"))),
+            ],
+        ),
+        scenario(
+            "a disabled connector never matches",
+            clear("192.0.2.200", ENFORCED),
+            "john@litware.com",
+            vec![("someone@internet.example", DENIED)],
+        ),
     ];
     v.sort_by_key(|s| s.name);
     v
@@ -312,7 +626,10 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// Checks a verdict against an expectation; `Err` says what differs.
 pub fn check(expect: &Expect, v: &Verdict) -> Result<(), String> {
-    let has_warning = v.headers.iter().any(|h| h.name == crate::replies::WARNING_HEADER);
+    let has_warning = v
+        .headers
+        .iter()
+        .any(|h| h.name == crate::replies::WARNING_HEADER);
     let ok = v.code == expect.code
         && v.enhanced == expect.enhanced
         && v.tenant.as_deref() == expect.tenant
@@ -363,7 +680,11 @@ mod tests {
     #[test]
     fn reply_texts_are_the_reference_ones() {
         let dir = fixture();
-        let mut s = Session::open(dir.clone(), Settings::default(), clear(CONTOSO_IP, ENFORCED));
+        let mut s = Session::open(
+            dir.clone(),
+            Settings::default(),
+            clear(CONTOSO_IP, ENFORCED),
+        );
         s.mail_from("");
         assert_eq!(
             s.rcpt_to("x@internet.example").reply_line(),
@@ -371,10 +692,16 @@ mod tests {
         );
         let mut s = Session::open(dir.clone(), Settings::default(), clear(CONTOSO_IP, GRACE));
         s.mail_from("");
-        assert_eq!(s.rcpt_to("x@internet.example").reply_line(), "451 4.4.4 Relay Access Denied, unrecognized sender domain. ATTR36");
+        assert_eq!(
+            s.rcpt_to("x@internet.example").reply_line(),
+            "451 4.4.4 Relay Access Denied, unrecognized sender domain. ATTR36"
+        );
         let mut s = Session::open(dir, Settings::default(), clear(UNKNOWN_IP, GRACE));
         s.mail_from("a@b.example");
-        assert_eq!(s.rcpt_to("x@internet.example").reply_line(), "550 5.7.64 TenantAttribution; Relay Access Denied");
+        assert_eq!(
+            s.rcpt_to("x@internet.example").reply_line(),
+            "550 5.7.64 TenantAttribution; Relay Access Denied"
+        );
     }
 
     #[test]
@@ -382,12 +709,19 @@ mod tests {
         let mut s = Session::open(
             fixture(),
             Settings::default(),
-            facts(UNKNOWN_IP, Some(cert("mail.contoso-mail.net", &[])), ENFORCED),
+            facts(
+                UNKNOWN_IP,
+                Some(cert("mail.contoso-mail.net", &[])),
+                ENFORCED,
+            ),
         );
         s.mail_from("john@contoso.com");
         let v = s.rcpt_to("x@internet.example");
         let why = v.explanation.join("\n");
-        assert!(why.contains("closest: connector 'Contoso on-premises' (tenant contoso)"), "{why}");
+        assert!(
+            why.contains("closest: connector 'Contoso on-premises' (tenant contoso)"),
+            "{why}"
+        );
         assert!(why.contains("expects a certificate named *.contoso.com, but the certificate carries [mail.contoso-mail.net]"), "{why}");
         assert!(why.contains("client IP 192.0.2.77 is not in its sender IP addresses [203.0.113.0/24, 2001:db8::/32]"), "{why}");
     }
@@ -400,9 +734,18 @@ mod tests {
 
     #[test]
     fn ip_ranges() {
-        assert!(ip_in_range("203.0.113.10".parse().unwrap(), "203.0.113.0/24"));
-        assert!(!ip_in_range("203.0.114.10".parse().unwrap(), "203.0.113.0/24"));
+        assert!(ip_in_range(
+            "203.0.113.10".parse().unwrap(),
+            "203.0.113.0/24"
+        ));
+        assert!(!ip_in_range(
+            "203.0.114.10".parse().unwrap(),
+            "203.0.113.0/24"
+        ));
         assert!(ip_in_range("2001:db8::1".parse().unwrap(), "2001:db8::/32"));
-        assert!(!ip_in_range("2001:db8::1".parse().unwrap(), "203.0.113.0/24"));
+        assert!(!ip_in_range(
+            "2001:db8::1".parse().unwrap(),
+            "203.0.113.0/24"
+        ));
     }
 }

@@ -42,7 +42,9 @@ impl Default for Settings {
 pub fn parse_instant(value: &str) -> Result<UnixSeconds, String> {
     OffsetDateTime::parse(value.trim(), &Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|e| format!("'{value}' is not an RFC 3339 instant such as 2017-07-05T00:00:00Z ({e})"))
+        .map_err(|e| {
+            format!("'{value}' is not an RFC 3339 instant such as 2017-07-05T00:00:00Z ({e})")
+        })
 }
 
 /// Formats seconds since the epoch as RFC 3339 (UTC).
@@ -95,12 +97,27 @@ mod tests {
 
     #[test]
     fn defaults_and_parsing() {
-        assert_eq!(parse_instant("2017-07-05T00:00:00Z").unwrap(), DEFAULT_ENFORCEMENT);
-        let s = Settings::from_pairs([("enforcement", "2030-01-01T00:00:00+01:00"), ("before_enforcement", "warn")]).unwrap();
+        assert_eq!(
+            parse_instant("2017-07-05T00:00:00Z").unwrap(),
+            DEFAULT_ENFORCEMENT
+        );
+        let s = Settings::from_pairs([
+            ("enforcement", "2030-01-01T00:00:00+01:00"),
+            ("before_enforcement", "warn"),
+        ])
+        .unwrap();
         assert_eq!(s.before_enforcement, GraceMode::Warn);
         assert_eq!(format_instant(s.enforcement), "2029-12-31T23:00:00Z");
-        assert!(Settings::from_pairs([("enforcment", "x")]).unwrap_err().contains("unknown setting 'enforcment'"));
+        assert!(
+            Settings::from_pairs([("enforcment", "x")])
+                .unwrap_err()
+                .contains("unknown setting 'enforcment'")
+        );
         assert!(Settings::from_pairs([("before_enforcement", "maybe")]).is_err());
-        assert!(Settings::from_pairs([("enforcement", "yesterday")]).unwrap_err().contains("enforcement"));
+        assert!(
+            Settings::from_pairs([("enforcement", "yesterday")])
+                .unwrap_err()
+                .contains("enforcement")
+        );
     }
 }

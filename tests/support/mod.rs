@@ -13,13 +13,16 @@ use attrelay::policy::{EngineLimits, PolicyEngine};
 use attrelay_policy::model::ConnectorKind;
 use attrelay_policy::scenarios::fixture;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, date_time_ymd,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, date_time_ymd,
 };
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Certificates written as PEM files in a temporary directory.
@@ -30,25 +33,44 @@ pub struct Pki {
 fn ca_params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name.push(DnType::OrganizationName, "attrelay tests");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "attrelay tests");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = date_time_ymd(2010, 1, 1);
     p.not_after = date_time_ymd(2045, 1, 1);
     p
 }
 
-fn leaf_params(cn: &str, sans: &[&str], from: (i32, u8, u8), to: (i32, u8, u8)) -> CertificateParams {
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+fn leaf_params(
+    cn: &str,
+    sans: &[&str],
+    from: (i32, u8, u8),
+    to: (i32, u8, u8),
+) -> CertificateParams {
+    let mut p =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.not_before = date_time_ymd(from.0, from.1, from.2);
     p.not_after = date_time_ymd(to.0, to.1, to.2);
     p
 }
 
-const LONG: ((i32, u8, u8), (i32, u8, u8)) = ((2015, 1, 1), (2040, 1, 1));
+/// A year, month and day.
+type Ymd = (i32, u8, u8);
+/// Validity: from, to.
+type Validity = (Ymd, Ymd);
+
+const LONG: Validity = ((2015, 1, 1), (2040, 1, 1));
 
 impl Pki {
     /// A root CA (`ca.pem`), an intermediate, and leaves signed by the
@@ -57,34 +79,82 @@ impl Pki {
     /// self-signed one, an expired one and one from an unknown CA.
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let root = CertifiedIssuer::self_signed(ca_params("attrelay Test Root CA"), KeyPair::generate().unwrap()).unwrap();
-        let inter = CertifiedIssuer::signed_by(ca_params("attrelay Test Issuing CA"), KeyPair::generate().unwrap(), &root).unwrap();
-        let other_root = CertifiedIssuer::self_signed(ca_params("Untrusted Root CA"), KeyPair::generate().unwrap()).unwrap();
+        let root = CertifiedIssuer::self_signed(
+            ca_params("attrelay Test Root CA"),
+            KeyPair::generate().unwrap(),
+        )
+        .unwrap();
+        let inter = CertifiedIssuer::signed_by(
+            ca_params("attrelay Test Issuing CA"),
+            KeyPair::generate().unwrap(),
+            &root,
+        )
+        .unwrap();
+        let other_root = CertifiedIssuer::self_signed(
+            ca_params("Untrusted Root CA"),
+            KeyPair::generate().unwrap(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("ca.pem"), root.pem()).unwrap();
 
-        let leaves: &[(&str, &str, &[&str], ((i32, u8, u8), (i32, u8, u8)))] = &[
+        let leaves: &[(&str, &str, &[&str], Validity)] = &[
             ("contoso", "mail.contoso.com", &["mail.contoso.com"], LONG),
-            ("renewed", "mail.contoso-mail.net", &["mail.contoso-mail.net"], LONG),
+            (
+                "renewed",
+                "mail.contoso-mail.net",
+                &["mail.contoso-mail.net"],
+                LONG,
+            ),
             ("wildcard", "*.contoso.com", &["*.contoso.com"], LONG),
-            ("multisan", "mail1.contoso.com", &["mail1.contoso.com", "mail2.contoso.com"], LONG),
-            ("fabrikam-host", "mail.fabrikam.com", &["mail.fabrikam.com"], LONG),
-            ("tie", "mail.northwind.com", &["mail.northwind.com", "mail.adatum.com"], LONG),
-            ("expired", "mail.contoso.com", &["mail.contoso.com"], ((2014, 1, 1), (2016, 1, 1))),
+            (
+                "multisan",
+                "mail1.contoso.com",
+                &["mail1.contoso.com", "mail2.contoso.com"],
+                LONG,
+            ),
+            (
+                "fabrikam-host",
+                "mail.fabrikam.com",
+                &["mail.fabrikam.com"],
+                LONG,
+            ),
+            (
+                "tie",
+                "mail.northwind.com",
+                &["mail.northwind.com", "mail.adatum.com"],
+                LONG,
+            ),
+            (
+                "expired",
+                "mail.contoso.com",
+                &["mail.contoso.com"],
+                ((2014, 1, 1), (2016, 1, 1)),
+            ),
         ];
         for (file, cn, sans, (from, to)) in leaves {
             let key = KeyPair::generate().unwrap();
-            let cert = leaf_params(cn, sans, *from, *to).signed_by(&key, &inter).unwrap();
-            std::fs::write(dir.path().join(format!("{file}.pem")), format!("{}{}", cert.pem(), inter.pem())).unwrap();
+            let cert = leaf_params(cn, sans, *from, *to)
+                .signed_by(&key, &inter)
+                .unwrap();
+            std::fs::write(
+                dir.path().join(format!("{file}.pem")),
+                format!("{}{}", cert.pem(), inter.pem()),
+            )
+            .unwrap();
             std::fs::write(dir.path().join(format!("{file}.key")), key.serialize_pem()).unwrap();
             if *file == "contoso" {
                 std::fs::write(dir.path().join("contoso-leaf-only.pem"), cert.pem()).unwrap();
             }
         }
         let key = KeyPair::generate().unwrap();
-        let selfsigned = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1).self_signed(&key).unwrap();
+        let selfsigned = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1)
+            .self_signed(&key)
+            .unwrap();
         std::fs::write(dir.path().join("selfsigned.pem"), selfsigned.pem()).unwrap();
         let key = KeyPair::generate().unwrap();
-        let foreign = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1).signed_by(&key, &other_root).unwrap();
+        let foreign = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1)
+            .signed_by(&key, &other_root)
+            .unwrap();
         std::fs::write(dir.path().join("foreign.pem"), foreign.pem()).unwrap();
         Pki { dir }
     }
@@ -96,7 +166,11 @@ impl Pki {
     /// Writes the fixture configuration, trusting `ca.pem`, and returns its path.
     pub fn write_config(&self, extra: &str) -> PathBuf {
         let path = self.path("relay.toml");
-        std::fs::write(&path, fixture_toml(&format!("client_ca = [\"ca.pem\"]\n{extra}"))).unwrap();
+        std::fs::write(
+            &path,
+            fixture_toml(&format!("client_ca = [\"ca.pem\"]\n{extra}")),
+        )
+        .unwrap();
         path
     }
 }
@@ -112,15 +186,31 @@ fn quoted(items: &[String]) -> String {
 pub fn fixture_toml(server_extra: &str) -> String {
     let mut t = format!("[server]\nhostname = \"relay.example.test\"\n{server_extra}\n");
     for tenant in fixture().tenants {
-        writeln!(t, "[[tenant]]\nid = {:?}\naccepted_domains = {}", tenant.id, quoted(&tenant.accepted_domains)).unwrap();
+        writeln!(
+            t,
+            "[[tenant]]\nid = {:?}\naccepted_domains = {}",
+            tenant.id,
+            quoted(&tenant.accepted_domains)
+        )
+        .unwrap();
         for c in tenant.connectors {
             let kind = match c.kind {
                 ConnectorKind::OnPremises => "on-premises",
                 ConnectorKind::Partner => "partner",
             };
-            writeln!(t, "\n[[tenant.connector]]\nname = {:?}\ntype = \"{kind}\"\nenabled = {}", c.name, c.enabled).unwrap();
+            writeln!(
+                t,
+                "\n[[tenant.connector]]\nname = {:?}\ntype = \"{kind}\"\nenabled = {}",
+                c.name, c.enabled
+            )
+            .unwrap();
             if !c.sender_ip_addresses.is_empty() {
-                writeln!(t, "sender_ip_addresses = {}", quoted(&c.sender_ip_addresses)).unwrap();
+                writeln!(
+                    t,
+                    "sender_ip_addresses = {}",
+                    quoted(&c.sender_ip_addresses)
+                )
+                .unwrap();
             }
             if let Some(n) = &c.tls_sender_certificate_name {
                 writeln!(t, "tls_sender_certificate_name = {n:?}").unwrap();
@@ -146,13 +236,20 @@ pub fn fixture_toml(server_extra: &str) -> String {
 
 /// The fixture as a validated configuration.
 pub fn fixture_config() -> Config {
-    Config::parse(Path::new("fixture.toml"), &fixture_toml("")).expect("the fixture configuration is valid")
+    Config::parse(Path::new("fixture.toml"), &fixture_toml(""))
+        .expect("the fixture configuration is valid")
 }
 
 /// One engine per test process: compiling the component is the slow part.
 pub fn engine() -> &'static PolicyEngine {
     static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
-    ENGINE.get_or_init(|| PolicyEngine::new(EngineLimits { max_instances: 64, ..EngineLimits::default() }).unwrap())
+    ENGINE.get_or_init(|| {
+        PolicyEngine::new(EngineLimits {
+            max_instances: 64,
+            ..EngineLimits::default()
+        })
+        .unwrap()
+    })
 }
 
 /// Builds a test component under `tests/components/NAME` for wasm32-wasip2
@@ -162,7 +259,14 @@ pub fn build_component(name: &str) -> PathBuf {
     let target = root().join("target/test-components");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&dir)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -170,14 +274,19 @@ pub fn build_component(name: &str) -> PathBuf {
         .status()
         .expect("running cargo to build a test component");
     assert!(status.success(), "building tests/components/{name} failed");
-    let wasm = target.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    let wasm = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
     assert!(wasm.exists(), "{} missing", wasm.display());
     wasm
 }
 
 /// Runs the built `attrelay` binary.
 pub fn attrelay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attrelay")).args(args).output().expect("spawning attrelay")
+    Command::new(env!("CARGO_BIN_EXE_attrelay"))
+        .args(args)
+        .output()
+        .expect("spawning attrelay")
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -77,7 +77,10 @@ pub struct CheckReport {
 /// Strips one pair of angle brackets, so that `<john@contoso.com>` and `<>` work too.
 fn bare_address(a: &str) -> String {
     let t = a.trim();
-    t.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(t).to_string()
+    t.strip_prefix('<')
+        .and_then(|x| x.strip_suffix('>'))
+        .unwrap_or(t)
+        .to_string()
 }
 
 /// Runs the check and returns the report (no printing).
@@ -86,11 +89,12 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         return Err(UsageError("give at least one --to recipient".into()));
     }
     let config = load_config(args.config.as_deref())?;
-    let ip: IpAddr = args
-        .ip
-        .trim()
-        .parse()
-        .map_err(|_| UsageError(format!("--ip: '{}' is not an IPv4 or IPv6 address", args.ip)))?;
+    let ip: IpAddr = args.ip.trim().parse().map_err(|_| {
+        UsageError(format!(
+            "--ip: '{}' is not an IPv4 or IPv6 address",
+            args.ip
+        ))
+    })?;
     let time = session_time(args.at.as_deref())?;
     let anchors = TrustAnchors::load(&config.server.client_ca).map_err(UsageError::new)?;
     let tls = match &args.cert {
@@ -122,9 +126,12 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         Some(p) => PolicySource::File(p.clone()),
         None => PolicySource::from_option(config.policy.component.as_deref()),
     };
-    let engine = PolicyEngine::new(EngineLimits { max_instances: 4, ..EngineLimits::from(&config.policy) })
-        .map_err(UsageError::new)?;
-    let policy = engine.load(&source, &config.policy.settings).map_err(UsageError::new)?;
+    let engine = PolicyEngine::new(EngineLimits {
+        max_instances: 4,
+        ..EngineLimits::from(&config.policy)
+    })
+    .map_err(UsageError::new)?;
+    let policy = super::load_policy(&config, &engine, &source)?;
     let directory = Arc::new(Directory::from_config(&config));
     let mut session = policy.open_session(directory, &facts);
 
@@ -137,16 +144,29 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         .map(|to| {
             let rcpt = bare_address(to);
             // As on the wire: a refused MAIL FROM leaves no transaction for RCPT TO.
-            let v = if mail_ok { session.rcpt_to(&rcpt) } else { mail.clone() };
-            RecipientReport { rcpt, reply: v.into() }
+            let v = if mail_ok {
+                session.rcpt_to(&rcpt)
+            } else {
+                mail.clone()
+            };
+            RecipientReport {
+                rcpt,
+                reply: v.into(),
+            }
         })
         .collect();
-    Ok(CheckReport { policy: policy.origin().to_string(), mail_from: mail.into(), recipients })
+    Ok(CheckReport {
+        policy: policy.origin().to_string(),
+        mail_from: mail.into(),
+        recipients,
+    })
 }
 
 /// Whether every recipient was accepted.
 pub fn all_accepted(r: &CheckReport) -> bool {
-    r.recipients.iter().all(|x| (200..300).contains(&x.reply.code))
+    r.recipients
+        .iter()
+        .all(|x| (200..300).contains(&x.reply.code))
 }
 
 /// Prints the report and returns the exit status.
@@ -158,18 +178,38 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<u8, UsageError> {
     } else {
         write_text(&report, &bare_address(&args.from), out).map_err(UsageError::new)?;
     }
-    Ok(if all_accepted(&report) { EXIT_OK } else { EXIT_REFUSED })
+    Ok(if all_accepted(&report) {
+        EXIT_OK
+    } else {
+        EXIT_REFUSED
+    })
 }
 
 fn write_text(r: &CheckReport, sender: &str, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "policy: {}", r.policy)?;
     writeln!(out, "MAIL FROM:<{sender}>")?;
-    writeln!(out, "  {} {} {}", r.mail_from.code, r.mail_from.enhanced, r.mail_from.text)?;
+    writeln!(
+        out,
+        "  {} {} {}",
+        r.mail_from.code, r.mail_from.enhanced, r.mail_from.text
+    )?;
     for x in &r.recipients {
         writeln!(out, "RCPT TO:<{}>", x.rcpt)?;
-        writeln!(out, "  {} {} {}", x.reply.code, x.reply.enhanced, x.reply.text)?;
-        writeln!(out, "  tenant: {}", x.reply.tenant.as_deref().unwrap_or("(none)"))?;
-        writeln!(out, "  reason: {}", x.reply.reason.as_deref().unwrap_or("(none)"))?;
+        writeln!(
+            out,
+            "  {} {} {}",
+            x.reply.code, x.reply.enhanced, x.reply.text
+        )?;
+        writeln!(
+            out,
+            "  tenant: {}",
+            x.reply.tenant.as_deref().unwrap_or("(none)")
+        )?;
+        writeln!(
+            out,
+            "  reason: {}",
+            x.reply.reason.as_deref().unwrap_or("(none)")
+        )?;
         for (name, value) in &x.reply.headers {
             writeln!(out, "  header: {name}: {value}")?;
         }

@@ -39,7 +39,10 @@ pub struct ConnectorView {
 /// Labels shared at the end of two names ("mail.contoso.com" and
 /// "contoso.com" share 2): how close a non-matching connector came.
 fn shared_suffix_labels(a: &str, b: &str) -> usize {
-    a.rsplit('.').zip(b.rsplit('.')).take_while(|(x, y)| x == y).count()
+    a.rsplit('.')
+        .zip(b.rsplit('.'))
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 fn why_not(c: &Connector, pattern: &str, names: &[String]) -> String {
@@ -53,12 +56,18 @@ fn why_not(c: &Connector, pattern: &str, names: &[String]) -> String {
             names.join(", ")
         );
     }
-    if let Some(w) = names.iter().find(|n| certname::is_wildcard(n) && certname::matches(n, pattern).is_some()) {
+    if let Some(w) = names
+        .iter()
+        .find(|n| certname::is_wildcard(n) && certname::matches(n, pattern).is_some())
+    {
         return format!(
             "the certificate name {w} is a wildcard, which never matches an exact connector name; set the connector to {w}"
         );
     }
-    format!("the exact name {pattern} is not among the certificate's names [{}]", names.join(", "))
+    format!(
+        "the exact name {pattern} is not among the certificate's names [{}]",
+        names.join(", ")
+    )
 }
 
 /// Every on-premises connector with a certificate name, as it sees `cert`.
@@ -72,14 +81,22 @@ pub fn connector_views(dir: &Directory, cert: &ClientCertificate) -> Vec<Connect
             let matched = names
                 .iter()
                 .filter_map(|n| certname::matches(&pattern, n).map(|s| (n.clone(), s)))
+                // The first of the most specific names (max_by_key keeps the last).
+                .rev()
                 .max_by_key(|(_, s)| *s);
             let domain = certname::domain_of(&pattern);
-            let domain_accepted = dir.tenant_of_domain(domain).as_deref() == Some(c.tenant.as_str());
+            let domain_accepted =
+                dir.tenant_of_domain(domain).as_deref() == Some(c.tenant.as_str());
             let why_not = match (&matched, c.enabled) {
                 (Some(_), true) => None,
                 _ => Some(why_not(c, &pattern, &names)),
             };
-            Some(ConnectorView { connector: c.clone(), matched, domain_accepted, why_not })
+            Some(ConnectorView {
+                connector: c.clone(),
+                matched,
+                domain_accepted,
+                why_not,
+            })
         })
         .collect()
 }
@@ -97,7 +114,16 @@ pub fn inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<u8, UsageError
     };
     let cert = inspect_chain(&chain, &anchors, unix_time(time))
         .map_err(|e| UsageError(format!("{}: {e}", args.pem.display())))?;
-    write_report(args, config.as_ref(), &anchors, &cert, chain.len(), time, out).map_err(UsageError::new)?;
+    write_report(
+        args,
+        config.as_ref(),
+        &anchors,
+        &cert,
+        chain.len(),
+        time,
+        out,
+    )
+    .map_err(UsageError::new)?;
     Ok(EXIT_OK)
 }
 
@@ -112,7 +138,12 @@ fn write_report(
 ) -> std::io::Result<()> {
     let names = cert.names();
     let mut warnings: Vec<String> = Vec::new();
-    writeln!(out, "certificate {} ({} in chain)", args.pem.display(), chain_len)?;
+    writeln!(
+        out,
+        "certificate {} ({} in chain)",
+        args.pem.display(),
+        chain_len
+    )?;
     writeln!(out, "  subject:     {}", cert.subject)?;
     writeln!(out, "  issuer:      {}", cert.issuer)?;
     writeln!(out, "  serial:      {}", cert.serial)?;
@@ -131,23 +162,58 @@ fn write_report(
         format_instant(cert.not_after),
         format_instant(time)
     )?;
-    writeln!(out, "  CN:          {}", if cert.common_names.is_empty() { "(none)".into() } else { cert.common_names.join(", ") })?;
-    writeln!(out, "  DNS SANs:    {}", if cert.dns_names.is_empty() { "(none)".into() } else { cert.dns_names.join(", ") })?;
+    writeln!(
+        out,
+        "  CN:          {}",
+        if cert.common_names.is_empty() {
+            "(none)".into()
+        } else {
+            cert.common_names.join(", ")
+        }
+    )?;
+    writeln!(
+        out,
+        "  DNS SANs:    {}",
+        if cert.dns_names.is_empty() {
+            "(none)".into()
+        } else {
+            cert.dns_names.join(", ")
+        }
+    )?;
     if cert.subject == cert.issuer {
         warnings.push("the certificate is self-signed: a relay accepts only certificates signed by a CA it trusts".into());
     }
     if validity != "valid" {
-        warnings.push(format!("the certificate is {} at {}", validity.to_lowercase(), format_instant(time)));
+        warnings.push(format!(
+            "the certificate is {} at {}",
+            validity.to_lowercase(),
+            format_instant(time)
+        ));
     }
     let Some(config) = config else {
-        writeln!(out, "  chain:       not checked (give --config to verify it against server.client_ca and compare connectors)")?;
+        writeln!(
+            out,
+            "  chain:       not checked (give --config to verify it against server.client_ca and compare connectors)"
+        )?;
         return write_warnings(&warnings, out);
     };
-    let sources: Vec<String> = anchors.sources.iter().map(|p| p.display().to_string()).collect();
+    let sources: Vec<String> = anchors
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     if cert.verified {
-        writeln!(out, "  chain:       verified against {} at {}", sources.join(", "), format_instant(time))?;
+        writeln!(
+            out,
+            "  chain:       verified against {} at {}",
+            sources.join(", "),
+            format_instant(time)
+        )?;
     } else {
-        let reason = cert.verification_error.as_deref().unwrap_or("unknown error");
+        let reason = cert
+            .verification_error
+            .as_deref()
+            .unwrap_or("unknown error");
         writeln!(out, "  chain:       NOT verified: {reason}")?;
         warnings.push(format!(
             "the chain does not verify ({reason}): the relay will treat this client as unauthenticated, and only IP-based connectors with accepted sender domains can relay its mail"
@@ -161,8 +227,18 @@ fn write_report(
         .iter()
         .filter(|v| v.why_not.is_some())
         .max_by_key(|v| {
-            let d = certname::domain_of(v.connector.tls_sender_certificate_name.as_deref().unwrap_or_default()).to_string();
-            names.iter().map(|n| shared_suffix_labels(&d, certname::domain_of(n))).max().unwrap_or(0)
+            let d = certname::domain_of(
+                v.connector
+                    .tls_sender_certificate_name
+                    .as_deref()
+                    .unwrap_or_default(),
+            )
+            .to_string();
+            names
+                .iter()
+                .map(|n| shared_suffix_labels(&d, certname::domain_of(n)))
+                .max()
+                .unwrap_or(0)
         })
         .map(|v| (v.connector.tenant.clone(), v.connector.name.clone()));
     for v in &views {
@@ -172,19 +248,37 @@ fn write_report(
             (Some((name, s)), None) => {
                 let kind = if s.exact { "exact" } else { "wildcard" };
                 let effect = if v.domain_accepted {
-                    format!("{} is an accepted domain: certificate-based connector (relays NDRs, forwarded mail and any sender)", certname::domain_of(pattern))
+                    format!(
+                        "{} is an accepted domain: certificate-based connector (relays NDRs, forwarded mail and any sender)",
+                        certname::domain_of(pattern)
+                    )
                 } else {
                     warnings.push(format!(
                         "connector '{}' (tenant {}) is set to {pattern}, whose domain is not an accepted domain of the tenant: it identifies the server, but NDRs, forwarded mail and mail sent as other domains are refused (ATTR36); set it to *.<accepted domain>",
                         c.name, c.tenant
                     ));
-                    format!("{} is NOT an accepted domain: identifies the server only (sender-domain rule)", certname::domain_of(pattern))
+                    format!(
+                        "{} is NOT an accepted domain: identifies the server only (sender-domain rule)",
+                        certname::domain_of(pattern)
+                    )
                 };
-                writeln!(out, "  MATCH  '{}' (tenant {}) {pattern}: matches {name} ({kind}); {effect}", c.name, c.tenant)?;
+                writeln!(
+                    out,
+                    "  MATCH  '{}' (tenant {}) {pattern}: matches {name} ({kind}); {effect}",
+                    c.name, c.tenant
+                )?;
             }
             (_, Some(why)) => {
-                let mark = if closest.as_ref() == Some(&(c.tenant.clone(), c.name.clone())) { "  <- closest" } else { "" };
-                writeln!(out, "  no     '{}' (tenant {}) {pattern}: {why}{mark}", c.name, c.tenant)?;
+                let mark = if closest.as_ref() == Some(&(c.tenant.clone(), c.name.clone())) {
+                    "  <- closest"
+                } else {
+                    ""
+                };
+                writeln!(
+                    out,
+                    "  no     '{}' (tenant {}) {pattern}: {why}{mark}",
+                    c.name, c.tenant
+                )?;
             }
             (None, None) => {}
         }
@@ -193,10 +287,20 @@ fn write_report(
     // The seeds' advice: a certificate with several host names wants a wildcard connector.
     let hosts: Vec<&String> = names.iter().filter(|n| !certname::is_wildcard(n)).collect();
     for v in views.iter().filter(|v| v.why_not.is_none()) {
-        let pattern = v.connector.tls_sender_certificate_name.as_deref().unwrap_or_default();
+        let pattern = v
+            .connector
+            .tls_sender_certificate_name
+            .as_deref()
+            .unwrap_or_default();
         if !certname::is_wildcard(pattern) && hosts.len() > 1 {
-            let parents: BTreeSet<&str> = hosts.iter().filter_map(|h| h.split_once('.').map(|(_, p)| p)).collect();
-            if let Some(p) = parents.iter().find(|p| dir.tenant_of_domain(p).as_deref() == Some(v.connector.tenant.as_str())) {
+            let parents: BTreeSet<&str> = hosts
+                .iter()
+                .filter_map(|h| h.split_once('.').map(|(_, p)| p))
+                .collect();
+            if let Some(p) = parents
+                .iter()
+                .find(|p| dir.tenant_of_domain(p).as_deref() == Some(v.connector.tenant.as_str()))
+            {
                 warnings.push(format!(
                     "the certificate carries several host names ({}); set connector '{}' to *.{p} rather than {pattern}",
                     hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
@@ -206,8 +310,14 @@ fn write_report(
         }
     }
 
-    let accepted: Vec<&ConnectorView> = views.iter().filter(|v| v.why_not.is_none() && v.domain_accepted).collect();
-    let best = accepted.iter().filter_map(|v| v.matched.as_ref().map(|m| m.1)).max();
+    let accepted: Vec<&ConnectorView> = views
+        .iter()
+        .filter(|v| v.why_not.is_none() && v.domain_accepted)
+        .collect();
+    let best = accepted
+        .iter()
+        .filter_map(|v| v.matched.as_ref().map(|m| m.1))
+        .max();
     let tenants: BTreeSet<&str> = accepted
         .iter()
         .filter(|v| v.matched.as_ref().map(|m| m.1) == best)
@@ -215,8 +325,13 @@ fn write_report(
         .collect();
     let summary = match (cert.verified, tenants.len()) {
         (false, _) => "none: the certificate is not verified".to_string(),
-        (true, 0) => "none: no certificate-based connector with an accepted domain matches".to_string(),
-        (true, 1) => format!("tenant {} (relay allowed with any sender, including <>)", tenants.iter().next().unwrap_or(&"")),
+        (true, 0) => {
+            "none: no certificate-based connector with an accepted domain matches".to_string()
+        }
+        (true, 1) => format!(
+            "tenant {} (relay allowed with any sender, including <>)",
+            tenants.iter().next().unwrap_or(&"")
+        ),
         (true, _) => format!(
             "ambiguous: tenants {} match equally specifically; nothing is attributed by certificate",
             tenants.into_iter().collect::<Vec<_>>().join(", ")

@@ -7,8 +7,8 @@
 //! crosses from one session (or tenant) to another.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -40,7 +40,11 @@ pub struct EngineLimits {
 
 impl From<&PolicyConfig> for EngineLimits {
     fn from(p: &PolicyConfig) -> Self {
-        EngineLimits { call_timeout: p.timeout, memory_limit: p.memory_limit, max_instances: p.max_instances }
+        EngineLimits {
+            call_timeout: p.timeout,
+            memory_limit: p.memory_limit,
+            max_instances: p.max_instances,
+        }
     }
 }
 
@@ -55,11 +59,22 @@ pub enum PolicyError {
     #[error("cannot create the WebAssembly engine: {0:#}")]
     Engine(anyhow::Error),
     #[error("{origin}: cannot read the component: {source}")]
-    Read { origin: String, source: std::io::Error },
+    Read {
+        origin: String,
+        source: std::io::Error,
+    },
     #[error("{origin}: not a valid WebAssembly component: {detail:#}")]
-    Compile { origin: String, detail: anyhow::Error },
-    #[error("{origin}: the component does not implement the attrelay:policy/attribution-policy world: {detail:#}")]
-    Link { origin: String, detail: anyhow::Error },
+    Compile {
+        origin: String,
+        detail: anyhow::Error,
+    },
+    #[error(
+        "{origin}: the component does not implement the attrelay:policy/attribution-policy world: {detail:#}"
+    )]
+    Link {
+        origin: String,
+        detail: anyhow::Error,
+    },
     #[error("{origin}: the policy refused its settings: {message}")]
     Settings { origin: String, message: String },
     #[error("{origin}: the policy failed while starting: {message}")]
@@ -77,7 +92,8 @@ pub enum PolicySource {
 
 impl PolicySource {
     pub fn from_option(path: Option<&Path>) -> PolicySource {
-        path.map(|p| PolicySource::File(p.to_path_buf())).unwrap_or(PolicySource::Embedded)
+        path.map(|p| PolicySource::File(p.to_path_buf()))
+            .unwrap_or(PolicySource::Embedded)
     }
 
     pub fn describe(&self) -> String {
@@ -136,10 +152,10 @@ impl PolicyEngine {
         // store gets an empty, deny-all WasiCtx (no files, network or env).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow::Error::from(e).context("linking WASI"))?;
-        super::bindings::AttributionPolicy::add_to_linker::<_, wasmtime::component::HasSelf<SessionState>>(
-            &mut linker,
-            |s| s,
-        )
+        super::bindings::AttributionPolicy::add_to_linker::<
+            _,
+            wasmtime::component::HasSelf<SessionState>,
+        >(&mut linker, |s| s)
         .map_err(|e| anyhow::Error::from(e).context("linking the directory interface"))?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -154,7 +170,14 @@ impl PolicyEngine {
                 }
             })
             .context("starting the epoch ticker")?;
-        Ok(PolicyEngine { inner: Arc::new(EngineInner { engine, linker, limits, stop }) })
+        Ok(PolicyEngine {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                limits,
+                stop,
+            }),
+        })
     }
 
     pub fn limits(&self) -> EngineLimits {
@@ -168,42 +191,73 @@ impl PolicyEngine {
     /// Epoch ticks that make up one call's budget (rounded up, plus one tick
     /// because the current tick may be about to end).
     pub(crate) fn deadline_ticks(&self) -> u64 {
-        let t = self.inner.limits.call_timeout.as_micros().div_ceil(EPOCH_TICK.as_micros());
+        let t = self
+            .inner
+            .limits
+            .call_timeout
+            .as_micros()
+            .div_ceil(EPOCH_TICK.as_micros());
         t as u64 + 1
     }
 
     /// Compiles and links a component, then checks that it instantiates and
     /// accepts `settings`. A component that fails any step is refused here,
     /// before it decides anything.
-    pub fn load(&self, source: &PolicySource, settings: &[(String, String)]) -> Result<LoadedPolicy, PolicyError> {
+    pub fn load(
+        &self,
+        source: &PolicySource,
+        settings: &[(String, String)],
+    ) -> Result<LoadedPolicy, PolicyError> {
         let origin = source.describe();
         let bytes: std::borrow::Cow<'static, [u8]> = match source {
             PolicySource::Embedded => super::DEFAULT_POLICY.into(),
             PolicySource::File(p) => std::fs::read(p)
-                .map_err(|e| PolicyError::Read { origin: origin.clone(), source: e })?
+                .map_err(|e| PolicyError::Read {
+                    origin: origin.clone(),
+                    source: e,
+                })?
                 .into(),
         };
         self.load_bytes(&origin, &bytes, settings)
     }
 
-    pub fn load_bytes(&self, origin: &str, bytes: &[u8], settings: &[(String, String)]) -> Result<LoadedPolicy, PolicyError> {
-        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-        let component = Component::new(&self.inner.engine, bytes)
-            .map_err(|e| PolicyError::Compile { origin: origin.to_string(), detail: e.into() })?;
+    pub fn load_bytes(
+        &self,
+        origin: &str,
+        bytes: &[u8],
+        settings: &[(String, String)],
+    ) -> Result<LoadedPolicy, PolicyError> {
+        let sha256 = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let component =
+            Component::new(&self.inner.engine, bytes).map_err(|e| PolicyError::Compile {
+                origin: origin.to_string(),
+                detail: e.into(),
+            })?;
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| PolicyError::Link { origin: origin.to_string(), detail: e.into() })?;
-        let pre = AttributionPolicyPre::new(pre)
-            .map_err(|e| PolicyError::Link { origin: origin.to_string(), detail: e.into() })?;
+            .map_err(|e| PolicyError::Link {
+                origin: origin.to_string(),
+                detail: e.into(),
+            })?;
+        let pre = AttributionPolicyPre::new(pre).map_err(|e| PolicyError::Link {
+            origin: origin.to_string(),
+            detail: e.into(),
+        })?;
         let policy = LoadedPolicy {
             inner: Arc::new(LoadedInner {
                 engine: self.clone(),
                 pre,
                 settings: settings
                     .iter()
-                    .map(|(k, v)| guest::Setting { key: k.clone(), value: v.clone() })
+                    .map(|(k, v)| guest::Setting {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
                     .collect(),
                 origin: origin.to_string(),
                 sha256,
@@ -214,8 +268,14 @@ impl PolicyEngine {
         let mut store = policy.new_store(Arc::new(Directory::default()));
         match policy.instantiate(&mut store) {
             Ok(_) => Ok(policy),
-            Err(StartError::Settings(message)) => Err(PolicyError::Settings { origin: origin.to_string(), message }),
-            Err(StartError::Failed(message)) => Err(PolicyError::Start { origin: origin.to_string(), message }),
+            Err(StartError::Settings(message)) => Err(PolicyError::Settings {
+                origin: origin.to_string(),
+                message,
+            }),
+            Err(StartError::Failed(message)) => Err(PolicyError::Start {
+                origin: origin.to_string(),
+                message,
+            }),
         }
     }
 }
@@ -276,16 +336,25 @@ impl LoadedPolicy {
         store: &mut Store<SessionState>,
     ) -> Result<super::bindings::AttributionPolicy, StartError> {
         store.set_epoch_deadline(self.inner.engine.deadline_ticks());
-        let bindings = self
-            .inner
-            .pre
-            .instantiate(&mut *store)
-            .map_err(|e| StartError::Failed(super::session::describe_error(store, &e.into(), &self.inner.engine)))?;
+        let bindings = self.inner.pre.instantiate(&mut *store).map_err(|e| {
+            StartError::Failed(super::session::describe_error(
+                store,
+                &e.into(),
+                &self.inner.engine,
+            ))
+        })?;
         store.set_epoch_deadline(self.inner.engine.deadline_ticks());
-        match bindings.attrelay_policy_policy().call_configure(&mut *store, &self.inner.settings) {
+        match bindings
+            .attrelay_policy_policy()
+            .call_configure(&mut *store, &self.inner.settings)
+        {
             Ok(Ok(())) => Ok(bindings),
             Ok(Err(message)) => Err(StartError::Settings(message.chars().take(1000).collect())),
-            Err(e) => Err(StartError::Failed(super::session::describe_error(store, &e.into(), &self.inner.engine))),
+            Err(e) => Err(StartError::Failed(super::session::describe_error(
+                store,
+                &e.into(),
+                &self.inner.engine,
+            ))),
         }
     }
 

@@ -27,18 +27,31 @@ const TABLE_ELEMENTS_LIMIT: usize = 100_000;
 
 impl Budget {
     pub fn new(memory_limit: usize) -> Budget {
-        Budget { memory_limit, exceeded: false }
+        Budget {
+            memory_limit,
+            exceeded: false,
+        }
     }
 }
 
 impl ResourceLimiter for Budget {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = desired <= self.memory_limit;
         self.exceeded |= !ok;
         Ok(ok)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = desired <= TABLE_ELEMENTS_LIMIT;
         self.exceeded |= !ok;
         Ok(ok)
@@ -56,7 +69,10 @@ pub struct SessionState {
 
 impl WasiView for SessionState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -102,13 +118,25 @@ fn connector_to_wit(c: model::Connector) -> wit::Connector {
 
 impl directory::Host for SessionState {
     fn connectors_by_ip(&mut self, ip: wit::IpAddress) -> Vec<wit::Connector> {
-        self.directory.connectors_by_ip(ip_from_wit(ip)).into_iter().map(connector_to_wit).collect()
+        self.directory
+            .connectors_by_ip(ip_from_wit(ip))
+            .into_iter()
+            .map(connector_to_wit)
+            .collect()
     }
     fn connectors_by_certificate_name(&mut self, name: String) -> Vec<wit::Connector> {
-        self.directory.connectors_by_certificate_name(&name).into_iter().map(connector_to_wit).collect()
+        self.directory
+            .connectors_by_certificate_name(&name)
+            .into_iter()
+            .map(connector_to_wit)
+            .collect()
     }
     fn connectors_of_tenant(&mut self, tenant: String) -> Vec<wit::Connector> {
-        self.directory.connectors_of_tenant(&tenant).into_iter().map(connector_to_wit).collect()
+        self.directory
+            .connectors_of_tenant(&tenant)
+            .into_iter()
+            .map(connector_to_wit)
+            .collect()
     }
     fn tenant_of_domain(&mut self, domain: String) -> Option<String> {
         self.directory.tenant_of_domain(&domain)
@@ -116,7 +144,10 @@ impl directory::Host for SessionState {
 }
 
 fn datetime(seconds: i64) -> wit::Datetime {
-    wit::Datetime { seconds, nanoseconds: 0 }
+    wit::Datetime {
+        seconds,
+        nanoseconds: 0,
+    }
 }
 
 /// The facts, as the component receives them.
@@ -129,24 +160,31 @@ pub fn facts_to_wit(f: &SessionFacts) -> wit::SessionFacts {
         tls: f.tls.as_ref().map(|t| wit::TlsFacts {
             protocol: t.protocol.clone(),
             cipher: t.cipher.clone(),
-            client_certificate: t.client_certificate.as_ref().map(|c| wit::ClientCertificate {
-                verified: c.verified,
-                verification_error: c.verification_error.clone(),
-                subject: c.subject.clone(),
-                common_names: c.common_names.clone(),
-                dns_names: c.dns_names.clone(),
-                issuer: c.issuer.clone(),
-                serial: c.serial.clone(),
-                sha256_fingerprint: c.sha256_fingerprint.clone(),
-                not_before: datetime(c.not_before),
-                not_after: datetime(c.not_after),
-            }),
+            client_certificate: t
+                .client_certificate
+                .as_ref()
+                .map(|c| wit::ClientCertificate {
+                    verified: c.verified,
+                    verification_error: c.verification_error.clone(),
+                    subject: c.subject.clone(),
+                    common_names: c.common_names.clone(),
+                    dns_names: c.dns_names.clone(),
+                    issuer: c.issuer.clone(),
+                    serial: c.serial.clone(),
+                    sha256_fingerprint: c.sha256_fingerprint.clone(),
+                    not_before: datetime(c.not_before),
+                    not_after: datetime(c.not_after),
+                }),
         }),
     }
 }
 
 /// Turns a wasmtime error into an operator-readable cause.
-pub(crate) fn describe_error(store: &Store<SessionState>, e: &anyhow::Error, engine: &PolicyEngine) -> String {
+pub(crate) fn describe_error(
+    store: &Store<SessionState>,
+    e: &anyhow::Error,
+    engine: &PolicyEngine,
+) -> String {
     let limits = engine.limits();
     if store.data().budget.exceeded {
         return format!(
@@ -165,7 +203,10 @@ pub(crate) fn describe_error(store: &Store<SessionState>, e: &anyhow::Error, eng
 }
 
 enum State {
-    Ready { bindings: AttributionPolicy, session: ResourceAny },
+    Ready {
+        bindings: AttributionPolicy,
+        session: ResourceAny,
+    },
     Failed(String),
 }
 
@@ -177,21 +218,35 @@ pub struct PolicySession {
 }
 
 impl PolicySession {
-    pub(crate) fn open(policy: LoadedPolicy, directory: Arc<Directory>, facts: &SessionFacts) -> PolicySession {
+    pub(crate) fn open(
+        policy: LoadedPolicy,
+        directory: Arc<Directory>,
+        facts: &SessionFacts,
+    ) -> PolicySession {
         let mut store = policy.new_store(directory);
         let state = match policy.instantiate(&mut store) {
-            Err(StartError::Settings(m)) => State::Failed(format!("policy refused its settings: {m}")),
+            Err(StartError::Settings(m)) => {
+                State::Failed(format!("policy refused its settings: {m}"))
+            }
             Err(StartError::Failed(m)) => State::Failed(m),
             Ok(bindings) => {
                 store.set_epoch_deadline(policy.engine().deadline_ticks());
                 let wit_facts = facts_to_wit(facts);
-                match bindings.attrelay_policy_policy().session().call_constructor(&mut store, &wit_facts) {
+                match bindings
+                    .attrelay_policy_policy()
+                    .session()
+                    .call_constructor(&mut store, &wit_facts)
+                {
                     Ok(session) => State::Ready { bindings, session },
                     Err(e) => State::Failed(describe_error(&store, &e.into(), policy.engine())),
                 }
             }
         };
-        PolicySession { policy, store, state }
+        PolicySession {
+            policy,
+            store,
+            state,
+        }
     }
 
     /// The policy this session runs.
@@ -209,23 +264,36 @@ impl PolicySession {
 
     /// MAIL FROM; `sender` is empty for the null reverse-path.
     pub fn mail_from(&mut self, sender: &str) -> Verdict {
-        self.call(|store, b, s| b.attrelay_policy_policy().session().call_mail_from(store, s, sender))
+        self.call(|store, b, s| {
+            b.attrelay_policy_policy()
+                .session()
+                .call_mail_from(store, s, sender)
+        })
     }
 
     /// RCPT TO.
     pub fn rcpt_to(&mut self, recipient: &str) -> Verdict {
-        self.call(|store, b, s| b.attrelay_policy_policy().session().call_rcpt_to(store, s, recipient))
+        self.call(|store, b, s| {
+            b.attrelay_policy_policy()
+                .session()
+                .call_rcpt_to(store, s, recipient)
+        })
     }
 
     fn call(
         &mut self,
-        f: impl FnOnce(&mut Store<SessionState>, &AttributionPolicy, ResourceAny) -> wasmtime::Result<wit::Verdict>,
+        f: impl FnOnce(
+            &mut Store<SessionState>,
+            &AttributionPolicy,
+            ResourceAny,
+        ) -> wasmtime::Result<wit::Verdict>,
     ) -> Verdict {
         let (bindings, session) = match &self.state {
             State::Failed(m) => return policy_failure(m.clone()),
             State::Ready { bindings, session } => (bindings, *session),
         };
-        self.store.set_epoch_deadline(self.policy.engine().deadline_ticks());
+        self.store
+            .set_epoch_deadline(self.policy.engine().deadline_ticks());
         let outcome = f(&mut self.store, bindings, session);
         let result = match outcome {
             Ok(v) => check(v, &self.store.data().directory),

@@ -40,7 +40,9 @@ fn enhanced_ok(e: &str, class: u16) -> bool {
     let parts: Vec<&str> = e.split('.').collect();
     parts.len() == 3
         && parts[0] == class.to_string()
-        && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Converts and checks a verdict returned by a component.
@@ -57,46 +59,88 @@ pub fn check(v: wit::Verdict, directory: &Directory) -> Result<Verdict, String> 
         Action::Reject => 5,
     };
     if !(200..600).contains(&v.code) || class != expected {
-        return Err(format!("verdict code {} does not agree with action {action:?}", v.code));
+        return Err(format!(
+            "verdict code {} does not agree with action {action:?}",
+            v.code
+        ));
     }
     if !enhanced_ok(&v.enhanced, class) {
-        return Err(format!("enhanced status code {:?} is not {class}.x.y", truncate(&v.enhanced)));
+        return Err(format!(
+            "enhanced status code {:?} is not {class}.x.y",
+            truncate(&v.enhanced)
+        ));
     }
     if v.text.len() > MAX_TEXT || !printable(&v.text) {
-        return Err(format!("reply text is longer than {MAX_TEXT} bytes or not printable ASCII: {:?}", truncate(&v.text)));
+        return Err(format!(
+            "reply text is longer than {MAX_TEXT} bytes or not printable ASCII: {:?}",
+            truncate(&v.text)
+        ));
     }
-    if let Some(t) = &v.tenant {
-        if !directory.has_tenant(t) {
-            return Err(format!("verdict names unknown tenant {:?}", truncate(t)));
-        }
+    if let Some(t) = &v.tenant
+        && !directory.has_tenant(t)
+    {
+        return Err(format!("verdict names unknown tenant {:?}", truncate(t)));
     }
-    if let Some(r) = &v.reason {
-        if r.is_empty() || r.len() > MAX_REASON || !r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(format!("reason {:?} is not 1 to {MAX_REASON} characters of [a-z0-9-]", truncate(r)));
-        }
+    let reason_ok = |r: &str| {
+        !r.is_empty()
+            && r.len() <= MAX_REASON
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if let Some(r) = &v.reason
+        && !reason_ok(r)
+    {
+        return Err(format!(
+            "reason {:?} is not 1 to {MAX_REASON} characters of [a-z0-9-]",
+            truncate(r)
+        ));
     }
     if v.explanation.len() > MAX_EXPLANATION_LINES {
-        return Err(format!("explanation has {} lines, more than {MAX_EXPLANATION_LINES}", v.explanation.len()));
+        return Err(format!(
+            "explanation has {} lines, more than {MAX_EXPLANATION_LINES}",
+            v.explanation.len()
+        ));
     }
-    if let Some(l) = v.explanation.iter().find(|l| l.len() > MAX_EXPLANATION_LINE || l.contains(['\r', '\n'])) {
-        return Err(format!("an explanation line is over {MAX_EXPLANATION_LINE} bytes or holds CR/LF ({} bytes)", l.len()));
+    if let Some(l) = v
+        .explanation
+        .iter()
+        .find(|l| l.len() > MAX_EXPLANATION_LINE || l.contains(['\r', '\n']))
+    {
+        return Err(format!(
+            "an explanation line is over {MAX_EXPLANATION_LINE} bytes or holds CR/LF ({} bytes)",
+            l.len()
+        ));
     }
     if v.headers.len() > MAX_HEADERS {
-        return Err(format!("{} header fields, more than {MAX_HEADERS}", v.headers.len()));
+        return Err(format!(
+            "{} header fields, more than {MAX_HEADERS}",
+            v.headers.len()
+        ));
     }
     let mut headers = Vec::new();
     for h in v.headers {
         let name_ok = h.name.len() > 2
             && h.name.len() <= 64
             && h.name[..2].eq_ignore_ascii_case("x-")
-            && h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && h.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !name_ok {
-            return Err(format!("header name {:?} is not X- followed by letters, digits and hyphens", truncate(&h.name)));
+            return Err(format!(
+                "header name {:?} is not X- followed by letters, digits and hyphens",
+                truncate(&h.name)
+            ));
         }
         if h.value.len() > MAX_HEADER_VALUE || !printable(&h.value) {
-            return Err(format!("header {} has a value over {MAX_HEADER_VALUE} bytes or not printable ASCII", h.name));
+            return Err(format!(
+                "header {} has a value over {MAX_HEADER_VALUE} bytes or not printable ASCII",
+                h.name
+            ));
         }
-        headers.push(HeaderField { name: h.name, value: h.value });
+        headers.push(HeaderField {
+            name: h.name,
+            value: h.value,
+        });
     }
     Ok(Verdict {
         action,

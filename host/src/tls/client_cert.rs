@@ -29,7 +29,11 @@ pub enum CertError {
     #[error(transparent)]
     Pem(#[from] PemError),
     #[error("{}: certificate #{index} is not a usable trust anchor: {detail}", path.display())]
-    Anchor { path: PathBuf, index: usize, detail: String },
+    Anchor {
+        path: PathBuf,
+        index: usize,
+        detail: String,
+    },
     #[error("the client certificate cannot be parsed: {0}")]
     Parse(String),
 }
@@ -73,7 +77,8 @@ impl TrustAnchors {
         if self.anchors.is_empty() {
             return Err("no trust anchors are configured (server.client_ca), so no certificate can be verified".into());
         }
-        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("malformed certificate: {e:?}"))?;
+        let ee = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| format!("malformed certificate: {e:?}"))?;
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &self.anchors,
@@ -95,8 +100,12 @@ fn instant(t: UnixTime) -> String {
 fn describe_webpki_error(e: &webpki::Error, leaf: &CertificateDer<'_>) -> String {
     use webpki::Error as E;
     match e {
-        E::CertExpired { not_after, .. } => format!("certificate expired at {}", instant(*not_after)),
-        E::CertNotValidYet { not_before, .. } => format!("certificate not valid before {}", instant(*not_before)),
+        E::CertExpired { not_after, .. } => {
+            format!("certificate expired at {}", instant(*not_after))
+        }
+        E::CertNotValidYet { not_before, .. } => {
+            format!("certificate not valid before {}", instant(*not_before))
+        }
         E::UnknownIssuer => {
             let self_signed = X509Certificate::from_der(leaf)
                 .map(|(_, c)| c.subject() == c.issuer())
@@ -127,7 +136,9 @@ pub fn inspect_chain(
     anchors: &TrustAnchors,
     at: UnixTime,
 ) -> Result<ClientCertificate, CertError> {
-    let leaf = chain.first().ok_or_else(|| CertError::Parse("no certificate".into()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| CertError::Parse("no certificate".into()))?;
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| CertError::Parse(e.to_string()))?;
     let common_names = cert
         .subject()

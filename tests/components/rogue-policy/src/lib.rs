@@ -47,13 +47,34 @@ fn act(stage: &str) -> Verdict {
                 std::hint::black_box(&hoard);
             }
         }
-        "huge-explanation" => Verdict { explanation: vec!["x".repeat(8 << 20)], ..ok() },
-        "many-lines" => Verdict { explanation: vec!["line".into(); 100_000], ..ok() },
+        "huge-explanation" => Verdict {
+            explanation: vec!["x".repeat(8 << 20)],
+            ..ok()
+        },
+        "many-lines" => Verdict {
+            explanation: vec!["line".into(); 100_000],
+            ..ok()
+        },
         "code-mismatch" => Verdict { code: 550, ..ok() },
-        "crlf-injection" => Verdict { text: "OK\r\n250 smuggled".into(), ..ok() },
-        "bad-enhanced" => Verdict { enhanced: "5.7.1".into(), ..ok() },
-        "unknown-tenant" => Verdict { tenant: Some("no-such-tenant".into()), ..ok() },
-        "bad-header" => Verdict { headers: vec![HeaderField { name: "Received".into(), value: "forged".into() }], ..ok() },
+        "crlf-injection" => Verdict {
+            text: "OK\r\n250 smuggled".into(),
+            ..ok()
+        },
+        "bad-enhanced" => Verdict {
+            enhanced: "5.7.1".into(),
+            ..ok()
+        },
+        "unknown-tenant" => Verdict {
+            tenant: Some("no-such-tenant".into()),
+            ..ok()
+        },
+        "bad-header" => Verdict {
+            headers: vec![HeaderField {
+                name: "Received".into(),
+                value: "forged".into(),
+            }],
+            ..ok()
+        },
         "accept-all" | "" => ok(),
         other => panic!("unknown behavior {other}"),
     }
