@@ -69,8 +69,33 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    spool: RawSpool,
+    delivery: Option<RawDelivery>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    path: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    next_hop: Option<Spanned<String>>,
+    directory: Option<Spanned<PathBuf>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tls_ca: Vec<Spanned<PathBuf>>,
+    retry_initial_secs: Option<Spanned<u64>>,
+    retry_max_secs: Option<Spanned<u64>>,
+    max_queue_age_secs: Option<Spanned<u64>>,
+    concurrency: Option<Spanned<u32>>,
+    timeout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -83,6 +108,13 @@ struct RawServer {
     tls_key: Option<Spanned<PathBuf>>,
     #[serde(default)]
     client_ca: Vec<Spanned<PathBuf>>,
+    max_message_size: Option<Spanned<u64>>,
+    max_recipients: Option<Spanned<u32>>,
+    max_sessions: Option<Spanned<u32>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    max_errors: Option<Spanned<u32>>,
+    shutdown_grace_secs: Option<Spanned<u64>>,
+    bare_line_endings: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -147,6 +179,36 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Trust anchors for client certificates, resolved against the config's directory.
     pub client_ca: Vec<PathBuf>,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Concurrent SMTP sessions; more get `421 4.3.2`.
+    pub max_sessions: usize,
+    pub idle_timeout: Duration,
+    pub max_errors: u32,
+    /// How long sessions in flight may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+    pub bare_line_endings: crate::smtp::data::BareLineEndings,
+}
+
+/// `[delivery]`: where accepted mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    Directory(PathBuf),
+    Smarthost { host: String, port: u16 },
+    Mx,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub next_hop: NextHop,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Vec<PathBuf>,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_queue_age: Duration,
+    pub concurrency: usize,
+    pub timeout: Duration,
 }
 
 /// `[policy]`
@@ -216,6 +278,9 @@ pub struct Config {
     pub source: PathBuf,
     pub server: ServerConfig,
     pub policy: PolicyConfig,
+    /// `[spool] path`.
+    pub spool: PathBuf,
+    pub delivery: DeliverySettings,
     pub tenants: Vec<Tenant>,
     pub warnings: Vec<ConfigWarning>,
 }
@@ -355,12 +420,168 @@ impl Config {
                 "tls_cert and tls_key go together: give both or neither",
             ));
         }
+        let range = |v: &Option<Spanned<u64>>,
+                     key: &str,
+                     lo: u64,
+                     hi: u64,
+                     default: u64|
+         -> Result<u64, ConfigError> {
+            match v {
+                Some(x) if !(lo..=hi).contains(x.get_ref()) => {
+                    Err(src.error(x.span(), key, format!("must be between {lo} and {hi}")))
+                }
+                Some(x) => Ok(*x.get_ref()),
+                None => Ok(default),
+            }
+        };
+        let widen = |v: &Option<Spanned<u32>>| {
+            v.as_ref()
+                .map(|x| Spanned::new(x.span(), u64::from(*x.get_ref())))
+        };
+        let bare_line_endings = match &s.bare_line_endings {
+            None => crate::smtp::data::BareLineEndings::Reject,
+            Some(v) => match v.get_ref().as_str() {
+                "reject" => crate::smtp::data::BareLineEndings::Reject,
+                "normalize" => crate::smtp::data::BareLineEndings::Normalize,
+                other => {
+                    return Err(src.error(
+                        v.span(),
+                        "server.bare_line_endings",
+                        format!("'{other}' is neither 'reject' nor 'normalize'"),
+                    ));
+                }
+            },
+        };
         let server = ServerConfig {
             hostname,
             listen,
             tls_cert: s.tls_cert.map(|p| resolve(p.get_ref())),
             tls_key: s.tls_key.map(|p| resolve(p.get_ref())),
             client_ca: s.client_ca.iter().map(|p| resolve(p.get_ref())).collect(),
+            max_message_size: range(
+                &s.max_message_size,
+                "server.max_message_size",
+                1024,
+                1 << 31,
+                25 << 20,
+            )? as usize,
+            max_recipients: range(
+                &widen(&s.max_recipients),
+                "server.max_recipients",
+                1,
+                100_000,
+                100,
+            )? as usize,
+            max_sessions: range(
+                &widen(&s.max_sessions),
+                "server.max_sessions",
+                1,
+                100_000,
+                256,
+            )? as usize,
+            idle_timeout: Duration::from_secs(range(
+                &s.idle_timeout_secs,
+                "server.idle_timeout_secs",
+                1,
+                3600,
+                300,
+            )?),
+            max_errors: range(&widen(&s.max_errors), "server.max_errors", 1, 1000, 10)? as u32,
+            shutdown_grace: Duration::from_secs(range(
+                &s.shutdown_grace_secs,
+                "server.shutdown_grace_secs",
+                0,
+                3600,
+                30,
+            )?),
+            bare_line_endings,
+        };
+
+        // [spool] and [delivery]
+        let spool = raw
+            .spool
+            .path
+            .map(|p| resolve(p.get_ref()))
+            .unwrap_or_else(|| resolve(Path::new("attrelay-data/spool")));
+        let d = raw.delivery.unwrap_or_default();
+        let next_hop = match (&d.next_hop, &d.directory) {
+            (Some(n), Some(_)) => {
+                return Err(src.error(
+                    n.span(),
+                    "delivery.next_hop",
+                    "give next_hop or directory, not both",
+                ));
+            }
+            (Some(n), None) if n.get_ref().trim() == "mx" => NextHop::Mx,
+            (Some(n), None) => {
+                let text = n.get_ref().trim();
+                let parsed = text.rsplit_once(':').and_then(|(h, p)| {
+                    let h = h.trim_start_matches('[').trim_end_matches(']');
+                    Some((h.to_string(), p.parse::<u16>().ok()?))
+                        .filter(|(h, p)| !h.is_empty() && *p > 0)
+                });
+                match parsed {
+                    Some((host, port)) => NextHop::Smarthost { host, port },
+                    None => {
+                        return Err(src.error(
+                            n.span(),
+                            "delivery.next_hop",
+                            format!("'{text}' is neither \"mx\" nor host:port (such as smtp.example.net:25)"),
+                        ));
+                    }
+                }
+            }
+            (None, Some(dir)) => NextHop::Directory(resolve(dir.get_ref())),
+            (None, None) => NextHop::Directory(resolve(Path::new("attrelay-data/outbox"))),
+        };
+        if d.tls_cert.is_some() != d.tls_key.is_some() {
+            let span = d
+                .tls_cert
+                .as_ref()
+                .or(d.tls_key.as_ref())
+                .map(|x| x.span())
+                .unwrap_or(0..0);
+            return Err(src.error(
+                span,
+                "delivery.tls_cert",
+                "tls_cert and tls_key go together: give both or neither",
+            ));
+        }
+        let delivery = DeliverySettings {
+            next_hop,
+            tls_cert: d.tls_cert.map(|p| resolve(p.get_ref())),
+            tls_key: d.tls_key.map(|p| resolve(p.get_ref())),
+            tls_ca: d.tls_ca.iter().map(|p| resolve(p.get_ref())).collect(),
+            retry_initial: Duration::from_secs(range(
+                &d.retry_initial_secs,
+                "delivery.retry_initial_secs",
+                1,
+                86_400,
+                60,
+            )?),
+            retry_max: Duration::from_secs(range(
+                &d.retry_max_secs,
+                "delivery.retry_max_secs",
+                1,
+                604_800,
+                3600,
+            )?),
+            max_queue_age: Duration::from_secs(range(
+                &d.max_queue_age_secs,
+                "delivery.max_queue_age_secs",
+                60,
+                2_592_000,
+                432_000,
+            )?),
+            concurrency: range(&widen(&d.concurrency), "delivery.concurrency", 1, 1000, 8)?
+                as usize,
+            timeout: Duration::from_secs(range(
+                &d.timeout_secs,
+                "delivery.timeout_secs",
+                1,
+                3600,
+                60,
+            )?),
         };
 
         // [policy]
@@ -624,6 +845,8 @@ impl Config {
             source: path.to_path_buf(),
             server,
             policy,
+            spool,
+            delivery,
             tenants,
             warnings,
         })
@@ -694,7 +917,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/demo.toml");
 impl Config {
     /// The demo configuration used when no `--config` is given.
     pub fn embedded_default() -> Config {
-        Config::parse(Path::new("<embedded examples/demo.toml>"), EMBEDDED_DEFAULT)
+        Config::parse(Path::new("<embedded demo configuration>"), EMBEDDED_DEFAULT)
             .expect("the embedded demo configuration is valid (tested)")
     }
 }

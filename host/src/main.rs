@@ -131,38 +131,40 @@ fn main() -> ExitCode {
     }
 }
 
-/// Until the SMTP server lands, `serve` validates the configuration and the
-/// policy exactly as the server will, and says what can be tried today.
+/// Runs the relay until SIGTERM or SIGINT.
 fn serve(config: Option<PathBuf>) -> Result<u8, commands::UsageError> {
-    use attrelay::policy::{EngineLimits, PolicyEngine, PolicySource};
+    use commands::UsageError;
+    let embedded = config.is_none();
     let cfg = commands::load_config(config.as_deref())?;
-    let engine =
-        PolicyEngine::new(EngineLimits::from(&cfg.policy)).map_err(commands::UsageError::new)?;
-    let policy = commands::load_policy(
-        &cfg,
-        &engine,
-        &PolicySource::from_option(cfg.policy.component.as_deref()),
-    )?;
-    println!(
-        "attrelay: configuration {} is valid ({} tenants)",
-        cfg.source.display(),
-        cfg.tenants.len()
-    );
-    println!(
-        "attrelay: policy {} (sha256 {}) loaded and configured",
-        policy.origin(),
-        policy.sha256()
-    );
-    println!(
-        "attrelay: the SMTP server (listening on {}) arrives with the SMTP relay issue; until then, try:",
-        cfg.server
-            .listen
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!("  attrelay check --ip 127.0.0.1 --from alice@demo.test --to bob@example.org");
-    println!("  attrelay check --ip 192.0.2.1 --from alice@demo.test --to bob@example.org");
-    Ok(commands::EXIT_OK)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("attrelay")
+        .build()
+        .map_err(UsageError::new)?;
+    runtime.block_on(async {
+        let handle = attrelay::relay::start(&cfg).await.map_err(|e| UsageError(format!("{e:#}")))?;
+        let eval = handle.context.evaluation.load();
+        let mut out = std::io::stdout().lock();
+        for a in &handle.addrs {
+            let _ = writeln!(out, "attrelay: listening on {a} as {}", cfg.server.hostname);
+        }
+        let _ = writeln!(out, "attrelay: policy {} (sha256 {})", eval.policy.origin(), eval.policy.sha256());
+        let _ = writeln!(out, "attrelay: spool {}, delivery {:?}", cfg.spool.display(), cfg.delivery.next_hop);
+        if embedded {
+            let a = handle.addrs.first().map(|a| a.to_string()).unwrap_or_default();
+            let _ = writeln!(out, "attrelay: embedded demo: tenant 'demo' owns demo.test; this machine is its on-premises server. Try:");
+            let _ = writeln!(out, "  swaks --server {a} --from alice@demo.test --to bob@example.org              # relayed (250)");
+            let _ = writeln!(out, "  swaks --server {a} --from alice@elsewhere.example --to bob@example.org     # refused: 550 5.7.64 ... ATTR36");
+            let _ = writeln!(out, "  swaks --server {a} --tls --from alice@demo.test --to bob@example.org        # with STARTTLS");
+        }
+        let _ = out.flush();
+        drop(out);
+        let token = handle.shutdown.clone();
+        tokio::spawn(async move {
+            attrelay::relay::shutdown_signal().await;
+            token.cancel();
+        });
+        handle.wait().await;
+        Ok(commands::EXIT_OK)
+    })
 }

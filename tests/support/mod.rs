@@ -3,6 +3,8 @@
 //! test process, and the rogue component built from source.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -144,18 +146,33 @@ impl Pki {
             std::fs::write(dir.path().join(format!("{file}.key")), key.serialize_pem()).unwrap();
             if *file == "contoso" {
                 std::fs::write(dir.path().join("contoso-leaf-only.pem"), cert.pem()).unwrap();
+                std::fs::write(
+                    dir.path().join("contoso-leaf-only.key"),
+                    key.serialize_pem(),
+                )
+                .unwrap();
             }
         }
+        // Issued directly by the root: for clients that send only their leaf
+        // (swaks 20201014 has no option to send a chain).
+        let key = KeyPair::generate().unwrap();
+        let direct = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1)
+            .signed_by(&key, &root)
+            .unwrap();
+        std::fs::write(dir.path().join("contoso-direct.pem"), direct.pem()).unwrap();
+        std::fs::write(dir.path().join("contoso-direct.key"), key.serialize_pem()).unwrap();
         let key = KeyPair::generate().unwrap();
         let selfsigned = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1)
             .self_signed(&key)
             .unwrap();
         std::fs::write(dir.path().join("selfsigned.pem"), selfsigned.pem()).unwrap();
+        std::fs::write(dir.path().join("selfsigned.key"), key.serialize_pem()).unwrap();
         let key = KeyPair::generate().unwrap();
         let foreign = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1)
             .signed_by(&key, &other_root)
             .unwrap();
         std::fs::write(dir.path().join("foreign.pem"), foreign.pem()).unwrap();
+        std::fs::write(dir.path().join("foreign.key"), key.serialize_pem()).unwrap();
         Pki { dir }
     }
 

@@ -142,7 +142,15 @@ impl PolicyEngine {
             .total_tables(n.saturating_mul(4))
             .max_memory_size(limits.memory_limit);
         let mut config = Config::new();
+        // Reserve only what an instance may use: with thousands of pool slots,
+        // the default 4 GiB reservation per memory would claim terabytes of
+        // address space. The cost is explicit bounds checks, negligible for
+        // policies that run microseconds per call.
+        let reservation = (limits.memory_limit as u64).next_multiple_of(65536);
         config
+            .memory_reservation(reservation)
+            .memory_guard_size(65536)
+            .memory_reservation_for_growth(0)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .wasm_component_model(true);

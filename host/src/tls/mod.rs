@@ -3,5 +3,6 @@
 
 pub mod client_cert;
 pub mod pem;
+pub mod server;
 
 pub use client_cert::{TrustAnchors, inspect_chain};

@@ -1,0 +1,170 @@
+//! The relay assembled: configuration in, a running SMTP server and delivery
+//! queue out. Used by `attrelay serve` and by the integration tests, which
+//! run the same assembly in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, NextHop};
+use crate::delivery::{self, DeliveryConfig, Target};
+use crate::directory::Directory;
+use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
+use crate::smtp::{Evaluation, Limits, Server, ServerContext};
+use crate::spool::Spool;
+use crate::tls::{TrustAnchors, pem::read_certificates, server as tls_server};
+
+/// A running relay.
+pub struct RelayHandle {
+    /// The addresses the SMTP server listens on.
+    pub addrs: Vec<SocketAddr>,
+    pub shutdown: CancellationToken,
+    pub context: Arc<ServerContext>,
+    server: tokio::task::JoinHandle<()>,
+    queue: tokio::task::JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Stops accepting, lets sessions finish (within the grace period) and
+    /// in-flight deliveries end, and returns when all is done.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        let _ = self.queue.await;
+    }
+
+    /// Waits until something else (a signal handler) triggers shutdown.
+    pub async fn wait(self) {
+        let _ = self.server.await;
+        let _ = self.queue.await;
+    }
+}
+
+/// The delivery settings of a configuration.
+pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
+    let d = &config.delivery;
+    let client_cert = match (&d.tls_cert, &d.tls_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let tls = tls_server::client_config(&d.tls_ca, client_cert).context("delivery TLS")?;
+    Ok(DeliveryConfig {
+        target: match &d.next_hop {
+            NextHop::Directory(p) => Target::Directory(p.clone()),
+            NextHop::Smarthost { host, port } => Target::Smarthost {
+                host: host.clone(),
+                port: *port,
+            },
+            NextHop::Mx => Target::Mx,
+        },
+        hostname: config.server.hostname.clone(),
+        retry_initial: d.retry_initial,
+        retry_max: d.retry_max,
+        max_queue_age: d.max_queue_age,
+        concurrency: d.concurrency,
+        timeout: d.timeout,
+        tls,
+        mx_port: 25,
+    })
+}
+
+/// Starts the relay described by `config`.
+pub async fn start(config: &Config) -> anyhow::Result<RelayHandle> {
+    start_with(config, CancellationToken::new()).await
+}
+
+/// Starts the relay; cancelling `shutdown` stops it gracefully.
+pub async fn start_with(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RelayHandle> {
+    let s = &config.server;
+    // One policy instance per session at most, plus the load-time probe.
+    let limits = EngineLimits {
+        max_instances: config.policy.max_instances.max(s.max_sessions as u32 + 4),
+        ..EngineLimits::from(&config.policy)
+    };
+    let engine = PolicyEngine::new(limits)?;
+    let source = PolicySource::from_option(config.policy.component.as_deref());
+    let policy = crate::commands::load_policy(config, &engine, &source)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let directory = Arc::new(Directory::from_config(config));
+    let anchors = TrustAnchors::load(&s.client_ca)?;
+    let (certs, key) = match (&s.tls_cert, &s.tls_key) {
+        (Some(c), Some(k)) => (read_certificates(c)?, tls_server::read_private_key(k)?),
+        _ => tls_server::ephemeral_certificate(&s.hostname)?,
+    };
+    let tls = TlsAcceptor::from(tls_server::server_config(certs, key, &s.client_ca)?);
+
+    let spool = Arc::new(Spool::open(&config.spool)?);
+    let (recovered, problems) = spool.recover()?;
+    for p in &problems {
+        warn!(error = %p, "spool recovery problem");
+    }
+    if !recovered.is_empty() {
+        info!(messages = recovered.len(), spool = %config.spool.display(), "recovered queued messages; delivering now");
+    }
+    let (queue, queue_task) = delivery::start(
+        spool.clone(),
+        delivery_config(config)?,
+        recovered,
+        shutdown.clone(),
+    );
+
+    let ctx = Arc::new(ServerContext {
+        hostname: s.hostname.clone(),
+        limits: Limits {
+            max_message_size: s.max_message_size,
+            max_recipients: s.max_recipients,
+            idle_timeout: s.idle_timeout,
+            max_errors: s.max_errors,
+            bare_line_endings: s.bare_line_endings,
+            ..Limits::default()
+        },
+        evaluation: ArcSwap::from_pointee(Evaluation { policy, directory }),
+        anchors,
+        tls,
+        spool,
+        queue,
+        shutdown: shutdown.clone(),
+    });
+    let server = Server::bind(ctx.clone(), &s.listen, s.max_sessions).await?;
+    let addrs = server.local_addrs();
+    let grace = s.shutdown_grace;
+    let server_task = tokio::spawn(server.run(grace));
+    Ok(RelayHandle {
+        addrs,
+        shutdown,
+        context: ctx,
+        server: server_task,
+        queue: queue_task,
+    })
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The grace period is part of the config; exposed for the binary's messages.
+pub fn grace(config: &Config) -> Duration {
+    config.server.shutdown_grace
+}

@@ -1,0 +1,132 @@
+//! The listener: accepts connections within the session limit, runs a
+//! session per connection, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::session::{Limits, Session};
+use crate::delivery::QueueHandle;
+use crate::directory::Directory;
+use crate::policy::LoadedPolicy;
+use crate::spool::Spool;
+use crate::tls::TrustAnchors;
+
+/// What judges sessions: a policy and the tenant data it reads. Swapped as a
+/// whole on reload; each session keeps the one it started with.
+pub struct Evaluation {
+    pub policy: LoadedPolicy,
+    pub directory: Arc<Directory>,
+}
+
+/// Everything sessions share.
+pub struct ServerContext {
+    pub hostname: String,
+    pub limits: Limits,
+    pub evaluation: ArcSwap<Evaluation>,
+    pub anchors: TrustAnchors,
+    pub tls: TlsAcceptor,
+    pub spool: Arc<Spool>,
+    pub queue: QueueHandle,
+    pub shutdown: CancellationToken,
+}
+
+pub struct Server {
+    ctx: Arc<ServerContext>,
+    listeners: Vec<TcpListener>,
+    max_sessions: usize,
+}
+
+impl Server {
+    pub async fn bind(
+        ctx: Arc<ServerContext>,
+        addrs: &[SocketAddr],
+        max_sessions: usize,
+    ) -> std::io::Result<Server> {
+        let mut listeners = Vec::new();
+        for a in addrs {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
+            listeners.push(l);
+        }
+        Ok(Server {
+            ctx,
+            listeners,
+            max_sessions,
+        })
+    }
+
+    /// The bound addresses (with the real port when 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until shutdown, then lets sessions finish for up to `grace`.
+    pub async fn run(self, grace: Duration) {
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.max_sessions));
+        let mut accepting = Vec::new();
+        for listener in self.listeners {
+            let (ctx, tracker, slots) = (self.ctx.clone(), tracker.clone(), slots.clone());
+            accepting.push(tokio::spawn(async move {
+                loop {
+                    let (mut tcp, peer) = tokio::select! {
+                        r = listener.accept() => match r {
+                            Ok(x) => x,
+                            Err(e) => {
+                                // Out of file descriptors and the like: wait, don't spin.
+                                warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        },
+                        _ = ctx.shutdown.cancelled() => return,
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        info!(client = %peer, "session limit reached: 421");
+                        let msg = format!(
+                            "421 4.3.2 {} Too many connections, try again later\r\n",
+                            ctx.hostname
+                        );
+                        let _ = tcp.write_all(msg.as_bytes()).await;
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        Session::new(ctx, tcp, peer).run().await;
+                        drop(permit);
+                    });
+                }
+            }));
+        }
+        self.ctx.shutdown.cancelled().await;
+        for a in accepting {
+            let _ = a.await;
+        }
+        tracker.close();
+        info!(
+            sessions = tracker.len(),
+            "shutting down: waiting for sessions in flight"
+        );
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                sessions = tracker.len(),
+                "shutdown grace period over: closing remaining sessions"
+            );
+        }
+    }
+}

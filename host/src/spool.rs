@@ -1,0 +1,349 @@
+//! The durable spool: messages the relay answered `250` for, until they are
+//! delivered or bounced.
+//!
+//! Layout under `[spool] path`:
+//! - `msg/ID.eml`: the message as it will be sent (our headers prepended, CRLF);
+//! - `queue/ID.json`: its envelope and delivery state — **the commit record**;
+//! - `tmp/`: files being written.
+//!
+//! Every write goes to `tmp/`, is fsynced, renamed into place, and the target
+//! directory is fsynced, so that after a crash a file is either complete or
+//! absent. The message is written before its envelope and the envelope is the
+//! commit point: the SMTP `250` is sent only after the envelope is durable,
+//! and a message file without an envelope (a crash between the two writes,
+//! before any `250`) is removed at recovery.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spool {}: corrupt envelope: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum RecipientState {
+    Pending,
+    Delivered { reply: String },
+    Failed { reply: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    #[serde(flatten)]
+    pub state: RecipientState,
+}
+
+/// A queued message's envelope and delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    /// Reverse-path; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// The attributed tenant.
+    pub tenant: Option<String>,
+    /// Unix seconds.
+    pub received_at: i64,
+    pub attempts: u32,
+    /// Unix seconds of the next delivery attempt.
+    pub next_attempt: i64,
+    pub last_error: Option<String>,
+    /// A delivery status notification we generated (never bounced itself).
+    #[serde(default)]
+    pub is_dsn: bool,
+    /// The client that sent it, for logs and DSNs.
+    #[serde(default)]
+    pub client: String,
+}
+
+impl Envelope {
+    pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Pending)
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The spool directory.
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root`.
+    pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+        for sub in ["msg", "queue", "tmp"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        Ok(Spool {
+            root: root.to_path_buf(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A new queue id: time-ordered and unique within this spool.
+    pub fn new_id(&self) -> String {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{micros:014X}{:05X}{:04X}",
+            std::process::id() & 0xFFFFF,
+            n & 0xFFFF
+        )
+    }
+
+    fn message_path(&self, id: &str) -> PathBuf {
+        self.root.join("msg").join(format!("{id}.eml"))
+    }
+
+    fn envelope_path(&self, id: &str) -> PathBuf {
+        self.root.join("queue").join(format!("{id}.json"))
+    }
+
+    /// Writes `bytes` to `target` durably (tmp, fsync, rename, fsync dir).
+    fn write_durably(&self, target: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = self.root.join("tmp").join(format!(
+            "{name}.{}",
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, target).map_err(io(target))?;
+        fsync_dir(target.parent().unwrap_or(&self.root))
+    }
+
+    /// Stores a new message durably; when this returns `Ok`, the relay may answer `250`.
+    pub fn store(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SpoolError> {
+        self.write_durably(&self.message_path(&envelope.id), message)?;
+        self.update(envelope)
+    }
+
+    /// Rewrites an envelope (delivery progress) atomically.
+    pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
+        let json = serde_json::to_vec_pretty(envelope).expect("envelopes serialize");
+        self.write_durably(&self.envelope_path(&envelope.id), &json)
+    }
+
+    pub fn read_message(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
+        let p = self.message_path(id);
+        fs::read(&p).map_err(io(&p))
+    }
+
+    pub fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
+        let p = self.envelope_path(id);
+        let bytes = fs::read(&p).map_err(io(&p))?;
+        serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
+            path: p,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Removes a finished message: the envelope first, so that a crash in
+    /// between leaves an orphan message file, not a dangling envelope.
+    pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
+        let env = self.envelope_path(id);
+        match fs::remove_file(&env) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&env)(e)),
+        }
+        fsync_dir(&self.root.join("queue"))?;
+        let msg = self.message_path(id);
+        match fs::remove_file(&msg) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&msg)(e)),
+        }
+    }
+
+    /// Everything queued, after a restart: envelopes whose message exists.
+    /// Removes leftovers of interrupted writes (tmp files, orphan messages).
+    /// A corrupt envelope is moved aside to `corrupt/` and reported, never
+    /// silently dropped.
+    pub fn recover(&self) -> Result<(Vec<Envelope>, Vec<SpoolError>), SpoolError> {
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        let mut envelopes = Vec::new();
+        let mut problems = Vec::new();
+        let mut corrupt = std::collections::HashSet::new();
+        let aside = self.root.join("corrupt");
+        let queue = self.root.join("queue");
+        for entry in fs::read_dir(&queue).map_err(io(&queue))?.flatten() {
+            let path = entry.path();
+            let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match self.read_envelope(&id) {
+                Ok(e) if self.message_path(&id).exists() => envelopes.push(e),
+                Ok(_) => problems.push(SpoolError::Corrupt {
+                    path: path.clone(),
+                    detail: "message file missing".into(),
+                }),
+                Err(e) => {
+                    let _ = fs::create_dir_all(&aside);
+                    let _ = fs::rename(&path, aside.join(path.file_name().unwrap_or_default()));
+                    corrupt.insert(id);
+                    problems.push(e);
+                }
+            }
+        }
+        let ids: std::collections::HashSet<String> =
+            envelopes.iter().map(|e| e.id.clone()).collect();
+        let msg = self.root.join("msg");
+        for entry in fs::read_dir(&msg).map_err(io(&msg))?.flatten() {
+            let p = entry.path();
+            let id = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if corrupt.contains(&id) {
+                // Kept beside its envelope for an operator to inspect.
+                let _ = fs::rename(&p, aside.join(p.file_name().unwrap_or_default()));
+            } else if !ids.contains(&id) && !self.envelope_path(&id).exists() {
+                // Never acknowledged: the envelope is the commit record.
+                let _ = fs::remove_file(&p);
+            }
+        }
+        envelopes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((envelopes, problems))
+    }
+
+    /// Number of queued messages (for status and metrics).
+    pub fn len(&self) -> usize {
+        fs::read_dir(self.root.join("queue"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(spool: &Spool) -> Envelope {
+        Envelope {
+            id: spool.new_id(),
+            sender: "a@contoso.com".into(),
+            recipients: vec![Recipient {
+                address: "b@example.org".into(),
+                state: RecipientState::Pending,
+            }],
+            tenant: Some("contoso".into()),
+            received_at: now(),
+            attempts: 0,
+            next_attempt: now(),
+            last_error: None,
+            is_dsn: false,
+            client: "203.0.113.5".into(),
+        }
+    }
+
+    #[test]
+    fn store_recover_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let e = envelope(&spool);
+        spool.store(&e, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        // An interrupted write and an unacknowledged message are cleaned up.
+        std::fs::write(dir.path().join("tmp/junk"), b"x").unwrap();
+        std::fs::write(dir.path().join("msg/ORPHAN.eml"), b"x").unwrap();
+        let reopened = Spool::open(dir.path()).unwrap();
+        let (found, problems) = reopened.recover().unwrap();
+        assert_eq!(found, vec![e.clone()]);
+        assert!(problems.is_empty());
+        assert!(!dir.path().join("tmp/junk").exists());
+        assert!(!dir.path().join("msg/ORPHAN.eml").exists());
+        assert_eq!(
+            reopened.read_message(&e.id).unwrap(),
+            b"Subject: x\r\n\r\nbody\r\n"
+        );
+        reopened.remove(&e.id).unwrap();
+        assert!(reopened.recover().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn ids_are_unique_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..1000).map(|_| spool.new_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 1000);
+    }
+
+    #[test]
+    fn corrupt_envelopes_are_set_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("queue/BAD.json"), b"{not json").unwrap();
+        std::fs::write(dir.path().join("msg/BAD.eml"), b"x").unwrap();
+        let (found, problems) = spool.recover().unwrap();
+        assert!(found.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(dir.path().join("corrupt/BAD.json").exists());
+        assert!(
+            dir.path().join("corrupt/BAD.eml").exists(),
+            "the message is kept for the operator"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Never lose a message answered 250: the `attrelay` binary accepts a
+//! message it cannot deliver yet, is killed with SIGKILL, restarts on the
+//! same spool, and delivers it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::Pki;
+use support::smtp::{Client, Sink};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Starts `attrelay serve` and returns it with the address it listens on.
+async fn serve(config: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("attrelay: listening on ") {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap();
+            }
+        }
+        panic!("attrelay exited before listening");
+    })
+    .await
+    .expect("attrelay did not start listening");
+    // Keep draining stdout so the child never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_answered_250_survives_sigkill_and_restart() {
+    let pki = Pki::new();
+    // Reserve a port for the next hop, which is down for now.
+    let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hop_addr = hop.local_addr().unwrap();
+    drop(hop);
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop_addr}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n"
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let (mut relay, addr) = serve(&config).await;
+    let (mut c, greeting) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
+    assert_eq!(greeting.code, 220);
+    assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
+    let r = c
+        .data(b"Subject: survive\r\n\r\nmust not be lost\r\n.\r\n")
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    relay.kill().await.unwrap();
+    let queued: Vec<_> = std::fs::read_dir(pki.path("spool/queue"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        queued.len(),
+        1,
+        "the message is in the spool after the kill"
+    );
+
+    // The next hop comes up; the relay restarts and delivers at once.
+    let sink = Sink::start_on(tokio::net::TcpListener::bind(hop_addr).await.unwrap()).await;
+    let (_relay, _) = serve(&config).await;
+    let received = sink.wait_for(1).await;
+    assert_eq!(received[0].recipients, ["someone@internet.example"]);
+    let text = String::from_utf8_lossy(&received[0].data);
+    assert!(text.contains("X-Attributed-Tenant: contoso\r\n"), "{text}");
+    assert!(
+        text.ends_with("Subject: survive\r\n\r\nmust not be lost\r\n"),
+        "{text}"
+    );
+    // Delivered: the spool is empty again.
+    for _ in 0..50 {
+        if std::fs::read_dir(pki.path("spool/queue")).unwrap().count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the spool still holds the delivered message");
+}

@@ -1,0 +1,735 @@
+//! The relay over the wire: SMTP over loopback TCP, real TLS handshakes with
+//! rcgen-made certificates, the compiled default policy, the durable spool and
+//! delivery to a recording next hop. Client IPs are distinct 127.0.0.0/8
+//! addresses, so IP-based connectors are exercised for real.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use attrelay::config::Config;
+use attrelay::relay::{self, RelayHandle};
+use support::Pki;
+use support::smtp::{Client, Received, Sink};
+
+/// Contoso's on-premises range in the wire fixture, an unknown address, the
+/// partner's range and the disabled connector's address.
+const CONTOSO_IP: &str = "127.0.1.10";
+const UNKNOWN_IP: &str = "127.0.2.77";
+const PARTNER_IP: &str = "127.0.3.130";
+const LITWARE_IP: &str = "127.0.4.200";
+
+/// The seed fixture with its IP ranges moved into loopback.
+fn wire_toml(pki: &Pki, server_lines: &str, sections: &str) -> String {
+    let spool = pki.path("spool");
+    let server = format!(
+        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n{server_lines}\n\n[spool]\npath = {:?}\n\n{sections}\n",
+        spool.display().to_string()
+    );
+    support::fixture_toml(&server)
+        .replace("203.0.113.0/24", "127.0.1.0/24")
+        .replace("192.0.2.128/25", "127.0.3.128/25")
+        .replace("192.0.2.200", "127.0.4.200")
+}
+
+struct Relay {
+    handle: RelayHandle,
+    addr: SocketAddr,
+    pki: Pki,
+    sink: Sink,
+}
+
+impl Relay {
+    /// A relay delivering to a fresh sink; `sections` adds TOML sections
+    /// (a `[delivery]` with the sink is added unless given).
+    async fn start(sections: &str) -> Relay {
+        Self::start_with("idle_timeout_secs = 5", sections).await
+    }
+
+    /// Like `start`, with `server_lines` in `[server]`.
+    async fn start_with(server_lines: &str, sections: &str) -> Relay {
+        let pki = Pki::new();
+        let sink = Sink::start().await;
+        let delivery = if sections.contains("[delivery]") {
+            String::new()
+        } else {
+            format!(
+                "[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\nretry_max_secs = 2\n",
+                sink.addr
+            )
+        };
+        let text = wire_toml(&pki, server_lines, &format!("{delivery}\n{sections}"));
+        let path = pki.path("relay.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let handle = relay::start(&config).await.unwrap();
+        let addr = handle.addrs[0];
+        Relay {
+            handle,
+            addr,
+            pki,
+            sink,
+        }
+    }
+
+    fn cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.pki.path(&format!("{name}.pem")),
+            self.pki.path(&format!("{name}.key")),
+        )
+    }
+
+    /// Connects from `source`, says EHLO, and does STARTTLS with `cert` if given.
+    async fn session(&self, source: &str, cert: Option<&str>) -> Client {
+        let (mut c, greeting) =
+            Client::connect_from(self.addr, source.parse::<IpAddr>().unwrap()).await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+        if let Some(name) = cert {
+            let (pem, key) = self.cert(name);
+            let r = c.starttls(Some((&pem, &key))).await;
+            assert_eq!(r.code, 220, "{r:?}");
+            let ehlo = c.cmd("EHLO client.example.test").await;
+            assert_eq!(ehlo.code, 250);
+            assert!(
+                !ehlo.lines.iter().any(|l| l.contains("STARTTLS")),
+                "no STARTTLS inside TLS: {ehlo:?}"
+            );
+        }
+        c
+    }
+}
+
+/// A body that exercises dot-stuffing: as sent on the wire, and as it must arrive.
+fn body(subject: &str) -> (Vec<u8>, Vec<u8>) {
+    let original = format!(
+        "Subject: {subject}\r\nFrom: someone@example.test\r\nX-Attributed-Tenant: forged-by-client\r\n\r\nHello.\r\n.leading dot\r\n..two dots\r\n.\r\n\r\nlast line\r\n"
+    );
+    let mut wire = Vec::new();
+    for line in original.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line.as_bytes());
+    }
+    wire.extend_from_slice(b".\r\n");
+    let delivered = original.replace("X-Attributed-Tenant: forged-by-client\r\n", "");
+    (wire, delivered.into_bytes())
+}
+
+struct Case {
+    name: &'static str,
+    source: &'static str,
+    cert: Option<&'static str>,
+    from: &'static str,
+    rcpts: Vec<(&'static str, u16, &'static str, Option<&'static str>)>,
+}
+
+fn case(
+    name: &'static str,
+    source: &'static str,
+    cert: Option<&'static str>,
+    from: &'static str,
+    rcpts: Vec<(&'static str, u16, &'static str, Option<&'static str>)>,
+) -> Case {
+    Case {
+        name,
+        source,
+        cert,
+        from,
+        rcpts,
+    }
+}
+
+const EXT: &str = "someone@internet.example";
+
+fn seed_cases() -> Vec<Case> {
+    let ok = |t| (EXT, 250, "2.1.5", Some(t));
+    let denied = (EXT, 550, "5.7.64", None);
+    vec![
+        case(
+            "NDR through the certificate-based connector",
+            UNKNOWN_IP,
+            Some("contoso"),
+            "",
+            vec![ok("contoso")],
+        ),
+        case(
+            "sending as an unowned domain with the certificate",
+            UNKNOWN_IP,
+            Some("contoso"),
+            "john@fabrikam-other.example",
+            vec![ok("contoso")],
+        ),
+        case(
+            "forwarding with the certificate",
+            CONTOSO_IP,
+            Some("contoso"),
+            "john@fabrikam.com",
+            vec![("kate@tailspintoys.example", 250, "2.1.5", Some("contoso"))],
+        ),
+        case(
+            "NDR by IP only is ATTR36",
+            CONTOSO_IP,
+            None,
+            "",
+            vec![(EXT, 550, "5.7.64", None)],
+        ),
+        case(
+            "unowned sender domain by IP only is ATTR36",
+            CONTOSO_IP,
+            None,
+            "john@fabrikam-other.example",
+            vec![(EXT, 550, "5.7.64", None)],
+        ),
+        case(
+            "originating by IP",
+            CONTOSO_IP,
+            None,
+            "john@contoso.com",
+            vec![ok("contoso")],
+        ),
+        case(
+            "certificate renewed under another name",
+            UNKNOWN_IP,
+            Some("renewed"),
+            "john@contoso.com",
+            vec![denied],
+        ),
+        case(
+            "on-premises IP changed",
+            UNKNOWN_IP,
+            None,
+            "john@contoso.com",
+            vec![denied],
+        ),
+        case(
+            "host-name connector, accepted sender",
+            UNKNOWN_IP,
+            Some("fabrikam-host"),
+            "john@fabrikam.com",
+            vec![ok("fabrikam")],
+        ),
+        case(
+            "host-name connector, NDR",
+            UNKNOWN_IP,
+            Some("fabrikam-host"),
+            "",
+            vec![denied],
+        ),
+        case(
+            "wildcard certificate",
+            UNKNOWN_IP,
+            Some("wildcard"),
+            "",
+            vec![ok("contoso")],
+        ),
+        case(
+            "multi-SAN certificate",
+            UNKNOWN_IP,
+            Some("multisan"),
+            "",
+            vec![ok("contoso")],
+        ),
+        case(
+            "self-signed certificate",
+            UNKNOWN_IP,
+            Some("selfsigned"),
+            "",
+            vec![denied],
+        ),
+        case(
+            "expired certificate",
+            UNKNOWN_IP,
+            Some("expired"),
+            "",
+            vec![denied],
+        ),
+        case(
+            "certificate sent without its intermediate",
+            UNKNOWN_IP,
+            Some("contoso-leaf-only"),
+            "",
+            vec![denied],
+        ),
+        case(
+            "certificate from an untrusted CA",
+            UNKNOWN_IP,
+            Some("foreign"),
+            "",
+            vec![denied],
+        ),
+        case(
+            "tie between tenants, NDR",
+            UNKNOWN_IP,
+            Some("tie"),
+            "",
+            vec![denied],
+        ),
+        case(
+            "tie between tenants, sender decides",
+            UNKNOWN_IP,
+            Some("tie"),
+            "john@adatum.com",
+            vec![ok("adatum")],
+        ),
+        case(
+            "incoming mail",
+            UNKNOWN_IP,
+            None,
+            "someone@internet.example",
+            vec![("kate@contoso.com", 250, "2.1.5", Some("contoso")), denied],
+        ),
+        case(
+            "partner connector refuses",
+            UNKNOWN_IP,
+            None,
+            "john@partner.example",
+            vec![("kate@tailspintoys.com", 550, "5.7.51", None)],
+        ),
+        case(
+            "partner connector admits",
+            PARTNER_IP,
+            None,
+            "john@partner.example",
+            vec![("kate@tailspintoys.com", 250, "2.1.5", Some("tailspintoys"))],
+        ),
+        case(
+            "mixed recipients",
+            CONTOSO_IP,
+            None,
+            "john@fabrikam-other.example",
+            vec![
+                ("kate@contoso.com", 250, "2.1.5", Some("contoso")),
+                ("bob@tailspintoys.com", 250, "2.1.5", Some("tailspintoys")),
+                (EXT, 550, "5.7.64", None),
+            ],
+        ),
+        case(
+            "disabled connector",
+            LITWARE_IP,
+            None,
+            "john@litware.com",
+            vec![denied],
+        ),
+    ]
+}
+
+/// A message the next hop must receive: subject, (recipient, tenant) pairs, body as delivered.
+type Expected = (String, Vec<(String, Option<&'static str>)>, Vec<u8>);
+
+fn header<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    let head = message.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .filter_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_seed_scenario_over_smtp() {
+    let relay = Relay::start("").await;
+    let mut expected_messages: Vec<Expected> = Vec::new();
+    for (i, c) in seed_cases().iter().enumerate() {
+        let mut client = relay.session(c.source, c.cert).await;
+        let mail = client.cmd(&format!("MAIL FROM:<{}>", c.from)).await;
+        assert!(mail.is(250, "2.1.0"), "{}: MAIL {mail:?}", c.name);
+        let mut accepted = Vec::new();
+        for (rcpt, code, enhanced, tenant) in &c.rcpts {
+            let r = client.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+            assert!(
+                r.is(*code, enhanced),
+                "{}: RCPT {rcpt}: expected {code} {enhanced}, got {:?}",
+                c.name,
+                r.lines
+            );
+            if *code == 250 {
+                accepted.push((rcpt.to_string(), *tenant));
+            }
+        }
+        if !accepted.is_empty() {
+            let subject = format!("case {i}: {}", c.name);
+            let (wire, delivered) = body(&subject);
+            let r = client.data(&wire).await;
+            assert!(r.is(250, "2.0.0"), "{}: DATA {r:?}", c.name);
+            assert!(r.text.starts_with("Ok: queued as "), "{r:?}");
+            expected_messages.push((subject, accepted, delivered));
+        } else {
+            let r = client.cmd("DATA").await;
+            assert!(
+                r.is(554, "5.5.1"),
+                "{}: DATA without recipients {r:?}",
+                c.name
+            );
+        }
+        assert_eq!(client.cmd("QUIT").await.code, 221);
+    }
+
+    // What arrives at the next hop: one message per attributed tenant.
+    let total: usize = expected_messages
+        .iter()
+        .map(|(_, rcpts, _)| {
+            rcpts
+                .iter()
+                .map(|(_, t)| *t)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
+        .sum();
+    let received = relay.sink.wait_for(total).await;
+    assert_eq!(received.len(), total);
+    for (subject, rcpts, delivered) in &expected_messages {
+        for (rcpt, tenant) in rcpts {
+            let m: &Received = received
+                .iter()
+                .find(|m| {
+                    m.recipients.contains(rcpt)
+                        && String::from_utf8_lossy(&m.data)
+                            .contains(&format!("Subject: {subject}\r\n"))
+                })
+                .unwrap_or_else(|| panic!("{subject}: nothing for {rcpt} at the next hop"));
+            let text = String::from_utf8_lossy(&m.data).to_string();
+            assert_eq!(
+                header(&text, "X-Attributed-Tenant"),
+                vec![tenant.unwrap()],
+                "{subject}: {text}"
+            );
+            assert!(
+                text.starts_with("Received: from client.example.test"),
+                "{subject}: {text}"
+            );
+            assert!(
+                m.data.ends_with(delivered),
+                "{subject}: body not byte for byte:\n{text}"
+            );
+        }
+    }
+    // The TLS facts are in the trace.
+    let tls = received
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data).to_string())
+        .find(|t| t.contains("case 0:"))
+        .unwrap();
+    assert!(tls.contains("with ESMTPS"), "{tls}");
+    assert!(tls.contains("(version=TLSv1.3 cipher=TLS_"), "{tls}");
+    assert!(
+        tls.contains("client certificate \"CN=mail.contoso.com\" verified)"),
+        "{tls}"
+    );
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_period_defers_and_warn_mode_stamps_a_header() {
+    let relay = Relay::start("[policy.settings]\nenforcement = \"2099-01-01T00:00:00Z\"\n").await;
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    assert!(c.cmd("MAIL FROM:<>").await.is(250, "2.1.0"));
+    let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
+    assert!(r.is(451, "4.4.4"), "{r:?}");
+    assert_eq!(
+        r.text,
+        "Relay Access Denied, unrecognized sender domain. ATTR36"
+    );
+    relay.handle.stop().await;
+
+    let relay = Relay::start("[policy.settings]\nenforcement = \"2099-01-01T00:00:00Z\"\nbefore_enforcement = \"warn\"\n").await;
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    assert!(c.cmd("MAIL FROM:<>").await.is(250, "2.1.0"));
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
+    let (wire, _) = body("warned");
+    assert_eq!(c.data(&wire).await.code, 250);
+    let m = &relay.sink.wait_for(1).await[0];
+    let text = String::from_utf8_lossy(&m.data);
+    assert_eq!(header(&text, "X-Attributed-Tenant"), vec!["contoso"]);
+    let warning = header(&text, "X-Attrelay-Warning");
+    assert_eq!(warning.len(), 1, "{text}");
+    assert!(
+        warning[0].starts_with("ATTR36 unrecognized sender domain <> for tenant contoso"),
+        "{text}"
+    );
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_451_and_dsn_after_550() {
+    let relay = Relay::start("").await;
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    for r in [
+        "defer-once@internet.example",
+        "reject@internet.example",
+        "ok@internet.example",
+    ] {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{r}>")).await.code, 250);
+    }
+    let (wire, _) = body("retry and bounce");
+    assert_eq!(c.data(&wire).await.code, 250);
+    // First attempt: ok delivered; then the retry delivers defer-once; and
+    // the DSN for reject goes to john@contoso.com through the same next hop.
+    let received = relay.sink.wait_for(3).await;
+    let attempts = relay.sink.rcpt_attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts
+            .iter()
+            .filter(|a| *a == "defer-once@internet.example")
+            .count(),
+        2,
+        "{attempts:?}"
+    );
+    assert!(
+        received
+            .iter()
+            .any(|m| m.recipients == ["ok@internet.example"])
+    );
+    assert!(
+        received
+            .iter()
+            .any(|m| m.recipients == ["defer-once@internet.example"])
+    );
+    let dsn = received
+        .iter()
+        .find(|m| m.recipients == ["john@contoso.com"])
+        .expect("a DSN to the sender");
+    assert_eq!(dsn.sender, "", "a DSN has the null sender");
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(text.contains("report-type=delivery-status"), "{text}");
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; reject@internet.example\r\nAction: failed\r\nStatus: 5.1.1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 User unknown"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Final-Recipient: rfc822; ok@internet.example"),
+        "{text}"
+    );
+    assert_eq!(
+        header(&text, "X-Attributed-Tenant"),
+        vec!["contoso"],
+        "the DSN carries the tenant: {text}"
+    );
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_dsn_for_a_null_sender() {
+    let relay = Relay::start("").await;
+    let mut c = relay.session(UNKNOWN_IP, Some("contoso")).await;
+    assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<reject@internet.example>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<ok@internet.example>").await.code, 250);
+    let (wire, _) = body("ndr");
+    assert_eq!(c.data(&wire).await.code, 250);
+    relay.sink.wait_for(1).await;
+    // Wait for the spool to empty: the failed recipient is final, and no DSN is made.
+    for _ in 0..100 {
+        if relay.handle.context.spool.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relay.handle.context.spool.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        relay.sink.received.lock().unwrap().len(),
+        1,
+        "no DSN for <>"
+    );
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_get_proper_replies() {
+    let relay = Relay::start("").await;
+    let (mut c, _) = Client::connect_from(relay.addr, CONTOSO_IP.parse().unwrap()).await;
+    assert!(
+        c.cmd("MAIL FROM:<a@contoso.com>").await.is(503, "5.5.1"),
+        "MAIL before EHLO"
+    );
+    assert!(c.cmd("BOGUS").await.is(500, "5.5.1"));
+    assert!(
+        c.cmd(&format!("NOOP {}", "x".repeat(5000)))
+            .await
+            .is(500, "5.5.2"),
+        "over-long line"
+    );
+    let ehlo = c.cmd("EHLO client.example.test").await;
+    for cap in [
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+    ] {
+        assert!(
+            ehlo.lines.iter().any(|l| l.ends_with(cap)),
+            "{cap} missing: {ehlo:?}"
+        );
+    }
+    assert!(
+        c.cmd("RCPT TO:<x@y.example>").await.is(503, "5.5.1"),
+        "RCPT before MAIL"
+    );
+    assert!(c.cmd("DATA").await.is(503, "5.5.1"), "DATA before MAIL");
+    assert!(
+        c.cmd("MAIL FROM:<a@contoso.com> SIZE=999999999")
+            .await
+            .is(552, "5.3.4")
+    );
+    assert!(c.cmd("MAIL FROM:<not an address>").await.code >= 500);
+    assert_eq!(c.cmd("VRFY kate").await.code, 252);
+    assert_eq!(c.cmd("HELP").await.code, 214);
+    assert!(c.cmd("NOOP").await.is(250, "2.0.0"));
+    assert!(c.cmd("MAIL FROM:<john@contoso.com>").await.is(250, "2.1.0"));
+    assert!(
+        c.cmd("MAIL FROM:<john@contoso.com>").await.is(503, "5.5.1"),
+        "nested MAIL"
+    );
+    assert!(c.cmd("RSET").await.is(250, "2.0.0"));
+    assert!(c.cmd("QUIT").await.is(221, "2.0.0"));
+
+    // Too many errors end the session with 421.
+    let (mut c, _) = Client::connect(relay.addr).await;
+    let mut last = c.cmd("BOGUS").await;
+    for _ in 0..20 {
+        if last.code == 421 || last.code == 0 {
+            break;
+        }
+        last = c.read_or_cmd("BOGUS").await;
+    }
+    assert!(
+        last.lines.iter().any(|l| l.starts_with("421 4.7.0")),
+        "{last:?}"
+    );
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_size_recipients_idle_and_pipelining() {
+    let relay = Relay::start("").await;
+    // Too many recipients: the 101st gets 452.
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    for i in 0..100 {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<r{i}@internet.example>"))
+                .await
+                .code,
+            250
+        );
+    }
+    assert!(
+        c.cmd("RCPT TO:<r100@internet.example>")
+            .await
+            .is(452, "4.5.3")
+    );
+    assert!(c.cmd("RSET").await.is(250, "2.0.0"));
+
+    // A message over SIZE: 552 after the data, nothing queued.
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert_eq!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.code, 250);
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    let line = format!("{}\r\n", "x".repeat(998));
+    while big.len() < 26 * 1024 * 1024 {
+        big.extend_from_slice(line.as_bytes());
+    }
+    big.extend_from_slice(b".\r\n");
+    assert!(c.data(&big).await.is(552, "5.3.4"));
+    // The session goes on.
+    assert!(c.cmd("NOOP").await.is(250, "2.0.0"));
+
+    // Pipelining: every command in one write, every reply in order.
+    let mut p = relay.session(CONTOSO_IP, None).await;
+    p.send_raw(format!("MAIL FROM:<john@contoso.com>\r\nRCPT TO:<{EXT}>\r\nRCPT TO:<other@internet.example>\r\nDATA\r\n").as_bytes()).await;
+    assert_eq!(p.read().await.code, 250);
+    assert_eq!(p.read().await.code, 250);
+    assert_eq!(p.read().await.code, 250);
+    assert_eq!(p.read().await.code, 354);
+    p.send_raw(b"Subject: pipelined\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        .await;
+    assert_eq!(p.read().await.code, 250);
+    assert_eq!(p.read().await.code, 221);
+
+    // Idle clients are dropped with 421 (idle_timeout_secs = 5 in this config).
+    let (mut idle, _) = Client::connect(relay.addr).await;
+    let r = idle.read().await;
+    assert!(r.is(421, "4.4.2"), "{r:?}");
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pipelined_after_starttls_are_discarded() {
+    let relay = Relay::start("").await;
+    let (mut c, _) = Client::connect_from(relay.addr, UNKNOWN_IP.parse().unwrap()).await;
+    assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+    // An attacker in the middle appends a command in clear text after STARTTLS.
+    c.send_raw(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
+        .await;
+    assert_eq!(c.read().await.code, 220);
+    let (pem, key) = relay.cert("contoso");
+    c.finish_tls(Some((&pem, &key))).await;
+    // Inside TLS the session starts afresh: the injected MAIL was never run.
+    assert!(
+        c.cmd("MAIL FROM:<john@contoso.com>").await.is(503, "5.5.1"),
+        "EHLO required again"
+    );
+    assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+    assert!(c.cmd("MAIL FROM:<>").await.is(250, "2.1.0"));
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limit_and_graceful_shutdown() {
+    let relay = Relay::start("").await;
+    // Shutdown: a session in flight gets 421 4.3.2 to its next command.
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    relay.handle.shutdown.cancel();
+    let r = c.read_or_cmd("NOOP").await;
+    assert!(r.is(421, "4.3.2"), "{r:?}");
+    // And nothing listens any more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(tokio::net::TcpStream::connect(relay.addr).await.is_err());
+    relay.handle.stop().await;
+
+    // The session limit: one more connection gets 421 4.3.2 at once.
+    let relay = Relay::start_with("max_sessions = 2", "").await;
+    let _a = relay.session(CONTOSO_IP, None).await;
+    let _b = relay.session(CONTOSO_IP, None).await;
+    let (_, greeting) = Client::connect(relay.addr).await;
+    assert!(greeting.is(421, "4.3.2"), "{greeting:?}");
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, greeting) = Client::connect(relay.addr).await;
+    assert_eq!(greeting.code, 220, "a slot was freed");
+    relay.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_policy_defers_never_accepts() {
+    let rogue = support::build_component("rogue-policy");
+    let relay = Relay::start(&format!(
+        "[policy]\ncomponent = {:?}\ntimeout_ms = 100\n[policy.settings]\nbehavior = \"loop\"\nstage = \"rcpt-to\"\n",
+        rogue.display().to_string()
+    ))
+    .await;
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
+    assert!(r.is(451, "4.3.5"), "{r:?}");
+    // The session's instance is discarded: later recipients fail closed too.
+    assert!(c.cmd("RCPT TO:<kate@contoso.com>").await.is(451, "4.3.5"));
+    assert!(
+        c.cmd("DATA").await.is(554, "5.5.1"),
+        "nothing accepted, nothing to send"
+    );
+    relay.handle.stop().await;
+}

@@ -1,0 +1,293 @@
+//! A minimal SMTP client and a recording next hop, for driving the relay
+//! over loopback TCP in tests. (Interop with third-party clients is tested
+//! separately with swaks and Python's smtplib.)
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A reply: code, enhanced code (if any), text of the last line, all lines.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: String,
+    pub text: String,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn is(&self, code: u16, enhanced: &str) -> bool {
+        self.code == code && self.enhanced == enhanced
+    }
+}
+
+pub struct Client {
+    io: Option<BufReader<Box<dyn Io>>>,
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Client {
+    /// Connects from `source` (any 127.0.0.0/8 address works on loopback) and reads the greeting.
+    pub async fn connect_from(server: SocketAddr, source: IpAddr) -> (Client, Reply) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = tokio::time::timeout(TIMEOUT, socket.connect(server))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut c = Client {
+            io: Some(BufReader::new(Box::new(tcp) as Box<dyn Io>)),
+        };
+        let greeting = c.read().await;
+        (c, greeting)
+    }
+
+    pub async fn connect(server: SocketAddr) -> (Client, Reply) {
+        Self::connect_from(server, "127.0.0.1".parse().unwrap()).await
+    }
+
+    /// Reads one (possibly multi-line) reply; code 0 when the server closed.
+    pub async fn read(&mut self) -> Reply {
+        let io = self.io.as_mut().unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(TIMEOUT, io.read_line(&mut line))
+                .await
+                .expect("reply timeout")
+                .unwrap_or(0);
+            if n == 0 {
+                return Reply {
+                    code: 0,
+                    enhanced: String::new(),
+                    text: "connection closed".into(),
+                    lines,
+                };
+            }
+            let line = line.trim_end().to_string();
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line.clone());
+            if !more {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let rest = line.get(4..).unwrap_or("");
+                let (enhanced, text) = match rest.split_once(' ') {
+                    Some((e, t))
+                        if e.split('.').count() == 3
+                            && e.starts_with(|c: char| c.is_ascii_digit()) =>
+                    {
+                        (e.to_string(), t.to_string())
+                    }
+                    _ => (String::new(), rest.to_string()),
+                };
+                return Reply {
+                    code,
+                    enhanced,
+                    text,
+                    lines,
+                };
+            }
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let io = self.io.as_mut().unwrap();
+        io.get_mut().write_all(bytes).await.unwrap();
+        io.get_mut().flush().await.unwrap();
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> Reply {
+        self.send_raw(format!("{line}\r\n").as_bytes()).await;
+        self.read().await
+    }
+
+    /// STARTTLS with an optional client certificate (PEM chain and key files).
+    pub async fn starttls(&mut self, cert: Option<(&Path, &Path)>) -> Reply {
+        let r = self.cmd("STARTTLS").await;
+        if r.code == 220 {
+            self.finish_tls(cert).await;
+        }
+        r
+    }
+
+    /// The TLS handshake after the server's 220 to STARTTLS.
+    pub async fn finish_tls(&mut self, cert: Option<(&Path, &Path)>) {
+        let config = attrelay::tls::server::client_config(&[], cert).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let io = self.io.take().unwrap().into_inner();
+        let name = rustls_pki_types::ServerName::try_from("relay.example.test").unwrap();
+        let tls = tokio::time::timeout(TIMEOUT, connector.connect(name, io))
+            .await
+            .unwrap()
+            .unwrap();
+        self.io = Some(BufReader::new(Box::new(tls)));
+    }
+
+    /// Sends a command if the connection still takes it, then reads a reply
+    /// (which may be one the server sent on its own, such as a 421).
+    pub async fn read_or_cmd(&mut self, line: &str) -> Reply {
+        let io = self.io.as_mut().unwrap();
+        let _ = io
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await;
+        let _ = io.get_mut().flush().await;
+        self.read().await
+    }
+
+    /// Sends DATA and the message (already dot-stuffed, ending with CRLF.CRLF).
+    pub async fn data(&mut self, wire: &[u8]) -> Reply {
+        let r = self.cmd("DATA").await;
+        if r.code != 354 {
+            return r;
+        }
+        self.send_raw(wire).await;
+        self.read().await
+    }
+}
+
+/// A message as the test next hop received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// Dot-stuffing undone.
+    pub data: Vec<u8>,
+}
+
+/// A recording SMTP next hop. Recipients whose local part starts with
+/// `reject` get `550 5.1.1`; `defer-once` gets `451 4.3.0` on its first
+/// attempt only; `defer` always `451`.
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub rcpt_attempts: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    pub async fn start_on(listener: TcpListener) -> Sink {
+        let sink = Sink {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            rcpt_attempts: Arc::default(),
+        };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = s.clone();
+                tokio::spawn(async move { s.session(tcp).await });
+            }
+        });
+        sink
+    }
+
+    async fn session(&self, tcp: TcpStream) {
+        let mut io = BufReader::new(tcp);
+        let _ = io.get_mut().write_all(b"220 sink.test ESMTP\r\n").await;
+        let (mut sender, mut rcpts) = (String::new(), Vec::new());
+        loop {
+            let mut line = String::new();
+            if io.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let upper = line.to_ascii_uppercase();
+            let addr = || {
+                line.split_once('<')
+                    .and_then(|(_, r)| r.split_once('>'))
+                    .map(|(a, _)| a.to_string())
+                    .unwrap_or_default()
+            };
+            let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                "250-sink.test\r\n250 8BITMIME\r\n".into()
+            } else if upper.starts_with("MAIL") {
+                sender = addr();
+                rcpts.clear();
+                "250 2.1.0 ok\r\n".into()
+            } else if upper.starts_with("RCPT") {
+                let a = addr();
+                let tries = {
+                    let mut attempts = self.rcpt_attempts.lock().unwrap();
+                    attempts.push(a.clone());
+                    attempts.iter().filter(|x| **x == a).count()
+                };
+                if a.starts_with("reject") {
+                    "550 5.1.1 User unknown\r\n".into()
+                } else if (a.starts_with("defer-once") && tries == 1)
+                    || (a.starts_with("defer") && !a.starts_with("defer-once"))
+                {
+                    "451 4.3.0 Try again later\r\n".into()
+                } else {
+                    rcpts.push(a);
+                    "250 2.1.5 ok\r\n".into()
+                }
+            } else if upper.starts_with("DATA") {
+                let _ = io.get_mut().write_all(b"354 go ahead\r\n").await;
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if io.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    let l = if l.starts_with(b".") {
+                        l[1..].to_vec()
+                    } else {
+                        l
+                    };
+                    data.extend_from_slice(&l);
+                }
+                self.received.lock().unwrap().push(Received {
+                    sender: sender.clone(),
+                    recipients: rcpts.clone(),
+                    data,
+                });
+                "250 2.0.0 queued\r\n".into()
+            } else if upper.starts_with("QUIT") {
+                let _ = io.get_mut().write_all(b"221 2.0.0 bye\r\n").await;
+                return;
+            } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+                "250 2.0.0 ok\r\n".into()
+            } else {
+                "502 5.5.1 not here\r\n".into()
+            };
+            if io.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until `n` messages have arrived (or panics after a while).
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        for _ in 0..300 {
+            {
+                let r = self.received.lock().unwrap();
+                if r.len() >= n {
+                    return r.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "expected {n} messages at the next hop, got {:?}",
+            self.received.lock().unwrap().len()
+        );
+    }
+}
