@@ -98,3 +98,91 @@ async fn a_message_answered_250_survives_sigkill_and_restart() {
     }
     panic!("the spool still holds the delivered message");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_with_structured_logs() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\nshutdown_grace_secs = 5\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{}\"\n",
+        sink.addr
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "attrelay=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = out.next_line().await.unwrap().expect("attrelay exited");
+        if let Some(rest) = line.strip_prefix("attrelay: listening on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let (mut c, _) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
+    assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
+    assert_eq!(
+        c.data(b"Subject: before shutdown\r\n\r\nx\r\n.\r\n")
+            .await
+            .code,
+        250
+    );
+    sink.wait_for(1).await;
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The session in flight is told, and the process exits cleanly.
+    let r = c.read_or_cmd("NOOP").await;
+    assert!(r.is(421, "4.3.2"), "{r:?}");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exit within the grace period")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let mut logs = String::new();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Ok(Some(l)) = err.next_line().await {
+        logs.push_str(&l);
+        logs.push('\n');
+    }
+    let decision = logs
+        .lines()
+        .find(|l| l.contains("decision") && l.contains("stage=\"rcpt-to\""))
+        .unwrap_or_else(|| panic!("{logs}"));
+    for field in [
+        "client=127.0.1.10",
+        "tenant=\"contoso\"",
+        "reply=250 2.1.5 Recipient OK",
+        "reason=\"originating-ip\"",
+        "cert_names=[]",
+    ] {
+        assert!(decision.contains(field), "{field} missing in {decision}");
+    }
+    let delivery = logs
+        .lines()
+        .find(|l| l.contains("delivery attempt"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    for field in [
+        "queue_id=",
+        "result=\"delivered\"",
+        "recipient=someone@internet.example",
+    ] {
+        assert!(delivery.contains(field), "{field} missing in {delivery}");
+    }
+    assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
+}

@@ -198,6 +198,16 @@ pub enum NextHop {
     Mx,
 }
 
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NextHop::Directory(p) => write!(f, "into directory {}", p.display()),
+            NextHop::Smarthost { host, port } => write!(f, "to smarthost {host}:{port}"),
+            NextHop::Mx => write!(f, "by DNS MX"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
     pub next_hop: NextHop,

@@ -87,6 +87,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "attrelay=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let mut stdout = std::io::stdout().lock();
     let result = match cli.command {
@@ -149,7 +150,7 @@ fn serve(config: Option<PathBuf>) -> Result<u8, commands::UsageError> {
             let _ = writeln!(out, "attrelay: listening on {a} as {}", cfg.server.hostname);
         }
         let _ = writeln!(out, "attrelay: policy {} (sha256 {})", eval.policy.origin(), eval.policy.sha256());
-        let _ = writeln!(out, "attrelay: spool {}, delivery {:?}", cfg.spool.display(), cfg.delivery.next_hop);
+        let _ = writeln!(out, "attrelay: spool {}, delivery {}", cfg.spool.display(), cfg.delivery.next_hop);
         if embedded {
             let a = handle.addrs.first().map(|a| a.to_string()).unwrap_or_default();
             let _ = writeln!(out, "attrelay: embedded demo: tenant 'demo' owns demo.test; this machine is its on-premises server. Try:");

@@ -115,11 +115,16 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfig
 pub fn ephemeral_certificate(
     hostname: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsConfigError> {
-    let ck = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+    let err = |e: rcgen::Error| TlsConfigError::Ephemeral(e.to_string());
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(err)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    let signing_key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = params.self_signed(&signing_key).map_err(err)?;
+    let key = PrivateKeyDer::try_from(signing_key.serialize_der())
         .map_err(|e| TlsConfigError::Ephemeral(e.to_string()))?;
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-        .map_err(|e| TlsConfigError::Ephemeral(e.to_string()))?;
-    Ok((vec![ck.cert.der().clone()], key))
+    Ok((vec![cert.der().clone()], key))
 }
 
 /// The STARTTLS server configuration.
