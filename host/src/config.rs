@@ -579,7 +579,7 @@ impl Config {
             max_queue_age: Duration::from_secs(range(
                 &d.max_queue_age_secs,
                 "delivery.max_queue_age_secs",
-                60,
+                1,
                 2_592_000,
                 432_000,
             )?),
