@@ -71,9 +71,18 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     spool: RawSpool,
+    admin: Option<RawAdmin>,
     delivery: Option<RawDelivery>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -126,6 +135,9 @@ struct RawPolicy {
     timeout_ms: Option<Spanned<u64>>,
     memory_limit_mib: Option<Spanned<u64>>,
     max_instances: Option<Spanned<u32>>,
+    cache: Option<Spanned<PathBuf>>,
+    shadow: Option<Spanned<PathBuf>>,
+    decision_log: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +148,11 @@ struct RawTenant {
     accepted_domains: Vec<Spanned<String>>,
     #[serde(default, rename = "connector")]
     connectors: Vec<RawConnector>,
+    policy: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    policy_settings: BTreeMap<String, Spanned<toml::Value>>,
+    policy_timeout_ms: Option<Spanned<u64>>,
+    policy_memory_limit_mib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +253,12 @@ pub struct PolicyConfig {
     pub max_instances: u32,
     /// Line of each setting key, to point at it when the policy refuses it.
     pub setting_lines: HashMap<String, usize>,
+    /// Where compiled components are cached.
+    pub cache: Option<PathBuf>,
+    /// A candidate evaluated beside the active policy, never deciding.
+    pub shadow: Option<PathBuf>,
+    /// Append every decision's inputs and verdict here (JSON Lines).
+    pub decision_log: Option<PathBuf>,
 }
 
 impl Default for PolicyConfig {
@@ -247,11 +270,16 @@ impl Default for PolicyConfig {
             memory_limit: (DEFAULT_MEMORY_MIB * 1024 * 1024) as usize,
             max_instances: DEFAULT_MAX_INSTANCES,
             setting_lines: HashMap::new(),
+            cache: None,
+            shadow: None,
+            decision_log: None,
         }
     }
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 200;
+/// The admin listener's default port, on loopback.
+pub const DEFAULT_ADMIN_PORT: u16 = 9725;
 pub const DEFAULT_MEMORY_MIB: u64 = 32;
 pub const DEFAULT_MAX_INSTANCES: u32 = 256;
 
@@ -263,6 +291,17 @@ pub struct Tenant {
     pub accepted_domains: Vec<String>,
     pub connectors: Vec<Connector>,
     pub line: usize,
+    /// The tenant's own policy, run after the base attribution.
+    pub policy: Option<TenantPolicyConfig>,
+}
+
+/// `[[tenant]] policy = ...` and its settings and budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPolicyConfig {
+    pub component: PathBuf,
+    pub settings: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub memory_limit: usize,
 }
 
 /// A validated connector.
@@ -291,6 +330,8 @@ pub struct Config {
     /// `[spool] path`.
     pub spool: PathBuf,
     pub delivery: DeliverySettings,
+    /// The admin (metrics, status, reload) listener, if enabled.
+    pub admin: Option<SocketAddr>,
     pub tenants: Vec<Tenant>,
     pub warnings: Vec<ConfigWarning>,
 }
@@ -601,25 +642,15 @@ impl Config {
             ..PolicyConfig::default()
         };
         for (key, value) in &p.settings {
-            let text = match value.get_ref() {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Datetime(d) => d.to_string(),
-                _ => {
-                    return Err(src.error(
-                        value.span(),
-                        format!("policy.settings.{key}"),
-                        "a setting is a string, number, boolean or date-time, not an array or table",
-                    ));
-                }
-            };
+            let text = setting_text(&src, key, value, "policy.settings")?;
             policy
                 .setting_lines
                 .insert(key.clone(), src.line(&value.span()));
             policy.settings.push((key.clone(), text));
         }
+        policy.cache = p.cache.map(|c| resolve(c.get_ref()));
+        policy.shadow = p.shadow.map(|c| resolve(c.get_ref()));
+        policy.decision_log = p.decision_log.map(|c| resolve(c.get_ref()));
         if let Some(t) = p.timeout_ms {
             if !(1..=60_000).contains(t.get_ref()) {
                 return Err(src.error(
@@ -814,11 +845,52 @@ impl Config {
                     line,
                 });
             }
+            let policy = match &t.policy {
+                None => {
+                    if let Some((k, v)) = t.policy_settings.iter().next() {
+                        return Err(src.error(
+                            v.span(),
+                            format!("{key}.policy_settings.{k}"),
+                            "policy_settings without a tenant policy",
+                        ));
+                    }
+                    None
+                }
+                Some(c) => {
+                    let mut settings = Vec::new();
+                    for (k, v) in &t.policy_settings {
+                        settings.push((
+                            k.clone(),
+                            setting_text(&src, k, v, &format!("{key}.policy_settings"))?,
+                        ));
+                    }
+                    Some(TenantPolicyConfig {
+                        component: resolve(c.get_ref()),
+                        settings,
+                        timeout: Duration::from_millis(range(
+                            &t.policy_timeout_ms,
+                            &format!("{key}.policy_timeout_ms"),
+                            1,
+                            60_000,
+                            policy.timeout.as_millis() as u64,
+                        )?),
+                        memory_limit: (range(
+                            &t.policy_memory_limit_mib,
+                            &format!("{key}.policy_memory_limit_mib"),
+                            1,
+                            4096,
+                            (policy.memory_limit / (1024 * 1024)) as u64,
+                        )? * 1024
+                            * 1024) as usize,
+                    })
+                }
+            };
             tenants.push(Tenant {
                 id,
                 accepted_domains: accepted,
                 connectors,
                 line: tenant_line,
+                policy,
             });
         }
 
@@ -851,8 +923,26 @@ impl Config {
             }
         }
 
+        let admin = match raw.admin {
+            Some(a) if !a.enabled => None,
+            Some(RawAdmin {
+                listen: Some(l), ..
+            }) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                src.error(
+                    l.span(),
+                    "admin.listen",
+                    format!(
+                        "'{}' is not an address:port such as 127.0.0.1:9725",
+                        l.get_ref()
+                    ),
+                )
+            })?),
+            _ => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
+        };
+
         Ok(Config {
             source: path.to_path_buf(),
+            admin,
             server,
             policy,
             spool,
@@ -861,6 +951,29 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// A setting's value as the string a policy receives.
+fn setting_text(
+    src: &Source<'_>,
+    key: &str,
+    value: &Spanned<toml::Value>,
+    table: &str,
+) -> Result<String, ConfigError> {
+    Ok(match value.get_ref() {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        _ => {
+            return Err(src.error(
+                value.span(),
+                format!("{table}.{key}"),
+                "a setting is a string, number, boolean or date-time, not an array or table",
+            ));
+        }
+    })
 }
 
 /// Parses an IP address or CIDR range. Host bits set in a range are an error:

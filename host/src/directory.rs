@@ -12,12 +12,13 @@ use std::net::IpAddr;
 use attrelay_policy::model;
 use ipnet::IpNet;
 
-use crate::config::{Config, ConnectorType};
+use crate::config::{Config, ConnectorType, Tenant};
 
 /// Immutable, indexed tenant data.
 #[derive(Debug, Default)]
 pub struct Directory {
     connectors: Vec<model::Connector>,
+    accepted: HashMap<String, Vec<String>>,
     tenants: HashMap<String, Vec<usize>>,
     domains: HashMap<String, String>,
     cert_names: HashMap<String, Vec<usize>>,
@@ -61,11 +62,54 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 impl Directory {
     pub fn from_config(config: &Config) -> Directory {
+        Self::from_tenants(&config.tenants)
+    }
+
+    /// The built-in scenario fixture as a directory (for validating policies).
+    pub fn from_fixture(fixture: &attrelay_policy::scenarios::MemoryDirectory) -> Directory {
+        let tenants: Vec<Tenant> = fixture
+            .tenants
+            .iter()
+            .map(|t| Tenant {
+                id: t.id.clone(),
+                accepted_domains: t.accepted_domains.clone(),
+                line: 0,
+                policy: None,
+                connectors: t
+                    .connectors
+                    .iter()
+                    .map(|c| crate::config::Connector {
+                        name: c.name.clone(),
+                        kind: match c.kind {
+                            model::ConnectorKind::OnPremises => ConnectorType::OnPremises,
+                            model::ConnectorKind::Partner => ConnectorType::Partner,
+                        },
+                        enabled: c.enabled,
+                        sender_ip_addresses: c
+                            .sender_ip_addresses
+                            .iter()
+                            .filter_map(|n| crate::config::parse_net(n).ok())
+                            .collect(),
+                        tls_sender_certificate_name: c.tls_sender_certificate_name.clone(),
+                        sender_domains: c.sender_domains.clone(),
+                        recipient_domains: c.recipient_domains.clone(),
+                        restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+                        restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+                        line: 0,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Self::from_tenants(&tenants)
+    }
+
+    pub fn from_tenants(tenants: &[Tenant]) -> Directory {
         let mut d = Directory::default();
-        for t in &config.tenants {
+        for t in tenants {
             for domain in &t.accepted_domains {
                 d.domains.insert(domain.clone(), t.id.clone());
             }
+            d.accepted.insert(t.id.clone(), t.accepted_domains.clone());
             let mut ids = Vec::new();
             for c in &t.connectors {
                 let idx = d.connectors.len();
@@ -110,6 +154,16 @@ impl Directory {
             d.tenants.insert(t.id.clone(), ids);
         }
         d
+    }
+
+    /// A tenant's accepted domains.
+    pub fn accepted_domains(&self, tenant: &str) -> Vec<String> {
+        self.accepted.get(tenant).cloned().unwrap_or_default()
+    }
+
+    /// Number of tenants.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
     }
 
     /// Whether a tenant with this id exists.

@@ -10,12 +10,16 @@
 //! - [`relay`]: all of it assembled, as `attrelay serve` runs it;
 //! - [`commands`]: the `check` and `cert inspect` commands.
 
+pub mod admin;
 pub mod commands;
 pub mod config;
+pub mod decisions;
 pub mod delivery;
 pub mod directory;
+pub mod metrics;
 pub mod policy;
 pub mod relay;
+pub mod reload;
 pub mod smtp;
 pub mod spool;
 pub mod tls;

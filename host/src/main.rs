@@ -63,6 +63,32 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Policy tools: validate a component, compare two on recorded decisions.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Compile, link and configure a component and run the built-in scenarios through it.
+    Validate {
+        component: PathBuf,
+        /// Take the policy settings from this configuration.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Replay a decision log through two components and print the differences.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        decisions: PathBuf,
+        /// Configuration with the tenants and settings (default: the embedded demo).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +147,18 @@ fn main() -> ExitCode {
         Command::Cert {
             command: CertCommand::Inspect { pem, config, at },
         } => commands::inspect::inspect(&InspectArgs { pem, config, at }, &mut stdout),
+        Command::Policy {
+            command: PolicyCommand::Validate { component, config },
+        } => commands::policy::validate(&component, config.as_ref(), &mut stdout),
+        Command::Policy {
+            command:
+                PolicyCommand::Diff {
+                    old,
+                    new,
+                    decisions,
+                    config,
+                },
+        } => commands::policy::diff(&old, &new, &decisions, config.as_ref(), &mut stdout),
     };
     let _ = stdout.flush();
     match result {
@@ -148,6 +186,9 @@ fn serve(config: Option<PathBuf>) -> Result<u8, commands::UsageError> {
         let mut out = std::io::stdout().lock();
         for a in &handle.addrs {
             let _ = writeln!(out, "attrelay: listening on {a} as {}", cfg.server.hostname);
+        }
+        if let Some(a) = handle.admin {
+            let _ = writeln!(out, "attrelay: admin endpoint on http://{a}/ (GET /metrics, GET /status, POST /reload)");
         }
         let _ = writeln!(out, "attrelay: policy {} (sha256 {})", eval.policy.origin(), eval.policy.sha256());
         let _ = writeln!(out, "attrelay: spool {}, delivery {}", cfg.spool.display(), cfg.delivery.next_hop);

@@ -12,20 +12,26 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admin::Admin;
 use crate::config::{Config, NextHop};
 use crate::delivery::{self, DeliveryConfig, Target};
-use crate::directory::Directory;
-use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
-use crate::smtp::{Evaluation, Limits, Server, ServerContext};
+use crate::metrics::Metrics;
+use crate::policy::{EngineLimits, PolicyEngine};
+use crate::reload::Reloader;
+use crate::smtp::{Limits, Server, ServerContext};
 use crate::spool::Spool;
-use crate::tls::{TrustAnchors, pem::read_certificates, server as tls_server};
+use crate::tls::{pem::read_certificates, server as tls_server};
 
 /// A running relay.
 pub struct RelayHandle {
     /// The addresses the SMTP server listens on.
     pub addrs: Vec<SocketAddr>,
+    /// The admin endpoint's address, when enabled.
+    pub admin: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub context: Arc<ServerContext>,
+    pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
     server: tokio::task::JoinHandle<()>,
     queue: tokio::task::JoinHandle<()>,
 }
@@ -71,6 +77,7 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
         timeout: d.timeout,
         tls,
         mx_port: 25,
+        metrics: None,
     })
 }
 
@@ -85,17 +92,32 @@ pub async fn start_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RelayHandle> {
     let s = &config.server;
-    // One policy instance per session at most, plus the load-time probe.
+    let metrics = Arc::new(Metrics::new());
+    // One policy instance per session at most (two with a shadow, more with
+    // tenant policies), plus the load-time probes.
     let limits = EngineLimits {
-        max_instances: config.policy.max_instances.max(s.max_sessions as u32 + 4),
+        max_instances: config
+            .policy
+            .max_instances
+            .max(s.max_sessions as u32 * 2 + 8),
         ..EngineLimits::from(&config.policy)
     };
-    let engine = PolicyEngine::new(limits)?;
-    let source = PolicySource::from_option(config.policy.component.as_deref());
-    let policy = crate::commands::load_policy(config, &engine, &source)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let directory = Arc::new(Directory::from_config(config));
-    let anchors = TrustAnchors::load(&s.client_ca)?;
+    let cache_dir = config.policy.cache.clone().unwrap_or_else(|| {
+        config
+            .spool
+            .parent()
+            .map(|p| p.join("policy-cache"))
+            .unwrap_or_else(|| "policy-cache".into())
+    });
+    let engine = PolicyEngine::with_cache(limits, Some(cache_dir))?;
+    let (evaluation, report) =
+        crate::reload::build(config, &engine, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !report.differing.is_empty() {
+        info!(
+            differing = report.differing.len(),
+            "the policy answers some reference scenarios differently (by design?)"
+        );
+    }
     let (certs, key) = match (&s.tls_cert, &s.tls_key) {
         (Some(c), Some(k)) => (read_certificates(c)?, tls_server::read_private_key(k)?),
         _ => tls_server::ephemeral_certificate(&s.hostname)?,
@@ -110,12 +132,10 @@ pub async fn start_with(
     if !recovered.is_empty() {
         info!(messages = recovered.len(), spool = %config.spool.display(), "recovered queued messages; delivering now");
     }
-    let (queue, queue_task) = delivery::start(
-        spool.clone(),
-        delivery_config(config)?,
-        recovered,
-        shutdown.clone(),
-    );
+    let mut delivery_cfg = delivery_config(config)?;
+    delivery_cfg.metrics = Some(metrics.clone());
+    let (queue, queue_task) =
+        delivery::start(spool.clone(), delivery_cfg, recovered, shutdown.clone());
 
     let ctx = Arc::new(ServerContext {
         hostname: s.hostname.clone(),
@@ -127,21 +147,45 @@ pub async fn start_with(
             bare_line_endings: s.bare_line_endings,
             ..Limits::default()
         },
-        evaluation: ArcSwap::from_pointee(Evaluation { policy, directory }),
-        anchors,
+        evaluation: ArcSwap::from_pointee(evaluation),
         tls,
+        metrics: metrics.clone(),
         spool,
         queue,
         shutdown: shutdown.clone(),
     });
+    let config_path = Some(config.source.clone()).filter(|p| p.is_file());
+    let reloader = Arc::new(Reloader::new(
+        config_path.clone(),
+        engine,
+        ctx.clone(),
+        metrics.clone(),
+    ));
+    if config_path.is_some() {
+        crate::reload::spawn_triggers(reloader.clone(), shutdown.clone());
+    }
+    let admin = match config.admin {
+        Some(addr) => {
+            let admin = Arc::new(Admin {
+                ctx: ctx.clone(),
+                reloader: reloader.clone(),
+                metrics: metrics.clone(),
+            });
+            Some(admin.serve(addr, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let server = Server::bind(ctx.clone(), &s.listen, s.max_sessions).await?;
     let addrs = server.local_addrs();
     let grace = s.shutdown_grace;
     let server_task = tokio::spawn(server.run(grace));
     Ok(RelayHandle {
         addrs,
+        admin,
         shutdown,
         context: ctx,
+        reloader,
+        metrics,
         server: server_task,
         queue: queue_task,
     })

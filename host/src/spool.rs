@@ -263,6 +263,26 @@ impl Spool {
         Ok((envelopes, problems))
     }
 
+    /// The queued envelopes, read-only (no clean-up): for metrics.
+    pub fn recover_list(&self) -> (Vec<Envelope>, usize) {
+        let mut out = Vec::new();
+        let mut bad = 0;
+        if let Ok(dir) = fs::read_dir(self.root.join("queue")) {
+            for entry in dir.flatten() {
+                let id = entry
+                    .path()
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match self.read_envelope(&id) {
+                    Ok(e) => out.push(e),
+                    Err(_) => bad += 1,
+                }
+            }
+        }
+        (out, bad)
+    }
+
     /// Number of queued messages (for status and metrics).
     pub fn len(&self) -> usize {
         fs::read_dir(self.root.join("queue"))

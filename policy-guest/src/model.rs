@@ -12,6 +12,7 @@ pub type UnixSeconds = i64;
 
 /// The client certificate as the host saw and verified it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClientCertificate {
     /// Chain verified against the operator's trust anchors at the session time.
     pub verified: bool,
@@ -42,6 +43,7 @@ impl ClientCertificate {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TlsFacts {
     pub protocol: String,
     pub cipher: String,
@@ -49,6 +51,7 @@ pub struct TlsFacts {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SessionFacts {
     pub client_ip: IpAddr,
     pub helo: String,
@@ -117,6 +120,11 @@ impl Connector {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum Action {
     Accept,
     Defer,
@@ -124,6 +132,7 @@ pub enum Action {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HeaderField {
     pub name: String,
     pub value: String,
@@ -131,6 +140,7 @@ pub struct HeaderField {
 
 /// The answer to one SMTP command; see `verdict` in the WIT file for the checks hosts apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Verdict {
     pub action: Action,
     pub code: u16,

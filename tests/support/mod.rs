@@ -270,9 +270,16 @@ pub fn engine() -> &'static PolicyEngine {
 }
 
 /// Builds a test component under `tests/components/NAME` for wasm32-wasip2
-/// (once per process) and returns the `.wasm` path.
+/// and returns the `.wasm` path.
 pub fn build_component(name: &str) -> PathBuf {
-    let dir = root().join("tests/components").join(name);
+    build_crate(&format!("tests/components/{name}"))
+}
+
+/// Builds the component crate at `dir` (relative to the workspace root) for
+/// wasm32-wasip2, in a target directory of its own, and returns the `.wasm`.
+pub fn build_crate(dir: &str) -> PathBuf {
+    let dir = root().join(dir);
+    let name = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
     let target = root().join("target/test-components");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&dir)
@@ -290,10 +297,10 @@ pub fn build_component(name: &str) -> PathBuf {
         .env_remove("CARGO_TARGET_DIR")
         .status()
         .expect("running cargo to build a test component");
-    assert!(status.success(), "building tests/components/{name} failed");
+    assert!(status.success(), "building {} failed", dir.display());
     let wasm = target
         .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
+        .join(format!("{name}.wasm"));
     assert!(wasm.exists(), "{} missing", wasm.display());
     wasm
 }

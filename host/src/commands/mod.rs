@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod inspect;
+pub mod policy;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -49,6 +49,7 @@ pub struct DeliveryConfig {
     pub tls: Arc<rustls::ClientConfig>,
     /// Port used for MX hosts (25; tests use another).
     pub mx_port: u16,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What happened to one recipient in one attempt.
@@ -198,6 +199,9 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
             reply = %reply,
             "delivery attempt"
         );
+        if let Some(m) = &cfg.metrics {
+            crate::metrics::Metrics::outcome(&m.deliveries, result);
+        }
         if let Some(r) = envelope
             .recipients
             .iter_mut()
@@ -352,6 +356,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             tls: crate::tls::server::client_config(&[], None).unwrap(),
             mx_port: 25,
+            metrics: None,
         };
         let secs: Vec<u64> = (1..=8).map(|a| backoff(&cfg, a).as_secs()).collect();
         assert_eq!(secs, [60, 120, 240, 480, 960, 1920, 3600, 3600]);

@@ -19,6 +19,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::WasiCtx;
 
 use super::bindings::{AttributionPolicyPre, guest};
+use super::cache::{ComponentCache, Provenance};
 use super::session::{Budget, PolicySession, SessionState};
 use crate::config::PolicyConfig;
 use crate::directory::Directory;
@@ -107,8 +108,11 @@ impl PolicySource {
 struct EngineInner {
     engine: Engine,
     linker: Linker<SessionState>,
+    /// Linker for tenant policies (`tenant-rules` world).
+    tenant_linker: Linker<SessionState>,
     limits: EngineLimits,
     stop: Arc<AtomicBool>,
+    cache: ComponentCache,
 }
 
 impl Drop for EngineInner {
@@ -125,10 +129,18 @@ pub struct PolicyEngine {
 
 impl PolicyEngine {
     pub fn new(limits: EngineLimits) -> Result<PolicyEngine, PolicyError> {
-        Self::build(limits).map_err(PolicyError::Engine)
+        Self::build(limits, None).map_err(PolicyError::Engine)
     }
 
-    fn build(limits: EngineLimits) -> anyhow::Result<PolicyEngine> {
+    /// An engine whose compiled components are also cached in `cache_dir`.
+    pub fn with_cache(
+        limits: EngineLimits,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<PolicyEngine, PolicyError> {
+        Self::build(limits, cache_dir).map_err(PolicyError::Engine)
+    }
+
+    fn build(limits: EngineLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<PolicyEngine> {
         let n = limits.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
         // A wasip2 component from Rust has one core module with one memory, plus
@@ -165,6 +177,14 @@ impl PolicyEngine {
             wasmtime::component::HasSelf<SessionState>,
         >(&mut linker, |s| s)
         .map_err(|e| anyhow::Error::from(e).context("linking the directory interface"))?;
+        let mut tenant_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut tenant_linker)
+            .map_err(|e| anyhow::Error::from(e).context("linking WASI"))?;
+        super::bindings::tenant::TenantRules::add_to_linker::<
+            _,
+            wasmtime::component::HasSelf<SessionState>,
+        >(&mut tenant_linker, |s| s)
+        .map_err(|e| anyhow::Error::from(e).context("linking the tenant-directory interface"))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -182,8 +202,10 @@ impl PolicyEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
+                tenant_linker,
                 limits,
                 stop,
+                cache: ComponentCache::new(cache_dir),
             }),
         })
     }
@@ -196,16 +218,44 @@ impl PolicyEngine {
         &self.inner.engine
     }
 
+    pub fn cache(&self) -> &ComponentCache {
+        &self.inner.cache
+    }
+
+    /// Compiles (or finds in the cache) a component.
+    pub(crate) fn component(
+        &self,
+        origin: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, String, Provenance), PolicyError> {
+        let sha256: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let (component, provenance) = self
+            .inner
+            .cache
+            .get_or_compile(&self.inner.engine, &sha256, bytes)
+            .map_err(|detail| PolicyError::Compile {
+                origin: origin.to_string(),
+                detail,
+            })?;
+        Ok((component, sha256, provenance))
+    }
+
+    pub(crate) fn tenant_linker(&self) -> &Linker<SessionState> {
+        &self.inner.tenant_linker
+    }
+
+    /// Epoch ticks for a budget of `timeout`.
+    pub(crate) fn ticks_for(&self, timeout: Duration) -> u64 {
+        timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1
+    }
+
     /// Epoch ticks that make up one call's budget (rounded up, plus one tick
     /// because the current tick may be about to end).
     pub(crate) fn deadline_ticks(&self) -> u64 {
-        let t = self
-            .inner
-            .limits
-            .call_timeout
-            .as_micros()
-            .div_ceil(EPOCH_TICK.as_micros());
-        t as u64 + 1
+        self.ticks_for(self.inner.limits.call_timeout)
     }
 
     /// Compiles and links a component, then checks that it instantiates and
@@ -235,15 +285,7 @@ impl PolicyEngine {
         bytes: &[u8],
         settings: &[(String, String)],
     ) -> Result<LoadedPolicy, PolicyError> {
-        let sha256 = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let component =
-            Component::new(&self.inner.engine, bytes).map_err(|e| PolicyError::Compile {
-                origin: origin.to_string(),
-                detail: e.into(),
-            })?;
+        let (component, sha256, provenance) = self.component(origin, bytes)?;
         let pre = self
             .inner
             .linker
@@ -269,6 +311,7 @@ impl PolicyEngine {
                     .collect(),
                 origin: origin.to_string(),
                 sha256,
+                provenance,
             }),
         };
         // Probe: instantiate and configure once, so that bad settings and a
@@ -294,6 +337,7 @@ struct LoadedInner {
     settings: Vec<guest::Setting>,
     origin: String,
     sha256: String,
+    provenance: Provenance,
 }
 
 /// A compiled, linked and validated policy with its settings. Cheap to clone;
@@ -320,6 +364,11 @@ impl LoadedPolicy {
         &self.inner.sha256
     }
 
+    /// Whether it was compiled, or found in a cache.
+    pub fn provenance(&self) -> Provenance {
+        self.inner.provenance
+    }
+
     pub fn engine(&self) -> &PolicyEngine {
         &self.inner.engine
     }
@@ -331,6 +380,7 @@ impl LoadedPolicy {
             table: ResourceTable::new(),
             budget: Budget::new(limits.memory_limit),
             directory,
+            tenant: None,
         };
         let mut store = Store::new(self.inner.engine.engine(), state);
         store.limiter(|s| &mut s.budget);

@@ -2,12 +2,15 @@
 //! instances, and the checks that make every failure fail closed.
 
 pub mod bindings;
+pub mod cache;
 pub mod engine;
 pub mod session;
+pub mod tenant;
 pub mod verdict;
 
 pub use engine::{EngineLimits, LoadedPolicy, PolicyEngine, PolicyError, PolicySource};
 pub use session::PolicySession;
+pub use tenant::{TenantBudget, TenantPolicy, TenantSession};
 pub use verdict::policy_failure;
 
 /// The default policy component, compiled from `policy-guest` by the build script.

@@ -65,6 +65,8 @@ pub struct SessionState {
     pub(crate) table: ResourceTable,
     pub(crate) budget: Budget,
     pub(crate) directory: Arc<Directory>,
+    /// For tenant policies: the only tenant whose data this store may read.
+    pub(crate) tenant: Option<String>,
 }
 
 impl WasiView for SessionState {
@@ -143,6 +145,28 @@ impl directory::Host for SessionState {
     }
 }
 
+impl super::bindings::tenant::attrelay::policy::tenant_directory::Host for SessionState {
+    fn tenant_id(&mut self) -> String {
+        self.tenant.clone().unwrap_or_default()
+    }
+    fn accepted_domains(&mut self) -> Vec<String> {
+        self.tenant
+            .as_deref()
+            .map(|t| self.directory.accepted_domains(t))
+            .unwrap_or_default()
+    }
+    fn connectors(&mut self) -> Vec<wit::Connector> {
+        let Some(t) = self.tenant.as_deref() else {
+            return Vec::new();
+        };
+        self.directory
+            .connectors_of_tenant(t)
+            .into_iter()
+            .map(connector_to_wit)
+            .collect()
+    }
+}
+
 fn datetime(seconds: i64) -> wit::Datetime {
     wit::Datetime {
         seconds,
@@ -186,16 +210,26 @@ pub(crate) fn describe_error(
     engine: &PolicyEngine,
 ) -> String {
     let limits = engine.limits();
+    describe_error_with(store, e, limits.call_timeout, limits.memory_limit)
+}
+
+/// Turns a wasmtime error into a cause, given the budgets the store had.
+pub(crate) fn describe_error_with(
+    store: &Store<SessionState>,
+    e: &anyhow::Error,
+    call_timeout: std::time::Duration,
+    memory_limit: usize,
+) -> String {
     if store.data().budget.exceeded {
         return format!(
             "policy exceeded its memory budget ({} MiB): {e:#}",
-            limits.memory_limit / (1024 * 1024)
+            memory_limit / (1024 * 1024)
         );
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
             "policy exceeded its time budget ({} ms per call) and was interrupted",
-            limits.call_timeout.as_millis()
+            call_timeout.as_millis()
         ),
         Some(trap) => format!("policy trapped: {trap} ({e:#})"),
         None => format!("policy failed: {e:#}"),

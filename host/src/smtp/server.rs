@@ -16,25 +16,17 @@ use tracing::{info, warn};
 
 use super::session::{Limits, Session};
 use crate::delivery::QueueHandle;
-use crate::directory::Directory;
-use crate::policy::LoadedPolicy;
+use crate::metrics::Metrics;
+pub use crate::reload::Evaluation;
 use crate::spool::Spool;
-use crate::tls::TrustAnchors;
-
-/// What judges sessions: a policy and the tenant data it reads. Swapped as a
-/// whole on reload; each session keeps the one it started with.
-pub struct Evaluation {
-    pub policy: LoadedPolicy,
-    pub directory: Arc<Directory>,
-}
 
 /// Everything sessions share.
 pub struct ServerContext {
     pub hostname: String,
     pub limits: Limits,
     pub evaluation: ArcSwap<Evaluation>,
-    pub anchors: TrustAnchors,
     pub tls: TlsAcceptor,
+    pub metrics: Arc<Metrics>,
     pub spool: Arc<Spool>,
     pub queue: QueueHandle,
     pub shutdown: CancellationToken,
@@ -107,7 +99,11 @@ impl Server {
                     };
                     let ctx = ctx.clone();
                     tracker.spawn(async move {
+                        ctx.metrics.sessions.inc();
+                        ctx.metrics.sessions_active.inc();
+                        let metrics = ctx.metrics.clone();
                         Session::new(ctx, tcp, peer).run().await;
+                        metrics.sessions_active.dec();
                         drop(permit);
                     });
                 }

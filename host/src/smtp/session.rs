@@ -19,8 +19,9 @@ use tracing::{debug, info, warn};
 use super::data::{BareLineEndings, DataReader};
 use super::server::{Evaluation, ServerContext};
 use super::stream::{Connection, Line, Stream};
+use crate::decisions::DecisionRecord;
 use crate::directory::canonical_ip;
-use crate::policy::{PolicySession, policy_failure};
+use crate::policy::{PolicySession, TenantSession, policy_failure};
 use crate::spool::{Envelope, Recipient, RecipientState, now};
 use crate::tls::client_cert::{inspect_chain, unix_time};
 use crate::tls::server::{cipher_name, protocol_name};
@@ -88,7 +89,7 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     tls: Option<TlsFacts>,
-    policy: Option<PolicySession>,
+    policy: Option<Judges>,
     tx: Option<Transaction>,
     errors: u32,
 }
@@ -404,7 +405,7 @@ impl Session {
             .unwrap_or_default();
         let client_certificate = match chain {
             Some(chain) if !chain.is_empty() => {
-                match inspect_chain(&chain, &self.ctx.anchors, unix_time(now())) {
+                match inspect_chain(&chain, &self.eval.anchors, unix_time(now())) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         // Unparsable: never authentication; the policy sees no certificate.
@@ -440,35 +441,48 @@ impl Session {
 
     /// Runs a policy call on the blocking pool (it may take its whole budget).
     async fn ask(&mut self, stage: Stage) -> Verdict {
-        let mut session = match self.policy.take() {
-            Some(s) => s,
-            None => {
-                let policy = self.eval.policy.clone();
-                let directory = self.eval.directory.clone();
-                let facts = self.facts();
-                match tokio::task::spawn_blocking(move || policy.open_session(directory, &facts))
-                    .await
-                {
-                    Ok(s) => s,
-                    Err(e) => return policy_failure(format!("policy task failed: {e}")),
-                }
-            }
+        let mut judges = match self.policy.take() {
+            Some(j) => j,
+            None => Judges::new(
+                self.eval.clone(),
+                self.facts(),
+                format!("{}-{}", self.peer, next_session_number()),
+            ),
         };
+        let sender = self
+            .tx
+            .as_ref()
+            .map(|t| t.sender.clone())
+            .unwrap_or_default();
         let result = tokio::task::spawn_blocking(move || {
-            let v = match &stage {
-                Stage::Mail(s) => session.mail_from(s),
-                Stage::Rcpt(r) => session.rcpt_to(r),
-            };
-            (session, v)
+            let v = judges.decide(&stage, &sender);
+            (judges, v)
         })
         .await;
-        match result {
-            Ok((session, v)) => {
-                self.policy = Some(session);
-                v
-            }
-            Err(e) => policy_failure(format!("policy task failed: {e}")),
+        let (judges, (v, latency, shadow)) = match result {
+            Ok(x) => x,
+            Err(e) => return policy_failure(format!("policy task failed: {e}")),
+        };
+        self.policy = Some(judges);
+        let m = &self.ctx.metrics;
+        m.policy_latency.observe(latency.as_secs_f64());
+        if v.reason.as_deref() == Some("policy-failure") {
+            m.policy_failures.inc();
         }
+        if let Some(sv) = shadow {
+            m.shadow_differences.inc();
+            info!(
+                target: "attrelay::shadow",
+                client = %self.peer.ip(),
+                active = %v.reply_line(),
+                active_tenant = v.tenant.as_deref().unwrap_or("-"),
+                shadow = %sv.reply_line(),
+                shadow_tenant = sv.tenant.as_deref().unwrap_or("-"),
+                shadow_reason = sv.reason.as_deref().unwrap_or("-"),
+                "shadow policy differs"
+            );
+        }
+        v
     }
 
     fn cert_names(&self) -> Vec<String> {
@@ -480,6 +494,9 @@ impl Session {
     }
 
     fn log_decision(&self, stage: &str, address: &str, v: &Verdict) {
+        self.ctx
+            .metrics
+            .decision(stage, v.reason.as_deref(), v.tenant.as_deref(), v.code);
         let verified = self
             .tls
             .as_ref()
@@ -748,6 +765,100 @@ impl Session {
 enum Stage {
     Mail(String),
     Rcpt(String),
+}
+
+fn next_session_number() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The policy instances judging one SMTP session: the base policy, the
+/// shadow candidate, and the tenant policies of tenants attributed so far.
+/// Moved as a whole onto the blocking pool for each call.
+struct Judges {
+    eval: Arc<Evaluation>,
+    facts: SessionFacts,
+    id: String,
+    base: Option<PolicySession>,
+    shadow: Option<PolicySession>,
+    tenants: std::collections::HashMap<String, TenantSession>,
+}
+
+fn same_decision(a: &Verdict, b: &Verdict) -> bool {
+    a.code == b.code && a.enhanced == b.enhanced && a.tenant == b.tenant && a.reason == b.reason
+}
+
+impl Judges {
+    fn new(eval: Arc<Evaluation>, facts: SessionFacts, id: String) -> Judges {
+        Judges {
+            eval,
+            facts,
+            id,
+            base: None,
+            shadow: None,
+            tenants: Default::default(),
+        }
+    }
+
+    /// The verdict for one stage, the time the deciding policies took, and the
+    /// shadow's verdict when it differs from the base policy's.
+    fn decide(
+        &mut self,
+        stage: &Stage,
+        sender: &str,
+    ) -> (Verdict, std::time::Duration, Option<Verdict>) {
+        let started = std::time::Instant::now();
+        let (eval, facts) = (&self.eval, &self.facts);
+        let base = self
+            .base
+            .get_or_insert_with(|| eval.policy.open_session(eval.directory.clone(), facts));
+        let base_v = match stage {
+            Stage::Mail(s) => base.mail_from(s),
+            Stage::Rcpt(r) => base.rcpt_to(r),
+        };
+        let mut v = base_v.clone();
+        if let Stage::Rcpt(r) = stage
+            && let Some(t) = base_v.tenant.clone()
+            && let Some(tp) = eval.tenant_policies.get(&t)
+        {
+            let ts = self
+                .tenants
+                .entry(t)
+                .or_insert_with(|| tp.open_session(eval.directory.clone(), facts));
+            v = ts.rcpt_to(sender, r, &base_v);
+        }
+        let latency = started.elapsed();
+        let shadow = eval.shadow.as_ref().and_then(|sp| {
+            let ss = self
+                .shadow
+                .get_or_insert_with(|| sp.open_session(eval.directory.clone(), facts));
+            let sv = match stage {
+                Stage::Mail(s) => ss.mail_from(s),
+                Stage::Rcpt(r) => ss.rcpt_to(r),
+            };
+            (!same_decision(&base_v, &sv)).then_some(sv)
+        });
+        if let Some(log) = &eval.decision_log {
+            let (stage_name, recipient) = match stage {
+                Stage::Mail(_) => ("mail-from", None),
+                Stage::Rcpt(r) => ("rcpt-to", Some(r.clone())),
+            };
+            let sender = match stage {
+                Stage::Mail(s) => s.clone(),
+                Stage::Rcpt(_) => sender.to_string(),
+            };
+            log.append(&DecisionRecord {
+                session: self.id.clone(),
+                facts: facts.clone(),
+                stage: stage_name.to_string(),
+                sender,
+                recipient,
+                verdict: v.clone(),
+                policy: eval.policy.sha256().to_string(),
+            });
+        }
+        (v, latency, shadow)
+    }
 }
 
 /// The current time in RFC 5322 form.

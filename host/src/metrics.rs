@@ -1,0 +1,134 @@
+//! Prometheus metrics, served by the admin endpoint.
+//!
+//! Counters are updated where things happen (sessions, decisions, deliveries,
+//! reloads); the queue's size and age are read from the spool when scraped,
+//! so they are never stale.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub stage: String,
+    pub reason: String,
+    pub tenant: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions: Counter,
+    pub sessions_active: Gauge,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub policy_latency: Histogram,
+    pub policy_failures: Counter,
+    pub shadow_differences: Counter,
+    pub deliveries: Family<OutcomeLabels, Counter>,
+    pub reloads: Family<OutcomeLabels, Counter>,
+    pub queue_size: Gauge,
+    pub queue_oldest_age: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("attrelay");
+        let m = Metrics {
+            sessions: Counter::default(),
+            sessions_active: Gauge::default(),
+            decisions: Family::default(),
+            // 10 µs to ~2.6 s.
+            policy_latency: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
+            policy_failures: Counter::default(),
+            shadow_differences: Counter::default(),
+            deliveries: Family::default(),
+            reloads: Family::default(),
+            queue_size: Gauge::default(),
+            queue_oldest_age: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sessions", "SMTP sessions accepted", m.sessions.clone());
+        registry.register(
+            "sessions_active",
+            "SMTP sessions in progress",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Policy decisions by stage, reason, tenant and reply code",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "policy_latency_seconds",
+            "Time of one policy call, instantiation included",
+            m.policy_latency.clone(),
+        );
+        registry.register(
+            "policy_failures",
+            "Policy calls that failed closed (451 4.3.5)",
+            m.policy_failures.clone(),
+        );
+        registry.register(
+            "shadow_differences",
+            "Verdicts of the shadow policy that differ from the active one",
+            m.shadow_differences.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempts per recipient by outcome",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Policy and configuration reloads by result",
+            m.reloads.clone(),
+        );
+        registry.register("queue_size", "Messages in the spool", m.queue_size.clone());
+        registry.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest message in the spool",
+            m.queue_oldest_age.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn decision(&self, stage: &str, reason: Option<&str>, tenant: Option<&str>, code: u16) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                stage: stage.to_string(),
+                reason: reason.unwrap_or("none").to_string(),
+                tenant: tenant.unwrap_or("none").to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn outcome(family: &Family<OutcomeLabels, Counter>, outcome: &str) {
+        family
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,282 @@
+//! Tenant policies: a tenant's own rules, run in their own store with their
+//! own budgets after the base attribution, for that tenant's mail only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attrelay_policy::model::{SessionFacts, Verdict};
+use wasmtime::Store;
+use wasmtime::component::{ResourceAny, ResourceTable};
+use wasmtime_wasi::WasiCtx;
+
+use super::bindings::tenant::{TenantRules, TenantRulesPre};
+use super::bindings::{tenant_guest, types as wit};
+use super::cache::Provenance;
+use super::engine::{PolicyEngine, PolicyError, PolicySource};
+use super::session::{Budget, SessionState, describe_error_with, facts_to_wit};
+use super::verdict::{check, policy_failure};
+use crate::directory::Directory;
+
+/// The budgets of one tenant's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantBudget {
+    pub call_timeout: Duration,
+    pub memory_limit: usize,
+}
+
+struct Inner {
+    engine: PolicyEngine,
+    pre: TenantRulesPre<SessionState>,
+    settings: Vec<tenant_guest::Setting>,
+    tenant: String,
+    budget: TenantBudget,
+    origin: String,
+    sha256: String,
+    provenance: Provenance,
+}
+
+/// A tenant's compiled, validated policy. Cheap to clone.
+#[derive(Clone)]
+pub struct TenantPolicy {
+    inner: Arc<Inner>,
+}
+
+impl PolicyEngine {
+    /// Loads `tenant`'s policy: compiled once per distinct component (shared
+    /// between tenants), linked against the tenant world, and configured once
+    /// to refuse bad settings at load time.
+    pub fn load_tenant(
+        &self,
+        source: &PolicySource,
+        settings: &[(String, String)],
+        tenant: &str,
+        budget: TenantBudget,
+    ) -> Result<TenantPolicy, PolicyError> {
+        let origin = format!("{} (tenant {tenant})", source.describe());
+        let bytes = match source {
+            PolicySource::Embedded => {
+                return Err(PolicyError::Link {
+                    origin,
+                    detail: anyhow::anyhow!("the embedded default policy is not a tenant policy"),
+                });
+            }
+            PolicySource::File(p) => std::fs::read(p).map_err(|e| PolicyError::Read {
+                origin: origin.clone(),
+                source: e,
+            })?,
+        };
+        let (component, sha256, provenance) = self.component(&origin, &bytes)?;
+        let pre = self
+            .tenant_linker()
+            .instantiate_pre(&component)
+            .map_err(|e| PolicyError::Link {
+                origin: origin.clone(),
+                detail: e.into(),
+            })?;
+        let pre = TenantRulesPre::new(pre).map_err(|e| PolicyError::Link {
+            origin: origin.clone(),
+            detail: e.into(),
+        })?;
+        let policy = TenantPolicy {
+            inner: Arc::new(Inner {
+                engine: self.clone(),
+                pre,
+                settings: settings
+                    .iter()
+                    .map(|(k, v)| tenant_guest::Setting {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                tenant: tenant.to_string(),
+                budget,
+                origin: origin.clone(),
+                sha256,
+                provenance,
+            }),
+        };
+        let mut store = policy.new_store(Arc::new(Directory::default()));
+        match policy.instantiate(&mut store) {
+            Ok(_) => Ok(policy),
+            Err((true, message)) => Err(PolicyError::Settings { origin, message }),
+            Err((false, message)) => Err(PolicyError::Start { origin, message }),
+        }
+    }
+}
+
+impl TenantPolicy {
+    pub fn tenant(&self) -> &str {
+        &self.inner.tenant
+    }
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+    pub fn provenance(&self) -> Provenance {
+        self.inner.provenance
+    }
+
+    fn ticks(&self) -> u64 {
+        self.inner.engine.ticks_for(self.inner.budget.call_timeout)
+    }
+
+    fn new_store(&self, directory: Arc<Directory>) -> Store<SessionState> {
+        let state = SessionState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            budget: Budget::new(self.inner.budget.memory_limit),
+            directory,
+            tenant: Some(self.inner.tenant.clone()),
+        };
+        let mut store = Store::new(self.inner.engine.engine(), state);
+        store.limiter(|s| &mut s.budget);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Instantiates and configures; `Err((is_settings_error, message))`.
+    fn instantiate(&self, store: &mut Store<SessionState>) -> Result<TenantRules, (bool, String)> {
+        let describe = |store: &Store<SessionState>, e: wasmtime::Error| {
+            describe_error_with(
+                store,
+                &e.into(),
+                self.inner.budget.call_timeout,
+                self.inner.budget.memory_limit,
+            )
+        };
+        store.set_epoch_deadline(self.ticks());
+        let bindings = self
+            .inner
+            .pre
+            .instantiate(&mut *store)
+            .map_err(|e| (false, describe(store, e)))?;
+        store.set_epoch_deadline(self.ticks());
+        match bindings
+            .attrelay_policy_tenant_policy()
+            .call_configure(&mut *store, &self.inner.settings)
+        {
+            Ok(Ok(())) => Ok(bindings),
+            Ok(Err(m)) => Err((true, m.chars().take(1000).collect())),
+            Err(e) => Err((false, describe(store, e))),
+        }
+    }
+
+    /// Opens the tenant's session for one SMTP session (never fails: a
+    /// failed start answers every call with `451 4.3.5`).
+    pub fn open_session(&self, directory: Arc<Directory>, facts: &SessionFacts) -> TenantSession {
+        let mut store = self.new_store(directory);
+        let state = match self.instantiate(&mut store) {
+            Err((_, m)) => Err(m),
+            Ok(bindings) => {
+                store.set_epoch_deadline(self.ticks());
+                let f = facts_to_wit(facts);
+                match bindings
+                    .attrelay_policy_tenant_policy()
+                    .session()
+                    .call_constructor(&mut store, &f)
+                {
+                    Ok(session) => Ok((bindings, session)),
+                    Err(e) => Err(describe_error_with(
+                        &store,
+                        &e.into(),
+                        self.inner.budget.call_timeout,
+                        self.inner.budget.memory_limit,
+                    )),
+                }
+            }
+        };
+        TenantSession {
+            policy: self.clone(),
+            store,
+            state,
+        }
+    }
+}
+
+/// A tenant policy instance bound to one SMTP session.
+pub struct TenantSession {
+    policy: TenantPolicy,
+    store: Store<SessionState>,
+    state: Result<(TenantRules, ResourceAny), String>,
+}
+
+fn verdict_to_wit(v: &Verdict) -> wit::Verdict {
+    use attrelay_policy::model::Action;
+    wit::Verdict {
+        action: match v.action {
+            Action::Accept => wit::Action::Accept,
+            Action::Defer => wit::Action::Defer,
+            Action::Reject => wit::Action::Reject,
+        },
+        code: v.code,
+        enhanced: v.enhanced.clone(),
+        text: v.text.clone(),
+        tenant: v.tenant.clone(),
+        reason: v.reason.clone(),
+        explanation: v.explanation.clone(),
+        headers: v
+            .headers
+            .iter()
+            .map(|h| wit::HeaderField {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect(),
+    }
+}
+
+impl TenantSession {
+    pub fn policy(&self) -> &TenantPolicy {
+        &self.policy
+    }
+
+    /// The tenant's verdict for a recipient the base policy attributed to it.
+    /// The result always names this tenant; any failure is `451 4.3.5`.
+    pub fn rcpt_to(&mut self, sender: &str, recipient: &str, base: &Verdict) -> Verdict {
+        let tenant = self.policy.tenant().to_string();
+        let fail = |m: String| {
+            let mut v = policy_failure(format!("tenant {tenant} policy: {m}"));
+            v.tenant = Some(tenant.clone());
+            v
+        };
+        let (bindings, session) = match &self.state {
+            Err(m) => return fail(m.clone()),
+            Ok((b, s)) => (b, *s),
+        };
+        self.store.set_epoch_deadline(self.policy.ticks());
+        let base_wit = verdict_to_wit(base);
+        let outcome = bindings
+            .attrelay_policy_tenant_policy()
+            .session()
+            .call_rcpt_to(&mut self.store, session, sender, recipient, &base_wit);
+        let v = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                let budget = self.policy.inner.budget;
+                let m = describe_error_with(
+                    &self.store,
+                    &e.into(),
+                    budget.call_timeout,
+                    budget.memory_limit,
+                );
+                self.state = Err(m.clone());
+                return fail(m);
+            }
+        };
+        match check(v, &self.store.data().directory) {
+            Ok(mut v) => match v.tenant.as_deref() {
+                None => {
+                    v.tenant = Some(tenant);
+                    v
+                }
+                Some(t) if t == tenant => v,
+                Some(other) => fail(format!(
+                    "verdict attributes the mail to another tenant ({other})"
+                )),
+            },
+            Err(m) => fail(m),
+        }
+    }
+}

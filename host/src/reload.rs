@@ -1,0 +1,388 @@
+//! What judges sessions, and swapping it on a live relay.
+//!
+//! An [`Evaluation`] is everything a decision needs — the policy, the tenant
+//! directory, the trust anchors, tenant policies, the shadow candidate — built
+//! completely and validated before it replaces the running one in a single
+//! atomic pointer swap. A session takes the evaluation current when it
+//! starts and keeps it to its end, so a reload never changes the rules under
+//! a session in flight, and a broken component or configuration is refused
+//! while the running one keeps serving.
+//!
+//! Reloads are triggered by file notifications on the configuration and the
+//! components, by SIGHUP, and by `POST /reload` on the admin endpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::decisions::DecisionLog;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::policy::cache::Provenance;
+use crate::policy::{LoadedPolicy, PolicyEngine, PolicySource, TenantBudget, TenantPolicy};
+use crate::smtp::ServerContext;
+use crate::tls::TrustAnchors;
+
+/// What judges a session.
+pub struct Evaluation {
+    pub policy: LoadedPolicy,
+    pub directory: Arc<Directory>,
+    pub anchors: TrustAnchors,
+    /// Tenant policies by tenant id.
+    pub tenant_policies: HashMap<String, TenantPolicy>,
+    /// A candidate evaluated beside the policy, never deciding.
+    pub shadow: Option<LoadedPolicy>,
+    pub decision_log: Option<Arc<DecisionLog>>,
+    /// Increments with every successful reload.
+    pub generation: u64,
+}
+
+/// How a candidate policy answered the built-in scenarios.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenarios: usize,
+    pub calls: usize,
+    /// Recipients whose verdict differs from the reference's expectation, for
+    /// the scenarios written for default settings (informational: operators'
+    /// policies may differ on purpose).
+    pub differing: Vec<String>,
+}
+
+/// Runs every built-in seed scenario through `policy` against the scenario
+/// fixture. Fails if any call fails (trap, budget, malformed verdict): a
+/// component that cannot answer the reference's own cases must not go live.
+pub fn check_scenarios(policy: &LoadedPolicy) -> Result<ScenarioReport, String> {
+    use attrelay_policy::scenarios::{check, fixture, scenarios};
+    let directory = Arc::new(Directory::from_fixture(&fixture()));
+    let mut report = ScenarioReport {
+        scenarios: 0,
+        calls: 0,
+        differing: Vec::new(),
+    };
+    for s in scenarios() {
+        report.scenarios += 1;
+        let mut session = policy.open_session(directory.clone(), &s.facts);
+        let mail = session.mail_from(s.sender);
+        report.calls += 1;
+        if mail.reason.as_deref() == Some("policy-failure") {
+            return Err(format!(
+                "scenario '{}': MAIL FROM failed: {}",
+                s.name,
+                mail.explanation.join("; ")
+            ));
+        }
+        if mail.code >= 300 {
+            report.differing.push(format!(
+                "{}: MAIL FROM answered {}",
+                s.name,
+                mail.reply_line()
+            ));
+            continue;
+        }
+        for (rcpt, expect) in &s.recipients {
+            let v = session.rcpt_to(rcpt);
+            report.calls += 1;
+            if v.reason.as_deref() == Some("policy-failure") {
+                return Err(format!(
+                    "scenario '{}': RCPT TO {rcpt} failed: {}",
+                    s.name,
+                    v.explanation.join("; ")
+                ));
+            }
+            // Scenarios written for other settings (warn mode, another date)
+            // are run, but not compared: the policy runs with the operator's.
+            if s.settings.is_empty() && check(expect, &v).is_err() {
+                report
+                    .differing
+                    .push(format!("{} / {rcpt}: {}", s.name, v.reply_line()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Builds and validates the evaluation a configuration describes.
+pub fn build(
+    config: &Config,
+    engine: &PolicyEngine,
+    generation: u64,
+) -> Result<(Evaluation, ScenarioReport), String> {
+    let source = PolicySource::from_option(config.policy.component.as_deref());
+    let policy =
+        crate::commands::load_policy(config, engine, &source).map_err(|e| e.to_string())?;
+    let report =
+        check_scenarios(&policy).map_err(|e| format!("{}: refused: {e}", policy.origin()))?;
+    let directory = Arc::new(Directory::from_config(config));
+    let anchors = TrustAnchors::load(&config.server.client_ca).map_err(|e| e.to_string())?;
+    let mut tenant_policies = HashMap::new();
+    for t in &config.tenants {
+        let Some(p) = &t.policy else { continue };
+        let budget = TenantBudget {
+            call_timeout: p.timeout,
+            memory_limit: p.memory_limit,
+        };
+        let tp = engine
+            .load_tenant(
+                &PolicySource::File(p.component.clone()),
+                &p.settings,
+                &t.id,
+                budget,
+            )
+            .map_err(|e| e.to_string())?;
+        tenant_policies.insert(t.id.clone(), tp);
+    }
+    let shadow = match &config.policy.shadow {
+        Some(path) => Some(
+            engine
+                .load(&PolicySource::File(path.clone()), &config.policy.settings)
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let decision_log = match &config.policy.decision_log {
+        Some(path) => Some(Arc::new(
+            DecisionLog::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    Ok((
+        Evaluation {
+            policy,
+            directory,
+            anchors,
+            tenant_policies,
+            shadow,
+            decision_log,
+            generation,
+        },
+        report,
+    ))
+}
+
+/// The result of a reload, as the admin endpoint reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadOutcome {
+    pub generation: u64,
+    pub policy: String,
+    pub sha256: String,
+    /// "memory", "disk" (precompiled cache) or "compiled".
+    pub provenance: String,
+    pub tenants: usize,
+    pub tenant_policies: usize,
+    pub elapsed_ms: f64,
+    pub scenarios: ScenarioReport,
+}
+
+fn provenance_name(p: Provenance) -> &'static str {
+    match p {
+        Provenance::Memory => "memory",
+        Provenance::Disk => "disk",
+        Provenance::Compiled => "compiled",
+    }
+}
+
+/// Reloads the configuration and policies into a running relay.
+pub struct Reloader {
+    /// `None`: the embedded demo configuration (nothing to re-read).
+    config_path: Option<PathBuf>,
+    engine: PolicyEngine,
+    ctx: Arc<ServerContext>,
+    metrics: Arc<Metrics>,
+    generation: AtomicU64,
+    lock: std::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        config_path: Option<PathBuf>,
+        engine: PolicyEngine,
+        ctx: Arc<ServerContext>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        Reloader {
+            config_path,
+            engine,
+            ctx,
+            metrics,
+            generation: AtomicU64::new(0),
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
+    /// Re-reads the configuration, builds and validates a new evaluation, and
+    /// swaps it in. Blocking (compiles); one reload at a time. On error the
+    /// running evaluation is untouched.
+    pub fn reload(&self) -> Result<ReloadOutcome, String> {
+        let _one_at_a_time = self
+            .lock
+            .lock()
+            .map_err(|_| "reload lock poisoned".to_string())?;
+        let started = Instant::now();
+        let result = (|| {
+            let config = match &self.config_path {
+                Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+                None => Config::embedded_default(),
+            };
+            for w in &config.warnings {
+                warn!(config = %config.source.display(), "{w}");
+            }
+            let generation = self.generation.load(Ordering::SeqCst) + 1;
+            let (evaluation, scenarios) = build(&config, &self.engine, generation)?;
+            let outcome = ReloadOutcome {
+                generation,
+                policy: evaluation.policy.origin().to_string(),
+                sha256: evaluation.policy.sha256().to_string(),
+                provenance: provenance_name(evaluation.policy.provenance()).to_string(),
+                tenants: evaluation.directory.tenant_count(),
+                tenant_policies: evaluation.tenant_policies.len(),
+                elapsed_ms: 0.0,
+                scenarios,
+            };
+            self.ctx.evaluation.store(Arc::new(evaluation));
+            self.generation.store(generation, Ordering::SeqCst);
+            Ok(outcome)
+        })();
+        match result {
+            Ok(mut o) => {
+                o.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                Metrics::outcome(&self.metrics.reloads, "success");
+                info!(
+                    target: "attrelay::reload",
+                    generation = o.generation,
+                    policy = %o.policy,
+                    sha256 = %o.sha256,
+                    provenance = %o.provenance,
+                    tenants = o.tenants,
+                    elapsed_ms = o.elapsed_ms,
+                    "reloaded"
+                );
+                Ok(o)
+            }
+            Err(e) => {
+                Metrics::outcome(&self.metrics.reloads, "failure");
+                warn!(target: "attrelay::reload", error = %e, "reload refused; the running policy keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// The files whose changes trigger a reload.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let Some(path) = &self.config_path else {
+            return Vec::new();
+        };
+        let mut files = vec![path.clone()];
+        if let Ok(c) = Config::load(path) {
+            files.extend(c.policy.component);
+            files.extend(c.policy.shadow);
+            files.extend(
+                c.tenants
+                    .iter()
+                    .filter_map(|t| t.policy.as_ref().map(|p| p.component.clone())),
+            );
+        }
+        files
+    }
+}
+
+/// Absolute form of a path, for comparing with notification paths.
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    })
+}
+
+/// Reloads on SIGHUP and on changes to the watched files, until shutdown.
+pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let file_tx = tx.clone();
+    let files = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+    let watched = files.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(ev) = event {
+            let ours = watched
+                .lock()
+                .map(|f| ev.paths.iter().any(|p| f.contains(&absolute(p))))
+                .unwrap_or(false);
+            if ours && !ev.kind.is_access() {
+                let _ = file_tx.send("file change");
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "file notifications unavailable; reload with SIGHUP or the admin endpoint");
+            None
+        }
+    };
+    let mut rewatch = move |reloader: &Reloader| {
+        let list: Vec<PathBuf> = reloader
+            .watched_files()
+            .iter()
+            .map(|p| absolute(p))
+            .collect();
+        if let Some(w) = watcher.as_mut() {
+            for dir in list.iter().filter_map(|p| p.parent()) {
+                let _ = w.watch(dir, RecursiveMode::NonRecursive);
+            }
+        }
+        if let Ok(mut f) = files.lock() {
+            *f = list;
+        }
+    };
+    rewatch(&reloader);
+    #[cfg(unix)]
+    {
+        let hup_tx = tx.clone();
+        let hup_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => { let _ = hup_tx.send("SIGHUP"); }
+                    _ = hup_shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        loop {
+            let why = tokio::select! {
+                Some(why) = rx.recv() => why,
+                _ = shutdown.cancelled() => return,
+            };
+            // Editors write in several steps: wait for the burst to end.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while rx.try_recv().is_ok() {}
+            info!(target: "attrelay::reload", trigger = why, "reloading");
+            let r = reloader.clone();
+            if let Ok((r, Ok(_))) = tokio::task::spawn_blocking(move || {
+                let out = r.reload();
+                (r, out)
+            })
+            .await
+            {
+                rewatch(&r);
+            }
+        }
+    });
+}

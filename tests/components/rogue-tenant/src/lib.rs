@@ -1,0 +1,58 @@
+//! A rogue tenant policy: its `behavior` setting makes it loop, trap,
+//! exhaust memory, or attribute mail to another tenant, at RCPT TO.
+
+use std::cell::RefCell;
+
+wit_bindgen::generate!({ path: "../../../wit", world: "tenant-rules" });
+
+use attrelay::policy::types::Verdict;
+use exports::attrelay::policy::tenant_policy::{Guest, GuestSession, SessionFacts, Setting};
+
+thread_local! {
+    static BEHAVIOR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+struct Policy;
+
+impl Guest for Policy {
+    type Session = Session;
+    fn configure(settings: Vec<Setting>) -> Result<(), String> {
+        for s in settings {
+            match s.key.as_str() {
+                "behavior" => BEHAVIOR.with(|b| *b.borrow_mut() = s.value),
+                other => return Err(format!("unknown setting '{other}'")),
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Session;
+
+impl GuestSession for Session {
+    fn new(_facts: SessionFacts) -> Self {
+        Session
+    }
+    fn rcpt_to(&self, _sender: String, _recipient: String, base: Verdict) -> Verdict {
+        match BEHAVIOR.with(|b| b.borrow().clone()).as_str() {
+            "loop" => loop {
+                std::hint::black_box(0u64);
+            },
+            "trap" => panic!("rogue tenant policy"),
+            "oom" => {
+                let mut v: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    v.push(vec![7u8; 1 << 20]);
+                    std::hint::black_box(&v);
+                }
+            }
+            "steal" => Verdict {
+                tenant: Some("fabrikam".into()),
+                ..base
+            },
+            _ => base,
+        }
+    }
+}
+
+export!(Policy);

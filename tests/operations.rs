@@ -1,0 +1,513 @@
+//! Operating a live relay: hot swaps under load, refused broken reloads, the
+//! precompiled cache, tenant policies in their own sandboxes, shadow
+//! evaluation, the decision log with `policy diff` / `policy validate`, and
+//! metrics scraped over HTTP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use attrelay::config::Config;
+use attrelay::relay::RelayHandle;
+use support::smtp::{Client, Sink};
+use support::{Pki, attrelay as run_attrelay, stdout};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONTOSO_IP: &str = "127.0.1.10";
+const UNKNOWN_IP: &str = "127.0.2.77";
+const EXT: &str = "someone@internet.example";
+
+/// A relay whose configuration file can be rewritten by the test.
+struct Live {
+    handle: RelayHandle,
+    pki: Pki,
+    config: PathBuf,
+    sink: Sink,
+}
+
+fn toml(pki: &Pki, sink: &Sink, policy_section: &str, tenant_extra: &[(&str, &str)]) -> String {
+    let mut t = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\n\n{policy_section}\n",
+        pki.path("spool").display().to_string(),
+        sink.addr
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    // Tenant policies go right after the tenant's id line.
+    for (tenant, extra) in tenant_extra {
+        t = t.replace(
+            &format!("id = \"{tenant}\"\n"),
+            &format!("id = \"{tenant}\"\n{extra}\n"),
+        );
+    }
+    t
+}
+
+impl Live {
+    async fn start(policy_section: &str, tenant_extra: &[(&str, &str)]) -> Live {
+        let pki = Pki::new();
+        let sink = Sink::start().await;
+        let config = pki.path("relay.toml");
+        std::fs::write(&config, toml(&pki, &sink, policy_section, tenant_extra)).unwrap();
+        let cfg = Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+        let handle = attrelay::relay::start(&cfg).await.unwrap();
+        Live {
+            handle,
+            pki,
+            config,
+            sink,
+        }
+    }
+
+    fn rewrite(&self, policy_section: &str, tenant_extra: &[(&str, &str)]) {
+        std::fs::write(
+            &self.config,
+            toml(&self.pki, &self.sink, policy_section, tenant_extra),
+        )
+        .unwrap();
+    }
+
+    fn admin(&self) -> SocketAddr {
+        self.handle.admin.unwrap()
+    }
+
+    async fn session(&self, source: &str, cert: Option<&str>) -> Client {
+        let (mut c, g) = Client::connect_from(self.handle.addrs[0], source.parse().unwrap()).await;
+        assert_eq!(g.code, 220);
+        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+        if let Some(name) = cert {
+            let pem = self.pki.path(&format!("{name}.pem"));
+            let key = self.pki.path(&format!("{name}.key"));
+            assert_eq!(c.starttls(Some((&pem, &key))).await.code, 220);
+            assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+        }
+        c
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The default component as a file, with `tag` appended as a custom section
+/// so that each variant has its own SHA-256 but the same behaviour.
+fn default_component(dir: &Path, tag: &str) -> PathBuf {
+    let mut bytes = attrelay::policy::DEFAULT_POLICY.to_vec();
+    let name = b"attrelay-test";
+    let payload = tag.as_bytes();
+    let content_len = 1 + name.len() + payload.len();
+    assert!(content_len < 128 && name.len() < 128);
+    bytes.extend_from_slice(&[0x00, content_len as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    let path = dir.join(format!("policy-{tag}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn policy_section(component: &Path, enforcement: &str) -> String {
+    format!(
+        "[policy]\ncomponent = {:?}\n[policy.settings]\nenforcement = \"{enforcement}\"\n",
+        component.display().to_string()
+    )
+}
+
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = http(admin, "GET", "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swaps_under_concurrent_sessions_never_mix_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = default_component(dir.path(), "a");
+    let b = default_component(dir.path(), "b");
+    // A: enforced (550 ATTR36); B: grace period (451 ATTR36).
+    let live = Live::start(&policy_section(&a, "2017-07-05T00:00:00Z"), &[]).await;
+    let addr = live.handle.addrs[0];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut sessions = 0;
+            while !stop.is_cancelled() {
+                let (mut c, g) = Client::connect_from(addr, CONTOSO_IP.parse().unwrap()).await;
+                assert_eq!(g.code, 220);
+                assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+                assert_eq!(
+                    c.cmd("MAIL FROM:<>").await.code,
+                    250,
+                    "MAIL must never fail"
+                );
+                let mut replies = Vec::new();
+                for i in 0..4 {
+                    let r = c.cmd(&format!("RCPT TO:<r{i}@internet.example>")).await;
+                    replies.push(format!("{} {}", r.code, r.enhanced));
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                assert!(
+                    replies.iter().all(|r| r == &replies[0]),
+                    "one session, one policy: {replies:?}"
+                );
+                assert!(
+                    replies[0] == "550 5.7.64" || replies[0] == "451 4.4.4",
+                    "{replies:?}"
+                );
+                seen.insert(replies[0].clone());
+                let _ = c.cmd("QUIT").await;
+                sessions += 1;
+            }
+            (sessions, seen)
+        }));
+    }
+    let mut generations = Vec::new();
+    for i in 0..8 {
+        let (component, enforcement) = if i % 2 == 0 {
+            (&b, "2099-01-01T00:00:00Z")
+        } else {
+            (&a, "2017-07-05T00:00:00Z")
+        };
+        live.rewrite(&policy_section(component, enforcement), &[]);
+        let (code, body) = http(live.admin(), "POST", "/reload").await;
+        assert_eq!(code, 200, "{body}");
+        let outcome: serde_json::Value = serde_json::from_str(&body).unwrap();
+        generations.push(outcome["generation"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.cancel();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for c in clients {
+        let (n, s) = c.await.unwrap();
+        total += n;
+        seen.extend(s);
+    }
+    assert!(total >= 8, "only {total} sessions ran");
+    assert_eq!(seen.len(), 2, "both policies served: {seen:?}");
+    // Reloads may also be triggered by the file watcher; generations only grow.
+    assert!(
+        generations.windows(2).all(|w| w[1] > w[0]),
+        "{generations:?}"
+    );
+    live.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reload_leaves_the_old_policy_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = default_component(dir.path(), "good");
+    let live = Live::start(&policy_section(&a, "2017-07-05T00:00:00Z"), &[]).await;
+    let before = status(live.admin()).await;
+
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x0d\0\x01\0 truncated").unwrap();
+    live.rewrite(&policy_section(&broken, "2017-07-05T00:00:00Z"), &[]);
+    let (code, body) = http(live.admin(), "POST", "/reload").await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("not a valid WebAssembly component"), "{body}");
+    // A configuration error is refused the same way, naming file and line.
+    std::fs::write(
+        &live.config,
+        "[server]\nhostname = \"x.example\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let (code, body) = http(live.admin(), "POST", "/reload").await;
+    assert_eq!(code, 422);
+    assert!(body.contains("relay.toml:3:1: server.bogus"), "{body}");
+    // A component that traps on the built-in scenarios is refused too.
+    let rogue = support::build_component("rogue-policy");
+    live.rewrite(
+        &format!(
+            "[policy]\ncomponent = {:?}\n[policy.settings]\nbehavior = \"trap\"\n",
+            rogue.display().to_string()
+        ),
+        &[],
+    );
+    let (code, body) = http(live.admin(), "POST", "/reload").await;
+    assert_eq!(code, 422);
+    assert!(body.contains("refused: scenario"), "{body}");
+
+    let after = status(live.admin()).await;
+    assert_eq!(before["sha256"], after["sha256"]);
+    assert_eq!(before["generation"], after["generation"]);
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert!(
+        c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"),
+        "the old policy still decides"
+    );
+    let (_, metrics) = http(live.admin(), "GET", "/metrics").await;
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("attrelay_reloads_total{outcome=\"failure\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    // Three refused by POST /reload (the file watcher may have refused them too).
+    assert!(failures >= 3, "{metrics}");
+    live.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changes_trigger_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = default_component(dir.path(), "watch-a");
+    let live = Live::start(&policy_section(&a, "2017-07-05T00:00:00Z"), &[]).await;
+    let g0 = status(live.admin()).await["generation"].as_u64().unwrap();
+    live.rewrite(&policy_section(&a, "2099-01-01T00:00:00Z"), &[]);
+    let mut g = g0;
+    for _ in 0..100 {
+        g = status(live.admin()).await["generation"].as_u64().unwrap();
+        if g > g0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(g > g0, "the configuration change was not picked up");
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
+    assert!(
+        c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(451, "4.4.4"),
+        "the new settings decide"
+    );
+    live.handle.stop().await;
+}
+
+#[test]
+fn reloading_a_cached_component_skips_compilation() {
+    use attrelay::policy::cache::Provenance;
+    use attrelay::policy::{EngineLimits, PolicyEngine, PolicySource};
+    let dir = tempfile::tempdir().unwrap();
+    let component = default_component(dir.path(), "cache");
+    let cache = dir.path().join("cache");
+    let engine = PolicyEngine::with_cache(EngineLimits::default(), Some(cache.clone())).unwrap();
+    let source = PolicySource::File(component);
+    let t = Instant::now();
+    let first = engine.load(&source, &[]).unwrap();
+    let compiled = t.elapsed();
+    assert_eq!(first.provenance(), Provenance::Compiled);
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        1,
+        "one artifact written"
+    );
+    let t = Instant::now();
+    assert_eq!(
+        engine.load(&source, &[]).unwrap().provenance(),
+        Provenance::Memory
+    );
+    let memory = t.elapsed();
+    // A fresh engine (a restart) finds the artifact on disk.
+    let engine2 = PolicyEngine::with_cache(EngineLimits::default(), Some(cache)).unwrap();
+    let t = Instant::now();
+    let again = engine2.load(&source, &[]).unwrap();
+    let disk = t.elapsed();
+    assert_eq!(again.provenance(), Provenance::Disk);
+    assert_eq!(again.sha256(), first.sha256());
+    // Reported, not asserted: timings belong to benchmarks (see the closing note).
+    eprintln!(
+        "policy load: compile {:.1} ms, disk cache {:.1} ms, memory cache {:.1} ms (compile/disk = {:.1}x)",
+        compiled.as_secs_f64() * 1e3,
+        disk.as_secs_f64() * 1e3,
+        memory.as_secs_f64() * 1e3,
+        compiled.as_secs_f64() / disk.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
+    let grace = support::build_crate("examples/tenant-longer-grace");
+    let blocked = support::build_crate("examples/tenant-blocked-domains");
+    let rogue = support::build_component("rogue-tenant");
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let live = Live::start(
+        "",
+        &[
+            ("contoso", &format!("policy = {}\npolicy_settings = {{ grace_until = \"2099-01-01T00:00:00Z\" }}", q(&grace))),
+            ("fabrikam", &format!("policy = {}\npolicy_settings = {{ domains = \"blocked.example, competitor.example\" }}", q(&blocked))),
+            ("adatum", &format!("policy = {}\npolicy_timeout_ms = 50\npolicy_memory_limit_mib = 8\npolicy_settings = {{ behavior = \"loop\" }}", q(&rogue))),
+            ("northwind", &format!("policy = {}\npolicy_settings = {{ behavior = \"steal\" }}", q(&rogue))),
+        ],
+    )
+    .await;
+    // contoso's longer grace: ATTR36 is deferred although enforcement passed.
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
+    let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
+    assert!(r.is(451, "4.4.4"), "{r:?}");
+    // fabrikam's blocked domains; its other mail flows.
+    let mut c = live.session(UNKNOWN_IP, Some("fabrikam-host")).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@fabrikam.com>").await.code, 250);
+    let r = c.cmd("RCPT TO:<ceo@mail.competitor.example>").await;
+    assert!(r.is(550, "5.7.1"), "{r:?}");
+    assert_eq!(
+        r.text,
+        "Relaying to competitor.example refused by tenant policy"
+    );
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
+    // adatum's policy loops: only adatum's mail is deferred, within its budget...
+    let mut c = live.session(UNKNOWN_IP, Some("tie")).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@adatum.com>").await.code, 250);
+    let t = Instant::now();
+    let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
+    assert!(r.is(451, "4.3.5"), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // ...while everyone else's keeps flowing, in the same relay, at the same time.
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
+    // A tenant policy cannot attribute mail to another tenant.
+    let mut c = live.session(UNKNOWN_IP, Some("tie")).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@northwind.com>").await.code, 250);
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(451, "4.3.5"));
+    // Incoming mail for contoso still reaches the tenant policy and passes.
+    let mut c = live.session(UNKNOWN_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@internet.example>").await.code, 250);
+    assert!(c.cmd("RCPT TO:<kate@contoso.com>").await.is(250, "2.1.5"));
+    let st = status(live.admin()).await;
+    assert_eq!(st["tenant_policies"].as_array().unwrap().len(), 4);
+    live.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_decision_log_diff_validate_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = default_component(dir.path(), "default");
+    let rogue = support::build_component("rogue-policy");
+    let log = dir.path().join("decisions.jsonl");
+    // The candidate accepts everything: a shadow must never let that through.
+    let live = Live::start(
+        &format!(
+            "[policy]\ncomponent = {:?}\nshadow = {:?}\ndecision_log = {:?}\n",
+            default.display().to_string(),
+            rogue.display().to_string(),
+            log.display().to_string()
+        ),
+        &[],
+    )
+    .await;
+    let mut c = live.session(UNKNOWN_IP, None).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<spammer@internet.example>").await.code,
+        250
+    );
+    assert!(
+        c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(550, "5.7.64"),
+        "the shadow never changes a reply"
+    );
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
+    let (wire, _) = (b"Subject: m\r\n\r\nx\r\n.\r\n", ());
+    assert_eq!(c.data(wire).await.code, 250);
+    live.sink.wait_for(1).await;
+
+    // The sink has the message before the relay has counted the attempt.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        let (code, m) = http(live.admin(), "GET", "/metrics").await;
+        assert_eq!(code, 200);
+        metrics = m;
+        if metrics.contains("attrelay_deliveries_total{outcome=\"delivered\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for line in [
+        "attrelay_decisions_total{stage=\"rcpt-to\",reason=\"tenant-attribution\",tenant=\"none\",code=\"550\"} 1",
+        "attrelay_decisions_total{stage=\"rcpt-to\",reason=\"originating-ip\",tenant=\"contoso\",code=\"250\"} 1",
+        "attrelay_sessions_total 2",
+        "attrelay_deliveries_total{outcome=\"delivered\"} 1",
+        "attrelay_policy_latency_seconds_count 4",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    // MAIL and RCPT of both sessions: the candidate answers "250 2.1.5 OK" with no tenant.
+    assert!(
+        metrics.contains("attrelay_shadow_differences_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE attrelay_queue_size gauge"),
+        "{metrics}"
+    );
+    live.handle.stop().await;
+
+    // The decision log replays: the default policy against itself, then against the candidate.
+    let records = attrelay::decisions::read(&log).unwrap();
+    assert_eq!(records.len(), 4, "{records:?}");
+    let cfg = live.config.to_str().unwrap().to_string();
+    let same = run_attrelay(&[
+        "policy",
+        "diff",
+        default.to_str().unwrap(),
+        default.to_str().unwrap(),
+        "--decisions",
+        log.to_str().unwrap(),
+        "--config",
+        &cfg,
+    ]);
+    assert_eq!(same.status.code(), Some(0), "{}", stdout(&same));
+    assert!(
+        stdout(&same).contains("4 decisions in 2 sessions replayed; 0 differ"),
+        "{}",
+        stdout(&same)
+    );
+    let diff = run_attrelay(&[
+        "policy",
+        "diff",
+        default.to_str().unwrap(),
+        rogue.to_str().unwrap(),
+        "--decisions",
+        log.to_str().unwrap(),
+        "--config",
+        &cfg,
+    ]);
+    let text = stdout(&diff);
+    assert_eq!(diff.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("RCPT TO:<someone@internet.example> (from <spammer@internet.example>)"),
+        "{text}"
+    );
+    assert!(text.contains("old: 550 5.7.64 TenantAttribution; Relay Access Denied tenant=- reason=tenant-attribution"), "{text}");
+    assert!(
+        text.contains("new: 250 2.1.5 OK tenant=- reason=-"),
+        "{text}"
+    );
+
+    let ok = run_attrelay(&["policy", "validate", default.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+    assert!(
+        stdout(&ok).contains("every verdict matches the reference rules"),
+        "{}",
+        stdout(&ok)
+    );
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"not wasm").unwrap();
+    let invalid = run_attrelay(&["policy", "validate", bad.to_str().unwrap()]);
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(
+        stdout(&invalid).starts_with("INVALID:"),
+        "{}",
+        stdout(&invalid)
+    );
+}
