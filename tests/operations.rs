@@ -29,7 +29,7 @@ struct Live {
 
 fn toml(pki: &Pki, sink: &Sink, policy_section: &str, tenant_extra: &[(&str, &str)]) -> String {
     let mut t = support::fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\n\n{policy_section}\n",
+        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\n\n{policy_section}\n",
         pki.path("spool").display().to_string(),
         sink.addr
     ))

@@ -201,7 +201,10 @@ fn quoted(items: &[String]) -> String {
 /// file, so that the component runs against the relay's real directory.
 /// `server_extra` goes into `[server]`.
 pub fn fixture_toml(server_extra: &str) -> String {
-    let mut t = format!("[server]\nhostname = \"relay.example.test\"\n{server_extra}\n");
+    // Every test relay gets its own admin port (the default, 9725, is shared).
+    let mut t = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[server]\nhostname = \"relay.example.test\"\n{server_extra}\n"
+    );
     for tenant in fixture().tenants {
         writeln!(
             t,

@@ -1,6 +1,8 @@
 //! A rogue attribution policy. The `behavior` setting picks the misbehaviour,
 //! and `stage` picks when: `configure`, `session` (the constructor),
-//! `mail-from` or `rcpt-to` (default).
+//! `mail-from` or `rcpt-to` (default). With `only`, it misbehaves only when
+//! the address contains that text (so it passes load-time checks and fails
+//! on live traffic).
 
 use std::cell::RefCell;
 
@@ -11,6 +13,7 @@ use exports::attrelay::policy::policy::{Guest, GuestSession, SessionFacts, Setti
 
 thread_local! {
     static BEHAVIOR: RefCell<(String, String)> = RefCell::new((String::new(), "rcpt-to".into()));
+    static ONLY: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 fn ok() -> Verdict {
@@ -26,10 +29,16 @@ fn ok() -> Verdict {
     }
 }
 
-/// Misbehaves if `stage` is the configured stage; otherwise returns `ok()`.
-fn act(stage: &str) -> Verdict {
+/// Misbehaves if `stage` is the configured stage (and `address` contains
+/// the `only` text, if set); otherwise returns `ok()`.
+fn act(stage: &str, address: &str) -> Verdict {
     let (behavior, when) = BEHAVIOR.with(|b| b.borrow().clone());
-    if when != stage {
+    let selected = ONLY.with(|o| {
+        o.borrow()
+            .as_ref()
+            .is_none_or(|t| address.contains(t.as_str()))
+    });
+    if when != stage || !selected {
         return ok();
     }
     match behavior.as_str() {
@@ -89,10 +98,11 @@ impl Guest for Rogue {
             match s.key.as_str() {
                 "behavior" => BEHAVIOR.with(|b| b.borrow_mut().0 = s.value),
                 "stage" => BEHAVIOR.with(|b| b.borrow_mut().1 = s.value),
+                "only" => ONLY.with(|o| *o.borrow_mut() = Some(s.value)),
                 other => return Err(format!("unknown setting '{other}'")),
             }
         }
-        act("configure");
+        act("configure", "");
         Ok(())
     }
 }
@@ -101,14 +111,14 @@ struct Session;
 
 impl GuestSession for Session {
     fn new(_facts: SessionFacts) -> Self {
-        act("session");
+        act("session", "");
         Session
     }
-    fn mail_from(&self, _sender: String) -> Verdict {
-        act("mail-from")
+    fn mail_from(&self, sender: String) -> Verdict {
+        act("mail-from", &sender)
     }
-    fn rcpt_to(&self, _recipient: String) -> Verdict {
-        act("rcpt-to")
+    fn rcpt_to(&self, recipient: String) -> Verdict {
+        act("rcpt-to", &recipient)
     }
 }
 
