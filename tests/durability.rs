@@ -186,3 +186,56 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
     }
     assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_running_binary() {
+    let pki = Pki::new();
+    let text = support::fixture_toml(
+        "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\ndirectory = \"outbox\"\n",
+    );
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let admin: SocketAddr = loop {
+        let line = out.next_line().await.unwrap().expect("attrelay exited");
+        if let Some(rest) = line.strip_prefix("attrelay: admin endpoint on http://") {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let generation = || async move {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        let json = body.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["generation"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(generation().await, 0);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for _ in 0..100 {
+        if generation().await == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("SIGHUP did not reload");
+}

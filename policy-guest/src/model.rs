@@ -167,3 +167,19 @@ pub trait Directory {
     fn connectors_of_tenant(&self, tenant: &str) -> Vec<Connector>;
     fn tenant_of_domain(&self, domain: &str) -> Option<String>;
 }
+
+/// A borrowed directory is a directory (benchmarks and tools share one).
+impl<T: Directory + ?Sized> Directory for &T {
+    fn connectors_by_ip(&self, ip: IpAddr) -> Vec<Connector> {
+        (**self).connectors_by_ip(ip)
+    }
+    fn connectors_by_certificate_name(&self, name: &str) -> Vec<Connector> {
+        (**self).connectors_by_certificate_name(name)
+    }
+    fn connectors_of_tenant(&self, tenant: &str) -> Vec<Connector> {
+        (**self).connectors_of_tenant(tenant)
+    }
+    fn tenant_of_domain(&self, domain: &str) -> Option<String> {
+        (**self).tenant_of_domain(domain)
+    }
+}
