@@ -145,7 +145,9 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
             .unwrap()
             .success()
     );
-    // The session in flight is told, and the process exits cleanly.
+    // The session in flight is told (a command sent once shutdown has begun
+    // is late), and the process exits cleanly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = c.read_or_cmd("NOOP").await;
     assert!(r.is(421, "4.3.2"), "{r:?}");
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())

@@ -123,6 +123,9 @@ struct RawServer {
     idle_timeout_secs: Option<Spanned<u64>>,
     max_errors: Option<Spanned<u32>>,
     shutdown_grace_secs: Option<Spanned<u64>>,
+    max_sessions_per_ip: Option<Spanned<u32>>,
+    max_session_secs: Option<Spanned<u64>>,
+    pregreet_delay_ms: Option<Spanned<u64>>,
     bare_line_endings: Option<Spanned<String>>,
 }
 
@@ -204,6 +207,13 @@ pub struct ServerConfig {
     pub max_errors: u32,
     /// How long sessions in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Concurrent sessions from one client IP; more get `421 4.7.0`.
+    pub max_sessions_per_ip: usize,
+    /// Longest a session may last, whatever the client does.
+    pub max_session: Duration,
+    /// Wait this long before the greeting; a client that talks first is
+    /// refused with `554` (pre-greeting pipelining, a spambot's habit).
+    pub pregreet_delay: Duration,
     pub bare_line_endings: crate::smtp::data::BareLineEndings,
 }
 
@@ -544,6 +554,27 @@ impl Config {
                 0,
                 3600,
                 30,
+            )?),
+            max_sessions_per_ip: range(
+                &widen(&s.max_sessions_per_ip),
+                "server.max_sessions_per_ip",
+                1,
+                100_000,
+                50,
+            )? as usize,
+            max_session: Duration::from_secs(range(
+                &s.max_session_secs,
+                "server.max_session_secs",
+                1,
+                86_400,
+                3600,
+            )?),
+            pregreet_delay: Duration::from_millis(range(
+                &s.pregreet_delay_ms,
+                "server.pregreet_delay_ms",
+                0,
+                30_000,
+                0,
             )?),
             bare_line_endings,
         };

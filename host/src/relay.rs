@@ -145,6 +145,8 @@ pub async fn start_with(
             idle_timeout: s.idle_timeout,
             max_errors: s.max_errors,
             bare_line_endings: s.bare_line_endings,
+            max_session: s.max_session,
+            pregreet_delay: s.pregreet_delay,
             ..Limits::default()
         },
         evaluation: ArcSwap::from_pointee(evaluation),
@@ -175,7 +177,13 @@ pub async fn start_with(
         }
         None => None,
     };
-    let server = Server::bind(ctx.clone(), &s.listen, s.max_sessions).await?;
+    let server = Server::bind(
+        ctx.clone(),
+        &s.listen,
+        s.max_sessions,
+        s.max_sessions_per_ip,
+    )
+    .await?;
     let addrs = server.local_addrs();
     let grace = s.shutdown_grace;
     let server_task = tokio::spawn(server.run(grace));

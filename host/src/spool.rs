@@ -76,6 +76,12 @@ pub struct Envelope {
     /// The client that sent it, for logs and DSNs.
     #[serde(default)]
     pub client: String,
+    /// SHA-256 and length of the message file, set by [`Spool::store`]: a
+    /// file torn by a crash or a bad disk is detected, never delivered.
+    #[serde(default)]
+    pub message_sha256: String,
+    #[serde(default)]
+    pub message_len: u64,
 }
 
 impl Envelope {
@@ -163,9 +169,50 @@ impl Spool {
     }
 
     /// Stores a new message durably; when this returns `Ok`, the relay may answer `250`.
-    pub fn store(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SpoolError> {
+    pub fn store(&self, envelope: &mut Envelope, message: &[u8]) -> Result<(), SpoolError> {
+        use sha2::Digest;
+        envelope.message_sha256 = sha2::Sha256::digest(message)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        envelope.message_len = message.len() as u64;
         self.write_durably(&self.message_path(&envelope.id), message)?;
         self.update(envelope)
+    }
+
+    /// The message of `envelope`, checked against the length and SHA-256
+    /// recorded when it was stored. A mismatch moves both files to
+    /// `corrupt/` for the operator and is an error.
+    pub fn read_checked(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
+        use sha2::Digest;
+        let bytes = self.read_message(&envelope.id)?;
+        if envelope.message_sha256.is_empty() {
+            return Ok(bytes);
+        }
+        let sha: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if bytes.len() as u64 == envelope.message_len && sha == envelope.message_sha256 {
+            return Ok(bytes);
+        }
+        let aside = self.root.join("corrupt");
+        let _ = fs::create_dir_all(&aside);
+        for p in [
+            self.message_path(&envelope.id),
+            self.envelope_path(&envelope.id),
+        ] {
+            let _ = fs::rename(&p, aside.join(p.file_name().unwrap_or_default()));
+        }
+        Err(SpoolError::Corrupt {
+            path: self.message_path(&envelope.id),
+            detail: format!(
+                "message file is {} bytes with SHA-256 {sha}, expected {} bytes with {}: moved to corrupt/, not delivered",
+                bytes.len(),
+                envelope.message_len,
+                envelope.message_sha256
+            ),
+        })
     }
 
     /// Rewrites an envelope (delivery progress) atomically.
@@ -314,6 +361,8 @@ mod tests {
             last_error: None,
             is_dsn: false,
             client: "203.0.113.5".into(),
+            message_sha256: String::new(),
+            message_len: 0,
         }
     }
 
@@ -321,8 +370,8 @@ mod tests {
     fn store_recover_remove() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let e = envelope(&spool);
-        spool.store(&e, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let mut e = envelope(&spool);
+        spool.store(&mut e, b"Subject: x\r\n\r\nbody\r\n").unwrap();
         // An interrupted write and an unacknowledged message are cleaned up.
         std::fs::write(dir.path().join("tmp/junk"), b"x").unwrap();
         std::fs::write(dir.path().join("msg/ORPHAN.eml"), b"x").unwrap();
@@ -338,6 +387,34 @@ mod tests {
         );
         reopened.remove(&e.id).unwrap();
         assert!(reopened.recover().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_torn_message_file_is_never_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut e = envelope(&spool);
+        spool
+            .store(
+                &mut e,
+                b"Subject: x\r\n\r\na body that a crash will cut\r\n",
+            )
+            .unwrap();
+        assert!(spool.read_checked(&e).is_ok());
+        // Cut the file in half, as a crash on a filesystem without ordered writes could.
+        let path = dir.path().join("msg").join(format!("{}.eml", e.id));
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let (found, _) = spool.recover().unwrap();
+        let err = spool.read_checked(&found[0]).unwrap_err().to_string();
+        assert!(err.contains("moved to corrupt/, not delivered"), "{err}");
+        assert!(
+            dir.path()
+                .join("corrupt")
+                .join(format!("{}.eml", e.id))
+                .exists()
+        );
+        assert!(spool.recover().unwrap().0.is_empty());
     }
 
     #[test]

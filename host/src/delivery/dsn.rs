@@ -146,6 +146,8 @@ mod tests {
             last_error: None,
             is_dsn: false,
             client: "203.0.113.5".into(),
+            message_sha256: String::new(),
+            message_len: 0,
         };
         let dsn = String::from_utf8(build(
             "relay.test",

@@ -156,8 +156,12 @@ async fn run(
 /// One delivery attempt. Returns the envelopes to queue again: this one if
 /// recipients remain, and any DSN it generated.
 pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope) -> Vec<Envelope> {
-    let message = match spool.read_message(&envelope.id) {
+    let message = match spool.read_checked(&envelope) {
         Ok(m) => m,
+        Err(e @ crate::spool::SpoolError::Corrupt { .. }) => {
+            tracing::error!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "spooled message is damaged");
+            return Vec::new();
+        }
         Err(e) => {
             warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot read spooled message; will retry");
             envelope.next_attempt = now() + cfg.retry_max.as_secs() as i64;
@@ -287,7 +291,7 @@ fn make_dsn(
         None => Vec::new(),
     };
     bytes.extend_from_slice(&dsn::build(&cfg.hostname, original, message, &id, &date));
-    let envelope = Envelope {
+    let mut envelope = Envelope {
         id,
         sender: String::new(),
         recipients: vec![Recipient {
@@ -301,8 +305,10 @@ fn make_dsn(
         last_error: None,
         is_dsn: true,
         client: String::new(),
+        message_sha256: String::new(),
+        message_len: 0,
     };
-    spool.store(&envelope, &bytes)?;
+    spool.store(&mut envelope, &bytes)?;
     info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = %original.sender, "DSN queued");
     Ok(envelope)
 }

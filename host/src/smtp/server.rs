@@ -36,6 +36,46 @@ pub struct Server {
     ctx: Arc<ServerContext>,
     listeners: Vec<TcpListener>,
     max_sessions: usize,
+    max_per_ip: usize,
+}
+
+/// Sessions per client IP, released when a session ends.
+#[derive(Default)]
+struct PerIp {
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+struct PerIpSlot {
+    table: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn acquire(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PerIpSlot> {
+        let mut counts = self.counts.lock().ok()?;
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.table.counts.lock()
+            && let Some(n) = counts.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Server {
@@ -43,6 +83,7 @@ impl Server {
         ctx: Arc<ServerContext>,
         addrs: &[SocketAddr],
         max_sessions: usize,
+        max_per_ip: usize,
     ) -> std::io::Result<Server> {
         let mut listeners = Vec::new();
         for a in addrs {
@@ -55,6 +96,7 @@ impl Server {
             ctx,
             listeners,
             max_sessions,
+            max_per_ip,
         })
     }
 
@@ -70,9 +112,16 @@ impl Server {
     pub async fn run(self, grace: Duration) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.max_sessions));
+        let per_ip = Arc::new(PerIp::default());
+        let max_per_ip = self.max_per_ip;
         let mut accepting = Vec::new();
         for listener in self.listeners {
-            let (ctx, tracker, slots) = (self.ctx.clone(), tracker.clone(), slots.clone());
+            let (ctx, tracker, slots, per_ip) = (
+                self.ctx.clone(),
+                tracker.clone(),
+                slots.clone(),
+                per_ip.clone(),
+            );
             accepting.push(tokio::spawn(async move {
                 loop {
                     let (mut tcp, peer) = tokio::select! {
@@ -97,8 +146,16 @@ impl Server {
                         let _ = tcp.write_all(msg.as_bytes()).await;
                         continue;
                     };
+                    let ip = crate::directory::canonical_ip(peer.ip());
+                    let Some(ip_slot) = per_ip.acquire(ip, max_per_ip) else {
+                        info!(client = %peer, "per-IP session limit reached: 421");
+                        let msg = format!("421 4.7.0 {} Too many connections from your address, try again later\r\n", ctx.hostname);
+                        let _ = tcp.write_all(msg.as_bytes()).await;
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     tracker.spawn(async move {
+                        let _ip_slot = ip_slot;
                         ctx.metrics.sessions.inc();
                         ctx.metrics.sessions_active.inc();
                         let metrics = ctx.metrics.clone();

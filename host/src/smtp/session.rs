@@ -42,6 +42,10 @@ pub struct Limits {
     pub max_errors: u32,
     pub tls_handshake_timeout: Duration,
     pub bare_line_endings: BareLineEndings,
+    /// Whole-session deadline.
+    pub max_session: Duration,
+    /// Delay before the greeting, to catch clients that talk first.
+    pub pregreet_delay: Duration,
 }
 
 impl Default for Limits {
@@ -55,6 +59,8 @@ impl Default for Limits {
             max_errors: 10,
             tls_handshake_timeout: Duration::from_secs(30),
             bare_line_endings: BareLineEndings::Reject,
+            max_session: Duration::from_secs(3600),
+            pregreet_delay: Duration::ZERO,
         }
     }
 }
@@ -118,10 +124,35 @@ impl Session {
     /// Runs the session to its end. I/O errors end it quietly: the client left.
     pub async fn run(mut self) {
         let peer = self.peer;
-        if let Err(e) = self.serve().await {
-            debug!(client = %peer, error = %e, "session ended by I/O error");
+        let deadline = self.ctx.limits.max_session;
+        match timeout(deadline, self.serve()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(client = %peer, error = %e, "session ended by I/O error"),
+            Err(_) => {
+                info!(client = %peer, "session deadline reached: 421");
+                self.conn.queue(&reply(
+                    421,
+                    "4.4.2",
+                    "Session time limit exceeded, closing connection",
+                ));
+            }
         }
         let _ = self.conn.flush().await;
+    }
+
+    /// A client that sends before the greeting is not a real MTA waiting
+    /// for the banner (RFC 5321 4.3.1): refuse it.
+    async fn talked_first(&mut self) -> std::io::Result<bool> {
+        let delay = self.ctx.limits.pregreet_delay;
+        if delay.is_zero() {
+            return Ok(false);
+        }
+        match timeout(delay, self.conn.fill()).await {
+            Err(_) => Ok(false),
+            Ok(Ok(0)) => Ok(true),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e),
+        }
     }
 
     async fn send(&mut self, line: String) -> std::io::Result<()> {
@@ -133,6 +164,17 @@ impl Session {
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
+        if self.talked_first().await? {
+            info!(client = %self.peer.ip(), "client talked before the greeting: 554");
+            self.conn.rbuf.clear();
+            self.conn.queue(&reply(
+                554,
+                "5.5.0",
+                "SMTP protocol violation: talked before the greeting",
+            ));
+            self.conn.flush().await?;
+            return Ok(());
+        }
         let banner = format!("220 {} ESMTP attrelay ready\r\n", self.ctx.hostname);
         self.send(banner).await?;
         loop {
@@ -621,11 +663,11 @@ impl Session {
         }
         let message = reader.into_message();
         let ctx = self.ctx.clone();
-        let prepared = self.prepare(&tx, &message);
+        let mut prepared = self.prepare(&tx, &message);
         // Durable before the reply: fsyncs run on the blocking pool.
         let stored = tokio::task::spawn_blocking(move || {
             let mut done: Vec<Envelope> = Vec::new();
-            for (envelope, bytes) in &prepared {
+            for (envelope, bytes) in &mut prepared {
                 if let Err(e) = ctx.spool.store(envelope, bytes) {
                     for d in &done {
                         let _ = ctx.spool.remove(&d.id);
@@ -735,6 +777,8 @@ impl Session {
                 last_error: None,
                 is_dsn: false,
                 client: self.peer.ip().to_string(),
+                message_sha256: String::new(),
+                message_len: 0,
             };
             out.push((envelope, bytes));
         }
