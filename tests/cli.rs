@@ -29,6 +29,27 @@ impl Ctx {
         self.pki.path(&format!("{name}.pem")).display().to_string()
     }
 
+    /// `cert inspect NAME.pem --config relay.toml --at NOW`: its standard output (exit 0 asserted).
+    fn inspect(&self, name: &str) -> String {
+        let out = attrelay(&[
+            "cert",
+            "inspect",
+            &self.pem(name),
+            "--config",
+            &self.config,
+            "--at",
+            NOW,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
     /// Runs `check --json` and returns (exit code, parsed report).
     fn check(
         &self,
@@ -432,17 +453,7 @@ fn check_with_another_policy_component() {
 #[test]
 fn cert_inspect_explains_every_connector() {
     let c = ctx();
-    let out = attrelay(&[
-        "cert",
-        "inspect",
-        &c.pem("renewed"),
-        "--config",
-        &c.config,
-        "--at",
-        NOW,
-    ]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let text = c.inspect("renewed");
     assert!(
         text.contains("subject:     CN=mail.contoso-mail.net"),
         "{text}"
@@ -461,16 +472,7 @@ fn cert_inspect_explains_every_connector() {
     let closest: Vec<&str> = text.lines().filter(|l| l.ends_with("<- closest")).collect();
     assert_eq!(closest.len(), 1, "{text}");
 
-    let out = attrelay(&[
-        "cert",
-        "inspect",
-        &c.pem("multisan"),
-        "--config",
-        &c.config,
-        "--at",
-        NOW,
-    ]);
-    let text = stdout(&out);
+    let text = c.inspect("multisan");
     assert!(text.contains("MATCH  'Contoso on-premises' (tenant contoso) *.contoso.com: matches mail1.contoso.com (wildcard)"), "{text}");
     assert!(
         text.contains("attribution by certificate: tenant contoso"),
@@ -494,16 +496,7 @@ fn cert_inspect_explains_every_connector() {
         .unwrap();
     assert_eq!(sha.len(), 64);
 
-    let out = attrelay(&[
-        "cert",
-        "inspect",
-        &c.pem("fabrikam-host"),
-        "--config",
-        &c.config,
-        "--at",
-        NOW,
-    ]);
-    let text = stdout(&out);
+    let text = c.inspect("fabrikam-host");
     assert!(
         text.contains("mail.fabrikam.com is NOT an accepted domain"),
         "{text}"
@@ -515,16 +508,7 @@ fn cert_inspect_explains_every_connector() {
         "{text}"
     );
 
-    let out = attrelay(&[
-        "cert",
-        "inspect",
-        &c.pem("selfsigned"),
-        "--config",
-        &c.config,
-        "--at",
-        NOW,
-    ]);
-    let text = stdout(&out);
+    let text = c.inspect("selfsigned");
     assert!(
         text.contains("chain:       NOT verified: self-signed certificate"),
         "{text}"
@@ -534,35 +518,17 @@ fn cert_inspect_explains_every_connector() {
         "{text}"
     );
 
-    let out = attrelay(&[
-        "cert",
-        "inspect",
-        &c.pem("expired"),
-        "--config",
-        &c.config,
-        "--at",
-        NOW,
-    ]);
-    let text = stdout(&out);
+    let text = c.inspect("expired");
     assert!(text.contains("(EXPIRED at 2026-06-01T00:00:00Z)"), "{text}");
     assert!(
         text.contains("NOT verified: certificate expired at 2016-01-01T00:00:00Z"),
         "{text}"
     );
 
-    let out = attrelay(&[
-        "cert",
-        "inspect",
-        &c.pem("tie"),
-        "--config",
-        &c.config,
-        "--at",
-        NOW,
-    ]);
+    let text = c.inspect("tie");
     assert!(
-        stdout(&out).contains("attribution by certificate: ambiguous: tenants adatum, northwind"),
-        "{}",
-        stdout(&out)
+        text.contains("attribution by certificate: ambiguous: tenants adatum, northwind"),
+        "{text}"
     );
 
     // Without a configuration: the certificate alone.

@@ -26,38 +26,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Decide one session the way the relay would, and explain the decision.
-    Check {
-        /// Configuration file (default: the embedded demo configuration).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// The client's IP address.
-        #[arg(long)]
-        ip: String,
-        /// PEM file with the client certificate, leaf first, then intermediates.
-        #[arg(long, value_name = "PEM")]
-        cert: Option<PathBuf>,
-        /// The session used STARTTLS (implied by --cert).
-        #[arg(long)]
-        tls: bool,
-        /// The EHLO name (default: the IP address literal).
-        #[arg(long)]
-        helo: Option<String>,
-        /// The envelope sender; '' for the null sender <>.
-        #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
-        from: String,
-        /// A recipient (repeat for several).
-        #[arg(long = "to", value_name = "ADDR", required = true)]
-        to: Vec<String>,
-        /// The session time, RFC 3339 (default: now).
-        #[arg(long, value_name = "RFC3339")]
-        at: Option<String>,
-        /// A policy component to use instead of the configured one.
-        #[arg(long, value_name = "WASM")]
-        policy: Option<PathBuf>,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Check(CheckArgs),
     /// Certificate tools.
     Cert {
         #[command(subcommand)]
@@ -94,15 +63,7 @@ enum PolicyCommand {
 #[derive(Subcommand)]
 enum CertCommand {
     /// Show what a certificate carries and how every connector sees it.
-    Inspect {
-        /// PEM file, leaf first, then intermediates.
-        pem: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// The time to verify at, RFC 3339 (default: now).
-        #[arg(long, value_name = "RFC3339")]
-        at: Option<String>,
-    },
+    Inspect(InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,35 +79,10 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check {
-            config,
-            ip,
-            cert,
-            tls,
-            helo,
-            from,
-            to,
-            at,
-            policy,
-            json,
-        } => commands::check::check(
-            &CheckArgs {
-                config,
-                ip,
-                cert,
-                tls,
-                helo,
-                from,
-                to,
-                at,
-                policy,
-                json,
-            },
-            &mut stdout,
-        ),
+        Command::Check(args) => commands::check::check(&args, &mut stdout),
         Command::Cert {
-            command: CertCommand::Inspect { pem, config, at },
-        } => commands::inspect::inspect(&InspectArgs { pem, config, at }, &mut stdout),
+            command: CertCommand::Inspect(args),
+        } => commands::inspect::inspect(&args, &mut stdout),
         Command::Policy {
             command: PolicyCommand::Validate { component, config },
         } => commands::policy::validate(&component, config.as_ref(), &mut stdout),

@@ -21,17 +21,38 @@ use crate::tls::pem::read_certificates;
 pub const ASSUMED_TLS_PROTOCOL: &str = "TLSv1.3";
 pub const ASSUMED_TLS_CIPHER: &str = "TLS_AES_256_GCM_SHA384";
 
-#[derive(Debug, Clone, Default)]
+/// The arguments of `attrelay check` (parsed by clap in the binary).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct CheckArgs {
+    /// Configuration file (default: the embedded demo configuration).
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The client's IP address.
+    #[arg(long)]
     pub ip: String,
+    /// PEM file with the client certificate, leaf first, then intermediates.
+    #[arg(long, value_name = "PEM")]
     pub cert: Option<PathBuf>,
+    /// The session used STARTTLS (implied by --cert).
+    #[arg(long)]
     pub tls: bool,
+    /// The EHLO name (default: the IP address literal).
+    #[arg(long)]
     pub helo: Option<String>,
+    /// The envelope sender; '' for the null sender <>.
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
     pub from: String,
+    /// A recipient (repeat for several).
+    #[arg(long = "to", value_name = "ADDR", required = true)]
     pub to: Vec<String>,
+    /// The session time, RFC 3339 (default: now).
+    #[arg(long, value_name = "RFC3339")]
     pub at: Option<String>,
+    /// A policy component to use instead of the configured one.
+    #[arg(long, value_name = "WASM")]
     pub policy: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -17,10 +17,16 @@ use crate::directory::Directory;
 use crate::tls::client_cert::{TrustAnchors, inspect_chain, unix_time};
 use crate::tls::pem::read_certificates;
 
-#[derive(Debug, Clone, Default)]
+/// The arguments of `attrelay cert inspect`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct InspectArgs {
+    /// PEM file, leaf first, then intermediates.
     pub pem: PathBuf,
+    /// Verify against this configuration's CAs and compare its connectors.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The time to verify at, RFC 3339 (default: now).
+    #[arg(long, value_name = "RFC3339")]
     pub at: Option<String>,
 }
 
