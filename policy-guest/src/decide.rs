@@ -80,12 +80,44 @@ pub fn domain_of_address(address: &str) -> Option<String> {
     (!d.is_empty()).then_some(d)
 }
 
+/// How many names a list in an explanation shows.
+const MAX_LISTED: usize = 8;
+/// Explanation bounds, inside what hosts accept (64 lines of 1000 bytes).
+const MAX_LINES: usize = 60;
+const MAX_LINE: usize = 900;
+
 fn list(names: &[String]) -> String {
-    if names.is_empty() {
-        "(none)".to_string()
-    } else {
-        names.join(", ")
+    match names.len() {
+        0 => "(none)".to_string(),
+        n if n <= MAX_LISTED => names.join(", "),
+        n => format!(
+            "{}, ... ({} more)",
+            names[..MAX_LISTED].join(", "),
+            n - MAX_LISTED
+        ),
     }
+}
+
+/// Keeps an explanation within the host's limits whatever the input (a
+/// certificate with thousands of names, a tenant with hundreds of
+/// connectors): a policy that produced an oversized verdict would fail closed.
+fn bounded(mut lines: Vec<String>) -> Vec<String> {
+    for l in lines.iter_mut() {
+        if l.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !l.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            l.truncate(cut);
+            l.push_str(" ...");
+        }
+    }
+    if lines.len() > MAX_LINES {
+        let more = lines.len() - (MAX_LINES - 1);
+        lines.truncate(MAX_LINES - 1);
+        lines.push(format!("... ({more} more lines)"));
+    }
+    lines
 }
 
 impl<D: Directory> Session<D> {
@@ -195,7 +227,7 @@ impl<D: Directory> Session<D> {
             _ => reason::SENDER,
         };
         let mut v = replies::verdict(Action::Accept, 250, "2.1.0", "Sender OK", tenant, why);
-        v.explanation = lines.clone();
+        v.explanation = bounded(lines.clone());
         self.tx = Some(Transaction {
             sender_domain,
             origin,
@@ -282,7 +314,7 @@ impl<D: Directory> Session<D> {
             }
         };
         if v.explanation.is_empty() {
-            v.explanation = lines;
+            v.explanation = bounded(lines);
         }
         v
     }

@@ -30,11 +30,16 @@ pub struct ClientCertificate {
 impl ClientCertificate {
     /// The names attribution considers: every CN, then every DNS SAN, normalised
     /// (lower case, no trailing dot) and without duplicates, in first-seen order.
+    /// A name that is not a syntactically valid DNS name (or wildcard) — an
+    /// embedded NUL, spaces, a U-label, a single label — is dropped: no
+    /// connector name could match it, and a hostile certificate must not get
+    /// one through a lenient comparison.
     pub fn names(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for n in self.common_names.iter().chain(&self.dns_names) {
-            let n = crate::certname::normalize(n);
-            if !n.is_empty() && !out.contains(&n) {
+            if let Ok(n) = crate::certname::validate(n, true)
+                && !out.contains(&n)
+            {
                 out.push(n);
             }
         }

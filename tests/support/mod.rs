@@ -30,6 +30,8 @@ pub fn root() -> PathBuf {
 /// Certificates written as PEM files in a temporary directory.
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    /// The issuing (intermediate) CA, for tests that make their own leaves.
+    pub issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 fn ca_params(cn: &str) -> CertificateParams {
@@ -48,7 +50,7 @@ fn ca_params(cn: &str) -> CertificateParams {
     p
 }
 
-fn leaf_params(
+pub fn leaf_params(
     cn: &str,
     sans: &[&str],
     from: (i32, u8, u8),
@@ -68,11 +70,11 @@ fn leaf_params(
 }
 
 /// A year, month and day.
-type Ymd = (i32, u8, u8);
+pub type Ymd = (i32, u8, u8);
 /// Validity: from, to.
-type Validity = (Ymd, Ymd);
+pub type Validity = (Ymd, Ymd);
 
-const LONG: Validity = ((2015, 1, 1), (2040, 1, 1));
+pub const LONG: Validity = ((2015, 1, 1), (2040, 1, 1));
 
 impl Pki {
     /// A root CA (`ca.pem`), an intermediate, and leaves signed by the
@@ -173,7 +175,18 @@ impl Pki {
             .unwrap();
         std::fs::write(dir.path().join("foreign.pem"), foreign.pem()).unwrap();
         std::fs::write(dir.path().join("foreign.key"), key.serialize_pem()).unwrap();
-        Pki { dir }
+        Pki { dir, issuer: inter }
+    }
+
+    /// Signs `params` with the issuing CA and writes `NAME.pem` (leaf, then
+    /// the intermediate) and `NAME.key`.
+    pub fn leaf(&self, name: &str, params: CertificateParams) -> PathBuf {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let path = self.path(&format!("{name}.pem"));
+        std::fs::write(&path, format!("{}{}", cert.pem(), self.issuer.pem())).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+        path
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
