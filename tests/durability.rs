@@ -241,3 +241,55 @@ async fn sighup_reloads_the_running_binary() {
     }
     panic!("SIGHUP did not reload");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// Memory with 2 000 idle connections: measured on the real binary, printed
+/// for the record, and bounded generously (an unbounded buffer per session
+/// would blow far past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_keep_memory_bounded() {
+    let pki = Pki::new();
+    let text = support::fixture_toml(
+        "listen = [\"127.0.0.1:0\"]\nmax_sessions = 3000\nmax_sessions_per_ip = 3000\nidle_timeout_secs = 600\n\n[spool]\npath = \"spool\"\n\n[delivery]\ndirectory = \"outbox\"\n",
+    );
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let (child, addr) = serve(&config).await;
+    let pid = child.id().unwrap();
+    let mut first = Vec::new();
+    for _ in 0..10 {
+        first.push(Client::connect(addr).await.0);
+    }
+    let before = rss_kib(pid);
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        let (c, g) = Client::connect(addr).await;
+        assert_eq!(g.code, 220);
+        idle.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 / 2000.0;
+    eprintln!(
+        "idle connections: RSS {before} KiB with 10, {after} KiB with 2010 ({per:.1} KiB per connection)"
+    );
+    assert!(
+        after - before < 256 * 1024,
+        "RSS grew by {} KiB",
+        after - before
+    );
+    // And the relay still answers.
+    let (mut c, g) = Client::connect(addr).await;
+    assert_eq!(g.code, 220);
+    assert_eq!(c.cmd("NOOP").await.code, 250);
+    drop(idle);
+}
