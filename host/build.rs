@@ -10,6 +10,16 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    // A prebuilt component may be given instead (packaging, or toolchains
+    // without the wasm32-wasip2 target, such as the fuzzing nightly).
+    println!("cargo:rerun-if-env-changed=ATTRELAY_POLICY_WASM");
+    if let Some(prebuilt) = env::var_os("ATTRELAY_POLICY_WASM") {
+        let path = PathBuf::from(prebuilt);
+        assert!(path.exists(), "ATTRELAY_POLICY_WASM={} does not exist", path.display());
+        println!("cargo:rerun-if-changed={}", path.display());
+        println!("cargo:rustc-env=ATTRELAY_DEFAULT_POLICY={}", path.display());
+        return;
+    }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir
         .parent()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a bounded time (default 60 s each) with the
+# corpus kept in fuzz/corpus/TARGET. Needs nightly and cargo-fuzz:
+#   rustup toolchain install nightly && cargo +nightly install cargo-fuzz
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds=${1:-60}
+# The nightly used for fuzzing may lack the wasm32-wasip2 target: build the
+# embedded policy with the project's toolchain and hand it over.
+(cd .. && cargo build --release -p attrelay-policy --lib --target wasm32-wasip2 --target-dir target/policy-guest)
+export ATTRELAY_POLICY_WASM="$PWD/../target/policy-guest/wasm32-wasip2/release/attrelay_policy.wasm"
+for target in smtp_command data_reader certificate config; do
+  mkdir -p "corpus/$target"
+  echo "== $target ($seconds s)"
+  cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
+done
