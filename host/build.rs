@@ -15,7 +15,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=ATTRELAY_POLICY_WASM");
     if let Some(prebuilt) = env::var_os("ATTRELAY_POLICY_WASM") {
         let path = PathBuf::from(prebuilt);
-        assert!(path.exists(), "ATTRELAY_POLICY_WASM={} does not exist", path.display());
+        assert!(
+            path.exists(),
+            "ATTRELAY_POLICY_WASM={} does not exist",
+            path.display()
+        );
         println!("cargo:rerun-if-changed={}", path.display());
         println!("cargo:rustc-env=ATTRELAY_DEFAULT_POLICY={}", path.display());
         return;

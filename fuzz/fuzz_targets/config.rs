@@ -5,7 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Err(e) = attrelay::config::Config::parse(std::path::Path::new("fuzz.toml"), text) {
         assert!(e.line <= text.lines().count() + 1, "{e}");
     }
