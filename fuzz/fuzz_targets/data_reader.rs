@@ -1,11 +1,24 @@
-//! The DATA reader: arbitrary input in arbitrary chunks. Never panics; when it
-//! reports an end, the message never contains CR LF . CR LF (the end of data
-//! cannot hide inside a message), and the same input split differently gives
-//! the same result.
+//! The DATA reader: arbitrary input in arbitrary chunks. Never panics; the
+//! same input split differently gives the same result; and a message it
+//! accepted, dot-stuffed again for the next hop, never contains the end of
+//! data before its own end, and reads back as the same message.
 #![no_main]
 
 use attrelay::smtp::data::{BareLineEndings, DataReader};
 use libfuzzer_sys::fuzz_target;
+
+/// Dot-stuffing as the next hop receives it, terminator included.
+fn stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 8);
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, input)) = data.split_first() else {
@@ -19,9 +32,19 @@ fuzz_target!(|data: &[u8]| {
         .feed(&input[..split])
         .or_else(|| parts.feed(&input[split..]).map(|n| n + split));
     assert_eq!(end_whole, end_parts);
+    let bare = whole.bare_line_ending;
     let (a, b) = (whole.into_message(), parts.into_message());
     assert_eq!(a, b);
-    if end_whole.is_some() {
-        assert!(!a.windows(5).any(|w| w == b"\r\n.\r\n"));
+    if end_whole.is_some() && !bare {
+        let wire = stuff(&a);
+        // The only end of data on the wire is the final one.
+        let first_end = wire
+            .windows(5)
+            .position(|w| w == b"\r\n.\r\n")
+            .map(|p| p + 5);
+        assert!(first_end.is_none() || first_end == Some(wire.len()) || wire == b".\r\n");
+        let mut again = DataReader::new(1 << 20, BareLineEndings::Reject);
+        assert_eq!(again.feed(&wire), Some(wire.len()));
+        assert_eq!(again.into_message(), a);
     }
 });
