@@ -13,8 +13,9 @@ use tokio_rustls::TlsConnector;
 
 use super::{DeliveryConfig, Outcome};
 
-/// A reply or error as text, and whether it is permanent.
-fn classify(e: &SendError) -> (bool, String) {
+/// The outcome an error means for a recipient: a 5xx reply is permanent,
+/// anything else (4xx, timeouts, connection failures) temporary.
+fn outcome_of(e: &SendError) -> Outcome {
     match e {
         SendError::UnexpectedReply(r) | SendError::AuthenticationFailed(r) => {
             let esc = if r.esc[0] > 0 {
@@ -28,13 +29,17 @@ fn classify(e: &SendError) -> (bool, String) {
                 .filter(|c| !c.is_control())
                 .take(300)
                 .collect();
-            (r.code >= 500, format!("{} {esc}{text}", r.code))
+            let text = format!("{} {esc}{text}", r.code);
+            if r.code >= 500 {
+                Outcome::Permanent(text)
+            } else {
+                Outcome::Temporary(text)
+            }
         }
-        SendError::Timeout => (false, "451 4.4.1 timeout talking to the next hop".into()),
-        other => (
-            false,
-            format!("451 4.4.0 {other:?}").chars().take(300).collect(),
-        ),
+        SendError::Timeout => {
+            Outcome::Temporary("451 4.4.1 timeout talking to the next hop".into())
+        }
+        other => Outcome::Temporary(format!("451 4.4.0 {other:?}").chars().take(300).collect()),
     }
 }
 
@@ -56,17 +61,7 @@ pub async fn deliver(
 ) -> Vec<(String, Outcome)> {
     match try_deliver(cfg, host, port, sender, recipients, message).await {
         Ok(v) => v,
-        Err(e) => {
-            let (permanent, text) = classify(&e);
-            all(
-                recipients,
-                if permanent {
-                    Outcome::Permanent(text)
-                } else {
-                    Outcome::Temporary(text)
-                },
-            )
-        }
+        Err(e) => all(recipients, outcome_of(&e)),
     }
 }
 
@@ -126,15 +121,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
         match client.rcpt_to(r, &params).await {
             Ok(()) => accepted.push(r.clone()),
             Err(e) => {
-                let (permanent, text) = classify(&e);
-                out.push((
-                    r.clone(),
-                    if permanent {
-                        Outcome::Permanent(text)
-                    } else {
-                        Outcome::Temporary(text)
-                    },
-                ));
+                out.push((r.clone(), outcome_of(&e)));
             }
         }
     }
@@ -151,15 +138,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
             Outcome::Delivered("250 2.0.0 accepted by the next hop".into()),
         )),
         Err(e) => {
-            let (permanent, text) = classify(&e);
-            out.extend(all(
-                &accepted,
-                if permanent {
-                    Outcome::Permanent(text)
-                } else {
-                    Outcome::Temporary(text)
-                },
-            ));
+            out.extend(all(&accepted, outcome_of(&e)));
         }
     }
     let _ = client.cmd(b"QUIT\r\n").await;
