@@ -260,11 +260,7 @@ impl<D: Directory> Session<D> {
                     "recipient {recipient}: relay allowed for tenant {}",
                     m.connector.tenant
                 ));
-                replies::verdict(
-                    Action::Accept,
-                    250,
-                    "2.1.5",
-                    "Recipient OK",
+                replies::recipient_ok(
                     Some(m.connector.tenant.clone()),
                     reason::ORIGINATING_CERTIFICATE,
                 )
@@ -273,14 +269,7 @@ impl<D: Directory> Session<D> {
                 lines.push(format!(
                     "recipient {recipient}: relay allowed for tenant {tenant}"
                 ));
-                replies::verdict(
-                    Action::Accept,
-                    250,
-                    "2.1.5",
-                    "Recipient OK",
-                    Some(tenant.clone()),
-                    reason::ORIGINATING_IP,
-                )
+                replies::recipient_ok(Some(tenant.clone()), reason::ORIGINATING_IP)
             }
             _ if rcpt_tenant.is_some() => {
                 let t = rcpt_tenant.clone().unwrap_or_default();
@@ -351,14 +340,7 @@ impl<D: Directory> Session<D> {
             })
             .collect();
         if in_scope.is_empty() {
-            return replies::verdict(
-                Action::Accept,
-                250,
-                "2.1.5",
-                "Recipient OK",
-                Some(tenant.to_string()),
-                reason::INCOMING,
-            );
+            return replies::recipient_ok(Some(tenant.to_string()), reason::INCOMING);
         }
         let verified_names = self.verified_names();
         for c in &in_scope {
@@ -372,14 +354,7 @@ impl<D: Directory> Session<D> {
                 });
             if ip_ok && cert_ok {
                 lines.push(format!("partner {} admits the client", c.label()));
-                return replies::verdict(
-                    Action::Accept,
-                    250,
-                    "2.1.5",
-                    "Recipient OK",
-                    Some(tenant.to_string()),
-                    reason::INCOMING,
-                );
+                return replies::recipient_ok(Some(tenant.to_string()), reason::INCOMING);
             }
             lines.push(format!(
                 "partner {} restricts this mail{}{}",
@@ -442,14 +417,7 @@ impl<D: Directory> Session<D> {
             }
             GraceMode::Warn => {
                 lines.push(format!("recipient {recipient} is outside the tenant: ATTR36, accepted with a warning until enforcement at {deadline}"));
-                let mut v = replies::verdict(
-                    Action::Accept,
-                    250,
-                    "2.1.5",
-                    "Recipient OK",
-                    tenant.clone(),
-                    reason::ATTR36,
-                );
+                let mut v = replies::recipient_ok(tenant.clone(), reason::ATTR36);
                 let sender = tx.sender_domain.clone().unwrap_or_else(|| "<>".to_string());
                 v.headers.push(replies::header(
                     replies::WARNING_HEADER,

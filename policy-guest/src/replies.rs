@@ -47,6 +47,11 @@ pub fn verdict(
     }
 }
 
+/// `250 2.1.5 Recipient OK`, attributed to `tenant`, for `reason`.
+pub fn recipient_ok(tenant: Option<String>, reason: &str) -> Verdict {
+    verdict(Action::Accept, 250, "2.1.5", "Recipient OK", tenant, reason)
+}
+
 pub fn header(name: &str, value: String) -> HeaderField {
     HeaderField {
         name: name.to_string(),
