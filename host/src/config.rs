@@ -17,6 +17,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::policyd::{AcceptAction, PolicydListen, PolicydSettings};
+
 /// A configuration error with its location.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -73,6 +75,7 @@ struct RawConfig {
     spool: RawSpool,
     admin: Option<RawAdmin>,
     delivery: Option<RawDelivery>,
+    policyd: Option<Spanned<RawPolicyd>>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
 }
@@ -81,6 +84,20 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyd {
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    accept_action: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    request_timeout_secs: Option<Spanned<u64>>,
+    socket_mode: Option<Spanned<String>>,
     #[serde(default = "yes")]
     enabled: bool,
 }
@@ -342,6 +359,8 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// The admin (metrics, status, reload) listener, if enabled.
     pub admin: Option<SocketAddr>,
+    /// The Postfix policy-delegation service (`[policyd]`), if configured.
+    pub policyd: Option<PolicydSettings>,
     pub tenants: Vec<Tenant>,
     pub warnings: Vec<ConfigWarning>,
 }
@@ -971,9 +990,18 @@ impl Config {
             _ => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
         };
 
+        let policyd = match raw.policyd {
+            Some(p) if p.get_ref().enabled => {
+                let span = p.span();
+                Some(policyd_settings(&src, p.into_inner(), span)?)
+            }
+            _ => None,
+        };
+
         Ok(Config {
             source: path.to_path_buf(),
             admin,
+            policyd,
             server,
             policy,
             spool,
@@ -982,6 +1010,101 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// `[policyd]`, validated.
+fn policyd_settings(
+    src: &Source<'_>,
+    p: RawPolicyd,
+    table: Range<usize>,
+) -> Result<PolicydSettings, ConfigError> {
+    let defaults = PolicydSettings::default();
+    let mut listen = Vec::new();
+    for (i, l) in p.listen.iter().enumerate() {
+        let text = l.get_ref();
+        let entry = match text.strip_prefix("unix:") {
+            Some(path) if Path::new(path).is_absolute() => PolicydListen::Unix(path.into()),
+            Some(_) => {
+                return Err(src.error(
+                    l.span(),
+                    format!("policyd.listen[{i}]"),
+                    format!("'{text}': a UNIX-domain socket needs an absolute path, such as unix:/run/attrelay/policy.sock"),
+                ));
+            }
+            None => PolicydListen::Tcp(text.parse::<SocketAddr>().map_err(|_| {
+                src.error(
+                    l.span(),
+                    format!("policyd.listen[{i}]"),
+                    format!("'{text}' is neither an address:port such as 127.0.0.1:10040 nor unix:/absolute/path"),
+                )
+            })?),
+        };
+        listen.push(entry);
+    }
+    if listen.is_empty() {
+        return Err(src.error(
+            table,
+            "policyd.listen",
+            "[policyd] needs at least one listen address (or enabled = false)",
+        ));
+    }
+    let accept = match &p.accept_action {
+        None => defaults.accept,
+        Some(a) => AcceptAction::parse(a.get_ref()).ok_or_else(|| {
+            src.error(
+                a.span(),
+                "policyd.accept_action",
+                format!("'{}' is neither 'OK' nor 'DUNNO'", a.get_ref()),
+            )
+        })?,
+    };
+    let range = |v: &Option<Spanned<u64>>, key: &str, lo: u64, hi: u64, default: u64| match v {
+        Some(x) if !(lo..=hi).contains(x.get_ref()) => {
+            Err(src.error(x.span(), key, format!("must be between {lo} and {hi}")))
+        }
+        Some(x) => Ok(*x.get_ref()),
+        None => Ok(default),
+    };
+    let socket_mode = match &p.socket_mode {
+        None => defaults.socket_mode,
+        Some(m) => u32::from_str_radix(m.get_ref(), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                src.error(
+                    m.span(),
+                    "policyd.socket_mode",
+                    format!("'{}' is not an octal file mode such as \"0660\"", m.get_ref()),
+                )
+            })?,
+    };
+    Ok(PolicydSettings {
+        listen,
+        accept,
+        max_connections: range(
+            &p.max_connections,
+            "policyd.max_connections",
+            1,
+            100_000,
+            defaults.max_connections as u64,
+        )? as usize,
+        idle_timeout: Duration::from_secs(range(
+            &p.idle_timeout_secs,
+            "policyd.idle_timeout_secs",
+            1,
+            86_400,
+            defaults.idle_timeout.as_secs(),
+        )?),
+        request_timeout: Duration::from_secs(range(
+            &p.request_timeout_secs,
+            "policyd.request_timeout_secs",
+            1,
+            3_600,
+            defaults.request_timeout.as_secs(),
+        )?),
+        limits: defaults.limits,
+        socket_mode,
+    })
 }
 
 /// A setting's value as the string a policy receives.

@@ -126,6 +126,22 @@ fn serve(config: Option<PathBuf>) -> Result<u8, commands::UsageError> {
         if let Some(a) = handle.admin {
             let _ = writeln!(out, "attrelay: admin endpoint on http://{a}/ (GET /metrics, GET /status, POST /reload)");
         }
+        if let Some(p) = &cfg.policyd {
+            for l in &p.listen {
+                // Port 0 resolves to the bound port.
+                let shown = match l {
+                    attrelay::policyd::PolicydListen::Tcp(a) if a.port() == 0 => handle
+                        .policyd
+                        .iter()
+                        .find(|b| b.ip() == a.ip())
+                        .map(|b| format!("inet:{b}"))
+                        .unwrap_or_else(|| format!("inet:{a}")),
+                    attrelay::policyd::PolicydListen::Tcp(a) => format!("inet:{a}"),
+                    attrelay::policyd::PolicydListen::Unix(p) => format!("unix:{}", p.display()),
+                };
+                let _ = writeln!(out, "attrelay: Postfix policy service on {shown} (check_policy_service {shown})");
+            }
+        }
         let _ = writeln!(out, "attrelay: policy {} (sha256 {})", eval.policy.origin(), eval.policy.sha256());
         let _ = writeln!(out, "attrelay: spool {}, delivery {}", cfg.spool.display(), cfg.delivery.next_hop);
         if embedded {

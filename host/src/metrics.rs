@@ -36,6 +36,8 @@ pub struct Metrics {
     pub reloads: Family<OutcomeLabels, Counter>,
     pub queue_size: Gauge,
     pub queue_oldest_age: Gauge,
+    pub policyd_requests: Counter,
+    pub policyd_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +61,8 @@ impl Metrics {
             reloads: Family::default(),
             queue_size: Gauge::default(),
             queue_oldest_age: Gauge::default(),
+            policyd_requests: Counter::default(),
+            policyd_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "SMTP sessions accepted", m.sessions.clone());
@@ -102,6 +106,16 @@ impl Metrics {
             "queue_oldest_age_seconds",
             "Age of the oldest message in the spool",
             m.queue_oldest_age.clone(),
+        );
+        registry.register(
+            "policyd_requests",
+            "Postfix policy-delegation requests answered",
+            m.policyd_requests.clone(),
+        );
+        registry.register(
+            "policyd_errors",
+            "Postfix policy-delegation connections closed on a bad request",
+            m.policyd_errors.clone(),
         );
         Metrics { registry, ..m }
     }

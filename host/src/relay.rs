@@ -17,6 +17,7 @@ use crate::config::{Config, NextHop};
 use crate::delivery::{self, DeliveryConfig, Target};
 use crate::metrics::Metrics;
 use crate::policy::{EngineLimits, PolicyEngine};
+use crate::policyd::PolicyServer;
 use crate::reload::Reloader;
 use crate::smtp::{Limits, Server, ServerContext};
 use crate::spool::Spool;
@@ -28,12 +29,16 @@ pub struct RelayHandle {
     pub addrs: Vec<SocketAddr>,
     /// The admin endpoint's address, when enabled.
     pub admin: Option<SocketAddr>,
+    /// The TCP addresses of the Postfix policy-delegation service, when
+    /// `[policyd]` is configured.
+    pub policyd: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
     pub context: Arc<ServerContext>,
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
     server: tokio::task::JoinHandle<()>,
     queue: tokio::task::JoinHandle<()>,
+    policyd_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RelayHandle {
@@ -41,13 +46,15 @@ impl RelayHandle {
     /// in-flight deliveries end, and returns when all is done.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = self.server.await;
-        let _ = self.queue.await;
+        self.wait().await;
     }
 
     /// Waits until something else (a signal handler) triggers shutdown.
     pub async fn wait(self) {
         let _ = self.server.await;
+        if let Some(p) = self.policyd_task {
+            let _ = p.await;
+        }
         let _ = self.queue.await;
     }
 }
@@ -185,11 +192,22 @@ pub async fn start_with(
     )
     .await?;
     let addrs = server.local_addrs();
+    let (policyd, policyd_task) = match &config.policyd {
+        Some(settings) => {
+            let p = PolicyServer::bind(ctx.clone(), settings.clone()).await?;
+            let addrs = p.local_addrs();
+            info!(listen = ?settings.listen, "Postfix policy-delegation service listening");
+            (addrs, Some(tokio::spawn(p.run())))
+        }
+        None => (Vec::new(), None),
+    };
     let grace = s.shutdown_grace;
     let server_task = tokio::spawn(server.run(grace));
     Ok(RelayHandle {
         addrs,
         admin,
+        policyd,
+        policyd_task,
         shutdown,
         context: ctx,
         reloader,

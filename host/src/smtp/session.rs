@@ -19,9 +19,8 @@ use tracing::{debug, info, warn};
 use super::data::{BareLineEndings, DataReader};
 use super::server::{Evaluation, ServerContext};
 use super::stream::{Connection, Line, Stream};
-use crate::decisions::DecisionRecord;
 use crate::directory::canonical_ip;
-use crate::policy::{PolicySession, TenantSession, policy_failure};
+use crate::judges::{Judges, Stage, ask};
 use crate::spool::{Envelope, Recipient, RecipientState, now};
 use crate::tls::client_cert::{inspect_chain, unix_time};
 use crate::tls::server::{cipher_name, protocol_name};
@@ -481,49 +480,19 @@ impl Session {
         }
     }
 
-    /// Runs a policy call on the blocking pool (it may take its whole budget).
+    /// Runs a policy call for this session (see [`crate::judges::ask`]).
     async fn ask(&mut self, stage: Stage) -> Verdict {
-        let mut judges = match self.policy.take() {
+        let judges = match self.policy.take() {
             Some(j) => j,
-            None => Judges::new(
-                self.eval.clone(),
-                self.facts(),
-                format!("{}-{}", self.peer, next_session_number()),
-            ),
+            None => Judges::new(self.eval.clone(), self.facts(), &self.peer.to_string()),
         };
         let sender = self
             .tx
             .as_ref()
             .map(|t| t.sender.clone())
             .unwrap_or_default();
-        let result = tokio::task::spawn_blocking(move || {
-            let v = judges.decide(&stage, &sender);
-            (judges, v)
-        })
-        .await;
-        let (judges, (v, latency, shadow)) = match result {
-            Ok(x) => x,
-            Err(e) => return policy_failure(format!("policy task failed: {e}")),
-        };
-        self.policy = Some(judges);
-        let m = &self.ctx.metrics;
-        m.policy_latency.observe(latency.as_secs_f64());
-        if v.reason.as_deref() == Some("policy-failure") {
-            m.policy_failures.inc();
-        }
-        if let Some(sv) = shadow {
-            m.shadow_differences.inc();
-            info!(
-                target: "attrelay::shadow",
-                client = %self.peer.ip(),
-                active = %v.reply_line(),
-                active_tenant = v.tenant.as_deref().unwrap_or("-"),
-                shadow = %sv.reply_line(),
-                shadow_tenant = sv.tenant.as_deref().unwrap_or("-"),
-                shadow_reason = sv.reason.as_deref().unwrap_or("-"),
-                "shadow policy differs"
-            );
-        }
+        let (judges, v) = ask(judges, stage, sender, &self.ctx.metrics, self.peer.ip()).await;
+        self.policy = judges;
         v
     }
 
@@ -803,105 +772,6 @@ impl Session {
             None => s.push_str(" no client certificate)"),
         }
         s
-    }
-}
-
-enum Stage {
-    Mail(String),
-    Rcpt(String),
-}
-
-fn next_session_number() -> u64 {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The policy instances judging one SMTP session: the base policy, the
-/// shadow candidate, and the tenant policies of tenants attributed so far.
-/// Moved as a whole onto the blocking pool for each call.
-struct Judges {
-    eval: Arc<Evaluation>,
-    facts: SessionFacts,
-    id: String,
-    base: Option<PolicySession>,
-    shadow: Option<PolicySession>,
-    tenants: std::collections::HashMap<String, TenantSession>,
-}
-
-fn same_decision(a: &Verdict, b: &Verdict) -> bool {
-    a.code == b.code && a.enhanced == b.enhanced && a.tenant == b.tenant && a.reason == b.reason
-}
-
-impl Judges {
-    fn new(eval: Arc<Evaluation>, facts: SessionFacts, id: String) -> Judges {
-        Judges {
-            eval,
-            facts,
-            id,
-            base: None,
-            shadow: None,
-            tenants: Default::default(),
-        }
-    }
-
-    /// The verdict for one stage, the time the deciding policies took, and the
-    /// shadow's verdict when it differs from the base policy's.
-    fn decide(
-        &mut self,
-        stage: &Stage,
-        sender: &str,
-    ) -> (Verdict, std::time::Duration, Option<Verdict>) {
-        let started = std::time::Instant::now();
-        let (eval, facts) = (&self.eval, &self.facts);
-        let base = self
-            .base
-            .get_or_insert_with(|| eval.policy.open_session(eval.directory.clone(), facts));
-        let base_v = match stage {
-            Stage::Mail(s) => base.mail_from(s),
-            Stage::Rcpt(r) => base.rcpt_to(r),
-        };
-        let mut v = base_v.clone();
-        if let Stage::Rcpt(r) = stage
-            && let Some(t) = base_v.tenant.clone()
-            && let Some(tp) = eval.tenant_policies.get(&t)
-        {
-            let ts = self
-                .tenants
-                .entry(t)
-                .or_insert_with(|| tp.open_session(eval.directory.clone(), facts));
-            v = ts.rcpt_to(sender, r, &base_v);
-        }
-        let latency = started.elapsed();
-        let shadow = eval.shadow.as_ref().and_then(|sp| {
-            let ss = self
-                .shadow
-                .get_or_insert_with(|| sp.open_session(eval.directory.clone(), facts));
-            let sv = match stage {
-                Stage::Mail(s) => ss.mail_from(s),
-                Stage::Rcpt(r) => ss.rcpt_to(r),
-            };
-            (!same_decision(&base_v, &sv)).then_some(sv)
-        });
-        if let Some(log) = &eval.decision_log {
-            let (stage_name, recipient) = match stage {
-                Stage::Mail(_) => ("mail-from", None),
-                Stage::Rcpt(r) => ("rcpt-to", Some(r.clone())),
-            };
-            let sender = match stage {
-                Stage::Mail(s) => s.clone(),
-                Stage::Rcpt(_) => sender.to_string(),
-            };
-            log.append(&DecisionRecord {
-                session: self.id.clone(),
-                facts: facts.clone(),
-                stage: stage_name.to_string(),
-                sender,
-                recipient,
-                verdict: v.clone(),
-                policy: eval.policy.sha256().to_string(),
-            });
-        }
-        (v, latency, shadow)
     }
 }
 

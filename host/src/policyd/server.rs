@@ -1,0 +1,375 @@
+//! The policy-delegation listener: TCP and UNIX-domain sockets, one task per
+//! Postfix connection, requests answered in order on a connection that
+//! Postfix keeps open and reuses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attrelay_policy::model::{Action, Verdict};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::Decoder;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::query::{AcceptAction, Query, action, query};
+use super::request::{PolicyRequest, RequestDecoder, RequestError, RequestLimits};
+use crate::judges::{Judges, Stage, ask};
+use crate::smtp::ServerContext;
+use crate::spool::now;
+
+/// Where the policy service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicydListen {
+    /// `inet:host:port` on the Postfix side.
+    Tcp(SocketAddr),
+    /// `unix:/path` on the Postfix side.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for PolicydListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicydListen::Tcp(a) => write!(f, "{a}"),
+            PolicydListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `[policyd]`, validated.
+#[derive(Debug, Clone)]
+pub struct PolicydSettings {
+    pub listen: Vec<PolicydListen>,
+    pub accept: AcceptAction,
+    /// Connections served at once; more are closed at once (Postfix
+    /// retries, then applies its default action).
+    pub max_connections: usize,
+    /// Waiting for the next request on an open connection. Postfix closes
+    /// its own idle connections after `smtpd_policy_service_max_idle` (300 s).
+    pub idle_timeout: Duration,
+    /// From the first byte of a request to its end: Postfix writes a request
+    /// at once, so a request that trickles in is a slow client, not Postfix.
+    pub request_timeout: Duration,
+    pub limits: RequestLimits,
+    /// Permissions of UNIX-domain sockets (the Postfix SMTP server's user
+    /// must be able to connect).
+    pub socket_mode: u32,
+}
+
+impl Default for PolicydSettings {
+    fn default() -> Self {
+        PolicydSettings {
+            listen: Vec::new(),
+            accept: AcceptAction::Ok,
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(10),
+            limits: RequestLimits::default(),
+            socket_mode: 0o660,
+        }
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// The bound policy service.
+pub struct PolicyServer {
+    ctx: Arc<ServerContext>,
+    settings: Arc<PolicydSettings>,
+    listeners: Vec<Listener>,
+}
+
+/// Why binding failed, with the address in the message.
+fn bind_error(what: &PolicydListen, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        e.kind(),
+        format!("policyd: cannot listen on {what}: {e}"),
+    )
+}
+
+impl PolicyServer {
+    pub async fn bind(
+        ctx: Arc<ServerContext>,
+        settings: PolicydSettings,
+    ) -> std::io::Result<PolicyServer> {
+        let mut listeners = Vec::new();
+        for l in &settings.listen {
+            match l {
+                PolicydListen::Tcp(a) => listeners.push(Listener::Tcp(
+                    TcpListener::bind(a).await.map_err(|e| bind_error(l, e))?,
+                )),
+                PolicydListen::Unix(p) => {
+                    remove_stale_socket(p).map_err(|e| bind_error(l, e))?;
+                    let u = UnixListener::bind(p).map_err(|e| bind_error(l, e))?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(p, std::fs::Permissions::from_mode(settings.socket_mode))
+                        .map_err(|e| bind_error(l, e))?;
+                    listeners.push(Listener::Unix(u, p.clone()));
+                }
+            }
+        }
+        Ok(PolicyServer {
+            ctx,
+            settings: Arc::new(settings),
+            listeners,
+        })
+    }
+
+    /// The bound TCP addresses (with the real port when 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Tcp(t) => t.local_addr().ok(),
+                Listener::Unix(..) => None,
+            })
+            .collect()
+    }
+
+    /// Serves until shutdown. Connections in flight finish the request they
+    /// are answering and are then closed; Postfix reconnects elsewhere.
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.settings.max_connections));
+        let mut accepting = Vec::new();
+        for listener in self.listeners {
+            let (ctx, settings, tracker, slots) = (
+                self.ctx.clone(),
+                self.settings.clone(),
+                tracker.clone(),
+                slots.clone(),
+            );
+            accepting.push(tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        r = accept(&listener) => r,
+                        _ = ctx.shutdown.cancelled() => break,
+                    };
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "policyd: accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        warn!(client = %peer, limit = settings.max_connections, "policyd: connection limit reached; closing");
+                        continue;
+                    };
+                    let (ctx, settings) = (ctx.clone(), settings.clone());
+                    tracker.spawn(async move {
+                        let (r, w) = stream;
+                        serve(ctx, settings, r, w, &peer).await;
+                        drop(permit);
+                    });
+                }
+                if let Listener::Unix(_, path) = &listener {
+                    let _ = std::fs::remove_file(path);
+                }
+            }));
+        }
+        self.ctx.shutdown.cancelled().await;
+        for a in accepting {
+            let _ = a.await;
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+type Halves = (
+    Box<dyn AsyncRead + Send + Unpin>,
+    Box<dyn AsyncWrite + Send + Unpin>,
+);
+
+async fn accept(listener: &Listener) -> std::io::Result<(Halves, String)> {
+    Ok(match listener {
+        Listener::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            let (r, w) = s.into_split();
+            ((Box::new(r), Box::new(w)), peer.to_string())
+        }
+        Listener::Unix(l, path) => {
+            let (s, _) = l.accept().await?;
+            let (r, w) = s.into_split();
+            ((Box::new(r), Box::new(w)), format!("unix:{}", path.display()))
+        }
+    })
+}
+
+/// A socket file left by a previous run is removed; anything else at that
+/// path is an error (we never delete an operator's file).
+fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "a file that is not a socket is in the way",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One Postfix connection: requests in, one `action=` per request out.
+async fn serve(
+    ctx: Arc<ServerContext>,
+    settings: Arc<PolicydSettings>,
+    mut r: impl AsyncRead + Unpin,
+    mut w: impl AsyncWrite + Unpin,
+    peer: &str,
+) {
+    let mut decoder = RequestDecoder::new(settings.limits);
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let request = match next_request(&ctx, &settings, &mut decoder, &mut buf, &mut r).await {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(e) => {
+                // The protocol: in case of trouble, log, do not reply, close.
+                warn!(client = peer, error = %e, "policyd: bad request; closing the connection");
+                ctx.metrics.policyd_errors.inc();
+                return;
+            }
+        };
+        let answer = match answer(&ctx, &settings, &request, peer).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(client = peer, error = %e, "policyd: bad request; closing the connection");
+                ctx.metrics.policyd_errors.inc();
+                return;
+            }
+        };
+        ctx.metrics.policyd_requests.inc();
+        let reply = format!("action={answer}\n\n");
+        if let Err(e) = w.write_all(reply.as_bytes()).await {
+            debug!(client = peer, error = %e, "policyd: client went away");
+            return;
+        }
+        if ctx.shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Reads the next request: `None` when the client closed between requests,
+/// the idle timeout passed, or the relay is shutting down.
+async fn next_request(
+    ctx: &ServerContext,
+    settings: &PolicydSettings,
+    decoder: &mut RequestDecoder,
+    buf: &mut BytesMut,
+    r: &mut (impl AsyncRead + Unpin),
+) -> Result<Option<PolicyRequest>, RequestError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(req) = decoder.decode(buf)? {
+            return Ok(Some(req));
+        }
+        let in_request = !buf.is_empty() || decoder.in_request();
+        let deadline = if in_request {
+            started + settings.request_timeout
+        } else {
+            tokio::time::Instant::now() + settings.idle_timeout
+        };
+        let n = tokio::select! {
+            n = tokio::time::timeout_at(deadline, r.read_buf(buf)) => match n {
+                Ok(n) => n?,
+                Err(_) if in_request => {
+                    return Err(RequestError::Io(format!(
+                        "request not complete within {} s",
+                        settings.request_timeout.as_secs()
+                    )))
+                }
+                Err(_) => return Ok(None),
+            },
+            _ = ctx.shutdown.cancelled(), if !in_request => return Ok(None),
+        };
+        if n == 0 {
+            return decoder.decode_eof(buf);
+        }
+    }
+}
+
+/// The `action=` value for one request.
+async fn answer(
+    ctx: &ServerContext,
+    settings: &PolicydSettings,
+    request: &PolicyRequest,
+    peer: &str,
+) -> Result<String, RequestError> {
+    let (facts, sender, recipient) = match query(request, &ctx.hostname, now())? {
+        Query::Pass { state } => {
+            debug!(client = peer, state, "policyd: nothing to decide");
+            return Ok("DUNNO".to_string());
+        }
+        Query::Decide {
+            facts,
+            sender,
+            recipient,
+        } => (facts, sender, recipient),
+    };
+    // Every request is judged afresh with the evaluation current now, so a
+    // reload applies to the next request; MAIL FROM is always asked first,
+    // exactly as in an SMTP session.
+    let client = facts.client_ip;
+    let instance = request.value("instance").to_string();
+    let judges = Judges::new(ctx.evaluation.load_full(), facts, &format!("policyd:{peer}"));
+    let (judges, v) = ask(
+        judges,
+        Stage::Mail(sender.clone()),
+        sender.clone(),
+        &ctx.metrics,
+        client,
+    )
+    .await;
+    log_decision(ctx, peer, client, &instance, "mail-from", &sender, &v);
+    let (v, rcpt_stage) = match (recipient, judges) {
+        (Some(r), Some(judges)) if v.action == Action::Accept => {
+            let (_, v) = ask(judges, Stage::Rcpt(r.clone()), sender, &ctx.metrics, client).await;
+            log_decision(ctx, peer, client, &instance, "rcpt-to", &r, &v);
+            (v, true)
+        }
+        (r, _) => (v, r.is_some()),
+    };
+    Ok(action(&v, rcpt_stage, settings.accept))
+}
+
+fn log_decision(
+    ctx: &ServerContext,
+    peer: &str,
+    client: std::net::IpAddr,
+    instance: &str,
+    stage: &str,
+    address: &str,
+    v: &Verdict,
+) {
+    ctx.metrics
+        .decision(stage, v.reason.as_deref(), v.tenant.as_deref(), v.code);
+    info!(
+        target: "attrelay::decision",
+        front_end = "policyd",
+        postfix = peer,
+        client = %client,
+        instance,
+        stage,
+        address,
+        tenant = v.tenant.as_deref().unwrap_or("-"),
+        reply = %v.reply_line(),
+        reason = v.reason.as_deref().unwrap_or("-"),
+        "decision"
+    );
+    if v.reason.as_deref() == Some("policy-failure") {
+        warn!(client = %client, why = ?v.explanation, "policy failure");
+    }
+}
