@@ -1074,7 +1074,10 @@ fn policyd_settings(
                 src.error(
                     m.span(),
                     "policyd.socket_mode",
-                    format!("'{}' is not an octal file mode such as \"0660\"", m.get_ref()),
+                    format!(
+                        "'{}' is not an octal file mode such as \"0660\"",
+                        m.get_ref()
+                    ),
                 )
             })?,
     };

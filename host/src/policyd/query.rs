@@ -63,11 +63,7 @@ pub enum Query {
 
 /// Reads a request. `server_hostname` and `now` complete the facts Postfix
 /// does not send.
-pub fn query(
-    req: &PolicyRequest,
-    server_hostname: &str,
-    now: i64,
-) -> Result<Query, RequestError> {
+pub fn query(req: &PolicyRequest, server_hostname: &str, now: i64) -> Result<Query, RequestError> {
     match req.get("request") {
         None => return Err(RequestError::MissingRequestType),
         Some(SMTPD_ACCESS_POLICY) => {}

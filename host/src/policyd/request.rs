@@ -314,10 +314,7 @@ mod tests {
             Err(RequestError::NotUtf8 { line: 1 })
         );
         assert_eq!(decode_all(b"\n", l), Err(RequestError::Empty));
-        assert_eq!(
-            decode_all(b"a=1\nb=2", l),
-            Err(RequestError::Truncated)
-        );
+        assert_eq!(decode_all(b"a=1\nb=2", l), Err(RequestError::Truncated));
         assert_eq!(decode_all(b"", l), Ok(vec![]));
     }
 

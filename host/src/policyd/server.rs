@@ -88,10 +88,7 @@ pub struct PolicyServer {
 
 /// Why binding failed, with the address in the message.
 fn bind_error(what: &PolicydListen, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(
-        e.kind(),
-        format!("policyd: cannot listen on {what}: {e}"),
-    )
+    std::io::Error::new(e.kind(), format!("policyd: cannot listen on {what}: {e}"))
 }
 
 impl PolicyServer {
@@ -109,8 +106,11 @@ impl PolicyServer {
                     remove_stale_socket(p).map_err(|e| bind_error(l, e))?;
                     let u = UnixListener::bind(p).map_err(|e| bind_error(l, e))?;
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(p, std::fs::Permissions::from_mode(settings.socket_mode))
-                        .map_err(|e| bind_error(l, e))?;
+                    std::fs::set_permissions(
+                        p,
+                        std::fs::Permissions::from_mode(settings.socket_mode),
+                    )
+                    .map_err(|e| bind_error(l, e))?;
                     listeners.push(Listener::Unix(u, p.clone()));
                 }
             }
@@ -201,7 +201,10 @@ async fn accept(listener: &Listener) -> std::io::Result<(Halves, String)> {
         Listener::Unix(l, path) => {
             let (s, _) = l.accept().await?;
             let (r, w) = s.into_split();
-            ((Box::new(r), Box::new(w)), format!("unix:{}", path.display()))
+            (
+                (Box::new(r), Box::new(w)),
+                format!("unix:{}", path.display()),
+            )
         }
     })
 }
@@ -324,7 +327,11 @@ async fn answer(
     // exactly as in an SMTP session.
     let client = facts.client_ip;
     let instance = request.value("instance").to_string();
-    let judges = Judges::new(ctx.evaluation.load_full(), facts, &format!("policyd:{peer}"));
+    let judges = Judges::new(
+        ctx.evaluation.load_full(),
+        facts,
+        &format!("policyd:{peer}"),
+    );
     let (judges, v) = ask(
         judges,
         Stage::Mail(sender.clone()),
