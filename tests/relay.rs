@@ -985,3 +985,47 @@ async fn early_talkers_per_ip_limits_and_session_deadline() {
     assert!(started.elapsed() < Duration::from_secs(5));
     relay.handle.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_trickled_a_byte_at_a_time_meets_the_command_deadline() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let relay = Relay::start_with("idle_timeout_secs = 2", "").await;
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let (r, mut w) = tcp.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("220 "), "{line}");
+    w.write_all(b"EHLO client.example.test\r\n").await.unwrap();
+    loop {
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        if line.starts_with("250 ") {
+            break;
+        }
+    }
+    // One byte every 300 ms: each read comes well within the idle timeout,
+    // but the command as a whole does not.
+    let started = std::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for b in b"MAIL FROM:<john@contoso.com>\r\n" {
+            if w.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    trickle.abort();
+    assert!(line.starts_with("421 4.4.2 "), "{line}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "the command deadline is the idle timeout: {took:?}"
+    );
+    relay.handle.stop().await;
+}

@@ -199,7 +199,12 @@ impl Session {
 
     /// The next command line, or `None` when the session must end (client
     /// gone, idle timeout, shutdown: the last two answered with 421).
+    ///
+    /// The idle timeout is a deadline for the whole command: it runs from
+    /// when we start waiting to the end of the line, so a client that
+    /// trickles a byte at a time cannot stretch one command past it.
     async fn next_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let deadline = tokio::time::Instant::now() + self.ctx.limits.idle_timeout;
         loop {
             match self.conn.take_line(self.ctx.limits.max_line) {
                 Line::Complete(l) => {
@@ -219,7 +224,7 @@ impl Session {
             self.conn.flush().await?;
             let shutdown = self.ctx.shutdown.clone();
             tokio::select! {
-                r = timeout(self.ctx.limits.idle_timeout, self.conn.fill()) => match r {
+                r = tokio::time::timeout_at(deadline, self.conn.fill()) => match r {
                     Ok(Ok(0)) => return Ok(None),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e),
