@@ -180,3 +180,47 @@ fn unreadable_file() {
         stderr(&out)
     );
 }
+
+#[test]
+fn policyd_settings_are_checked() {
+    expect_error(
+        &format!("[policyd]\nlisten = [\"localhost:10040\"]\n{TENANT}"),
+        2,
+        "policyd.listen[0]",
+        "'localhost:10040' is neither an address:port",
+    );
+    expect_error(
+        &format!("[policyd]\nlisten = [\"127.0.0.1:10040\", \"unix:policy.sock\"]\n{TENANT}"),
+        2,
+        "policyd.listen[1]",
+        "needs an absolute path",
+    );
+    expect_error(
+        &format!("[policyd]\nlisten = [\"127.0.0.1:10040\"]\naccept_action = \"PERMIT\"\n{TENANT}"),
+        3,
+        "policyd.accept_action",
+        "'PERMIT' is neither 'OK' nor 'DUNNO'",
+    );
+    expect_error(
+        &format!(
+            "[server]\nhostname = \"relay.example.test\"\n\n[policyd]\nmax_connections = 8\n{TENANT}"
+        ),
+        4,
+        "policyd.listen",
+        "needs at least one listen address",
+    );
+    expect_error(
+        &format!(
+            "[policyd]\nlisten = [\"unix:/run/p.sock\"]\nsocket_mode = \"rw-rw----\"\n{TENANT}"
+        ),
+        3,
+        "policyd.socket_mode",
+        "not an octal file mode",
+    );
+    expect_error(
+        &format!("[policyd]\nlisten = [\"127.0.0.1:10040\"]\nidle_timeout_secs = 0\n{TENANT}"),
+        3,
+        "policyd.idle_timeout_secs",
+        "must be between 1 and 86400",
+    );
+}
