@@ -55,7 +55,7 @@ pub enum Query {
     Pass { state: String },
     /// MAIL FROM (no recipient) or RCPT TO (with one).
     Decide {
-        facts: SessionFacts,
+        facts: Box<SessionFacts>,
         sender: String,
         recipient: Option<String>,
     },
@@ -96,13 +96,13 @@ pub fn query(req: &PolicyRequest, server_hostname: &str, now: i64) -> Result<Que
         })?,
     };
     Ok(Query::Decide {
-        facts: SessionFacts {
+        facts: Box::new(SessionFacts {
             client_ip,
             helo: req.value("helo_name").to_string(),
             server_hostname: server_hostname.to_string(),
             time: now,
             tls: tls_facts(req),
-        },
+        }),
         sender: req.value("sender").to_string(),
         recipient,
     })

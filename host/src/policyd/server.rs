@@ -320,7 +320,7 @@ async fn answer(
             facts,
             sender,
             recipient,
-        } => (facts, sender, recipient),
+        } => (*facts, sender, recipient),
     };
     // Every request is judged afresh with the evaluation current now, so a
     // reload applies to the next request; MAIL FROM is always asked first,
