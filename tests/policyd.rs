@@ -446,6 +446,18 @@ async fn slow_idle_and_surplus_connections_are_bounded() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "closed after {took:?}"
     );
+    // A pause longer than the request deadline before a request is idleness,
+    // not slowness: the request is answered.
+    let mut paused = pd.connect().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let whole = request(&[]);
+    let (first, second) = whole.split_at(whole.len() / 2);
+    paused.send(first.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    paused.send(second.as_bytes()).await;
+    assert_eq!(paused.reply().await.as_deref(), Some("OK"));
+    drop(paused);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // Two connections fill the limit; a third is closed at once.
     let mut a = pd.connect().await;
     let mut b = pd.connect().await;

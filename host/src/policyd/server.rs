@@ -274,14 +274,17 @@ async fn next_request(
     buf: &mut BytesMut,
     r: &mut (impl AsyncRead + Unpin),
 ) -> Result<Option<PolicyRequest>, RequestError> {
-    let started = tokio::time::Instant::now();
+    // The request deadline runs from its first byte, not from when we began
+    // waiting: an idle pause before a request is no fault of the request.
+    let mut request_started = None;
     loop {
         if let Some(req) = decoder.decode(buf)? {
             return Ok(Some(req));
         }
         let in_request = !buf.is_empty() || decoder.in_request();
         let deadline = if in_request {
-            started + settings.request_timeout
+            *request_started.get_or_insert_with(tokio::time::Instant::now)
+                + settings.request_timeout
         } else {
             tokio::time::Instant::now() + settings.idle_timeout
         };
