@@ -511,3 +511,46 @@ async fn shadow_decision_log_diff_validate_and_metrics() {
         stdout(&invalid)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_gauges_follow_the_queue_without_reading_the_spool() {
+    let live = Live::start("", &[]).await;
+    let queue_size = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("attrelay_queue_size "))
+            .map(|v| v.trim().to_string())
+    };
+    // Delivered at once: nothing waits.
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
+    assert_eq!(c.data(b"Subject: now\r\n\r\nx\r\n.\r\n").await.code, 250);
+    // The next hop defers this one; it then waits for its retry (60 s).
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert!(
+        c.cmd("RCPT TO:<defer-once@internet.example>")
+            .await
+            .is(250, "2.1.5")
+    );
+    assert_eq!(c.data(b"Subject: later\r\n\r\nx\r\n.\r\n").await.code, 250);
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http(live.admin(), "GET", "/metrics").await.1;
+        if metrics.contains("attrelay_deliveries_total{outcome=\"deferred\"} 1")
+            && metrics.contains("attrelay_deliveries_total{outcome=\"delivered\"} 1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queue_size(&metrics).as_deref(), Some("1"), "{metrics}");
+    let age: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("attrelay_queue_oldest_age_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!((0..60).contains(&age), "{age}");
+    let (_, status) = http(live.admin(), "GET", "/status").await;
+    assert!(status.contains("\"queue\":1"), "{status}");
+    live.handle.stop().await;
+}

@@ -35,10 +35,8 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 
 impl Admin {
     fn refresh_queue_gauges(&self) {
-        let spool = &self.ctx.spool;
-        let (envelopes, _) = spool.recover_list();
-        self.metrics.queue_size.set(envelopes.len() as i64);
-        let oldest = envelopes.iter().map(|e| e.received_at).min();
+        let (size, oldest) = self.ctx.queue.contents();
+        self.metrics.queue_size.set(size as i64);
         self.metrics
             .queue_oldest_age
             .set(oldest.map(|t| crate::spool::now() - t).unwrap_or(0));
@@ -67,7 +65,7 @@ impl Admin {
                     "tenants": eval.directory.tenant_count(),
                     "tenant_policies": eval.tenant_policies.keys().collect::<Vec<_>>(),
                     "shadow": eval.shadow.as_ref().map(|s| s.origin()),
-                    "queue": self.ctx.spool.len(),
+                    "queue": self.ctx.queue.contents().0,
                     "sessions_active": self.metrics.sessions_active.get(),
                 });
                 ok("application/json", format!("{body}\n"))

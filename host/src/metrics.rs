@@ -1,8 +1,9 @@
 //! Prometheus metrics, served by the admin endpoint.
 //!
 //! Counters are updated where things happen (sessions, decisions, deliveries,
-//! reloads); the queue's size and age are read from the spool when scraped,
-//! so they are never stale.
+//! reloads); the queue's size and age are read from the delivery queue's own
+//! index when scraped, so they are never stale and a scrape never touches the
+//! spool's files.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

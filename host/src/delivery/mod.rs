@@ -64,12 +64,49 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::UnboundedSender<Envelope>,
+    contents: Arc<QueueContents>,
 }
 
 impl QueueHandle {
     pub fn enqueue(&self, envelope: Envelope) {
         // After shutdown the message stays in the spool for the next start.
         let _ = self.tx.send(envelope);
+    }
+
+    /// Messages in the queue and when the oldest was received — kept by the
+    /// queue itself, so that a scrape of `/metrics` costs nothing even when
+    /// the next hop is down and the spool holds a hundred thousand messages.
+    pub fn contents(&self) -> (usize, Option<i64>) {
+        self.contents.summary()
+    }
+}
+
+/// The queue's entries (id → reception time): every message the queue holds,
+/// waiting or being delivered, from when it is handed over until it leaves
+/// the spool.
+#[derive(Default)]
+struct QueueContents {
+    entries: std::sync::Mutex<HashMap<String, i64>>,
+}
+
+impl QueueContents {
+    fn insert(&self, e: &Envelope) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.insert(e.id.clone(), e.received_at);
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.remove(id);
+        }
+    }
+
+    fn summary(&self) -> (usize, Option<i64>) {
+        match self.entries.lock() {
+            Ok(m) => (m.len(), m.values().min().copied()),
+            Err(_) => (0, None),
+        }
     }
 }
 
@@ -89,12 +126,17 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> (QueueHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let contents = Arc::new(QueueContents::default());
     for mut e in recovered {
         e.next_attempt = now();
+        contents.insert(&e);
         let _ = tx.send(e);
     }
-    let handle = QueueHandle { tx: tx.clone() };
-    let join = tokio::spawn(run(spool, cfg, rx, tx, shutdown));
+    let handle = QueueHandle {
+        tx: tx.clone(),
+        contents: contents.clone(),
+    };
+    let join = tokio::spawn(run(spool, cfg, rx, tx, contents, shutdown));
     (handle, join)
 }
 
@@ -103,6 +145,7 @@ async fn run(
     cfg: DeliveryConfig,
     mut rx: mpsc::UnboundedReceiver<Envelope>,
     requeue: mpsc::UnboundedSender<Envelope>,
+    contents: Arc<QueueContents>,
     shutdown: CancellationToken,
 ) {
     let mut due: BinaryHeap<Reverse<(i64, String)>> = BinaryHeap::new();
@@ -126,10 +169,22 @@ async fn run(
                 .acquire_owned()
                 .await
                 .expect("semaphore never closed");
-            let (spool, cfg, requeue) = (spool.clone(), cfg.clone(), requeue.clone());
+            let (spool, cfg, requeue, contents) = (
+                spool.clone(),
+                cfg.clone(),
+                requeue.clone(),
+                contents.clone(),
+            );
             running.spawn(async move {
-                for next in attempt(&spool, &cfg, envelope).await {
-                    let _ = requeue.send(next);
+                let id = envelope.id.clone();
+                let next = attempt(&spool, &cfg, envelope).await;
+                // Delivered, bounced or set aside as corrupt: it left the spool.
+                if !next.iter().any(|n| n.id == id) {
+                    contents.remove(&id);
+                }
+                for n in next {
+                    contents.insert(&n);
+                    let _ = requeue.send(n);
                 }
                 drop(permit);
             });
@@ -140,6 +195,7 @@ async fn run(
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             Some(e) = rx.recv() => {
+                contents.insert(&e);
                 due.push(Reverse((e.next_attempt, e.id.clone())));
                 waiting.insert(e.id.clone(), e);
             }
