@@ -122,6 +122,9 @@ struct RawDelivery {
     max_queue_age_secs: Option<Spanned<u64>>,
     concurrency: Option<Spanned<u32>>,
     timeout_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    dns_servers: Vec<Spanned<String>>,
+    mx_port: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -263,6 +266,10 @@ pub struct DeliverySettings {
     pub max_queue_age: Duration,
     pub concurrency: usize,
     pub timeout: Duration,
+    /// Recursive resolvers for MX delivery (empty: the system's).
+    pub dns_servers: Vec<SocketAddr>,
+    /// The port MX hosts are contacted on (25; another for a test network).
+    pub mx_port: u16,
 }
 
 /// `[policy]`
@@ -683,6 +690,27 @@ impl Config {
                 3600,
                 60,
             )?),
+            dns_servers: d
+                .dns_servers
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let text = a.get_ref();
+                    text.parse::<SocketAddr>()
+                        .or_else(|_| {
+                            text.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
+                        .map_err(|_| {
+                            src.error(
+                                a.span(),
+                                format!("delivery.dns_servers[{i}]"),
+                                format!("'{text}' is not an IP address (port 53) or address:port"),
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            mx_port: range(&d.mx_port, "delivery.mx_port", 1, 65_535, 25)? as u16,
         };
 
         // [policy]

@@ -83,7 +83,13 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
         concurrency: d.concurrency,
         timeout: d.timeout,
         tls,
-        mx_port: 25,
+        mx_port: d.mx_port,
+        resolver: match d.next_hop {
+            NextHop::Mx => Some(std::sync::Arc::new(
+                crate::delivery::mx::resolver(&d.dns_servers).map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            _ => None,
+        },
         metrics: None,
     })
 }

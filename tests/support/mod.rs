@@ -3,6 +3,7 @@
 //! test process, and the rogue component built from source.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod smtp;
 
 use std::fmt::Write as _;

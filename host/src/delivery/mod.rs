@@ -49,6 +49,8 @@ pub struct DeliveryConfig {
     pub tls: Arc<rustls::ClientConfig>,
     /// Port used for MX hosts (25; tests use another).
     pub mx_port: u16,
+    /// The DNS resolver for MX delivery, shared by all attempts.
+    pub resolver: Option<Arc<hickory_resolver::TokioResolver>>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
@@ -418,6 +420,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             tls: crate::tls::server::client_config(&[], None).unwrap(),
             mx_port: 25,
+            resolver: None,
             metrics: None,
         };
         let secs: Vec<u64> = (1..=8).map(|a| backoff(&cfg, a).as_secs()).collect();

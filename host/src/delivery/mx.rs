@@ -3,11 +3,47 @@
 //! failure for a null MX (RFC 7505).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig,
+};
+use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::rdata::MX;
+use hickory_resolver::proto::xfer::Protocol;
 
 use super::{DeliveryConfig, Outcome, smtp};
+
+/// The resolver for MX delivery, built once and shared by every attempt (so
+/// its cache is too): the system's (`/etc/resolv.conf`) unless `servers`
+/// names recursive resolvers to ask instead (`[delivery] dns_servers`).
+pub fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {
+    let mut builder = if servers.is_empty() {
+        TokioResolver::builder_tokio()
+            .map_err(|e| format!("reading the system DNS configuration: {e}"))?
+    } else {
+        let mut group = NameServerConfigGroup::new();
+        for s in servers {
+            group.push(NameServerConfig::new(*s, Protocol::Udp));
+            group.push(NameServerConfig::new(*s, Protocol::Tcp));
+        }
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], group),
+            TokioConnectionProvider::default(),
+        )
+    };
+    let opts = builder.options_mut();
+    opts.timeout = Duration::from_secs(5);
+    opts.attempts = 2;
+    // Both families: an MX host reachable over only one of them is tried
+    // on that one.
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // Names in mail are absolute; no search list.
+    opts.ndots = 0;
+    Ok(builder.build())
+}
 
 /// MX hosts in the order to try them: lowest preference first; `None` for a
 /// null MX (the domain accepts no mail).
@@ -26,25 +62,65 @@ pub fn order_hosts(records: &[(u16, String)]) -> Option<Vec<String>> {
     )
 }
 
-async fn hosts_for(resolver: &TokioResolver, domain: &str) -> Result<Option<Vec<String>>, String> {
-    match resolver.mx_lookup(domain).await {
+/// Where a domain's mail goes, per DNS.
+enum Route {
+    Hosts(Vec<String>),
+    /// A reply for every recipient of the domain, without trying any host.
+    Fail(Outcome),
+}
+
+async fn route(resolver: &TokioResolver, domain: &str) -> Route {
+    // A trailing dot: the domain is absolute, whatever the resolver's options.
+    match resolver.mx_lookup(format!("{domain}.")).await {
         Ok(lookup) => {
             let records: Vec<(u16, String)> = lookup
                 .iter()
                 .map(|mx: &MX| (mx.preference(), mx.exchange().to_utf8()))
                 .collect();
             if records.is_empty() {
-                Ok(Some(vec![domain.to_string()]))
-            } else {
-                Ok(order_hosts(&records))
+                return Route::Hosts(vec![domain.to_string()]);
+            }
+            match order_hosts(&records) {
+                Some(h) => Route::Hosts(h),
+                None => Route::Fail(Outcome::Permanent(format!(
+                    "556 5.1.10 {domain} does not accept mail (null MX)"
+                ))),
             }
         }
-        Err(e) if e.is_no_records_found() => Ok(Some(vec![domain.to_string()])),
-        Err(e) => Err(e.to_string()),
+        Err(e) if e.is_nx_domain() => Route::Fail(Outcome::Permanent(format!(
+            "550 5.1.2 {domain}: no such domain"
+        ))),
+        // No MX: the domain itself is the implicit MX (RFC 5321 5.1).
+        Err(e) if e.is_no_records_found() => Route::Hosts(vec![domain.to_string()]),
+        Err(e) => Route::Fail(Outcome::Temporary(format!(
+            "451 4.4.3 MX lookup for {domain} failed: {e}"
+        ))),
     }
 }
 
-/// Delivers each recipient domain's share to its MX hosts.
+/// A host's addresses, IPv4 first (the order our resolver returns them).
+async fn addresses(
+    resolver: &TokioResolver,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, String> {
+    match resolver.lookup_ip(format!("{host}.")).await {
+        Ok(l) => Ok(l.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
+        Err(e) => Err(format!("{host}: {e}")),
+    }
+}
+
+/// Whether every recipient's outcome says the host could not be talked to at
+/// all (connection refused, timeout, TLS failure): then the next address or
+/// MX host is tried, as RFC 5321 5.1 asks. Any SMTP reply ends the search.
+fn unreachable(results: &[(String, Outcome)]) -> bool {
+    results
+        .iter()
+        .all(|(_, o)| matches!(o, Outcome::Temporary(t) if t.starts_with("451 4.4.")))
+}
+
+/// Delivers each recipient domain's share to its MX hosts, trying every
+/// address of every host in preference order until one answers.
 pub async fn deliver(
     cfg: &DeliveryConfig,
     sender: &str,
@@ -59,55 +135,56 @@ pub async fn deliver(
             .unwrap_or_default();
         by_domain.entry(domain).or_default().push(r.clone());
     }
-    let resolver = match TokioResolver::builder_tokio() {
-        Ok(b) => b.build(),
-        Err(e) => {
-            let text = format!("451 4.4.3 no DNS resolver: {e}");
-            return recipients
-                .iter()
-                .map(|r| (r.clone(), Outcome::Temporary(text.clone()), "mx".into()))
-                .collect();
-        }
+    let Some(resolver) = cfg.resolver.as_deref() else {
+        let text = "451 4.4.3 no DNS resolver configured for MX delivery".to_string();
+        return recipients
+            .iter()
+            .map(|r| (r.clone(), Outcome::Temporary(text.clone()), "mx".into()))
+            .collect();
     };
     let mut out = Vec::new();
     for (domain, rcpts) in by_domain {
-        let hosts = match hosts_for(&resolver, &domain).await {
-            Ok(Some(h)) => h,
-            Ok(None) => {
-                let text = format!("556 5.1.10 {domain} does not accept mail (null MX)");
-                out.extend(
-                    rcpts
-                        .into_iter()
-                        .map(|r| (r, Outcome::Permanent(text.clone()), "mx".to_string())),
-                );
-                continue;
-            }
-            Err(e) => {
-                let text = format!("451 4.4.3 MX lookup for {domain} failed: {e}");
-                out.extend(
-                    rcpts
-                        .into_iter()
-                        .map(|r| (r, Outcome::Temporary(text.clone()), "mx".to_string())),
-                );
+        let hosts = match route(resolver, &domain).await {
+            Route::Hosts(h) => h,
+            Route::Fail(o) => {
+                out.extend(rcpts.into_iter().map(|r| (r, o.clone(), "mx".to_string())));
                 continue;
             }
         };
-        let mut last = Vec::new();
-        for host in &hosts {
-            let results = smtp::deliver(cfg, host, cfg.mx_port, sender, &rcpts, message).await;
-            // Try the next MX only when this one could not be reached at all.
-            let unreachable = results
-                .iter()
-                .all(|(_, o)| matches!(o, Outcome::Temporary(t) if t.starts_with("451 4.4.")));
-            last = results
-                .into_iter()
-                .map(|(r, o)| (r, o, format!("{host}:{}", cfg.mx_port)))
-                .collect();
-            if !unreachable {
-                break;
+        let mut last: Option<Vec<(String, Outcome, String)>> = None;
+        let mut problems = Vec::new();
+        'hosts: for host in &hosts {
+            let addrs = match addresses(resolver, host, cfg.mx_port).await {
+                Ok(a) => a,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            for addr in addrs {
+                let results = smtp::deliver_at(cfg, host, addr, sender, &rcpts, message).await;
+                let done = !unreachable(&results);
+                last = Some(
+                    results
+                        .into_iter()
+                        .map(|(r, o)| (r, o, format!("{host}[{}]:{}", addr.ip(), addr.port())))
+                        .collect(),
+                );
+                if done {
+                    break 'hosts;
+                }
             }
         }
-        out.extend(last);
+        out.extend(last.unwrap_or_else(|| {
+            let text = format!(
+                "451 4.4.4 no address for any MX host of {domain}: {}",
+                problems.join("; ")
+            );
+            rcpts
+                .into_iter()
+                .map(|r| (r, Outcome::Temporary(text.clone()), "mx".to_string()))
+                .collect()
+        }));
     }
     out
 }

@@ -59,7 +59,28 @@ pub async fn deliver(
     recipients: &[String],
     message: &[u8],
 ) -> Vec<(String, Outcome)> {
-    match try_deliver(cfg, host, port, sender, recipients, message).await {
+    let result = match resolve(host, port, cfg.timeout).await {
+        Ok(addr) => try_deliver(cfg, host, addr, sender, recipients, message).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => v,
+        Err(e) => all(recipients, outcome_of(&e)),
+    }
+}
+
+/// Delivers to `host` at an address already resolved (MX delivery resolves
+/// with its own resolver and tries each address); `host` is the name TLS
+/// verifies.
+pub async fn deliver_at(
+    cfg: &DeliveryConfig,
+    host: &str,
+    addr: std::net::SocketAddr,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Vec<(String, Outcome)> {
+    match try_deliver(cfg, host, addr, sender, recipients, message).await {
         Ok(v) => v,
         Err(e) => all(recipients, outcome_of(&e)),
     }
@@ -85,12 +106,11 @@ async fn resolve(
 async fn try_deliver(
     cfg: &DeliveryConfig,
     host: &str,
-    port: u16,
+    addr: std::net::SocketAddr,
     sender: &str,
     recipients: &[String],
     message: &[u8],
 ) -> Result<Vec<(String, Outcome)>, SendError> {
-    let addr = resolve(host, port, cfg.timeout).await?;
     let mut client = SmtpClient::<TcpStream>::connect(addr, cfg.timeout).await?;
     let greeting = client.read().await?;
     if greeting.code != 220 {
