@@ -224,3 +224,21 @@ fn policyd_settings_are_checked() {
         "must be between 1 and 86400",
     );
 }
+
+#[test]
+fn delivery_dns_settings_are_checked() {
+    expect_error(
+        &format!(
+            "[delivery]\nnext_hop = \"mx\"\ndns_servers = [\"9.9.9.9\", \"resolver.example\"]\n{TENANT}"
+        ),
+        3,
+        "delivery.dns_servers[1]",
+        "'resolver.example' is not an IP address",
+    );
+    expect_error(
+        &format!("[delivery]\nnext_hop = \"mx\"\nmx_port = 0\n{TENANT}"),
+        3,
+        "delivery.mx_port",
+        "must be between 1 and 65535",
+    );
+}
