@@ -513,7 +513,7 @@ async fn shadow_decision_log_diff_validate_and_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_gauges_follow_the_queue_without_reading_the_spool() {
+async fn queue_gauges_listing_and_flush() {
     let live = Live::start("", &[]).await;
     let queue_size = |m: &str| {
         m.lines()
@@ -552,5 +552,62 @@ async fn queue_gauges_follow_the_queue_without_reading_the_spool() {
     assert!((0..60).contains(&age), "{age}");
     let (_, status) = http(live.admin(), "GET", "/status").await;
     assert!(status.contains("\"queue\":1"), "{status}");
+
+    // The operator's view: GET /queue and `attrelay queue list`, alike.
+    let (code, body) = http(live.admin(), "GET", "/queue").await;
+    assert_eq!(code, 200);
+    let queue: Vec<attrelay::spool::QueueEntry> = serde_json::from_str(&body).unwrap();
+    assert_eq!(queue.len(), 1, "{body}");
+    let e = &queue[0];
+    assert_eq!(e.pending, vec!["defer-once@internet.example".to_string()]);
+    assert_eq!(
+        (e.attempts, e.sender.as_str(), e.tenant.as_deref()),
+        (1, "john@contoso.com", Some("contoso"))
+    );
+    assert!(
+        e.last_error.as_deref().unwrap_or("").starts_with("451"),
+        "{e:?}"
+    );
+    assert!(
+        e.next_attempt > attrelay::spool::now() + 30,
+        "waiting for its 60 s backoff: {e:?}"
+    );
+    let cfg = live.config.to_str().unwrap().to_string();
+    let listed = run_attrelay(&["queue", "list", "--config", &cfg, "--json"]);
+    assert_eq!(listed.status.code(), Some(0));
+    let from_cli: Vec<attrelay::spool::QueueEntry> =
+        serde_json::from_str(&stdout(&listed)).unwrap();
+    assert_eq!(from_cli, queue);
+    let table = stdout(&run_attrelay(&["queue", "list", "--config", &cfg]));
+    assert!(
+        table.contains(&e.id)
+            && table.contains("to   defer-once@internet.example")
+            && table.contains("last error: 451"),
+        "{table}"
+    );
+    assert!(table.contains("1 message in the queue"), "{table}");
+
+    // A flush makes it due now instead of in a minute.
+    let (code, body) = http(live.admin(), "POST", "/queue/flush").await;
+    assert_eq!((code, body.trim()), (200, "{\"flushed\":1}"));
+    let delivered = tokio::time::timeout(Duration::from_secs(10), live.sink.wait_for(2))
+        .await
+        .expect("delivered right after the flush");
+    assert!(
+        delivered
+            .iter()
+            .any(|m| m.recipients == vec!["defer-once@internet.example".to_string()])
+    );
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = http(live.admin(), "GET", "/queue").await.1;
+        if body.trim() == "[]" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(body.trim(), "[]");
+    let table = stdout(&run_attrelay(&["queue", "list", "--config", &cfg]));
+    assert!(table.starts_with("queue empty"), "{table}");
     live.handle.stop().await;
 }

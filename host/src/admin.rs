@@ -89,7 +89,28 @@ impl Admin {
                     )),
                 }
             }
-            (_, "/metrics" | "/status" | "/reload") => Ok(respond(
+            (&Method::GET, "/queue") => {
+                let spool = self.ctx.spool.clone();
+                match tokio::task::spawn_blocking(move || crate::spool::listing(&spool)).await {
+                    Ok(entries) => ok(
+                        "application/json",
+                        format!("{}\n", serde_json::to_string(&entries).unwrap_or_default()),
+                    ),
+                    Err(e) => Ok(respond(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("{e}\n"),
+                    )),
+                }
+            }
+            (&Method::POST, "/queue/flush") => {
+                let n = self.ctx.queue.flush();
+                ok(
+                    "application/json",
+                    format!("{}\n", serde_json::json!({ "flushed": n })),
+                )
+            }
+            (_, "/metrics" | "/status" | "/reload" | "/queue" | "/queue/flush") => Ok(respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
                 "method not allowed\n".into(),
@@ -97,7 +118,7 @@ impl Admin {
             _ => Ok(respond(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "try /metrics, /status or POST /reload\n".into(),
+                "try GET /metrics, /status, /queue or POST /reload, /queue/flush\n".into(),
             )),
         }
     }

@@ -37,6 +37,24 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Queue tools (flushing is `POST /queue/flush` on the admin endpoint).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List queued messages from the spool, oldest first (like mailq).
+    List {
+        /// The relay's configuration (for its spool path).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// One JSON array, as GET /queue returns it.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +113,9 @@ fn main() -> ExitCode {
                     config,
                 },
         } => commands::policy::diff(&old, &new, &decisions, config.as_ref(), &mut stdout),
+        Command::Queue {
+            command: QueueCommand::List { config, json },
+        } => commands::queue::list(config.as_ref(), json, &mut stdout),
     };
     let _ = stdout.flush();
     match result {

@@ -92,6 +92,47 @@ impl Envelope {
     }
 }
 
+/// One queued message as `GET /queue` and `attrelay queue list` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: String,
+    /// Empty for the null sender.
+    pub sender: String,
+    pub tenant: Option<String>,
+    /// Recipients still to deliver.
+    pub pending: Vec<String>,
+    pub received_at: i64,
+    pub attempts: u32,
+    pub next_attempt: i64,
+    pub last_error: Option<String>,
+    pub is_dsn: bool,
+    /// Bytes of the message file.
+    pub size: u64,
+}
+
+/// Every message in the spool's queue, oldest first. Reads each envelope:
+/// meant for an operator's look at the queue, not for periodic scraping.
+pub fn listing(spool: &Spool) -> Vec<QueueEntry> {
+    let (envelopes, _) = spool.recover_list();
+    let mut out: Vec<QueueEntry> = envelopes
+        .into_iter()
+        .map(|e| QueueEntry {
+            pending: e.pending().map(|r| r.address.clone()).collect(),
+            id: e.id,
+            sender: e.sender,
+            tenant: e.tenant,
+            received_at: e.received_at,
+            attempts: e.attempts,
+            next_attempt: e.next_attempt,
+            last_error: e.last_error,
+            is_dsn: e.is_dsn,
+            size: e.message_len,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+    out
+}
+
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     SystemTime::now()

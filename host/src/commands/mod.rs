@@ -5,6 +5,7 @@
 pub mod check;
 pub mod inspect;
 pub mod policy;
+pub mod queue;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -67,6 +67,7 @@ pub enum Outcome {
 pub struct QueueHandle {
     tx: mpsc::UnboundedSender<Envelope>,
     contents: Arc<QueueContents>,
+    flush: Arc<tokio::sync::Notify>,
 }
 
 impl QueueHandle {
@@ -80,6 +81,14 @@ impl QueueHandle {
     /// the next hop is down and the spool holds a hundred thousand messages.
     pub fn contents(&self) -> (usize, Option<i64>) {
         self.contents.summary()
+    }
+
+    /// Makes every waiting message due now (an operator's "flush", after the
+    /// next hop came back): backoff is skipped once, attempts still count.
+    /// Returns how many messages the queue holds.
+    pub fn flush(&self) -> usize {
+        self.flush.notify_one();
+        self.contents().0
     }
 }
 
@@ -134,11 +143,13 @@ pub fn start(
         contents.insert(&e);
         let _ = tx.send(e);
     }
+    let flush = Arc::new(tokio::sync::Notify::new());
     let handle = QueueHandle {
         tx: tx.clone(),
         contents: contents.clone(),
+        flush: flush.clone(),
     };
-    let join = tokio::spawn(run(spool, cfg, rx, tx, contents, shutdown));
+    let join = tokio::spawn(run(spool, cfg, rx, tx, contents, flush, shutdown));
     (handle, join)
 }
 
@@ -148,6 +159,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Envelope>,
     requeue: mpsc::UnboundedSender<Envelope>,
     contents: Arc<QueueContents>,
+    flush: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut due: BinaryHeap<Reverse<(i64, String)>> = BinaryHeap::new();
@@ -202,6 +214,14 @@ async fn run(
                 waiting.insert(e.id.clone(), e);
             }
             Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = flush.notified() => {
+                let at = now();
+                info!(messages = waiting.len(), "queue flush: every waiting message is due now");
+                due = waiting.keys().map(|id| Reverse((at, id.clone()))).collect();
+                for e in waiting.values_mut() {
+                    e.next_attempt = at;
+                }
+            }
             _ = tokio::time::sleep(sleep_for.max(Duration::from_millis(50))) => {}
             _ = shutdown.cancelled() => break,
         }
