@@ -1,9 +1,13 @@
-//! Interop with a real Postfix: a private Postfix instance (its own
-//! configuration, queue and ports in a temporary directory) delegates its
-//! relay decision to our policy service with `check_policy_service`, verifies
-//! client certificates itself, and relays what it accepts to a recording next
-//! hop. SMTP clients talk to Postfix from distinct loopback addresses, so
-//! what reaches our policy is exactly what Postfix sends in production.
+//! Interop with a real Postfix, in both of its roles here. A private Postfix
+//! instance (its own configuration, queue and ports in a temporary directory)
+//!
+//! - as a gateway, delegates its relay decision to our policy service with
+//!   `check_policy_service`, verifies client certificates itself, and relays
+//!   what it accepts to a recording next hop; SMTP clients talk to it from
+//!   distinct loopback addresses, so what reaches our policy is exactly what
+//!   Postfix sends in production;
+//! - as a tenant's on-premises server, relays through our SMTP server with
+//!   STARTTLS and its client certificate, as a hybrid deployment does.
 //!
 //! Needs Postfix (`.ci/run` installs Debian's package) and root, as starting
 //! a Postfix master does; without them the test fails and says so.
@@ -51,6 +55,9 @@ fn postfix_binary() -> String {
     })
 }
 
+/// One Postfix instance at a time in this process.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A private Postfix instance, stopped when dropped.
 struct Postfix {
     dir: PathBuf,
@@ -72,7 +79,9 @@ impl Postfix {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
 
-    fn start(dir: &Path, pki: &Pki, policy: SocketAddr, next_hop: SocketAddr) -> Postfix {
+    /// Starts an instance relaying to `next_hop`, with `extra` lines
+    /// appended to its main.cf (the role-specific settings).
+    fn start(dir: &Path, pki: &Pki, next_hop: SocketAddr, extra: &str) -> Postfix {
         let _ = postfix_binary();
         // Postfix's master must start as root.
         let uid = Command::new("id").arg("-u").output().unwrap();
@@ -117,8 +126,7 @@ smtpd_tls_cert_file = {server_pem}
 smtpd_tls_key_file = {server_key}
 smtpd_tls_ask_ccert = yes
 smtpd_tls_CAfile = {ca}
-smtpd_relay_restrictions = check_policy_service inet:{policy}, reject
-smtpd_policy_service_timeout = 10s
+{extra}
 ",
             next_ip = next_hop.ip(),
             next_port = next_hop.port(),
@@ -211,6 +219,7 @@ fn refused_by_attribution(r: &Reply) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postfix_delegates_relay_decisions_to_our_policy() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let pki = Pki::new();
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -226,7 +235,15 @@ async fn postfix_delegates_relay_decisions_to_our_policy() {
     std::fs::write(&path, &text).unwrap();
     let config = Config::load(&path).unwrap();
     let relay = attrelay::relay::start(&config).await.unwrap();
-    let pf = Postfix::start(dir.path(), &pki, relay.policyd[0], sink.addr);
+    let pf = Postfix::start(
+        dir.path(),
+        &pki,
+        sink.addr,
+        &format!(
+            "smtpd_relay_restrictions = check_policy_service inet:{}, reject\nsmtpd_policy_service_timeout = 10s",
+            relay.policyd[0]
+        ),
+    );
 
     // Contoso's on-premises server by IP: Postfix relays the message.
     let mut c = session(&pf, &pki, CONTOSO_IP, None).await;
@@ -302,4 +319,78 @@ async fn postfix_delegates_relay_decisions_to_our_policy() {
     let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
     assert!(r.is(451, "4.3.5"), "{r:?}\n{}", pf.log());
     c.cmd("QUIT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_postfix_relays_through_us_with_its_client_certificate() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Our relay, trusting the test CA for client certificates; Postfix sends
+    // from an address no connector knows, so only its certificate can
+    // attribute it.
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\n",
+        pki.path("spool").display().to_string(),
+        sink.addr,
+    ));
+    let path = pki.path("relay.toml");
+    std::fs::write(&path, &text).unwrap();
+    let relay = attrelay::relay::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let pf = Postfix::start(
+        dir.path(),
+        &pki,
+        relay.addrs[0],
+        &format!(
+            "mynetworks = 127.0.0.0/8\nsmtpd_relay_restrictions = permit_mynetworks, reject\nsmtp_bind_address = {UNKNOWN_IP}\nsmtp_tls_security_level = encrypt\nsmtp_tls_cert_file = {}\nsmtp_tls_key_file = {}\nsmtp_tls_loglevel = 1",
+            pki.path("contoso.pem").display(),
+            pki.path("contoso.key").display(),
+        ),
+    );
+
+    // A non-delivery report from the tenant's Postfix: the null sender is
+    // relayed only through a certificate-based connector.
+    let mut c = session(&pf, &pki, "127.0.0.1", None).await;
+    assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
+    assert_eq!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.code, 250);
+    let r = c
+        .data(b"Subject: Undeliverable: hello\r\n\r\nyour message could not be delivered\r\n.\r\n")
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.cmd("QUIT").await;
+
+    let got = tokio::time::timeout(Duration::from_secs(60), sink.wait_for(1))
+        .await
+        .unwrap_or_else(|_| panic!("the NDR did not come through attrelay:\n{}", pf.log()));
+    let m = &got[0];
+    assert_eq!(m.sender, "");
+    assert_eq!(m.recipients, vec![EXT.to_string()]);
+    let text = String::from_utf8_lossy(&m.data);
+    assert!(
+        text.contains("\r\nX-Attributed-Tenant: contoso\r\n"),
+        "attributed to contoso by its certificate:\n{text}"
+    );
+    // Our trace header records Postfix's TLS session and verified certificate.
+    let received = text.lines().next().unwrap_or_default().to_string();
+    assert!(
+        received.starts_with(&format!("Received: from postfix.test ([{UNKNOWN_IP}])")),
+        "{text}"
+    );
+    assert!(text.contains("with ESMTPS"), "{text}");
+    assert!(
+        text.contains("mail.contoso.com") && text.contains("\" verified)"),
+        "{text}"
+    );
+    assert!(
+        pf.log().contains(&format!(
+            "relay=127.0.0.1[127.0.0.1]:{}",
+            relay.addrs[0].port()
+        )),
+        "Postfix logged the delivery through attrelay:\n{}",
+        pf.log()
+    );
+    relay.stop().await;
 }
