@@ -14,183 +14,28 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
+use std::time::Duration;
 
 use attrelay::config::Config;
 use support::Pki;
+use support::postfix::{ONE_AT_A_TIME, Postfix};
 use support::smtp::{Client, Reply, Sink};
+
+/// main.cf lines for Postfix's SMTP server: STARTTLS with a certificate,
+/// asking clients for theirs and verifying them against the test CA.
+fn server_tls(pki: &Pki) -> String {
+    format!(
+        "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_ask_ccert = yes\nsmtpd_tls_CAfile = {}",
+        pki.path("selfsigned.pem").display(),
+        pki.path("selfsigned.key").display(),
+        pki.path("ca.pem").display()
+    )
+}
 
 const CONTOSO_IP: &str = "127.0.1.10";
 const UNKNOWN_IP: &str = "127.0.2.77";
 const EXT: &str = "someone@internet.example";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The `postfix` command: Debian puts it in /usr/sbin, which a non-login
-/// PATH may lack.
-fn postfix_binary() -> String {
-    for dir in ["/usr/sbin", "/usr/local/sbin", "/sbin"] {
-        let p = format!("{dir}/postfix");
-        if Path::new(&p).exists() {
-            return p;
-        }
-    }
-    let found = Command::new("sh")
-        .args(["-c", "command -v postfix"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    found.unwrap_or_else(|| {
-        panic!("Postfix is not installed: this interop test needs it (.ci/run installs Debian's postfix package)")
-    })
-}
-
-/// One Postfix instance at a time in this process.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A private Postfix instance, stopped when dropped.
-struct Postfix {
-    dir: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Postfix {
-    fn postfix(&self, args: &[&str]) -> std::process::Output {
-        Command::new(postfix_binary())
-            .arg("-c")
-            .arg(self.dir.join("etc"))
-            .args(args)
-            .output()
-            .expect("running postfix")
-    }
-
-    /// Postfix's own log, for failure messages.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
-    }
-
-    /// Starts an instance relaying to `next_hop`, with `extra` lines
-    /// appended to its main.cf (the role-specific settings).
-    fn start(dir: &Path, pki: &Pki, next_hop: SocketAddr, extra: &str) -> Postfix {
-        let _ = postfix_binary();
-        // Postfix's master must start as root.
-        let uid = Command::new("id").arg("-u").output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&uid.stdout).trim(),
-            "0",
-            "starting a Postfix instance needs root"
-        );
-        for d in ["etc", "queue", "data"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        // Postfix's daemons run as the postfix user: they must reach the
-        // queue below the temporary directory.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let chown = Command::new("chown")
-            .arg("postfix")
-            .arg(dir.join("data"))
-            .status()
-            .unwrap();
-        assert!(chown.success());
-        let port = free_port();
-        let d = dir.display();
-        let main_cf = format!(
-            "compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.test
-mydomain = postfix.test
-myorigin = postfix.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-maillog_file = {d}/maillog
-maillog_file_prefixes = {d}
-relayhost = [{next_ip}]:{next_port}
-smtp_tls_security_level = none
-smtpd_tls_security_level = may
-smtpd_tls_cert_file = {server_pem}
-smtpd_tls_key_file = {server_key}
-smtpd_tls_ask_ccert = yes
-smtpd_tls_CAfile = {ca}
-{extra}
-",
-            next_ip = next_hop.ip(),
-            next_port = next_hop.port(),
-            server_pem = pki.path("selfsigned.pem").display(),
-            server_key = pki.path("selfsigned.key").display(),
-            ca = pki.path("ca.pem").display(),
-        );
-        std::fs::write(dir.join("etc/main.cf"), main_cf).unwrap();
-        let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"
-        );
-        std::fs::write(dir.join("etc/master.cf"), master_cf).unwrap();
-        let pf = Postfix {
-            dir: dir.to_path_buf(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let out = pf.postfix(&["start"]);
-        assert!(
-            out.status.success(),
-            "postfix start failed: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            pf.log()
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(pf.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Postfix did not listen on {}:\n{}",
-                pf.addr,
-                pf.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        pf
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let _ = self.postfix(&["stop"]);
-    }
-}
 
 /// An SMTP session with Postfix from `source`, with STARTTLS and a client
 /// certificate when `cert` is given.
@@ -237,10 +82,10 @@ async fn postfix_delegates_relay_decisions_to_our_policy() {
     let relay = attrelay::relay::start(&config).await.unwrap();
     let pf = Postfix::start(
         dir.path(),
-        &pki,
         sink.addr,
         &format!(
-            "smtpd_relay_restrictions = check_policy_service inet:{}, reject\nsmtpd_policy_service_timeout = 10s",
+            "{}\nsmtpd_relay_restrictions = check_policy_service inet:{}, reject\nsmtpd_policy_service_timeout = 10s",
+            server_tls(&pki),
             relay.policyd[0]
         ),
     );
@@ -342,10 +187,10 @@ async fn a_tenants_postfix_relays_through_us_with_its_client_certificate() {
         .unwrap();
     let pf = Postfix::start(
         dir.path(),
-        &pki,
         relay.addrs[0],
         &format!(
-            "mynetworks = 127.0.0.0/8\nsmtpd_relay_restrictions = permit_mynetworks, reject\nsmtp_bind_address = {UNKNOWN_IP}\nsmtp_tls_security_level = encrypt\nsmtp_tls_cert_file = {}\nsmtp_tls_key_file = {}\nsmtp_tls_loglevel = 1",
+            "{}\nmynetworks = 127.0.0.0/8\nsmtpd_relay_restrictions = permit_mynetworks, reject\nsmtp_bind_address = {UNKNOWN_IP}\nsmtp_tls_security_level = encrypt\nsmtp_tls_cert_file = {}\nsmtp_tls_key_file = {}\nsmtp_tls_loglevel = 1",
+            server_tls(&pki),
             pki.path("contoso.pem").display(),
             pki.path("contoso.key").display(),
         ),

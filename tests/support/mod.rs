@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod postfix;
 pub mod smtp;
 
 use std::fmt::Write as _;
