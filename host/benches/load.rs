@@ -16,7 +16,6 @@
 //! all). `cargo bench -p attrelay --bench load`; `LOAD_CONNECTIONS` (8) and
 //! `LOAD_MESSAGES` per connection (100) change the load.
 
-#[allow(dead_code)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
