@@ -611,3 +611,33 @@ async fn queue_gauges_listing_and_flush() {
     assert!(table.starts_with("queue empty"), "{table}");
     live.handle.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_the_settings_that_wait_for_a_restart() {
+    let live = Live::start("", &[]).await;
+    let (code, body) = http(live.admin(), "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"restart_required\":[]"), "{body}");
+    // A listener limit and the delivery concurrency change: the reload
+    // applies the rest and says these two wait for a restart.
+    let text = std::fs::read_to_string(&live.config).unwrap();
+    let changed = text
+        .replacen("[server]\n", "[server]\nmax_recipients = 7\n", 1)
+        .replacen("[delivery]\n", "[delivery]\nconcurrency = 3\n", 1);
+    assert_ne!(text, changed);
+    std::fs::write(&live.config, changed).unwrap();
+    let (code, body) = http(live.admin(), "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"restart_required\":[\"server\",\"delivery\"]"),
+        "{body}"
+    );
+    // The running limit stays until the restart.
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    for i in 0..8 {
+        let r = c.cmd(&format!("RCPT TO:<r{i}@internet.example>")).await;
+        assert_eq!(r.code, 250, "recipient {i}: {r:?}");
+    }
+    live.handle.stop().await;
+}

@@ -211,7 +211,7 @@ fn yes() -> bool {
 }
 
 /// `[server]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
@@ -255,7 +255,7 @@ impl fmt::Display for NextHop {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliverySettings {
     pub next_hop: NextHop,
     pub tls_cert: Option<PathBuf>,

@@ -172,6 +172,7 @@ pub async fn start_with(
     let config_path = Some(config.source.clone()).filter(|p| p.is_file());
     let reloader = Arc::new(Reloader::new(
         config_path.clone(),
+        config.clone(),
         engine,
         ctx.clone(),
         metrics.clone(),

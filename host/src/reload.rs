@@ -178,6 +178,49 @@ pub struct ReloadOutcome {
     pub tenant_policies: usize,
     pub elapsed_ms: f64,
     pub scenarios: ScenarioReport,
+    /// Changed settings that a reload cannot apply (listeners, limits, the
+    /// spool, delivery, the engine's budgets): they take effect at the next
+    /// restart, and until then the running values stay.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// The settings read only at start that differ between `running` and `new`.
+/// Everything else — tenants, connectors, trust anchors, policies and their
+/// settings, shadow, decision log — is applied by the reload itself.
+pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    // Trust anchors (client_ca) are part of the evaluation: reloaded.
+    let server = |c: &Config| crate::config::ServerConfig {
+        client_ca: Vec::new(),
+        ..c.server.clone()
+    };
+    if server(running) != server(new) {
+        out.push("server");
+    }
+    if running.spool != new.spool {
+        out.push("spool");
+    }
+    if running.delivery != new.delivery {
+        out.push("delivery");
+    }
+    if running.admin != new.admin {
+        out.push("admin");
+    }
+    if running.policyd != new.policyd {
+        out.push("policyd");
+    }
+    let engine = |c: &Config| {
+        (
+            c.policy.timeout,
+            c.policy.memory_limit,
+            c.policy.max_instances,
+            c.policy.cache.clone(),
+        )
+    };
+    if engine(running) != engine(new) {
+        out.push("policy.timeout_ms/memory_limit_mib/max_instances/cache");
+    }
+    out
 }
 
 fn provenance_name(p: Provenance) -> &'static str {
@@ -192,6 +235,9 @@ fn provenance_name(p: Provenance) -> &'static str {
 pub struct Reloader {
     /// `None`: the embedded demo configuration (nothing to re-read).
     config_path: Option<PathBuf>,
+    /// The configuration the relay started with: what restart-only settings
+    /// are compared against.
+    started_with: Config,
     engine: PolicyEngine,
     ctx: Arc<ServerContext>,
     metrics: Arc<Metrics>,
@@ -202,12 +248,14 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         config_path: Option<PathBuf>,
+        started_with: Config,
         engine: PolicyEngine,
         ctx: Arc<ServerContext>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
         Reloader {
             config_path,
+            started_with,
             engine,
             ctx,
             metrics,
@@ -248,6 +296,7 @@ impl Reloader {
                 tenant_policies: evaluation.tenant_policies.len(),
                 elapsed_ms: 0.0,
                 scenarios,
+                restart_required: restart_required(&self.started_with, &config),
             };
             self.ctx.evaluation.store(Arc::new(evaluation));
             self.generation.store(generation, Ordering::SeqCst);
@@ -267,6 +316,13 @@ impl Reloader {
                     elapsed_ms = o.elapsed_ms,
                     "reloaded"
                 );
+                if !o.restart_required.is_empty() {
+                    warn!(
+                        target: "attrelay::reload",
+                        changed = ?o.restart_required,
+                        "these settings changed but apply only at the next restart; the running values stay"
+                    );
+                }
                 Ok(o)
             }
             Err(e) => {

@@ -17,7 +17,7 @@ use tokio_util::codec::Decoder;
 /// Bounds on one request. Postfix's own requests are about 1 KiB with
 /// some 30 attributes; the defaults leave room for long addresses and
 /// certificate names and for attributes added by future Postfix versions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
     /// Longest line, newline included.
     pub max_line: usize,

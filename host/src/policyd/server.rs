@@ -41,7 +41,7 @@ impl std::fmt::Display for PolicydListen {
 }
 
 /// `[policyd]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicydSettings {
     pub listen: Vec<PolicydListen>,
     pub accept: AcceptAction,
