@@ -119,6 +119,14 @@ fn unreachable(results: &[(String, Outcome)]) -> bool {
         .all(|(_, o)| matches!(o, Outcome::Temporary(t) if t.starts_with("451 4.4.")))
 }
 
+/// The same outcome for every recipient, reached without talking to a host.
+fn every(recipients: &[String], outcome: Outcome) -> Vec<(String, Outcome, String)> {
+    recipients
+        .iter()
+        .map(|r| (r.clone(), outcome.clone(), "mx".to_string()))
+        .collect()
+}
+
 /// Delivers each recipient domain's share to its MX hosts, trying every
 /// address of every host in preference order until one answers.
 pub async fn deliver(
@@ -136,18 +144,17 @@ pub async fn deliver(
         by_domain.entry(domain).or_default().push(r.clone());
     }
     let Some(resolver) = cfg.resolver.as_deref() else {
-        let text = "451 4.4.3 no DNS resolver configured for MX delivery".to_string();
-        return recipients
-            .iter()
-            .map(|r| (r.clone(), Outcome::Temporary(text.clone()), "mx".into()))
-            .collect();
+        return every(
+            recipients,
+            Outcome::Temporary("451 4.4.3 no DNS resolver configured for MX delivery".into()),
+        );
     };
     let mut out = Vec::new();
     for (domain, rcpts) in by_domain {
         let hosts = match route(resolver, &domain).await {
             Route::Hosts(h) => h,
             Route::Fail(o) => {
-                out.extend(rcpts.into_iter().map(|r| (r, o.clone(), "mx".to_string())));
+                out.extend(every(&rcpts, o));
                 continue;
             }
         };
@@ -176,14 +183,13 @@ pub async fn deliver(
             }
         }
         out.extend(last.unwrap_or_else(|| {
-            let text = format!(
-                "451 4.4.4 no address for any MX host of {domain}: {}",
-                problems.join("; ")
-            );
-            rcpts
-                .into_iter()
-                .map(|r| (r, Outcome::Temporary(text.clone()), "mx".to_string()))
-                .collect()
+            every(
+                &rcpts,
+                Outcome::Temporary(format!(
+                    "451 4.4.4 no address for any MX host of {domain}: {}",
+                    problems.join("; ")
+                )),
+            )
         }));
     }
     out

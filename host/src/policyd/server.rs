@@ -235,9 +235,13 @@ async fn serve(
     let mut decoder = RequestDecoder::new(settings.limits);
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        let request = match next_request(&ctx, &settings, &mut decoder, &mut buf, &mut r).await {
-            Ok(Some(req)) => req,
+        let outcome = match next_request(&ctx, &settings, &mut decoder, &mut buf, &mut r).await {
             Ok(None) => return,
+            Ok(Some(request)) => answer(&ctx, &settings, &request, peer).await,
+            Err(e) => Err(e),
+        };
+        let action = match outcome {
+            Ok(a) => a,
             Err(e) => {
                 // The protocol: in case of trouble, log, do not reply, close.
                 warn!(client = peer, error = %e, "policyd: bad request; closing the connection");
@@ -245,16 +249,8 @@ async fn serve(
                 return;
             }
         };
-        let answer = match answer(&ctx, &settings, &request, peer).await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(client = peer, error = %e, "policyd: bad request; closing the connection");
-                ctx.metrics.policyd_errors.inc();
-                return;
-            }
-        };
         ctx.metrics.policyd_requests.inc();
-        let reply = format!("action={answer}\n\n");
+        let reply = format!("action={action}\n\n");
         if let Err(e) = w.write_all(reply.as_bytes()).await {
             debug!(client = peer, error = %e, "policyd: client went away");
             return;
