@@ -1029,3 +1029,75 @@ async fn a_command_trickled_a_byte_at_a_time_meets_the_command_deadline() {
     );
     relay.handle.stop().await;
 }
+
+/// A relay delivering to `sink` with a 60 s retry: anything delivered within
+/// seconds was delivered at the first attempt.
+async fn relay_without_quick_retries(sink: &Sink) -> (RelayHandle, Pki) {
+    let pki = Pki::new();
+    let text = wire_toml(
+        &pki,
+        "",
+        &format!(
+            "[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 60\n",
+            sink.addr
+        ),
+    );
+    let path = pki.path("relay.toml");
+    std::fs::write(&path, &text).unwrap();
+    let handle = relay::start(&Config::load(&path).unwrap()).await.unwrap();
+    (handle, pki)
+}
+
+async fn send(relay: SocketAddr, n: usize) {
+    let (mut c, _) = Client::connect_from(relay, CONTOSO_IP.parse().unwrap()).await;
+    assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+    for i in 0..n {
+        assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<r{i}@internet.example>"))
+                .await
+                .code,
+            250
+        );
+        let (wire, _) = body(&format!("message {i}"));
+        assert_eq!(c.data(&wire).await.code, 250);
+        // One at a time, so each delivery can find the previous connection idle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_reuse_the_connection_to_the_next_hop() {
+    let sink = Sink::start().await;
+    let (handle, _pki) = relay_without_quick_retries(&sink).await;
+    send(handle.addrs[0], 10).await;
+    let got = sink.wait_for(10).await;
+    assert_eq!(got.len(), 10);
+    let connections = sink.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 2,
+        "10 messages over {connections} connections"
+    );
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_connection_the_next_hop_closed_is_replaced_at_once() {
+    let sink = Sink::start().await;
+    sink.hang_up_after_rset
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (handle, _pki) = relay_without_quick_retries(&sink).await;
+    // Each delivery leaves a connection the sink has silently closed; the
+    // next one must notice and open a fresh one, not wait for a retry.
+    send(handle.addrs[0], 3).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), sink.wait_for(3))
+        .await
+        .expect("all three delivered at their first attempt");
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        sink.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one fresh connection per message"
+    );
+    handle.stop().await;
+}

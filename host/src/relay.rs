@@ -90,6 +90,7 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
             )),
             _ => None,
         },
+        connections: Default::default(),
         metrics: None,
     })
 }

@@ -171,6 +171,11 @@ pub struct Sink {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub rcpt_attempts: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// When set, the sink answers RSET and then hangs up, like a server
+    /// whose idle timeout closes a connection a client has cached.
+    pub hang_up_after_rset: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sink {
@@ -183,6 +188,8 @@ impl Sink {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             rcpt_attempts: Arc::default(),
+            connections: Arc::default(),
+            hang_up_after_rset: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -191,6 +198,8 @@ impl Sink {
                     return;
                 };
                 let s = s.clone();
+                s.connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move { s.session(tcp).await });
             }
         });
@@ -269,6 +278,13 @@ impl Sink {
                 "502 5.5.1 not here\r\n".into()
             };
             if io.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+            if upper.starts_with("RSET")
+                && self
+                    .hang_up_after_rset
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
                 return;
             }
         }

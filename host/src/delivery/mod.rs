@@ -51,6 +51,8 @@ pub struct DeliveryConfig {
     pub mx_port: u16,
     /// The DNS resolver for MX delivery, shared by all attempts.
     pub resolver: Option<Arc<hickory_resolver::TokioResolver>>,
+    /// Idle connections to next hops, shared by all attempts.
+    pub connections: Arc<smtp::ConnectionCache>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
@@ -441,6 +443,7 @@ mod tests {
             tls: crate::tls::server::client_config(&[], None).unwrap(),
             mx_port: 25,
             resolver: None,
+            connections: Default::default(),
             metrics: None,
         };
         let secs: Vec<u64> = (1..=8).map(|a| backoff(&cfg, a).as_secs()).collect();

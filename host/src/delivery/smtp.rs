@@ -2,7 +2,9 @@
 //! our client certificate if configured), then one transaction with a result
 //! per recipient.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use mail_send::smtp::message::Parameters;
 use mail_send::{Error as SendError, SmtpClient};
@@ -10,6 +12,7 @@ use smtp_proto::EXT_START_TLS;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::{DeliveryConfig, Outcome};
 
@@ -59,38 +62,59 @@ pub async fn deliver(
     recipients: &[String],
     message: &[u8],
 ) -> Vec<(String, Outcome)> {
-    let result = match resolve(host, port, cfg.timeout).await {
-        Ok(addr) => try_deliver(cfg, host, addr, sender, recipients, message).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(v) => v,
+    match resolve(host, port, cfg.timeout).await {
+        Ok(addr) => deliver_at(cfg, host, addr, sender, recipients, message).await,
         Err(e) => all(recipients, outcome_of(&e)),
     }
 }
 
 /// Delivers to `host` at an address already resolved (MX delivery resolves
 /// with its own resolver and tries each address); `host` is the name TLS
-/// verifies.
+/// verifies. An idle connection to the same next hop is reused when there is
+/// one (see [`ConnectionCache`]).
 pub async fn deliver_at(
     cfg: &DeliveryConfig,
     host: &str,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     sender: &str,
     recipients: &[String],
     message: &[u8],
 ) -> Vec<(String, Outcome)> {
-    match try_deliver(cfg, host, addr, sender, recipients, message).await {
-        Ok(v) => v,
-        Err(e) => all(recipients, outcome_of(&e)),
+    let key = (host.to_ascii_lowercase(), addr);
+    if let Some(mut conn) = cfg.connections.take(&key) {
+        match conn.transaction(sender, recipients, message).await {
+            Ok(results) => {
+                cfg.connections.put_back(key, conn).await;
+                return results;
+            }
+            // The next hop closed the idle connection (its timeout, a
+            // restart; or said so with 421): nothing was accepted, so a fresh
+            // connection is no duplicate. Any other reply to MAIL FROM is an
+            // answer, not staleness.
+            Err(SendError::UnexpectedReply(r)) if r.code != 421 => {
+                conn.quit().await;
+                return all(recipients, outcome_of(&SendError::UnexpectedReply(r)));
+            }
+            Err(_) => {}
+        }
+    }
+    let mut conn = match Connection::open(cfg, host, addr).await {
+        Ok(c) => c,
+        Err(e) => return all(recipients, outcome_of(&e)),
+    };
+    match conn.transaction(sender, recipients, message).await {
+        Ok(results) => {
+            cfg.connections.put_back(key, conn).await;
+            results
+        }
+        Err(e) => {
+            conn.quit().await;
+            all(recipients, outcome_of(&e))
+        }
     }
 }
 
-async fn resolve(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<std::net::SocketAddr, SendError> {
+async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, SendError> {
     let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
         .await
         .map_err(|_| SendError::Timeout)?
@@ -103,31 +127,127 @@ async fn resolve(
     })
 }
 
-async fn try_deliver(
-    cfg: &DeliveryConfig,
-    host: &str,
-    addr: std::net::SocketAddr,
-    sender: &str,
-    recipients: &[String],
-    message: &[u8],
-) -> Result<Vec<(String, Outcome)>, SendError> {
-    let mut client = SmtpClient::<TcpStream>::connect(addr, cfg.timeout).await?;
-    // Without TCP_NODELAY, the small last write of a message (".\r\n") waits
-    // for the ACK of the body, which the next hop delays by up to 40 ms:
-    // that alone capped delivery at ~25 messages/s per connection.
-    client.stream.set_nodelay(true).map_err(SendError::Io)?;
-    let greeting = client.read().await?;
-    if greeting.code != 220 {
-        return Err(SendError::UnexpectedReply(greeting));
+/// An SMTP session with a next hop, after EHLO (and STARTTLS when offered),
+/// with the number of transactions it has carried.
+struct Connection {
+    client: Client,
+    uses: u32,
+}
+
+enum Client {
+    Plain(SmtpClient<TcpStream>),
+    Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
+}
+
+impl Connection {
+    async fn open(
+        cfg: &DeliveryConfig,
+        host: &str,
+        addr: SocketAddr,
+    ) -> Result<Connection, SendError> {
+        let mut client = SmtpClient::<TcpStream>::connect(addr, cfg.timeout).await?;
+        // Without TCP_NODELAY, the small last write of a message (".\r\n")
+        // waits for the ACK of the body, which the next hop delays by up to
+        // 40 ms: that alone capped delivery at ~25 messages/s per connection.
+        client.stream.set_nodelay(true).map_err(SendError::Io)?;
+        let greeting = client.read().await?;
+        if greeting.code != 220 {
+            return Err(SendError::UnexpectedReply(greeting));
+        }
+        let ehlo = client.ehlo(&cfg.hostname).await?;
+        if ehlo.has_capability(EXT_START_TLS) {
+            let connector = TlsConnector::from(cfg.tls.clone());
+            let mut tls = client.start_tls(&connector, host).await?;
+            tls.ehlo(&cfg.hostname).await?;
+            Ok(Connection {
+                client: Client::Tls(Box::new(tls)),
+                uses: 0,
+            })
+        } else {
+            Ok(Connection {
+                client: Client::Plain(client),
+                uses: 0,
+            })
+        }
     }
-    let ehlo = client.ehlo(&cfg.hostname).await?;
-    if ehlo.has_capability(EXT_START_TLS) {
-        let connector = TlsConnector::from(cfg.tls.clone());
-        let mut tls = client.start_tls(&connector, host).await?;
-        tls.ehlo(&cfg.hostname).await?;
-        transaction(&mut tls, sender, recipients, message).await
-    } else {
-        transaction(&mut client, sender, recipients, message).await
+
+    async fn transaction(
+        &mut self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<Vec<(String, Outcome)>, SendError> {
+        self.uses += 1;
+        match &mut self.client {
+            Client::Plain(c) => transaction(c, sender, recipients, message).await,
+            Client::Tls(c) => transaction(c.as_mut(), sender, recipients, message).await,
+        }
+    }
+
+    /// RSET, so that the connection can carry another transaction.
+    async fn reset(&mut self) -> bool {
+        match &mut self.client {
+            Client::Plain(c) => c.rset().await.is_ok(),
+            Client::Tls(c) => c.rset().await.is_ok(),
+        }
+    }
+
+    async fn quit(self) {
+        let _ = match self.client {
+            Client::Plain(mut c) => c.cmd(b"QUIT\r\n").await,
+            Client::Tls(mut c) => c.cmd(b"QUIT\r\n").await,
+        };
+    }
+}
+
+/// Idle connections to next hops, reused by later deliveries to the same
+/// host and address — as production MTAs do: a relay sending everything to
+/// one smarthost would otherwise pay a TCP and TLS handshake per message, and
+/// so would the smarthost. A connection is kept for [`ConnectionCache::IDLE`]
+/// after its last transaction and used for at most
+/// [`ConnectionCache::MAX_USES`] messages; a stale one (closed by the next
+/// hop meanwhile) is noticed at MAIL FROM and replaced by a fresh connection.
+#[derive(Default)]
+pub struct ConnectionCache {
+    idle: std::sync::Mutex<HashMap<(String, SocketAddr), Vec<Idle>>>,
+}
+
+struct Idle {
+    conn: Connection,
+    since: Instant,
+}
+
+impl ConnectionCache {
+    /// How long an idle connection is kept (Postfix keeps its own 2 s).
+    pub const IDLE: Duration = Duration::from_secs(5);
+    /// Messages one connection carries at most.
+    pub const MAX_USES: u32 = 100;
+    /// Idle connections kept per next hop.
+    pub const MAX_IDLE_PER_HOP: usize = 16;
+
+    fn take(&self, key: &(String, SocketAddr)) -> Option<Connection> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        // Expired connections are dropped (closing the socket).
+        list.retain(|i| i.since.elapsed() < Self::IDLE);
+        list.pop().map(|i| i.conn)
+    }
+
+    async fn put_back(&self, key: (String, SocketAddr), mut conn: Connection) {
+        if conn.uses >= Self::MAX_USES || !conn.reset().await {
+            conn.quit().await;
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let list = idle.entry(key).or_default();
+        if list.len() < Self::MAX_IDLE_PER_HOP {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
     }
 }
 
@@ -165,6 +285,5 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
             out.extend(all(&accepted, outcome_of(&e)));
         }
     }
-    let _ = client.cmd(b"QUIT\r\n").await;
     Ok(out)
 }
