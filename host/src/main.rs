@@ -145,7 +145,7 @@ fn serve(config: Option<PathBuf>) -> Result<u8, commands::UsageError> {
             let _ = writeln!(out, "attrelay: listening on {a} as {}", cfg.server.hostname);
         }
         if let Some(a) = handle.admin {
-            let _ = writeln!(out, "attrelay: admin endpoint on http://{a}/ (GET /metrics, GET /status, POST /reload)");
+            let _ = writeln!(out, "attrelay: admin endpoint on http://{a}/ (GET /metrics, /status, /queue; POST /reload, /queue/flush)");
         }
         if let Some(p) = &cfg.policyd {
             for l in &p.listen {
