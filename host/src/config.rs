@@ -379,6 +379,24 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// A number that must lie in `lo..=hi`, or `default` when absent.
+    fn range(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        lo: u64,
+        hi: u64,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        match v {
+            Some(x) if !(lo..=hi).contains(x.get_ref()) => {
+                Err(self.error(x.span(), key, format!("must be between {lo} and {hi}")))
+            }
+            Some(x) => Ok(*x.get_ref()),
+            None => Ok(default),
+        }
+    }
+
     fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
@@ -507,19 +525,8 @@ impl Config {
                 "tls_cert and tls_key go together: give both or neither",
             ));
         }
-        let range = |v: &Option<Spanned<u64>>,
-                     key: &str,
-                     lo: u64,
-                     hi: u64,
-                     default: u64|
-         -> Result<u64, ConfigError> {
-            match v {
-                Some(x) if !(lo..=hi).contains(x.get_ref()) => {
-                    Err(src.error(x.span(), key, format!("must be between {lo} and {hi}")))
-                }
-                Some(x) => Ok(*x.get_ref()),
-                None => Ok(default),
-            }
+        let range = |v: &Option<Spanned<u64>>, key: &str, lo: u64, hi: u64, default: u64| {
+            src.range(v, key, lo, hi, default)
         };
         let widen = |v: &Option<Spanned<u32>>| {
             v.as_ref()
@@ -1086,13 +1093,6 @@ fn policyd_settings(
             )
         })?,
     };
-    let range = |v: &Option<Spanned<u64>>, key: &str, lo: u64, hi: u64, default: u64| match v {
-        Some(x) if !(lo..=hi).contains(x.get_ref()) => {
-            Err(src.error(x.span(), key, format!("must be between {lo} and {hi}")))
-        }
-        Some(x) => Ok(*x.get_ref()),
-        None => Ok(default),
-    };
     let socket_mode = match &p.socket_mode {
         None => defaults.socket_mode,
         Some(m) => u32::from_str_radix(m.get_ref(), 8)
@@ -1112,21 +1112,21 @@ fn policyd_settings(
     Ok(PolicydSettings {
         listen,
         accept,
-        max_connections: range(
+        max_connections: src.range(
             &p.max_connections,
             "policyd.max_connections",
             1,
             100_000,
             defaults.max_connections as u64,
         )? as usize,
-        idle_timeout: Duration::from_secs(range(
+        idle_timeout: Duration::from_secs(src.range(
             &p.idle_timeout_secs,
             "policyd.idle_timeout_secs",
             1,
             86_400,
             defaults.idle_timeout.as_secs(),
         )?),
-        request_timeout: Duration::from_secs(range(
+        request_timeout: Duration::from_secs(src.range(
             &p.request_timeout_secs,
             "policyd.request_timeout_secs",
             1,
