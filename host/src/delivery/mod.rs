@@ -73,7 +73,10 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
+    /// Hands a spooled message to the queue; it counts in [`Self::contents`]
+    /// from now until it leaves the spool.
     pub fn enqueue(&self, envelope: Envelope) {
+        self.contents.insert(&envelope);
         // After shutdown the message stays in the spool for the next start.
         let _ = self.tx.send(envelope);
     }
@@ -140,18 +143,25 @@ pub fn start(
 ) -> (QueueHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let contents = Arc::new(QueueContents::default());
-    for mut e in recovered {
-        e.next_attempt = now();
-        contents.insert(&e);
-        let _ = tx.send(e);
-    }
     let flush = Arc::new(tokio::sync::Notify::new());
     let handle = QueueHandle {
-        tx: tx.clone(),
+        tx,
         contents: contents.clone(),
         flush: flush.clone(),
     };
-    let join = tokio::spawn(run(spool, cfg, rx, tx, contents, flush, shutdown));
+    for mut e in recovered {
+        e.next_attempt = now();
+        handle.enqueue(e);
+    }
+    let join = tokio::spawn(run(
+        spool,
+        cfg,
+        rx,
+        handle.clone(),
+        contents,
+        flush,
+        shutdown,
+    ));
     (handle, join)
 }
 
@@ -159,7 +169,7 @@ async fn run(
     spool: Arc<Spool>,
     cfg: DeliveryConfig,
     mut rx: mpsc::UnboundedReceiver<Envelope>,
-    requeue: mpsc::UnboundedSender<Envelope>,
+    requeue: QueueHandle,
     contents: Arc<QueueContents>,
     flush: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
@@ -199,8 +209,7 @@ async fn run(
                     contents.remove(&id);
                 }
                 for n in next {
-                    contents.insert(&n);
-                    let _ = requeue.send(n);
+                    requeue.enqueue(n);
                 }
                 drop(permit);
             });
@@ -211,7 +220,6 @@ async fn run(
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             Some(e) = rx.recv() => {
-                contents.insert(&e);
                 due.push(Reverse((e.next_attempt, e.id.clone())));
                 waiting.insert(e.id.clone(), e);
             }
