@@ -73,16 +73,9 @@ impl Live {
     }
 
     async fn session(&self, source: &str, cert: Option<&str>) -> Client {
-        let (mut c, g) = Client::connect_from(self.handle.addrs[0], source.parse().unwrap()).await;
-        assert_eq!(g.code, 220);
-        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
-        if let Some(name) = cert {
-            let pem = self.pki.path(&format!("{name}.pem"));
-            let key = self.pki.path(&format!("{name}.key"));
-            assert_eq!(c.starttls(Some((&pem, &key))).await.code, 220);
-            assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
-        }
-        c
+        let cert = cert.map(|name| self.pki.cert(name));
+        let cert = cert.as_ref().map(|(p, k)| (p.as_path(), k.as_path()));
+        Client::session(self.handle.addrs[0], source, cert).await
     }
 }
 

@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use attrelay::config::Config;
@@ -40,19 +39,9 @@ const EXT: &str = "someone@internet.example";
 /// An SMTP session with Postfix from `source`, with STARTTLS and a client
 /// certificate when `cert` is given.
 async fn session(pf: &Postfix, pki: &Pki, source: &str, cert: Option<&str>) -> Client {
-    let (mut c, greeting) = Client::connect_from(pf.addr, source.parse::<IpAddr>().unwrap()).await;
-    assert_eq!(greeting.code, 220, "{greeting:?}");
-    let ehlo = c.cmd("EHLO client.example.test").await;
-    assert_eq!(ehlo.code, 250);
-    if let Some(name) = cert {
-        let (pem, key) = (
-            pki.path(&format!("{name}.pem")),
-            pki.path(&format!("{name}.key")),
-        );
-        assert_eq!(c.starttls(Some((&pem, &key))).await.code, 220);
-        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
-    }
-    c
+    let cert = cert.map(|name| pki.cert(name));
+    let cert = cert.as_ref().map(|(p, k)| (p.as_path(), k.as_path()));
+    Client::session(pf.addr, source, cert).await
 }
 
 fn refused_by_attribution(r: &Reply) -> bool {

@@ -195,6 +195,14 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// `NAME.pem` and `NAME.key`.
+    pub fn cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.key")),
+        )
+    }
+
     /// Writes the fixture configuration, trusting `ca.pem`, and returns its path.
     pub fn write_config(&self, extra: &str) -> PathBuf {
         let path = self.path("relay.toml");

@@ -51,6 +51,20 @@ impl Client {
         (c, greeting)
     }
 
+    /// A session ready for MAIL FROM: connected from `source`, greeted, EHLO
+    /// said, and with `cert` (PEM chain and key files) STARTTLS with that
+    /// client certificate and EHLO again.
+    pub async fn session(server: SocketAddr, source: &str, cert: Option<(&Path, &Path)>) -> Client {
+        let (mut c, greeting) = Self::connect_from(server, source.parse().unwrap()).await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+        if cert.is_some() {
+            assert_eq!(c.starttls(cert).await.code, 220);
+            assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+        }
+        c
+    }
+
     pub async fn connect(server: SocketAddr) -> (Client, Reply) {
         Self::connect_from(server, "127.0.0.1".parse().unwrap()).await
     }
