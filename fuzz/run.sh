@@ -11,7 +11,7 @@ seconds=${1:-60}
 export ATTRELAY_POLICY_WASM="$PWD/../target/policy-guest/wasm32-wasip2/release/attrelay_policy.wasm"
 # fuzz/corpus holds the seeds kept in the repository; the growing working
 # corpus lives in fuzz/target/corpus (ignored).
-for target in smtp_command data_reader certificate policyd_request config; do
+for target in smtp_command data_reader certificate policyd_request config address trace_headers; do
   work="target/corpus/$target"
   mkdir -p "$work"
   cp -n corpus/"$target"/* "$work"/ 2>/dev/null || true

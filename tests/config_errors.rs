@@ -242,3 +242,213 @@ fn delivery_dns_settings_are_checked() {
         "must be between 1 and 65535",
     );
 }
+
+#[test]
+fn an_admin_endpoint_off_loopback_needs_a_good_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+    for listen in ["0.0.0.0:9725", "192.0.2.1:9725", "[2001:db8::1]:9725"] {
+        expect_error(
+            &format!("[admin]\nlisten = \"{listen}\"\n{TENANT}"),
+            2,
+            "admin.listen",
+            &format!("{listen} is not a loopback address: without token_file"),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = |name: &str, text: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let with_token =
+        |file: &str| format!("[admin]\nlisten = \"0.0.0.0:9725\"\ntoken_file = {file:?}\n{TENANT}");
+    let short = token_file("short.token", "tooshort\n", 0o600);
+    expect_error(
+        &with_token(&short),
+        3,
+        "admin.token_file",
+        &format!("{short}: the token has 8 characters; at least 16 are needed"),
+    );
+    let spaced = token_file("spaced.token", "0123456789 abcdef\n", 0o600);
+    expect_error(
+        &with_token(&spaced),
+        3,
+        "admin.token_file",
+        "printable ASCII without spaces",
+    );
+    let missing = dir.path().join("missing.token").display().to_string();
+    expect_error(
+        &with_token(&missing),
+        3,
+        "admin.token_file",
+        &format!("{missing}: cannot read the token"),
+    );
+
+    // A good token may go off loopback; one every user can read is flagged.
+    let private = token_file("private.token", "0123456789abcdef0123\n", 0o600);
+    let (code, err, _) = run(&with_token(&private));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("readable by every user"), "{err}");
+    let shared = token_file("shared.token", "0123456789abcdef0123\n", 0o644);
+    let (code, err, path) = run(&with_token(&shared));
+    assert_eq!(code, Some(0), "a warning is not an error: {err}");
+    assert!(
+        err.contains(&format!("warning: {path}: line 3: admin.token_file: ")),
+        "{err}"
+    );
+    assert!(err.contains("readable by every user"), "{err}");
+}
+
+#[test]
+fn spool_reserve_is_checked() {
+    expect_error(
+        &format!("[spool]\npath = \"spool\"\nmin_free_bytes = 2000000000000000\n{TENANT}"),
+        3,
+        "spool.min_free_bytes",
+        "must be between 0 and 1125899906842624",
+    );
+    expect_error(
+        &format!("[spool]\nmin_free_bytes = \"64M\"\n{TENANT}"),
+        2,
+        "spool.min_free_bytes",
+        "invalid type: string",
+    );
+    // 0: no reserve, only a real ENOSPC is answered 452.
+    let (code, err, _) = run(&format!("[spool]\nmin_free_bytes = 0\n{TENANT}"));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn ipv6_prefix_length_is_checked() {
+    for bad in ["16", "129"] {
+        expect_error(
+            &format!(
+                "[server]\nhostname = \"relay.example.test\"\nipv6_prefix_length = {bad}\n{TENANT}"
+            ),
+            3,
+            "server.ipv6_prefix_length",
+            "must be between 32 and 128",
+        );
+    }
+    for good in ["32", "64", "128"] {
+        let (code, err, _) = run(&format!("[server]\nipv6_prefix_length = {good}\n{TENANT}"));
+        assert_eq!(code, Some(0), "{good}: {err}");
+    }
+}
+
+#[test]
+fn recipient_lists_are_checked_entry_by_entry() {
+    let with = |recipients: &str| {
+        TENANT.replace(
+            "accepted_domains = [\"contoso.com\"]\n",
+            &format!("accepted_domains = [\"contoso.com\"]\nrecipients = {recipients}\n"),
+        )
+    };
+    let (code, err, _) = run(&with(
+        r#"["alice@contoso.com", "\"John Smith\"@Contoso.COM"]"#,
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    expect_error(
+        &with(r#"["alice@contoso.com", "bob@fabrikam.com"]"#),
+        5,
+        "tenant[0].recipients[1]",
+        "fabrikam.com is not an accepted domain of tenant 'contoso'",
+    );
+    expect_error(
+        &with(r#"["alice"]"#),
+        5,
+        "tenant[0].recipients[0]",
+        "'alice' is not an address local@domain",
+    );
+    expect_error(
+        &with(r#"["john smith@contoso.com"]"#),
+        5,
+        "tenant[0].recipients[0]",
+        "is not an address local@domain",
+    );
+    expect_error(
+        &with("[]"),
+        5,
+        "tenant[0].recipients",
+        "the recipient list of tenant 'contoso' is empty",
+    );
+}
+
+#[test]
+fn a_recipient_file_error_names_the_file_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let with_file = |file: &str| {
+        TENANT.replace(
+            "accepted_domains = [\"contoso.com\"]\n",
+            &format!("accepted_domains = [\"contoso.com\"]\nrecipients_file = {file:?}\n"),
+        )
+    };
+    let good = list(
+        "good.txt",
+        "# exported\n\nalice@contoso.com\r\n  bob@CONTOSO.com  \n",
+    );
+    let (code, err, _) = run(&with_file(&good));
+    assert_eq!(code, Some(0), "{err}");
+
+    let bad = list(
+        "bad.txt",
+        "# exported\nalice@contoso.com\n  bob@contoso.com # Bob\n",
+    );
+    let (code, err, _) = run(&with_file(&bad));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("attrelay: {bad}:3:3: tenant[0].recipients_file: ")),
+        "{err}"
+    );
+    assert!(err.contains("is not an address local@domain"), "{err}");
+
+    let foreign = list("foreign.txt", "alice@contoso.com\nbob@fabrikam.com\n");
+    let (code, err, _) = run(&with_file(&foreign));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "attrelay: {foreign}:2:1: tenant[0].recipients_file: fabrikam.com is not an accepted domain of tenant 'contoso'"
+        )),
+        "{err}"
+    );
+
+    // An empty export must not silently refuse every recipient.
+    let empty = list("empty.txt", "# nothing exported\n");
+    expect_error(
+        &with_file(&empty),
+        5,
+        "tenant[0].recipients_file",
+        "the recipient list of tenant 'contoso' is empty",
+    );
+    let missing = dir.path().join("missing.txt").display().to_string();
+    expect_error(
+        &with_file(&missing),
+        5,
+        "tenant[0].recipients_file",
+        &format!("cannot read {missing}"),
+    );
+}
+
+#[test]
+fn dsn_rate_is_checked() {
+    let (code, err, _) = run(&format!(
+        "[delivery]\ndsn_rate_per_domain_per_hour = 0\n{TENANT}"
+    ));
+    assert_eq!(
+        code,
+        Some(0),
+        "0 (no DSNs for unauthenticated senders) is valid: {err}"
+    );
+    expect_error(
+        &format!("[delivery]\ndsn_rate_per_domain_per_hour = 2000000\n{TENANT}"),
+        2,
+        "delivery.dsn_rate_per_domain_per_hour",
+        "must be between 0 and 1000000",
+    );
+}

@@ -214,7 +214,7 @@ async fn sighup_reloads_the_running_binary() {
     let generation = || async move {
         let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut body = String::new();

@@ -5,102 +5,14 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use attrelay::config::Config;
 use attrelay::relay::{self, RelayHandle};
 use support::Pki;
 use support::smtp::{Client, Received, Sink};
-
-/// Contoso's on-premises range in the wire fixture, an unknown address, the
-/// partner's range and the disabled connector's address.
-const CONTOSO_IP: &str = "127.0.1.10";
-const UNKNOWN_IP: &str = "127.0.2.77";
-const PARTNER_IP: &str = "127.0.3.130";
-const LITWARE_IP: &str = "127.0.4.200";
-
-/// The seed fixture with its IP ranges moved into loopback.
-fn wire_toml(pki: &Pki, server_lines: &str, sections: &str) -> String {
-    let spool = pki.path("spool");
-    let server = format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n{server_lines}\n\n[spool]\npath = {:?}\n\n{sections}\n",
-        spool.display().to_string()
-    );
-    support::fixture_toml(&server)
-        .replace("203.0.113.0/24", "127.0.1.0/24")
-        .replace("192.0.2.128/25", "127.0.3.128/25")
-        .replace("192.0.2.200", "127.0.4.200")
-}
-
-struct Relay {
-    handle: RelayHandle,
-    addr: SocketAddr,
-    pki: Pki,
-    sink: Sink,
-}
-
-impl Relay {
-    /// A relay delivering to a fresh sink; `sections` adds TOML sections
-    /// (a `[delivery]` with the sink is added unless given).
-    async fn start(sections: &str) -> Relay {
-        Self::start_with("idle_timeout_secs = 5", sections).await
-    }
-
-    /// Like `start`, with `server_lines` in `[server]`.
-    async fn start_with(server_lines: &str, sections: &str) -> Relay {
-        let pki = Pki::new();
-        let sink = Sink::start().await;
-        let delivery = if sections.contains("[delivery]") {
-            String::new()
-        } else {
-            format!(
-                "[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\nretry_max_secs = 2\n",
-                sink.addr
-            )
-        };
-        let text = wire_toml(&pki, server_lines, &format!("{delivery}\n{sections}"));
-        let path = pki.path("relay.toml");
-        std::fs::write(&path, &text).unwrap();
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let handle = relay::start(&config).await.unwrap();
-        let addr = handle.addrs[0];
-        Relay {
-            handle,
-            addr,
-            pki,
-            sink,
-        }
-    }
-
-    fn cert(&self, name: &str) -> (PathBuf, PathBuf) {
-        (
-            self.pki.path(&format!("{name}.pem")),
-            self.pki.path(&format!("{name}.key")),
-        )
-    }
-
-    /// Connects from `source`, says EHLO, and does STARTTLS with `cert` if given.
-    async fn session(&self, source: &str, cert: Option<&str>) -> Client {
-        let (mut c, greeting) =
-            Client::connect_from(self.addr, source.parse::<IpAddr>().unwrap()).await;
-        assert_eq!(greeting.code, 220, "{greeting:?}");
-        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
-        if let Some(name) = cert {
-            let (pem, key) = self.cert(name);
-            let r = c.starttls(Some((&pem, &key))).await;
-            assert_eq!(r.code, 220, "{r:?}");
-            let ehlo = c.cmd("EHLO client.example.test").await;
-            assert_eq!(ehlo.code, 250);
-            assert!(
-                !ehlo.lines.iter().any(|l| l.contains("STARTTLS")),
-                "no STARTTLS inside TLS: {ehlo:?}"
-            );
-        }
-        c
-    }
-}
+use support::wire::{CONTOSO_IP, LITWARE_IP, PARTNER_IP, Relay, UNKNOWN_IP, wire_toml};
 
 /// A body that exercises dot-stuffing: as sent on the wire, and as it must arrive.
 fn body(subject: &str) -> (Vec<u8>, Vec<u8>) {

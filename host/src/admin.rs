@@ -1,17 +1,35 @@
 //! The operations endpoint: `GET /metrics` (Prometheus), `GET /status`
-//! (JSON), `POST /reload`. It listens on loopback by default and has no
-//! authentication of its own: whoever can reach it can reload the relay, so
-//! it belongs on loopback or a management network only (docs/SECURITY.md).
+//! (JSON), `GET /queue`, `POST /reload`, `POST /queue/flush`.
+//!
+//! It is not an open door (docs/SECURITY.md):
+//! - a request whose `Host` is not `localhost`, `127.0.0.1`, `[::1]` or the
+//!   address it arrived on gets `421`, so a web page that rebinds its own
+//!   DNS name to the relay's address cannot drive it from a browser;
+//! - with `[admin] token_file`, `/reload`, `/queue` and `/queue/flush` need
+//!   `Authorization: Bearer <token>` (`/metrics` and `/status` stay open for
+//!   Prometheus); without one the endpoint must listen on loopback;
+//! - connections are bounded in number, in the time to send a request header
+//!   and in their whole life; request bodies are never read;
+//! - a failing `accept` (no file descriptors left) backs off and is logged at
+//!   most once per [`WARN_INTERVAL`] instead of spinning.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, HOST, HeaderValue, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -19,10 +37,256 @@ use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::smtp::ServerContext;
 
-pub struct Admin {
-    pub ctx: Arc<ServerContext>,
-    pub reloader: Arc<Reloader>,
-    pub metrics: Arc<Metrics>,
+/// Connections served at once. An operator and a Prometheus server need a
+/// handful; the rest are closed as soon as accepted, so a flood cannot
+/// exhaust the relay's file descriptors through this port.
+pub const MAX_CONNECTIONS: usize = 32;
+/// From waiting for a request to having its whole header. It also bounds an
+/// idle keep-alive connection (hyper starts it whenever it waits for a head).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection's whole life: then it finishes the request in flight and
+/// closes, so keep-alive cannot hold a slot for ever.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// How much longer a request in flight at the deadline may take (a reload
+/// compiling a new component can take a while) before the connection is
+/// dropped, answer or not.
+pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(60);
+/// hyper's read buffer per connection: requests are a line and a few
+/// headers; anything longer gets `431`. (hyper's minimum is 8 KiB.)
+const MAX_BUF: usize = 16 * 1024;
+/// The pause after the first failed `accept`; it doubles up to
+/// [`ACCEPT_PAUSE_MAX`] while failures continue.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(100);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// A repeated warning (accept failures, connections over the limit) is
+/// logged once, then at most once per interval with the number suppressed.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Why a request was refused for its `Host`.
+const MISDIRECTED: &str =
+    "refused: the Host header must be localhost, 127.0.0.1, [::1] or this endpoint's address\n";
+
+/// `[admin]`: where the endpoint listens, who may change state, its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer` by `/reload`, `/queue` and
+    /// `/queue/flush`. `None` is allowed on a loopback listener only.
+    pub token: Option<AdminToken>,
+    pub limits: AdminLimits,
+}
+
+/// The endpoint's bounds. They are not configuration keys (the defaults suit
+/// an endpoint scraped by Prometheus and used by operators); the fields are
+/// public so that tests and embedders can tighten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Connections served at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// See [`HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// See [`CONNECTION_DEADLINE`].
+    pub connection_deadline: Duration,
+    /// See [`IN_FLIGHT_GRACE`].
+    pub in_flight_grace: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+            connection_deadline: CONNECTION_DEADLINE,
+            in_flight_grace: IN_FLIGHT_GRACE,
+        }
+    }
+}
+
+/// Whether `ip` is a loopback address (127.0.0.0/8, `::1`, or 127.x mapped
+/// into IPv6): only there may the endpoint run without a token.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// The admin token. Only its SHA-256 is kept: `Debug` cannot show it, and
+/// comparing digests takes the same time wherever two tokens differ and
+/// whatever their lengths, so response timing tells an attacker nothing.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+/// Why a token file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the token: {0}")]
+    Unreadable(#[from] std::io::Error),
+    #[error("the file is longer than {max} bytes; it should hold one token", max = AdminToken::MAX_FILE)]
+    TooLong,
+    #[error(
+        "the token has {0} characters; at least {min} are needed (generate one with `openssl rand -hex 32`)",
+        min = AdminToken::MIN_LEN
+    )]
+    TooShort(usize),
+    #[error(
+        "the token must be printable ASCII without spaces (it is sent in an Authorization header)"
+    )]
+    NotPrintable,
+}
+
+impl AdminToken {
+    /// Shorter tokens can be guessed; 16 characters is the floor, not advice.
+    pub const MIN_LEN: usize = 16;
+    /// A token file is one line; reading is capped so a path like
+    /// `/dev/zero` cannot exhaust memory.
+    pub const MAX_FILE: usize = 4096;
+
+    /// A token as written in a token file: surrounding whitespace (the final
+    /// newline) is ignored.
+    pub fn new(text: &str) -> Result<AdminToken, TokenError> {
+        let token = text.trim();
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::NotPrintable);
+        }
+        if token.len() < Self::MIN_LEN {
+            return Err(TokenError::TooShort(token.len()));
+        }
+        Ok(AdminToken {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    /// Reads and validates `[admin] token_file`.
+    pub fn read(path: &Path) -> Result<AdminToken, TokenError> {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(Self::MAX_FILE as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() > Self::MAX_FILE {
+            return Err(TokenError::TooLong);
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::NotPrintable)?;
+        AdminToken::new(text)
+    }
+
+    /// Whether `presented` is this token, in constant time.
+    fn matches(&self, presented: &str) -> bool {
+        let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digests_equal(&self.digest, &other)
+    }
+}
+
+/// Compares without an early exit: every byte is looked at.
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+impl PartialEq for AdminToken {
+    fn eq(&self, other: &Self) -> bool {
+        digests_equal(&self.digest, &other.digest)
+    }
+}
+
+impl Eq for AdminToken {}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Whether a token file can be read by every user of the machine (who could
+/// then use the endpoint): worth a configuration warning.
+pub fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// Splits `host[:port]` (an IPv6 host in brackets); `None` when malformed.
+fn split_host_port(value: &str) -> Option<(&str, Option<u16>)> {
+    let host_end = if value.starts_with('[') {
+        value.find(']')? + 1
+    } else {
+        value.find(':').unwrap_or(value.len())
+    };
+    let (host, rest) = value.split_at(host_end);
+    let port = match rest.strip_prefix(':') {
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+        None if rest.is_empty() => None,
+        None => return None,
+    };
+    Some((host, port))
+}
+
+/// Whether a `Host` value (or a request URI's authority) names this
+/// endpoint, reached at `local`: `localhost`, `127.0.0.1`, `[::1]` or
+/// `local`'s IP, with `local`'s port if a port is given. A DNS-rebinding page
+/// sends its own name and is refused.
+fn host_allowed(value: &str, local: SocketAddr) -> bool {
+    let Some((host, port)) = split_host_port(value) else {
+        return false;
+    };
+    if port.is_some_and(|p| p != local.port()) {
+        return false;
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().map(IpAddr::V6).ok(),
+        None => host.parse::<Ipv4Addr>().map(IpAddr::V4).ok(),
+    };
+    ip.is_some_and(|ip| {
+        let ip = ip.to_canonical();
+        ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
+            || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+            || ip == local.ip().to_canonical()
+    })
+}
+
+/// Whether `req` is addressed to this endpoint: exactly one `Host` header
+/// naming it, and the URI's authority (absolute form) too if it has one.
+/// A request without `Host` (bare HTTP/1.0) is refused: every client that
+/// matters (curl, Prometheus, browsers) sends one.
+fn addressed_here(req: &Request<Incoming>, local: SocketAddr) -> bool {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host_ok = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().is_ok_and(|h| host_allowed(h, local)),
+        _ => false,
+    };
+    host_ok
+        && req
+            .uri()
+            .authority()
+            .is_none_or(|a| host_allowed(a.as_str(), local))
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value (the scheme
+/// is case-insensitive, RFC 7235).
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let (scheme, credentials) = value.to_str().ok()?.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
+/// The requests that need the token: they change state (`/reload`,
+/// `/queue/flush`) or show every queued sender and recipient (`/queue`).
+fn needs_token(method: &Method, path: &str) -> bool {
+    matches!(
+        (method, path),
+        (&Method::POST, "/reload") | (&Method::POST, "/queue/flush") | (&Method::GET, "/queue")
+    )
 }
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -31,6 +295,77 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts")
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    respond(status, "text/plain", body.to_string())
+}
+
+/// `401` with the challenge RFC 6750 asks for.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "this request needs Authorization: Bearer <the token in [admin] token_file>\n",
+    );
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"attrelay admin\""),
+    );
+    r
+}
+
+/// The pause after a failed `accept`: doubling while failures continue,
+/// back to the minimum after a success.
+struct AcceptPause(Duration);
+
+impl Default for AcceptPause {
+    fn default() -> Self {
+        AcceptPause(ACCEPT_PAUSE_MIN)
+    }
+}
+
+impl AcceptPause {
+    fn next(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (pause * 2).min(ACCEPT_PAUSE_MAX);
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.0 = ACCEPT_PAUSE_MIN;
+    }
+}
+
+/// A warning logged the first time, then at most once per [`WARN_INTERVAL`]
+/// with how many were suppressed in between: with the file-descriptor limit
+/// reached, an unthrottled warning per failed `accept` filled the log.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn warn(&mut self, what: &str, detail: &dyn fmt::Display) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        warn!(detail = %detail, suppressed = self.suppressed, "{what}");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+pub struct Admin {
+    pub ctx: Arc<ServerContext>,
+    pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
+    pub settings: AdminSettings,
 }
 
 impl Admin {
@@ -42,12 +377,47 @@ impl Admin {
             .set(oldest.map(|t| crate::spool::now() - t).unwrap_or(0));
     }
 
+    /// Whether the request carries the token, when one is configured.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.settings.token else {
+            return true;
+        };
+        let mut values = req.headers().get_all(AUTHORIZATION).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => bearer(v).is_some_and(|t| token.matches(t)),
+            _ => false,
+        }
+    }
+
+    /// The answer refusing `req` before it is routed, if it must be refused.
+    fn refusal(&self, req: &Request<Incoming>, local: SocketAddr) -> Option<Response<Full<Bytes>>> {
+        if !addressed_here(req, local) {
+            return Some(text(StatusCode::MISDIRECTED_REQUEST, MISDIRECTED));
+        }
+        if needs_token(req.method(), req.uri().path()) && !self.authorized(req) {
+            return Some(unauthorized());
+        }
+        None
+    }
+
     async fn handle(
         self: Arc<Self>,
+        local: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
-        let ok = |ct: &str, b: String| Ok(respond(StatusCode::OK, ct, b));
-        match (req.method(), req.uri().path()) {
+        if let Some(refusal) = self.refusal(&req, local) {
+            return Ok(refusal);
+        }
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        // The body is never needed: dropping it now tells hyper to stop
+        // reading it (it drains what is buffered, else closes the connection).
+        drop(req);
+        Ok(self.route(&method, &path).await)
+    }
+
+    async fn route(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        let ok = |ct: &str, b: String| respond(StatusCode::OK, ct, b);
+        match (method, path) {
             (&Method::GET, "/metrics") => {
                 self.refresh_queue_gauges();
                 ok(
@@ -77,16 +447,16 @@ impl Admin {
                         "application/json",
                         format!("{}\n", serde_json::to_string(&outcome).unwrap_or_default()),
                     ),
-                    Ok(Err(e)) => Ok(respond(
+                    Ok(Err(e)) => respond(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "application/json",
                         format!("{}\n", serde_json::json!({ "error": e })),
-                    )),
-                    Err(e) => Ok(respond(
+                    ),
+                    Err(e) => respond(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "text/plain",
                         format!("{e}\n"),
-                    )),
+                    ),
                 }
             }
             (&Method::GET, "/queue") => {
@@ -96,11 +466,11 @@ impl Admin {
                         "application/json",
                         format!("{}\n", serde_json::to_string(&entries).unwrap_or_default()),
                     ),
-                    Err(e) => Ok(respond(
+                    Err(e) => respond(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "text/plain",
                         format!("{e}\n"),
-                    )),
+                    ),
                 }
             }
             (&Method::POST, "/queue/flush") => {
@@ -110,25 +480,30 @@ impl Admin {
                     format!("{}\n", serde_json::json!({ "flushed": n })),
                 )
             }
-            (_, "/metrics" | "/status" | "/reload" | "/queue" | "/queue/flush") => Ok(respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "method not allowed\n".into(),
-            )),
-            _ => Ok(respond(
+            (_, "/metrics" | "/status" | "/reload" | "/queue" | "/queue/flush") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(
                 StatusCode::NOT_FOUND,
-                "text/plain",
-                "try GET /metrics, /status, /queue or POST /reload, /queue/flush\n".into(),
-            )),
+                "try GET /metrics, /status, /queue or POST /reload, /queue/flush\n",
+            ),
         }
     }
 
-    /// Serves until shutdown; returns the bound address.
+    /// Binds `settings.listen` and serves until shutdown; returns the bound
+    /// address. Refuses a listener off loopback without a token even when
+    /// the configuration was built in code rather than parsed.
     pub async fn serve(
         self: Arc<Self>,
-        addr: SocketAddr,
         shutdown: CancellationToken,
     ) -> std::io::Result<SocketAddr> {
+        let addr = self.settings.listen;
+        if self.settings.token.is_none() && !is_loopback(addr.ip()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("admin endpoint: {addr} is not a loopback address and no token is set"),
+            ));
+        }
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -136,21 +511,155 @@ impl Admin {
             )
         })?;
         let local = listener.local_addr()?;
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    r = listener.accept() => match r { Ok(x) => x, Err(e) => { warn!(error = %e, "admin accept failed"); continue; } },
-                    _ = shutdown.cancelled() => return,
-                };
-                let admin = self.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| admin.clone().handle(req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        });
+        tokio::spawn(self.accept_loop(listener, shutdown));
         Ok(local)
+    }
+
+    /// Accepts until shutdown: a connection over the limit is closed at
+    /// once; a failed `accept` pauses the loop instead of spinning.
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let limit = self
+            .settings
+            .limits
+            .max_connections
+            .min(Semaphore::MAX_PERMITS);
+        let slots = Arc::new(Semaphore::new(limit));
+        let mut pause = AcceptPause::default();
+        let (mut failures, mut refused) = (Throttled::default(), Throttled::default());
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    pause.reset();
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tokio::spawn(self.clone().connection(tcp, permit, shutdown.clone()));
+                        }
+                        // Dropping `tcp` closes it.
+                        Err(_) => {
+                            refused.warn("admin endpoint: connection limit reached; closing", &peer)
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures.warn("admin endpoint: accept failed; pausing", &e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause.next()) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one connection, holding its slot (`_permit`) until it ends:
+    /// at the deadline or at shutdown the request in flight may finish
+    /// within the grace, then the connection is dropped.
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        _permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let Ok(local) = tcp.local_addr() else {
+            return;
+        };
+        let limits = self.settings.limits;
+        let service = hyper::service::service_fn(move |req| self.clone().handle(local, req));
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_BUF);
+        let conn = http.serve_connection(TokioIo::new(tcp), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep(limits.connection_deadline) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(limits.in_flight_grace, conn).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 9725);
+
+    #[test]
+    fn host_names_this_endpoint_or_loopback_only() {
+        for ok in [
+            "localhost",
+            "LocalHost:9725",
+            "127.0.0.1",
+            "127.0.0.1:9725",
+            "[::1]",
+            "[::1]:9725",
+            "192.0.2.7",
+            "192.0.2.7:9725",
+            "[::ffff:192.0.2.7]:9725",
+        ] {
+            assert!(host_allowed(ok, LOCAL), "{ok} should be allowed");
+        }
+        for refused in [
+            "attacker.example",
+            "attacker.example:9725",
+            "localhost:80",
+            "127.0.0.1:9726",
+            "192.0.2.8",
+            "::1",
+            "[::1",
+            "localhost:",
+            "localhost:+9725",
+            "localhost.",
+            "127.0.0.1.nip.io",
+            "user@127.0.0.1",
+            "",
+        ] {
+            assert!(!host_allowed(refused, LOCAL), "{refused} should be refused");
+        }
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_shown() {
+        assert!(matches!(
+            AdminToken::new("short\n"),
+            Err(TokenError::TooShort(5))
+        ));
+        assert!(matches!(
+            AdminToken::new("0123456789 abcdef"),
+            Err(TokenError::NotPrintable)
+        ));
+        let token = AdminToken::new("  0123456789abcdef\n").unwrap();
+        assert!(token.matches("0123456789abcdef"));
+        assert!(!token.matches("0123456789abcdeF"));
+        assert!(!token.matches("0123456789abcdef0"));
+        assert_eq!(token, AdminToken::new("0123456789abcdef").unwrap());
+        assert!(!format!("{token:?}").contains("0123"));
+    }
+
+    #[test]
+    fn bearer_credentials() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(bearer(&v("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&v("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&v("Basic abc")), None);
+        assert_eq!(bearer(&v("Bearer")), None);
+    }
+
+    #[test]
+    fn accept_pauses_double_to_a_ceiling() {
+        let mut p = AcceptPause::default();
+        let seen: Vec<_> = (0..6).map(|_| p.next()).collect();
+        assert_eq!(seen[0], ACCEPT_PAUSE_MIN);
+        assert_eq!(seen[1], ACCEPT_PAUSE_MIN * 2);
+        assert_eq!(seen[5], ACCEPT_PAUSE_MAX);
+        p.reset();
+        assert_eq!(p.next(), ACCEPT_PAUSE_MIN);
     }
 }

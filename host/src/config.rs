@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::admin::{AdminLimits, AdminSettings, AdminToken};
 use crate::policyd::{AcceptAction, PolicydListen, PolicydSettings};
 
 /// A configuration error with its location.
@@ -84,6 +85,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<PathBuf>>,
     #[serde(default = "yes")]
     enabled: bool,
 }
@@ -106,6 +108,7 @@ struct RawPolicyd {
 #[serde(deny_unknown_fields)]
 struct RawSpool {
     path: Option<Spanned<PathBuf>>,
+    min_free_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -125,6 +128,7 @@ struct RawDelivery {
     #[serde(default)]
     dns_servers: Vec<Spanned<String>>,
     mx_port: Option<Spanned<u64>>,
+    dsn_rate_per_domain_per_hour: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -146,7 +150,12 @@ struct RawServer {
     max_sessions_per_ip: Option<Spanned<u32>>,
     max_session_secs: Option<Spanned<u64>>,
     pregreet_delay_ms: Option<Spanned<u64>>,
+    ipv6_prefix_length: Option<Spanned<u64>>,
     bare_line_endings: Option<Spanned<String>>,
+    postmaster: Option<Spanned<String>>,
+    soft_error_limit: Option<Spanned<u32>>,
+    error_delay_ms: Option<Spanned<u64>>,
+    hopcount_limit: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -176,6 +185,8 @@ struct RawTenant {
     policy_settings: BTreeMap<String, Spanned<toml::Value>>,
     policy_timeout_ms: Option<Spanned<u64>>,
     policy_memory_limit_mib: Option<Spanned<u64>>,
+    recipients: Option<Spanned<Vec<Spanned<String>>>>,
+    recipients_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +245,18 @@ pub struct ServerConfig {
     /// Wait this long before the greeting; a client that talks first is
     /// refused with `554` (pre-greeting pipelining, a spambot's habit).
     pub pregreet_delay: Duration,
+    /// IPv6 clients are counted for `max_sessions_per_ip` by this prefix
+    /// (64 by default; 128 counts each address).
+    pub ipv6_prefix_length: u8,
     pub bare_line_endings: crate::smtp::data::BareLineEndings,
+    /// The mailbox `RCPT TO:<postmaster>` is delivered to (canonical).
+    pub postmaster: String,
+    /// Errors after which replies to further errors are delayed.
+    pub soft_error_limit: u32,
+    /// The delay step past the soft error limit.
+    pub error_delay: Duration,
+    /// Most `Received` fields a message may carry.
+    pub hopcount_limit: usize,
 }
 
 /// `[delivery]`: where accepted mail goes.
@@ -270,6 +292,9 @@ pub struct DeliverySettings {
     pub dns_servers: Vec<SocketAddr>,
     /// The port MX hosts are contacted on (25; another for a test network).
     pub mx_port: u16,
+    /// DSNs per sender domain and hour for mail whose sender no connector
+    /// authenticated (possibly forged: backscatter); 0 sends none.
+    pub dsn_rate_per_domain_per_hour: u32,
 }
 
 /// `[policy]`
@@ -283,7 +308,9 @@ pub struct PolicyConfig {
     pub timeout: Duration,
     /// The memory budget of one policy instance.
     pub memory_limit: usize,
-    /// How many policy instances (SMTP sessions being judged) may exist at once.
+    /// The least number of policy instances the relay's pool holds; `serve`
+    /// raises it to what all sessions can hold at once
+    /// ([`crate::relay::policy_pool_size`]), so it cannot undersize the pool.
     pub max_instances: u32,
     /// Line of each setting key, to point at it when the policy refuses it.
     pub setting_lines: HashMap<String, usize>,
@@ -327,6 +354,14 @@ pub struct Tenant {
     pub line: usize,
     /// The tenant's own policy, run after the base attribution.
     pub policy: Option<TenantPolicyConfig>,
+    /// The tenant's recipients (`recipients` and `recipients_file`
+    /// together), canonical. When set, a recipient in any of its accepted
+    /// domains that is not listed is refused at `RCPT TO` with
+    /// `550 5.1.10` (directory-based edge blocking); `None`: no list, the
+    /// policy alone decides.
+    pub recipients: Option<Vec<crate::address::Mailbox>>,
+    /// The file part of that list came from (resolved), for reload triggers.
+    pub recipients_file: Option<PathBuf>,
 }
 
 /// `[[tenant]] policy = ...` and its settings and budgets.
@@ -363,9 +398,13 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[spool] path`.
     pub spool: PathBuf,
+    /// `[spool] min_free_bytes`: free space new mail must leave on the
+    /// spool's filesystem (`452 4.3.1` otherwise); 0 turns the check off.
+    pub spool_min_free_bytes: u64,
     pub delivery: DeliverySettings,
-    /// The admin (metrics, status, reload) listener, if enabled.
-    pub admin: Option<SocketAddr>,
+    /// The admin endpoint (metrics, status, queue, reload), if enabled: its
+    /// listener, token and limits. Restart-only (see `reload::restart_required`).
+    pub admin: Option<AdminSettings>,
     /// The Postfix policy-delegation service (`[policyd]`), if configured.
     pub policyd: Option<PolicydSettings>,
     pub tenants: Vec<Tenant>,
@@ -546,7 +585,42 @@ impl Config {
                 }
             },
         };
+        let postmaster = match &s.postmaster {
+            Some(p) => crate::address::Mailbox::parse(p.get_ref().trim(), false)
+                .map_err(|e| {
+                    src.error(
+                        p.span(),
+                        "server.postmaster",
+                        format!("'{}' is not a mailbox: {e}", p.get_ref()),
+                    )
+                })?
+                .to_string(),
+            None => format!("postmaster@{hostname}"),
+        };
+        let server_defaults = crate::smtp::Limits::default();
         let server = ServerConfig {
+            postmaster,
+            soft_error_limit: range(
+                &widen(&s.soft_error_limit),
+                "server.soft_error_limit",
+                0,
+                1000,
+                u64::from(server_defaults.soft_errors),
+            )? as u32,
+            error_delay: Duration::from_millis(range(
+                &s.error_delay_ms,
+                "server.error_delay_ms",
+                0,
+                60_000,
+                server_defaults.error_delay.as_millis() as u64,
+            )?),
+            hopcount_limit: range(
+                &widen(&s.hopcount_limit),
+                "server.hopcount_limit",
+                1,
+                1000,
+                server_defaults.max_hops as u64,
+            )? as usize,
             hostname,
             listen,
             tls_cert: s.tls_cert.map(|p| resolve(p.get_ref())),
@@ -609,10 +683,24 @@ impl Config {
                 30_000,
                 0,
             )?),
+            ipv6_prefix_length: range(
+                &s.ipv6_prefix_length,
+                "server.ipv6_prefix_length",
+                32,
+                128,
+                u64::from(crate::smtp::server::DEFAULT_IPV6_PREFIX_LENGTH),
+            )? as u8,
             bare_line_endings,
         };
 
         // [spool] and [delivery]
+        let spool_min_free_bytes = range(
+            &raw.spool.min_free_bytes,
+            "spool.min_free_bytes",
+            0,
+            1 << 50,
+            crate::spool::DEFAULT_MIN_FREE_BYTES,
+        )?;
         let spool = raw
             .spool
             .path
@@ -718,6 +806,13 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
             mx_port: range(&d.mx_port, "delivery.mx_port", 1, 65_535, 25)? as u16,
+            dsn_rate_per_domain_per_hour: range(
+                &d.dsn_rate_per_domain_per_hour,
+                "delivery.dsn_rate_per_domain_per_hour",
+                0,
+                1_000_000,
+                u64::from(crate::delivery::dsn::DEFAULT_RATE_PER_DOMAIN_PER_HOUR),
+            )? as u32,
         };
 
         // [policy]
@@ -970,12 +1065,24 @@ impl Config {
                     })
                 }
             };
+            let recipients_file = t
+                .recipients_file
+                .as_ref()
+                .map(|f| (resolve(f.get_ref()), f.span()));
+            let recipients = RecipientSources {
+                key: &key,
+                tenant: &id,
+                accepted: &accepted,
+            }
+            .list(&src, t.recipients.as_ref(), recipients_file.as_ref())?;
             tenants.push(Tenant {
                 id,
                 accepted_domains: accepted,
                 connectors,
                 line: tenant_line,
                 policy,
+                recipients,
+                recipients_file: recipients_file.map(|(path, _)| path),
             });
         }
 
@@ -1010,19 +1117,12 @@ impl Config {
 
         let admin = match raw.admin {
             Some(a) if !a.enabled => None,
-            Some(RawAdmin {
-                listen: Some(l), ..
-            }) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
-                src.error(
-                    l.span(),
-                    "admin.listen",
-                    format!(
-                        "'{}' is not an address:port such as 127.0.0.1:9725",
-                        l.get_ref()
-                    ),
-                )
-            })?),
-            _ => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
+            a => Some(admin_settings(
+                &src,
+                a.unwrap_or_default(),
+                &resolve,
+                &mut warnings,
+            )?),
         };
 
         let policyd = match raw.policyd {
@@ -1040,11 +1140,82 @@ impl Config {
             server,
             policy,
             spool,
+            spool_min_free_bytes,
             delivery,
             tenants,
             warnings,
         })
     }
+}
+
+/// `[admin]`, validated. Off loopback the endpoint needs a token: without
+/// one, anyone who reaches it could reload the relay and read the queue.
+fn admin_settings(
+    src: &Source<'_>,
+    a: RawAdmin,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<AdminSettings, ConfigError> {
+    let listen = match &a.listen {
+        Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            src.error(
+                l.span(),
+                "admin.listen",
+                format!(
+                    "'{}' is not an address:port such as 127.0.0.1:9725",
+                    l.get_ref()
+                ),
+            )
+        })?,
+        None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
+    };
+    let token = match &a.token_file {
+        Some(f) => Some(admin_token(src, f, &resolve(f.get_ref()), warnings)?),
+        None => None,
+    };
+    if let (None, Some(l)) = (&token, &a.listen)
+        && !crate::admin::is_loopback(listen.ip())
+    {
+        return Err(src.error(
+            l.span(),
+            "admin.listen",
+            format!(
+                "{listen} is not a loopback address: without token_file anyone who reaches it could reload the relay and read the queue; set token_file or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(AdminSettings {
+        listen,
+        token,
+        limits: AdminLimits::default(),
+    })
+}
+
+/// `[admin] token_file`, read now: the endpoint's settings apply at start.
+fn admin_token(
+    src: &Source<'_>,
+    file: &Spanned<PathBuf>,
+    path: &Path,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<AdminToken, ConfigError> {
+    let token = AdminToken::read(path).map_err(|e| {
+        src.error(
+            file.span(),
+            "admin.token_file",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    if crate::admin::readable_by_others(path) {
+        warnings.push(ConfigWarning {
+            line: src.line(&file.span()),
+            key: "admin.token_file".into(),
+            message: format!(
+                "{} is readable by every user of this machine; make it private to the relay's user (chmod 600)",
+                path.display()
+            ),
+        });
+    }
+    Ok(token)
 }
 
 /// `[policyd]`, validated.
@@ -1136,6 +1307,118 @@ fn policyd_settings(
         limits: defaults.limits,
         socket_mode,
     })
+}
+
+/// A tenant's recipient list in the making: what its entries are checked
+/// against, and the key errors name.
+struct RecipientSources<'a> {
+    /// `tenant[N]`.
+    key: &'a str,
+    tenant: &'a str,
+    /// The tenant's accepted domains, normalised.
+    accepted: &'a [String],
+}
+
+impl RecipientSources<'_> {
+    /// `recipients` and `recipients_file` (resolved, with the key's span)
+    /// together; `None` when the tenant gives neither. An empty list is an
+    /// error: it would refuse every recipient of the tenant, which a failed
+    /// export writing an empty file must not do silently.
+    fn list(
+        &self,
+        src: &Source<'_>,
+        inline: Option<&Spanned<Vec<Spanned<String>>>>,
+        file: Option<&(PathBuf, Range<usize>)>,
+    ) -> Result<Option<Vec<crate::address::Mailbox>>, ConfigError> {
+        if inline.is_none() && file.is_none() {
+            return Ok(None);
+        }
+        let mut list = Vec::new();
+        let entries = inline.map(|v| v.get_ref().as_slice()).unwrap_or_default();
+        for (i, e) in entries.iter().enumerate() {
+            list.push(
+                self.entry(e.get_ref())
+                    .map_err(|m| src.error(e.span(), format!("{}.recipients[{i}]", self.key), m))?,
+            );
+        }
+        if let Some((path, span)) = file {
+            list.extend(self.file(src, path, span.clone())?);
+        }
+        if list.is_empty() {
+            let (span, name) = inline
+                .map(|v| (v.span(), "recipients"))
+                .or_else(|| file.map(|(_, s)| (s.clone(), "recipients_file")))
+                .unwrap_or((0..0, "recipients"));
+            return Err(src.error(
+                span,
+                format!("{}.{name}", self.key),
+                format!(
+                    "the recipient list of tenant '{}' is empty: every recipient in its domains would get 550 5.1.10; list them, or give neither recipients nor recipients_file to let the policy decide",
+                    self.tenant
+                ),
+            ));
+        }
+        Ok(Some(list))
+    }
+
+    /// One entry: a mailbox (RFC 5321, ASCII) in an accepted domain of the
+    /// tenant, canonicalised. The local part keeps its case here; lookups
+    /// fold it ([`crate::directory::recipient_key`]).
+    fn entry(&self, text: &str) -> Result<crate::address::Mailbox, String> {
+        let mailbox = crate::address::Mailbox::parse(text.trim(), false)
+            .map_err(|e| format!("'{text}' is not an address local@domain: {e}"))?;
+        let domain = mailbox.domain().as_str();
+        if !self.accepted.iter().any(|d| d == domain) {
+            return Err(format!(
+                "{domain} is not an accepted domain of tenant '{}'",
+                self.tenant
+            ));
+        }
+        Ok(mailbox)
+    }
+
+    /// `recipients_file`: one address a line; blank lines and lines whose
+    /// first non-blank character is `#` are skipped (no trailing comments:
+    /// `#` is a valid character of a local part). An unreadable file is an
+    /// error at the key; a bad entry names the file and its line.
+    fn file(
+        &self,
+        src: &Source<'_>,
+        path: &Path,
+        span: Range<usize>,
+    ) -> Result<Vec<crate::address::Mailbox>, ConfigError> {
+        let key = format!("{}.recipients_file", self.key);
+        let text = read_regular_file(path)
+            .map_err(|e| src.error(span, &key, format!("cannot read {}: {e}", path.display())))?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let mut list = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let entry = line.trim();
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            list.push(self.entry(entry).map_err(|message| ConfigError {
+                file: path.to_path_buf(),
+                line: n + 1,
+                column: line.len() - line.trim_start().len() + 1,
+                key: key.clone(),
+                message,
+            })?);
+        }
+        Ok(list)
+    }
+}
+
+/// A list file's text. Regular files only: a FIFO or a device such as
+/// `/dev/zero` would hang the configuration's loading or exhaust memory.
+fn read_regular_file(path: &Path) -> std::io::Result<String> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    std::fs::read_to_string(path)
 }
 
 /// A setting's value as the string a policy receives.

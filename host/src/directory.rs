@@ -4,14 +4,21 @@
 //! Indexes are built once per configuration and shared immutably (`Arc`)
 //! between sessions, so a lookup costs a few hash probes whatever the number of
 //! tenants: domains and certificate names by exact key, IP ranges by one probe
-//! per distinct prefix length in use.
+//! per distinct prefix length in use, recipients by exact (case-folded) key.
+//!
+//! It also holds the tenants' recipient lists (directory-based edge
+//! blocking): a recipient in the accepted domains of a tenant that keeps a
+//! list, and not on it, is refused at `RCPT TO` with Exchange Online's
+//! `550 5.1.10 RESOLVER.ADR.RecipientNotFound` — before the `250` that would
+//! otherwise end in a bounce to a possibly forged sender (backscatter).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use attrelay_policy::model;
 use ipnet::IpNet;
 
+use crate::address::Mailbox;
 use crate::config::{Config, ConnectorType, Tenant};
 
 /// Immutable, indexed tenant data.
@@ -25,6 +32,108 @@ pub struct Directory {
     /// prefix length -> network address -> connectors.
     v4: BTreeMap<u8, HashMap<u32, Vec<usize>>>,
     v6: BTreeMap<u8, HashMap<u128, Vec<usize>>>,
+    /// tenant -> the [`recipient_key`]s of its recipient list, for tenants
+    /// that keep one.
+    recipients: HashMap<String, HashSet<String>>,
+}
+
+/// What a tenant's recipient list says about a recipient, asked at `RCPT TO`
+/// before the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientCheck {
+    /// Not for a tenant that keeps a recipient list: the domain is no
+    /// accepted domain, or its tenant has no list. The policy alone decides.
+    NotOurs,
+    /// On the list of the tenant owning its domain (or its `postmaster`).
+    Known,
+    /// In an accepted domain of `tenant`, which keeps a list, and not on it:
+    /// answer [`recipient_not_found_reply`].
+    Unknown { tenant: String },
+}
+
+/// The reply code for a recipient missing from its tenant's list.
+pub const RECIPIENT_NOT_FOUND_CODE: u16 = 550;
+/// The enhanced status code Exchange Online gives it (the IANA registry has
+/// X.1.10 as "recipient address has null MX", RFC 7505, but Exchange uses it
+/// for directory-based edge blocking, and admins search for this exact
+/// reply).
+pub const RECIPIENT_NOT_FOUND_ENHANCED: &str = "5.1.10";
+/// The longest address echoed in the reply: a path is at most 256 octets
+/// (RFC 5321 4.5.3.1.3), and a reply line must stay within 512.
+const MAX_ECHOED_ADDRESS: usize = 256;
+
+/// The verdict's machine-readable reason (logs, metrics, decision log).
+pub const RECIPIENT_NOT_FOUND_REASON: &str = "recipient-not-found";
+
+/// `address` as it may be echoed to the client and into logs: the address
+/// is client-controlled, so anything but printable ASCII becomes `?` and it
+/// is cut at 256 characters, keeping a reply one valid line whatever is
+/// passed.
+fn echoed(address: &str) -> String {
+    address
+        .chars()
+        .take(MAX_ECHOED_ADDRESS)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The text of the `550 5.1.10` reply, as Exchange Online words it, naming
+/// `address`.
+pub fn recipient_not_found_text(address: &str) -> String {
+    format!(
+        "RESOLVER.ADR.RecipientNotFound; Recipient {} not found by SMTP address lookup",
+        echoed(address)
+    )
+}
+
+/// The whole reply line (without CRLF):
+/// `550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient <address> not found by SMTP address lookup`.
+pub fn recipient_not_found_reply(address: &str) -> String {
+    format!(
+        "{RECIPIENT_NOT_FOUND_CODE} {RECIPIENT_NOT_FOUND_ENHANCED} {}",
+        recipient_not_found_text(address)
+    )
+}
+
+/// The same refusal as a verdict, for front ends that log, count and
+/// answer verdicts ([`crate::judges`], `attrelay check`, the Postfix
+/// policy service): attributed to `tenant`, whose list it is.
+pub fn recipient_not_found_verdict(address: &str, tenant: &str) -> model::Verdict {
+    model::Verdict {
+        action: model::Action::Reject,
+        code: RECIPIENT_NOT_FOUND_CODE,
+        enhanced: RECIPIENT_NOT_FOUND_ENHANCED.to_string(),
+        text: recipient_not_found_text(address),
+        tenant: Some(tenant.to_string()),
+        reason: Some(RECIPIENT_NOT_FOUND_REASON.to_string()),
+        explanation: vec![format!(
+            "{} is in an accepted domain of tenant {tenant}, which keeps a recipient list (recipients / recipients_file), and is not on it",
+            echoed(address)
+        )],
+        headers: Vec::new(),
+    }
+}
+
+/// The key a recipient is listed and looked up under: the canonical mailbox
+/// (quotes only where needed, lower-case A-label domain) in ASCII lower case.
+/// Case-insensitive in the local part too, as Exchange's SMTP address lookup
+/// is (RFC 5321 leaves local-part case to the receiving domain, and the
+/// tenants' own servers fold it), so `John.Smith@` and `john.smith@` are one
+/// recipient, and a list exported in any case still matches.
+pub fn recipient_key(mailbox: &Mailbox) -> String {
+    mailbox.to_string().to_ascii_lowercase()
+}
+
+/// RFC 5321 4.5.1: `postmaster` at every domain a server accepts mail for
+/// must be accepted, listed or not.
+fn is_postmaster(mailbox: &Mailbox) -> bool {
+    mailbox.local_part().eq_ignore_ascii_case("postmaster")
 }
 
 fn mask_v4(addr: u32, len: u8) -> u32 {
@@ -75,6 +184,8 @@ impl Directory {
                 accepted_domains: t.accepted_domains.clone(),
                 line: 0,
                 policy: None,
+                recipients: None,
+                recipients_file: None,
                 connectors: t
                     .connectors
                     .iter()
@@ -152,8 +263,43 @@ impl Directory {
                 });
             }
             d.tenants.insert(t.id.clone(), ids);
+            if let Some(list) = &t.recipients {
+                d.recipients
+                    .insert(t.id.clone(), list.iter().map(recipient_key).collect());
+            }
         }
         d
+    }
+
+    /// Whether `address` may be accepted as far as the tenants' recipient
+    /// lists go. `address` is the canonical mailbox the SMTP session parsed
+    /// (`local@domain`); another spelling of it is canonicalised first, and
+    /// one that does not parse is looked up as written, lower-cased.
+    pub fn recipient_check(&self, address: &str) -> RecipientCheck {
+        let parsed = Mailbox::parse(address, true).ok();
+        let key = parsed
+            .as_ref()
+            .map(recipient_key)
+            .unwrap_or_else(|| address.to_ascii_lowercase());
+        let Some((_, domain)) = key.rsplit_once('@') else {
+            return RecipientCheck::NotOurs;
+        };
+        let Some(tenant) = self
+            .domains
+            .get(&attrelay_policy::certname::normalize(domain))
+        else {
+            return RecipientCheck::NotOurs;
+        };
+        let Some(list) = self.recipients.get(tenant) else {
+            return RecipientCheck::NotOurs;
+        };
+        if list.contains(&key) || parsed.as_ref().is_some_and(is_postmaster) {
+            RecipientCheck::Known
+        } else {
+            RecipientCheck::Unknown {
+                tenant: tenant.clone(),
+            }
+        }
     }
 
     /// A tenant's accepted domains.
@@ -274,5 +420,104 @@ tls_sender_certificate_name = "*.Contoso.com"
             Some("contoso")
         );
         assert_eq!(d.tenant_of_domain("mail.contoso.com"), None);
+    }
+
+    fn with_recipient_lists() -> Directory {
+        let cfg = Config::parse(
+            Path::new("t.toml"),
+            r#"
+[[tenant]]
+id = "contoso"
+accepted_domains = ["contoso.com", "contoso.net"]
+recipients = ["Alice@contoso.com", "\"John Smith\"@contoso.com", "\"bob\"@CONTOSO.net."]
+
+[[tenant]]
+id = "fabrikam"
+accepted_domains = ["fabrikam.com"]
+"#,
+        )
+        .unwrap();
+        Directory::from_config(&cfg)
+    }
+
+    #[test]
+    fn listed_recipients_are_known_whatever_their_case_or_quoting() {
+        let d = with_recipient_lists();
+        for known in [
+            "alice@contoso.com",
+            "ALICE@Contoso.COM",
+            "\"alice\"@contoso.com",
+            "\"john smith\"@contoso.com",
+            "bob@contoso.net",
+            "postmaster@contoso.com",
+            "PostMaster@contoso.net",
+        ] {
+            assert_eq!(d.recipient_check(known), RecipientCheck::Known, "{known}");
+        }
+    }
+
+    #[test]
+    fn unlisted_recipients_of_a_listing_tenant_are_unknown() {
+        let d = with_recipient_lists();
+        let unknown = RecipientCheck::Unknown {
+            tenant: "contoso".into(),
+        };
+        for address in [
+            "nobody@contoso.com",
+            // Listed in the other domain only: lists are per address.
+            "alice@contoso.net",
+            "john.smith@contoso.com",
+            "\"alice \"@contoso.com",
+            // Not a mailbox at all: never on a list.
+            "alice@contoso.com\r\n",
+            "@contoso.com",
+        ] {
+            assert_eq!(d.recipient_check(address), unknown, "{address:?}");
+        }
+    }
+
+    #[test]
+    fn recipients_of_other_domains_or_tenants_without_lists_are_not_ours() {
+        let d = with_recipient_lists();
+        for address in [
+            "anyone@fabrikam.com",
+            "someone@internet.example",
+            "alice@mail.contoso.com",
+            "postmaster",
+            "joe@[192.0.2.1]",
+            "",
+        ] {
+            assert_eq!(
+                d.recipient_check(address),
+                RecipientCheck::NotOurs,
+                "{address:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_not_found_reply_is_exchanges_and_one_safe_line() {
+        assert_eq!(
+            recipient_not_found_reply("nobody@contoso.com"),
+            "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient nobody@contoso.com not found by SMTP address lookup"
+        );
+        let hostile = format!("a\r\n250 ok\u{0}é{}@contoso.com", "x".repeat(2000));
+        let reply = recipient_not_found_reply(&hostile);
+        assert!(reply.len() <= 510, "{}", reply.len());
+        assert!(
+            reply.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+            "{reply:?}"
+        );
+        assert!(
+            reply.starts_with("550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient a??250 ok??")
+        );
+        let v = recipient_not_found_verdict("nobody@contoso.com", "contoso");
+        assert_eq!(
+            v.reply_line(),
+            recipient_not_found_reply("nobody@contoso.com")
+        );
+        assert_eq!(v.action, model::Action::Reject);
+        assert_eq!(v.tenant.as_deref(), Some("contoso"));
+        assert_eq!(v.reason.as_deref(), Some(RECIPIENT_NOT_FOUND_REASON));
     }
 }

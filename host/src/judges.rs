@@ -4,16 +4,39 @@
 //! that tenant's verdict), the shadow candidate (which never decides), and
 //! the decision log.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use attrelay_policy::model::{SessionFacts, Verdict};
-use tracing::info;
+use attrelay_policy::model::{Action, SessionFacts, Verdict};
+use tracing::{info, warn};
 
-use crate::decisions::DecisionRecord;
+use crate::decisions::{DecisionBudget, DecisionRecord, Grant, MAX_RECORDS_PER_SESSION};
+use crate::directory::{RecipientCheck, recipient_not_found_verdict};
 use crate::metrics::Metrics;
 use crate::policy::{PolicySession, TenantSession, policy_failure};
 use crate::reload::Evaluation;
+
+/// Tenant policies one session may run. Each is a policy instance held to
+/// the session's end, and recipients are attributed to the tenant owning
+/// their domain, so without a bound one anonymous session addressing
+/// recipients of every tenant would hold an instance per tenant. Four covers
+/// a message to several tenants; a recipient of a fifth tenant is deferred
+/// with `452 4.5.3` (see [`too_many_tenants`]).
+pub const MAX_TENANT_POLICIES_PER_SESSION: usize = 4;
+
+/// Policy instances one SMTP session's [`Judges`] hold at most: the base
+/// policy, the shadow candidate and [`MAX_TENANT_POLICIES_PER_SESSION`]
+/// tenant policies. Counted whether or not a shadow or tenant policies are
+/// configured now, because a reload may add them while the instance pool,
+/// sized at start, stays.
+pub const MAX_INSTANCES_PER_SESSION: usize = 2 + MAX_TENANT_POLICIES_PER_SESSION;
+
+/// Policy instances one Postfix policy-delegation request holds at most: it
+/// judges one recipient, so the base policy, the shadow and one tenant
+/// policy. A connection answers its requests one after the other, each with
+/// [`Judges`] of its own dropped before the next.
+pub const MAX_INSTANCES_PER_POLICYD_REQUEST: usize = 3;
 
 /// The stage a verdict is asked for.
 #[derive(Debug, Clone)]
@@ -28,19 +51,43 @@ fn next_session_number() -> u64 {
 }
 
 /// The policy instances judging one SMTP session: the base policy, the
-/// shadow candidate, and the tenant policies of tenants attributed so far.
-/// Moved as a whole onto the blocking pool for each call.
+/// shadow candidate, and the tenant policies of tenants attributed so far
+/// (at most [`MAX_TENANT_POLICIES_PER_SESSION`]). Moved as a whole onto the
+/// blocking pool for each call.
 pub struct Judges {
     eval: Arc<Evaluation>,
     facts: SessionFacts,
     id: String,
     base: Option<PolicySession>,
     shadow: Option<PolicySession>,
-    tenants: std::collections::HashMap<String, TenantSession>,
+    tenants: HashMap<String, TenantSession>,
+    decisions: DecisionBudget,
 }
 
 fn same_decision(a: &Verdict, b: &Verdict) -> bool {
     a.code == b.code && a.enhanced == b.enhanced && a.tenant == b.tenant && a.reason == b.reason
+}
+
+/// The answer for a recipient whose tenant policy would be one more than
+/// [`MAX_TENANT_POLICIES_PER_SESSION`]. Temporary, because the recipient is
+/// not at fault: RFC 5321's `452` for too many recipients, which clients
+/// retry later (the next attempt is a new session, where the tenant's
+/// policy can run). Never the base verdict alone: an accept would bypass the
+/// tenant's rules, and a rejection would bounce mail the tenant's rules may
+/// only have deferred.
+pub fn too_many_tenants(tenant: &str) -> Verdict {
+    Verdict {
+        action: Action::Defer,
+        code: 452,
+        enhanced: "4.5.3".into(),
+        text: "Too many tenants in one session; send this recipient again in a new session".into(),
+        tenant: Some(tenant.to_string()),
+        reason: Some("tenant-limit".into()),
+        explanation: vec![format!(
+            "the session already runs the policies of {MAX_TENANT_POLICIES_PER_SESSION} tenants; tenant {tenant}'s would be one more"
+        )],
+        headers: Vec::new(),
+    }
 }
 
 impl Judges {
@@ -53,8 +100,17 @@ impl Judges {
             id: format!("{client}-{}", next_session_number()),
             base: None,
             shadow: None,
-            tenants: Default::default(),
+            tenants: HashMap::new(),
+            decisions: DecisionBudget::default(),
         }
+    }
+
+    /// Charges this session's decision-log records to `budget` instead of
+    /// a fresh one: an SMTP connection passes the same budget to the judges
+    /// of each EHLO, so that saying EHLO again does not renew it.
+    pub fn with_decision_budget(mut self, budget: DecisionBudget) -> Judges {
+        self.decisions = budget;
+        self
     }
 
     /// The verdict for one stage, the time the deciding policies took, and the
@@ -65,56 +121,111 @@ impl Judges {
         sender: &str,
     ) -> (Verdict, std::time::Duration, Option<Verdict>) {
         let started = std::time::Instant::now();
+        // Directory-based edge blocking comes first: a recipient a tenant's
+        // list does not hold is refused before any policy runs, by every
+        // front end alike.
+        if let Stage::Rcpt(r) = stage
+            && let RecipientCheck::Unknown { tenant } = self.eval.directory.recipient_check(r)
+        {
+            let v = recipient_not_found_verdict(r, &tenant);
+            self.log(stage, sender, &v);
+            return (v, started.elapsed(), None);
+        }
+        let base_v = self.base_verdict(stage);
+        let v = match stage {
+            Stage::Rcpt(r) => self.tenant_verdict(sender, r, &base_v),
+            Stage::Mail(_) => None,
+        }
+        .unwrap_or_else(|| base_v.clone());
+        let latency = started.elapsed();
+        let shadow = self
+            .shadow_verdict(stage)
+            .filter(|sv| !same_decision(&base_v, sv));
+        self.log(stage, sender, &v);
+        (v, latency, shadow)
+    }
+
+    /// The base policy's verdict (its instance opened at the first call).
+    fn base_verdict(&mut self, stage: &Stage) -> Verdict {
         let (eval, facts) = (&self.eval, &self.facts);
         let base = self
             .base
             .get_or_insert_with(|| eval.policy.open_session(eval.directory.clone(), facts));
-        let base_v = match stage {
+        match stage {
             Stage::Mail(s) => base.mail_from(s),
             Stage::Rcpt(r) => base.rcpt_to(r),
-        };
-        let mut v = base_v.clone();
-        if let Stage::Rcpt(r) = stage
-            && let Some(t) = base_v.tenant.clone()
-            && let Some(tp) = eval.tenant_policies.get(&t)
+        }
+    }
+
+    /// The tenant policy's verdict for a recipient the base policy
+    /// attributed to a tenant that has one; `None` when there is none to ask.
+    /// A tenant beyond [`MAX_TENANT_POLICIES_PER_SESSION`] gets
+    /// [`too_many_tenants`], and no instance.
+    fn tenant_verdict(
+        &mut self,
+        sender: &str,
+        recipient: &str,
+        base_v: &Verdict,
+    ) -> Option<Verdict> {
+        let tenant = base_v.tenant.as_deref()?;
+        let policy = self.eval.tenant_policies.get(tenant)?;
+        if !self.tenants.contains_key(tenant)
+            && self.tenants.len() >= MAX_TENANT_POLICIES_PER_SESSION
         {
-            let ts = self
-                .tenants
-                .entry(t)
-                .or_insert_with(|| tp.open_session(eval.directory.clone(), facts));
-            v = ts.rcpt_to(sender, r, &base_v);
+            return Some(too_many_tenants(tenant));
         }
-        let latency = started.elapsed();
-        let shadow = eval.shadow.as_ref().and_then(|sp| {
-            let ss = self
-                .shadow
-                .get_or_insert_with(|| sp.open_session(eval.directory.clone(), facts));
-            let sv = match stage {
-                Stage::Mail(s) => ss.mail_from(s),
-                Stage::Rcpt(r) => ss.rcpt_to(r),
-            };
-            (!same_decision(&base_v, &sv)).then_some(sv)
-        });
-        if let Some(log) = &eval.decision_log {
-            let (stage_name, recipient) = match stage {
-                Stage::Mail(_) => ("mail-from", None),
-                Stage::Rcpt(r) => ("rcpt-to", Some(r.clone())),
-            };
-            let sender = match stage {
-                Stage::Mail(s) => s.clone(),
-                Stage::Rcpt(_) => sender.to_string(),
-            };
-            log.append(&DecisionRecord {
-                session: self.id.clone(),
-                facts: facts.clone(),
-                stage: stage_name.to_string(),
-                sender,
-                recipient,
-                verdict: v.clone(),
-                policy: eval.policy.sha256().to_string(),
-            });
+        let (eval, facts) = (&self.eval, &self.facts);
+        let session = self
+            .tenants
+            .entry(tenant.to_string())
+            .or_insert_with(|| policy.open_session(eval.directory.clone(), facts));
+        Some(session.rcpt_to(sender, recipient, base_v))
+    }
+
+    /// The shadow candidate's verdict, when one is configured.
+    fn shadow_verdict(&mut self, stage: &Stage) -> Option<Verdict> {
+        let (eval, facts) = (&self.eval, &self.facts);
+        let sp = eval.shadow.as_ref()?;
+        let ss = self
+            .shadow
+            .get_or_insert_with(|| sp.open_session(eval.directory.clone(), facts));
+        Some(match stage {
+            Stage::Mail(s) => ss.mail_from(s),
+            Stage::Rcpt(r) => ss.rcpt_to(r),
+        })
+    }
+
+    /// Appends the decision to the decision log, if one is configured and
+    /// the connection has not used up [`MAX_RECORDS_PER_SESSION`].
+    fn log(&self, stage: &Stage, sender: &str, v: &Verdict) {
+        let Some(log) = &self.eval.decision_log else {
+            return;
+        };
+        match self.decisions.take() {
+            Grant::Append => log.append(&self.record(stage, sender, v)),
+            Grant::Exhausted => warn!(
+                session = %self.id,
+                limit = MAX_RECORDS_PER_SESSION,
+                "decision log: the session reached its record limit; its further decisions are made but not logged"
+            ),
+            Grant::Silent => {}
         }
-        (v, latency, shadow)
+    }
+
+    fn record(&self, stage: &Stage, sender: &str, v: &Verdict) -> DecisionRecord {
+        let (stage_name, sender, recipient) = match stage {
+            Stage::Mail(s) => ("mail-from", s.clone(), None),
+            Stage::Rcpt(r) => ("rcpt-to", sender.to_string(), Some(r.clone())),
+        };
+        DecisionRecord {
+            session: self.id.clone(),
+            facts: self.facts.clone(),
+            stage: stage_name.to_string(),
+            sender,
+            recipient,
+            verdict: v.clone(),
+            policy: self.eval.policy.sha256().to_string(),
+        }
     }
 }
 
@@ -159,4 +270,22 @@ pub async fn ask(
         );
     }
     (Some(judges), v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_beyond_the_bound_is_deferred_for_this_recipient_only() {
+        let v = too_many_tenants("contoso");
+        assert_eq!(v.action, Action::Defer, "never accepted without its policy");
+        assert_eq!((v.code, v.enhanced.as_str()), (452, "4.5.3"));
+        assert_eq!(v.tenant.as_deref(), Some("contoso"));
+        assert!(
+            v.reply_line().bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "{}",
+            v.reply_line()
+        );
+    }
 }

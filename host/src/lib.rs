@@ -1,6 +1,7 @@
 //! attrelay: a multi-tenant SMTP relay whose tenant-attribution rules run as a
 //! sandboxed WebAssembly component.
 //!
+//! - [`address`]: RFC 5321 mailboxes, one canonical text form judged and written;
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
 //! - [`directory`]: tenants and connectors, indexed for the policy's lookups;
 //! - [`policy`]: the wasmtime engine running attribution policies, fail closed;
@@ -10,6 +11,7 @@
 //! - [`relay`]: all of it assembled, as `attrelay serve` runs it;
 //! - [`commands`]: the `check` and `cert inspect` commands.
 
+pub mod address;
 pub mod admin;
 pub mod commands;
 pub mod config;

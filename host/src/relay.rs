@@ -91,8 +91,58 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
             _ => None,
         },
         connections: Default::default(),
+        dsn_limiter: Arc::new(crate::delivery::dsn::DsnLimiter::new(
+            d.dsn_rate_per_domain_per_hour,
+        )),
         metrics: None,
     })
+}
+
+/// Policy instances alive at once while a reload validates its candidate:
+/// [`crate::reload::build`] loads, probes and runs the scenarios one
+/// instance at a time, and reloads run one at a time.
+const RELOAD_PROBE_INSTANCES: usize = 1;
+
+/// The size of the policy instance pool: every instance the relay's
+/// sessions can hold at the same time, so that an instance is always there
+/// for a session that needs one. Without it, sessions that hold instances
+/// (anonymous ones included: a session from anywhere may address recipients
+/// of several tenants) could exhaust the pool, and an attributed session
+/// would be answered `451 4.3.5` for want of an instance.
+///
+/// The sum of
+/// - `[server] max_sessions` × [`MAX_INSTANCES_PER_SESSION`] (base, shadow
+///   and tenant policies),
+/// - `[policyd] max_connections` × [`MAX_INSTANCES_PER_POLICYD_REQUEST`]
+///   (base, shadow and one tenant policy), when policyd is configured,
+/// - the instance a reload's validation holds (`RELOAD_PROBE_INSTANCES`),
+///
+/// and at least `[policy] max_instances`. The shadow and tenant policies are
+/// counted even when none is configured: a reload may add them, and the
+/// pool is sized only at start. The pool reserves address space, not
+/// memory, for its slots. If it runs out all the same (a policy call still
+/// running when its session's deadline ends the session holds that
+/// session's instances until the call's own budget ends), instantiation
+/// fails and the policy answers `451 4.3.5`: fail closed, never an accept.
+///
+/// [`MAX_INSTANCES_PER_SESSION`]: crate::judges::MAX_INSTANCES_PER_SESSION
+/// [`MAX_INSTANCES_PER_POLICYD_REQUEST`]: crate::judges::MAX_INSTANCES_PER_POLICYD_REQUEST
+pub fn policy_pool_size(config: &Config) -> u32 {
+    use crate::judges::{MAX_INSTANCES_PER_POLICYD_REQUEST, MAX_INSTANCES_PER_SESSION};
+    let smtp = config
+        .server
+        .max_sessions
+        .saturating_mul(MAX_INSTANCES_PER_SESSION);
+    let policyd = config.policyd.as_ref().map_or(0, |p| {
+        p.max_connections
+            .saturating_mul(MAX_INSTANCES_PER_POLICYD_REQUEST)
+    });
+    let needed = smtp
+        .saturating_add(policyd)
+        .saturating_add(RELOAD_PROBE_INSTANCES);
+    u32::try_from(needed)
+        .unwrap_or(u32::MAX)
+        .max(config.policy.max_instances)
 }
 
 /// Starts the relay described by `config`.
@@ -107,13 +157,8 @@ pub async fn start_with(
 ) -> anyhow::Result<RelayHandle> {
     let s = &config.server;
     let metrics = Arc::new(Metrics::new());
-    // One policy instance per session at most (two with a shadow, more with
-    // tenant policies), plus the load-time probes.
     let limits = EngineLimits {
-        max_instances: config
-            .policy
-            .max_instances
-            .max(s.max_sessions as u32 * 2 + 8),
+        max_instances: policy_pool_size(config),
         ..EngineLimits::from(&config.policy)
     };
     let cache_dir = config.policy.cache.clone().unwrap_or_else(|| {
@@ -138,7 +183,13 @@ pub async fn start_with(
     };
     let tls = TlsAcceptor::from(tls_server::server_config(certs, key, &s.client_ca)?);
 
-    let spool = Arc::new(Spool::open(&config.spool)?);
+    let spool = Arc::new(Spool::open_with(
+        &config.spool,
+        config.spool_min_free_bytes,
+    )?);
+    if let Err(e) = spool.ensure_room(0) {
+        warn!(error = %e, "the spool is short of free space: new mail gets 452 4.3.1 until some is freed");
+    }
     let (recovered, problems) = spool.recover()?;
     for p in &problems {
         warn!(error = %p, "spool recovery problem");
@@ -153,11 +204,15 @@ pub async fn start_with(
 
     let ctx = Arc::new(ServerContext {
         hostname: s.hostname.clone(),
+        postmaster: s.postmaster.clone(),
         limits: Limits {
             max_message_size: s.max_message_size,
             max_recipients: s.max_recipients,
             idle_timeout: s.idle_timeout,
             max_errors: s.max_errors,
+            soft_errors: s.soft_error_limit,
+            error_delay: s.error_delay,
+            max_hops: s.hopcount_limit,
             bare_line_endings: s.bare_line_endings,
             max_session: s.max_session,
             pregreet_delay: s.pregreet_delay,
@@ -181,14 +236,15 @@ pub async fn start_with(
     if config_path.is_some() {
         crate::reload::spawn_triggers(reloader.clone(), shutdown.clone());
     }
-    let admin = match config.admin {
-        Some(addr) => {
+    let admin = match &config.admin {
+        Some(settings) => {
             let admin = Arc::new(Admin {
                 ctx: ctx.clone(),
                 reloader: reloader.clone(),
                 metrics: metrics.clone(),
+                settings: settings.clone(),
             });
-            Some(admin.serve(addr, shutdown.clone()).await?)
+            Some(admin.serve(shutdown.clone()).await?)
         }
         None => None,
     };
@@ -197,6 +253,7 @@ pub async fn start_with(
         &s.listen,
         s.max_sessions,
         s.max_sessions_per_ip,
+        s.ipv6_prefix_length,
     )
     .await?;
     let addrs = server.local_addrs();
@@ -245,4 +302,36 @@ pub async fn shutdown_signal() {
 /// The grace period is part of the config; exposed for the binary's messages.
 pub fn grace(config: &Config) -> Duration {
     config.server.shutdown_grace
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judges::{MAX_INSTANCES_PER_POLICYD_REQUEST, MAX_INSTANCES_PER_SESSION};
+
+    fn pool(text: &str) -> usize {
+        let config = Config::parse(std::path::Path::new("relay.toml"), text).unwrap();
+        policy_pool_size(&config) as usize
+    }
+
+    #[test]
+    fn the_pool_holds_every_session_at_its_most_whatever_max_instances_says() {
+        assert_eq!(
+            pool("[server]\nmax_sessions = 6\n\n[policy]\nmax_instances = 1\n"),
+            6 * MAX_INSTANCES_PER_SESSION + RELOAD_PROBE_INSTANCES
+        );
+        assert_eq!(
+            pool(
+                "[server]\nmax_sessions = 6\n\n[policyd]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 4\n"
+            ),
+            6 * MAX_INSTANCES_PER_SESSION
+                + 4 * MAX_INSTANCES_PER_POLICYD_REQUEST
+                + RELOAD_PROBE_INSTANCES
+        );
+        assert_eq!(
+            pool("[server]\nmax_sessions = 1\n\n[policy]\nmax_instances = 5000\n"),
+            5000,
+            "an operator may ask for more"
+        );
+    }
 }

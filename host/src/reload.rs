@@ -197,7 +197,7 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
     if server(running) != server(new) {
         out.push("server");
     }
-    if running.spool != new.spool {
+    if running.spool != new.spool || running.spool_min_free_bytes != new.spool_min_free_bytes {
         out.push("spool");
     }
     if running.delivery != new.delivery {
@@ -347,6 +347,7 @@ impl Reloader {
                     .iter()
                     .filter_map(|t| t.policy.as_ref().map(|p| p.component.clone())),
             );
+            files.extend(c.tenants.iter().filter_map(|t| t.recipients_file.clone()));
         }
         files
     }

@@ -12,6 +12,13 @@
 //! commit point: the SMTP `250` is sent only after the envelope is durable,
 //! and a message file without an envelope (a crash between the two writes,
 //! before any `250`) is removed at recovery.
+//!
+//! A full disk is a temporary condition, never a lasting one: a write that
+//! fails removes what it had written (a leftover in `tmp/` would keep the
+//! disk full until a restart), and new mail is refused while less than
+//! `[spool] min_free_bytes` would remain free ([`Spool::ensure_room`]), so
+//! that the envelope rewrites of delivery and the DSNs for mail already
+//! accepted still find room.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -30,7 +37,41 @@ pub enum SpoolError {
     },
     #[error("spool {}: corrupt envelope: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
+    /// Storing the message would leave less than the free-space reserve.
+    #[error(
+        "spool {}: {available} bytes free, {needed} needed (the message and the min_free_bytes reserve)",
+        path.display()
+    )]
+    Full {
+        path: PathBuf,
+        available: u64,
+        needed: u64,
+    },
 }
+
+impl SpoolError {
+    /// The disk (or the relay user's quota) is full: the free-space reserve
+    /// refused the message, or a write failed with `ENOSPC` or `EDQUOT`. A
+    /// condition that passes as deliveries free space, so SMTP answers it
+    /// `452 4.3.1` (RFC 3463: mail system full) rather than the catch-all
+    /// `451 4.3.0`.
+    pub fn is_full(&self) -> bool {
+        match self {
+            SpoolError::Full { .. } => true,
+            SpoolError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            SpoolError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// The default of `[spool] min_free_bytes`. Postfix refuses mail unless
+/// 1.5 × its message size limit is free; a fixed 64 MiB leaves room for the
+/// envelope rewrites of thousands of deliveries and their DSNs (a few KiB
+/// each) while a disk fills, without refusing mail on a small spool volume.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
@@ -76,6 +117,14 @@ pub struct Envelope {
     /// The client that sent it, for logs and DSNs.
     #[serde(default)]
     pub client: String,
+    /// Whether a connector authenticated the sender: the mail originated at
+    /// a tenant's server (by certificate or IP). Otherwise the reverse-path
+    /// may be forged, so a DSN returns none of the message and DSNs are
+    /// rate-limited per sender domain (backscatter, `delivery::dsn`).
+    /// Envelopes spooled before this field existed read as `false`, the
+    /// cautious side.
+    #[serde(default)]
+    pub authenticated: bool,
     /// SHA-256 and length of the message file, set by [`Spool::store`]: a
     /// file torn by a crash or a bad disk is detected, never delivered.
     #[serde(default)]
@@ -146,15 +195,91 @@ pub fn now() -> i64 {
 pub struct Spool {
     root: PathBuf,
     counter: AtomicU64,
+    /// Bytes that new mail must leave free on the spool's filesystem; 0
+    /// turns the check off (a full disk is then met at `ENOSPC` only).
+    min_free_bytes: u64,
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// A durable write that failed: the path it failed on, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl WriteError {
+    fn at(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+        move |source| WriteError {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<WriteError> for SpoolError {
+    fn from(e: WriteError) -> SpoolError {
+        SpoolError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// Puts `bytes` at `target` so that after a crash it is complete or absent:
+/// written to `tmp` (on the same filesystem), fsynced, renamed over
+/// `target`, and `target`'s directory fsynced. A failure before the rename
+/// removes `tmp`, because on a full disk a partial file would keep the disk
+/// full. The spool and directory delivery both write this way.
+pub fn replace_durably(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let placed = write_synced(tmp, bytes)
+        .map_err(WriteError::at(tmp))
+        .and_then(|()| fs::rename(tmp, target).map_err(WriteError::at(target)));
+    if let Err(e) = placed {
+        discard(tmp);
+        return Err(e);
+    }
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(WriteError::at(dir))
+}
+
+/// Creates `path` with `bytes`, fsynced.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Removes a file a failed write left behind. Best effort: if even that
+/// fails, the spool's recovery empties `tmp/` at the next start, and a
+/// retried directory delivery writes the same temporary name again.
+pub fn discard(path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a partly written file");
+    }
+}
+
 impl Spool {
-    /// Opens (creating if needed) the spool at `root`.
+    /// Opens (creating if needed) the spool at `root`, with the default
+    /// free-space reserve ([`DEFAULT_MIN_FREE_BYTES`]).
     pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+        Spool::open_with(root, DEFAULT_MIN_FREE_BYTES)
+    }
+
+    /// Opens (creating if needed) the spool at `root`; new mail must leave
+    /// `min_free_bytes` free on its filesystem (0: no reserve).
+    pub fn open_with(root: &Path, min_free_bytes: u64) -> Result<Spool, SpoolError> {
         for sub in ["msg", "queue", "tmp"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io(&d))?;
@@ -162,7 +287,43 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             counter: AtomicU64::new(0),
+            min_free_bytes,
         })
+    }
+
+    /// The free-space reserve new mail must leave, in bytes.
+    pub fn min_free_bytes(&self) -> u64 {
+        self.min_free_bytes
+    }
+
+    /// Bytes the relay may still write on the spool's filesystem (blocks
+    /// available to unprivileged users: the root-only reserve of ext4 is not
+    /// counted, so a relay running as root still stops before it).
+    pub fn available(&self) -> Result<u64, SpoolError> {
+        let st =
+            rustix::fs::statvfs(&self.root).map_err(|e| io(&self.root)(std::io::Error::from(e)))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Refuses new mail of `incoming` bytes that would leave less than the
+    /// reserve free ([`SpoolError::Full`]). Asked at `MAIL FROM` with the
+    /// declared `SIZE` and by [`Spool::store`] with the actual length, so a
+    /// client hears "come back later" before it sends a message the disk
+    /// cannot hold. With no reserve (0) it never refuses.
+    pub fn ensure_room(&self, incoming: u64) -> Result<(), SpoolError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let available = self.available()?;
+        let needed = self.min_free_bytes.saturating_add(incoming);
+        if available < needed {
+            return Err(SpoolError::Full {
+                path: self.root.clone(),
+                available,
+                needed,
+            });
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -191,7 +352,8 @@ impl Spool {
         self.root.join("queue").join(format!("{id}.json"))
     }
 
-    /// Writes `bytes` to `target` durably (tmp, fsync, rename, fsync dir).
+    /// Writes `bytes` to `target` durably, through a file in `tmp/`
+    /// ([`replace_durably`]: nothing stays in `tmp/` when it fails).
     fn write_durably(&self, target: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
         let name = target
             .file_name()
@@ -201,24 +363,47 @@ impl Spool {
             "{name}.{}",
             self.counter.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, target).map_err(io(target))?;
-        fsync_dir(target.parent().unwrap_or(&self.root))
+        replace_durably(&tmp, target, bytes).map_err(SpoolError::from)
     }
 
-    /// Stores a new message durably; when this returns `Ok`, the relay may answer `250`.
+    /// Stores a new message durably; when this returns `Ok`, the relay may
+    /// answer `250`. When it fails, nothing of the message stays in the spool.
+    ///
+    /// Mail from clients must leave the free-space reserve
+    /// ([`Spool::ensure_room`]); a DSN (`is_dsn`) may use it, because it
+    /// reports on mail already accepted and the original stays queued until
+    /// its DSN is stored: refusing the DSN would hold both.
     pub fn store(&self, envelope: &mut Envelope, message: &[u8]) -> Result<(), SpoolError> {
         use sha2::Digest;
+        if !envelope.is_dsn {
+            self.ensure_room(message.len() as u64)?;
+        }
         envelope.message_sha256 = sha2::Sha256::digest(message)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         envelope.message_len = message.len() as u64;
-        self.write_durably(&self.message_path(&envelope.id), message)?;
-        self.update(envelope)
+        let stored = self
+            .write_durably(&self.message_path(&envelope.id), message)
+            .and_then(|()| self.update(envelope));
+        if stored.is_err() {
+            self.discard_stored(&envelope.id);
+        }
+        stored
+    }
+
+    /// Undoes a [`Spool::store`] that failed part way (a full disk while
+    /// writing the envelope, a failed directory fsync): the client is told
+    /// to try again, so neither file may stay to be delivered or to take
+    /// space. Best effort; recovery removes an orphan message file anyway.
+    fn discard_stored(&self, id: &str) {
+        let removed = self
+            .remove(id)
+            .and_then(|()| fsync_dir(&self.root.join("msg")));
+        if let Err(e) = removed {
+            discard(&self.message_path(id));
+            tracing::warn!(queue_id = %id, error = %e, "cannot remove a message whose storing failed");
+        }
     }
 
     /// The message of `envelope`, checked against the length and SHA-256
@@ -256,7 +441,8 @@ impl Spool {
         })
     }
 
-    /// Rewrites an envelope (delivery progress) atomically.
+    /// Rewrites an envelope (delivery progress) atomically. Never held to
+    /// the free-space reserve: the reserve exists for this bookkeeping.
     pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
         let json = serde_json::to_vec_pretty(envelope).expect("envelopes serialize");
         self.write_durably(&self.envelope_path(&envelope.id), &json)
@@ -402,6 +588,7 @@ mod tests {
             last_error: None,
             is_dsn: false,
             client: "203.0.113.5".into(),
+            authenticated: true,
             message_sha256: String::new(),
             message_len: 0,
         }
@@ -467,6 +654,91 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 1000);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_store_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_with(dir.path(), 0).unwrap();
+        // The envelope's rename fails (ENOTDIR), even for root, after the
+        // message file was placed and the envelope's tmp file written.
+        std::fs::remove_dir(dir.path().join("queue")).unwrap();
+        std::fs::write(dir.path().join("queue"), b"not a directory").unwrap();
+        let mut e = envelope(&spool);
+        let err = spool.store(&mut e, b"Subject: x\r\n\r\nbody\r\n");
+        assert!(matches!(err, Err(SpoolError::Io { .. })), "{err:?}");
+        assert!(!err.unwrap_err().is_full());
+        assert_eq!(names(&dir.path().join("tmp")), Vec::<String>::new());
+        assert_eq!(names(&dir.path().join("msg")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_reserve_refuses_new_mail_but_not_bookkeeping_or_dsns() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_with(dir.path(), u64::MAX / 2).unwrap();
+        let err = spool.ensure_room(0).unwrap_err();
+        assert!(
+            matches!(err, SpoolError::Full { needed, available, .. } if needed == u64::MAX / 2 && available < needed),
+            "{err:?}"
+        );
+        assert!(err.is_full());
+        assert!(err.to_string().contains("min_free_bytes"), "{err}");
+
+        let mut e = envelope(&spool);
+        let err = spool.store(&mut e, b"Subject: x\r\n\r\nbody\r\n");
+        assert!(err.is_err_and(|e| e.is_full()));
+        assert_eq!(names(&dir.path().join("msg")), Vec::<String>::new());
+        assert_eq!(names(&dir.path().join("tmp")), Vec::<String>::new());
+
+        // A DSN reports on mail already accepted: it may use the reserve,
+        // and so may the envelope rewrites of delivery.
+        let mut dsn = envelope(&spool);
+        dsn.is_dsn = true;
+        spool
+            .store(&mut dsn, b"Subject: bounce\r\n\r\nx\r\n")
+            .unwrap();
+        dsn.attempts = 1;
+        spool.update(&dsn).unwrap();
+        assert_eq!(spool.read_envelope(&dsn.id).unwrap(), dsn);
+    }
+
+    #[test]
+    fn no_reserve_never_refuses_and_a_small_one_measures_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = Spool::open_with(dir.path(), 0).unwrap();
+        assert!(off.ensure_room(u64::MAX).is_ok());
+        let small = Spool::open_with(dir.path(), 1).unwrap();
+        assert!(small.available().unwrap() > 0);
+        assert!(small.ensure_room(1).is_ok());
+        assert!(small.ensure_room(u64::MAX).unwrap_err().is_full());
+        assert_eq!(
+            Spool::open(dir.path()).unwrap().min_free_bytes(),
+            DEFAULT_MIN_FREE_BYTES
+        );
+    }
+
+    #[test]
+    fn full_means_no_space_or_no_quota() {
+        let io_error = |errno: rustix::io::Errno| SpoolError::Io {
+            path: PathBuf::from("spool/tmp/x"),
+            source: std::io::Error::from(errno),
+        };
+        assert!(io_error(rustix::io::Errno::NOSPC).is_full());
+        assert!(io_error(rustix::io::Errno::DQUOT).is_full());
+        assert!(!io_error(rustix::io::Errno::ACCESS).is_full());
+        assert!(!io_error(rustix::io::Errno::IO).is_full());
+        let corrupt = SpoolError::Corrupt {
+            path: PathBuf::from("queue/x.json"),
+            detail: String::new(),
+        };
+        assert!(!corrupt.is_full());
     }
 
     #[test]

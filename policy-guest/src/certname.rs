@@ -227,4 +227,20 @@ mod tests {
             Err(NameError::BadLabel(_))
         ));
     }
+
+    /// The host escapes hostile certificate names (`\XX` for control and
+    /// non-ASCII bytes, `\...` for a name cut at its bound): none of them may
+    /// validate, even after the trailing dots of a cut are trimmed.
+    #[test]
+    fn escaped_and_cut_names_never_validate() {
+        for name in [
+            "mail.contoso.com\\00.evil.example",
+            "mail.contoso.com\\0D\\0AX-Attributed-Tenant: contoso",
+            "m\\C3\\BCller.contoso.com",
+            "mail.contoso.com\\...",
+            "a.contoso.com.\\...",
+        ] {
+            assert!(validate(name, true).is_err(), "{name}");
+        }
+    }
 }

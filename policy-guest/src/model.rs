@@ -17,8 +17,12 @@ pub struct ClientCertificate {
     /// Chain verified against the operator's trust anchors at the session time.
     pub verified: bool,
     pub verification_error: Option<String>,
+    /// RFC 4514 text; attrelay escapes it to printable ASCII.
     pub subject: String,
+    /// The subject's CNs. attrelay leaves this empty when the CN is not an
+    /// identifier: the certificate has DNS SANs, or its chain is name-constrained.
     pub common_names: Vec<String>,
+    /// The dNSName entries of the subjectAltName.
     pub dns_names: Vec<String>,
     pub issuer: String,
     pub serial: String,
@@ -28,15 +32,23 @@ pub struct ClientCertificate {
 }
 
 impl ClientCertificate {
-    /// The names attribution considers: every CN, then every DNS SAN, normalised
+    /// The names attribution considers: the DNS SANs or, for a certificate
+    /// without any, its CNs — RFC 6125 6.4.4: once a certificate presents a
+    /// DNS name in its subjectAltName, the CN is not an identifier (and a CA's
+    /// name constraints, which bind SANs only, would not bind it). Normalised
     /// (lower case, no trailing dot) and without duplicates, in first-seen order.
     /// A name that is not a syntactically valid DNS name (or wildcard) — an
-    /// embedded NUL, spaces, a U-label, a single label — is dropped: no
-    /// connector name could match it, and a hostile certificate must not get
+    /// embedded NUL, spaces, a U-label, a single label, an escape — is dropped:
+    /// no connector name could match it, and a hostile certificate must not get
     /// one through a lenient comparison.
     pub fn names(&self) -> Vec<String> {
+        let presented = if self.dns_names.is_empty() {
+            &self.common_names
+        } else {
+            &self.dns_names
+        };
         let mut out: Vec<String> = Vec::new();
-        for n in self.common_names.iter().chain(&self.dns_names) {
+        for n in presented {
             if let Ok(n) = crate::certname::validate(n, true)
                 && !out.contains(&n)
             {
@@ -186,5 +198,25 @@ impl<T: Directory + ?Sized> Directory for &T {
     }
     fn tenant_of_domain(&self, domain: &str) -> Option<String> {
         (**self).tenant_of_domain(domain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cn_is_a_name_only_without_dns_sans() {
+        let both = ClientCertificate {
+            common_names: vec!["mail.contoso.com".into()],
+            dns_names: vec!["Mail.Fabrikam.com.".into(), "mail.fabrikam.com".into()],
+            ..ClientCertificate::default()
+        };
+        assert_eq!(both.names(), ["mail.fabrikam.com"]);
+        let cn_only = ClientCertificate {
+            dns_names: Vec::new(),
+            ..both
+        };
+        assert_eq!(cn_only.names(), ["mail.contoso.com"]);
     }
 }

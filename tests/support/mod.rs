@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod postfix;
 pub mod smtp;
+pub mod wire;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -185,6 +185,9 @@ pub struct Sink {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub rcpt_attempts: Arc<Mutex<Vec<String>>>,
+    /// Every MAIL and RCPT command line exactly as received (CRLF removed):
+    /// what a next hop would parse.
+    pub envelope_lines: Arc<Mutex<Vec<String>>>,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// When set, the sink answers RSET and then hangs up, like a server
@@ -202,6 +205,7 @@ impl Sink {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             rcpt_attempts: Arc::default(),
+            envelope_lines: Arc::default(),
             connections: Arc::default(),
             hang_up_after_rset: Arc::default(),
         };
@@ -230,6 +234,12 @@ impl Sink {
                 return;
             }
             let upper = line.to_ascii_uppercase();
+            if upper.starts_with("MAIL") || upper.starts_with("RCPT") {
+                self.envelope_lines
+                    .lock()
+                    .unwrap()
+                    .push(line.trim_end_matches(['\r', '\n']).to_string());
+            }
             let addr = || {
                 line.split_once('<')
                     .and_then(|(_, r)| r.split_once('>'))

@@ -91,17 +91,36 @@ pub struct RecipientReport {
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub policy: String,
+    /// The sender as judged: canonical, empty for the null sender.
+    pub sender: String,
     pub mail_from: Reply,
     pub recipients: Vec<RecipientReport>,
 }
 
-/// Strips one pair of angle brackets, so that `<john@contoso.com>` and `<>` work too.
-fn bare_address(a: &str) -> String {
+/// The address as the relay judges it: parsed as a MAIL FROM or RCPT TO
+/// path (angle brackets optional: `john@contoso.com`, `<>`) and written in
+/// the canonical form of [`crate::address`]. `<postmaster>` is the
+/// configured postmaster mailbox, as on the wire.
+fn canonical_address(a: &str, sender: bool, postmaster: &str) -> Result<String, UsageError> {
     let t = a.trim();
-    t.strip_prefix('<')
-        .and_then(|x| x.strip_suffix('>'))
-        .unwrap_or(t)
-        .to_string()
+    let path = if t.starts_with('<') {
+        t.to_string()
+    } else {
+        format!("<{t}>")
+    };
+    let which = if sender { "--from" } else { "--to" };
+    let invalid = |e: crate::address::ArgumentError| UsageError(format!("{which} {t:?}: {e}"));
+    if sender {
+        let m = crate::address::parse_mail(path.as_bytes()).map_err(invalid)?;
+        return Ok(m.path.text());
+    }
+    match crate::address::parse_rcpt(path.as_bytes())
+        .map_err(invalid)?
+        .path
+    {
+        crate::address::ForwardPath::Postmaster => Ok(postmaster.to_string()),
+        crate::address::ForwardPath::Mailbox(m) => Ok(m.to_string()),
+    }
 }
 
 /// Runs the check and returns the report (no printing).
@@ -156,14 +175,18 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
     let directory = Arc::new(Directory::from_config(&config));
     let mut session = policy.open_session(directory, &facts);
 
-    let sender = bare_address(&args.from);
-    let mail = session.mail_from(&sender);
-    let mail_ok = mail.action == Action::Accept;
-    let recipients = args
+    let postmaster = &config.server.postmaster;
+    let sender = canonical_address(&args.from, true, postmaster)?;
+    let recipients: Vec<String> = args
         .to
         .iter()
-        .map(|to| {
-            let rcpt = bare_address(to);
+        .map(|to| canonical_address(to, false, postmaster))
+        .collect::<Result<_, _>>()?;
+    let mail = session.mail_from(&sender);
+    let mail_ok = mail.action == Action::Accept;
+    let recipients = recipients
+        .into_iter()
+        .map(|rcpt| {
             // As on the wire: a refused MAIL FROM leaves no transaction for RCPT TO.
             let v = if mail_ok {
                 session.rcpt_to(&rcpt)
@@ -178,6 +201,7 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         .collect();
     Ok(CheckReport {
         policy: policy.origin().to_string(),
+        sender,
         mail_from: mail.into(),
         recipients,
     })
@@ -197,7 +221,7 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<u8, UsageError> {
         serde_json::to_writer_pretty(&mut *out, &report).map_err(UsageError::new)?;
         writeln!(out).map_err(UsageError::new)?;
     } else {
-        write_text(&report, &bare_address(&args.from), out).map_err(UsageError::new)?;
+        write_text(&report, &report.sender, out).map_err(UsageError::new)?;
     }
     Ok(if all_accepted(&report) {
         EXIT_OK

@@ -14,7 +14,9 @@ use attrelay_policy::settings::format_instant;
 use super::{EXIT_OK, UsageError, session_time};
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::tls::client_cert::{TrustAnchors, inspect_chain, unix_time};
+use crate::tls::client_cert::{
+    ChainInspection, MAX_DNS_NAMES, TrustAnchors, inspect_chain_detailed, unix_time,
+};
 use crate::tls::pem::read_certificates;
 
 /// The arguments of `attrelay cert inspect`.
@@ -118,13 +120,13 @@ pub fn inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<u8, UsageError
         Some(c) => TrustAnchors::load(&c.server.client_ca).map_err(UsageError::new)?,
         None => TrustAnchors::default(),
     };
-    let cert = inspect_chain(&chain, &anchors, unix_time(time))
+    let inspection = inspect_chain_detailed(&chain, &anchors, unix_time(time))
         .map_err(|e| UsageError(format!("{}: {e}", args.pem.display())))?;
     write_report(
         args,
         config.as_ref(),
         &anchors,
-        &cert,
+        &inspection,
         chain.len(),
         time,
         out,
@@ -133,15 +135,42 @@ pub fn inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<u8, UsageError
     Ok(EXIT_OK)
 }
 
+/// The CN line: every CN of the subject, and why attribution ignores them
+/// when it does (RFC 6125, name constraints).
+fn cn_line(inspection: &ChainInspection) -> String {
+    let cns = &inspection.subject_common_names;
+    match (cns.is_empty(), inspection.cn_ignored) {
+        (true, _) => "(none)".into(),
+        (false, None) => cns.join(", "),
+        (false, Some(why)) => format!("{} (ignored: {why})", cns.join(", ")),
+    }
+}
+
+/// The DNS SAN line, saying so when names beyond the bound were left out.
+fn san_line(inspection: &ChainInspection) -> String {
+    let names = &inspection.certificate.dns_names;
+    if names.is_empty() {
+        return "(none)".into();
+    }
+    match inspection.dns_names_dropped {
+        0 => names.join(", "),
+        n => format!(
+            "{} (and {n} more, not considered: only the first {MAX_DNS_NAMES} are)",
+            names.join(", ")
+        ),
+    }
+}
+
 fn write_report(
     args: &InspectArgs,
     config: Option<&Config>,
     anchors: &TrustAnchors,
-    cert: &ClientCertificate,
+    inspection: &ChainInspection,
     chain_len: usize,
     time: i64,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
+    let cert = &inspection.certificate;
     let names = cert.names();
     let mut warnings: Vec<String> = Vec::new();
     writeln!(
@@ -168,24 +197,8 @@ fn write_report(
         format_instant(cert.not_after),
         format_instant(time)
     )?;
-    writeln!(
-        out,
-        "  CN:          {}",
-        if cert.common_names.is_empty() {
-            "(none)".into()
-        } else {
-            cert.common_names.join(", ")
-        }
-    )?;
-    writeln!(
-        out,
-        "  DNS SANs:    {}",
-        if cert.dns_names.is_empty() {
-            "(none)".into()
-        } else {
-            cert.dns_names.join(", ")
-        }
-    )?;
+    writeln!(out, "  CN:          {}", cn_line(inspection))?;
+    writeln!(out, "  DNS SANs:    {}", san_line(inspection))?;
     if cert.subject == cert.issuer {
         warnings.push("the certificate is self-signed: a relay accepts only certificates signed by a CA it trusts".into());
     }

@@ -3,9 +3,142 @@
 //!
 //! Built by hand rather than with a MIME builder because RFC 3464 fixes every
 //! part and field: a `multipart/report` with a human-readable part, a
-//! `message/delivery-status` part, and the original header section.
+//! `message/delivery-status` part, and (optionally) the original header
+//! section.
+//!
+//! **Backscatter.** A DSN goes to the reverse-path, which anyone can forge:
+//! mail written to a recipient the next hop refuses would make the relay
+//! carry the writer's text to the forged sender. So what a DSN returns
+//! depends on whether a connector authenticated the sender
+//! ([`Envelope::authenticated`]): the original's header section for a
+//! tenant's own mail ([`Returned::Headers`]), nothing of it otherwise
+//! ([`Returned::StatusOnly`]) — and DSNs for unauthenticated senders are
+//! limited per sender domain ([`DsnLimiter`]). The body is never returned.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::spool::{Envelope, Recipient, RecipientState};
+
+/// The default of `[delivery] dsn_rate_per_domain_per_hour`: enough for a
+/// real sender's occasional typos in the hour, too few to make the relay a
+/// spam cannon for one forged domain.
+pub const DEFAULT_RATE_PER_DOMAIN_PER_HOUR: u32 = 10;
+
+/// The period the rate counts over.
+const WINDOW: Duration = Duration::from_secs(3600);
+
+/// Sender domains remembered at once. A flood of forged domains could
+/// otherwise grow the table without bound; when it is full of domains still
+/// inside their hour, DSNs for new domains are suppressed (the safe side:
+/// a missing DSN is a lost report, an extra one is backscatter).
+const MAX_TRACKED_DOMAINS: usize = 100_000;
+
+/// What of the original message a DSN carries back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// Its header section (`text/rfc822-headers`): for senders a connector
+    /// authenticated, who need it to tell which of their messages failed.
+    Headers,
+    /// Nothing of it, only the delivery status: the sender may be forged,
+    /// and the headers (Subject first) are the attacker's text.
+    StatusOnly,
+}
+
+/// DSNs per sender domain for mail whose sender was not authenticated: at
+/// most `per_hour` in each hour counted from a domain's first DSN, kept in
+/// memory (a restart forgets, which at worst allows one more allowance).
+#[derive(Debug)]
+pub struct DsnLimiter {
+    per_hour: u32,
+    windows: Mutex<HashMap<String, Window>>,
+    suppressed: AtomicU64,
+}
+
+/// One sender domain's current hour.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    sent: u32,
+}
+
+impl Default for DsnLimiter {
+    fn default() -> Self {
+        DsnLimiter::new(DEFAULT_RATE_PER_DOMAIN_PER_HOUR)
+    }
+}
+
+impl DsnLimiter {
+    /// At most `per_hour` DSNs per sender domain and hour; 0: none at all.
+    pub fn new(per_hour: u32) -> DsnLimiter {
+        DsnLimiter {
+            per_hour,
+            windows: Mutex::new(HashMap::new()),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a DSN to `sender` may be sent now; if so, it is counted.
+    pub fn allow(&self, sender: &str) -> bool {
+        self.allow_at(sender, Instant::now())
+    }
+
+    /// DSNs refused so far.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed.load(Ordering::Relaxed)
+    }
+
+    fn allow_at(&self, sender: &str, now: Instant) -> bool {
+        let allowed = self.per_hour > 0 && self.take(sender_domain(sender), now);
+        if !allowed {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    /// Counts one DSN for `domain` if its hour has room.
+    fn take(&self, domain: String, now: Instant) -> bool {
+        // A panic elsewhere while holding the lock leaves counts that are
+        // still counts: keep using them.
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if !windows.contains_key(&domain) && windows.len() >= MAX_TRACKED_DOMAINS {
+            windows.retain(|_, w| !w.expired(now));
+            if windows.len() >= MAX_TRACKED_DOMAINS {
+                return false;
+            }
+        }
+        let w = windows.entry(domain).or_insert(Window {
+            started: now,
+            sent: 0,
+        });
+        if w.expired(now) {
+            *w = Window {
+                started: now,
+                sent: 0,
+            };
+        }
+        if w.sent >= self.per_hour {
+            return false;
+        }
+        w.sent += 1;
+        true
+    }
+}
+
+impl Window {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= WINDOW
+    }
+}
+
+/// The domain a DSN to `sender` goes to, lower case (the whole address
+/// when it has no `@`).
+fn sender_domain(sender: &str) -> String {
+    let domain = sender.rsplit_once('@').map_or(sender, |(_, d)| d);
+    attrelay_policy::certname::normalize(domain)
+}
 
 /// The enhanced status code of an SMTP reply ("550 5.1.1 ..." → "5.1.1"), or a
 /// generic one of the reply's class.
@@ -37,8 +170,16 @@ fn header_section(message: &[u8]) -> &[u8] {
     &message[..end]
 }
 
-/// Builds the DSN message for the failed recipients of `original`.
-pub fn build(hostname: &str, original: &Envelope, message: &[u8], id: &str, date: &str) -> Vec<u8> {
+/// Builds the DSN message for the failed recipients of `original`,
+/// returning what `returned` allows of `message`.
+pub fn build(
+    hostname: &str,
+    original: &Envelope,
+    message: &[u8],
+    returned: Returned,
+    id: &str,
+    date: &str,
+) -> Vec<u8> {
     let failed: Vec<&Recipient> = original
         .recipients
         .iter()
@@ -63,8 +204,14 @@ pub fn build(hostname: &str, original: &Envelope, message: &[u8], id: &str, date
         "--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     ));
     m.push_str(&format!(
-        "This is the mail system at host {hostname}.\r\n\r\nYour message (queue id {}) could not be delivered to one or more\r\nrecipients. It is attached below.\r\n\r\n",
-        original.id
+        "This is the mail system at host {hostname}.\r\n\r\nYour message (queue id {}) could not be delivered to one or more\r\nrecipients. {}\r\n\r\n",
+        original.id,
+        match returned {
+            Returned::Headers => "Its header section is attached below.",
+            Returned::StatusOnly => {
+                "Its sender could not be verified, so none of it is returned.\r\nIf you did not send it, your address was forged: ignore this report."
+            }
+        }
     ));
     for r in &failed {
         if let RecipientState::Failed { reply } = &r.state {
@@ -100,11 +247,13 @@ pub fn build(hostname: &str, original: &Envelope, message: &[u8], id: &str, date
             ));
         }
     }
-    m.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-    ));
     let mut bytes = m.into_bytes();
-    bytes.extend_from_slice(header_section(message));
+    if returned == Returned::Headers {
+        bytes.extend_from_slice(
+            format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes(),
+        );
+        bytes.extend_from_slice(header_section(message));
+    }
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
 }
@@ -120,9 +269,9 @@ mod tests {
         assert_eq!(status_of("451 try later"), "4.0.0");
     }
 
-    #[test]
-    fn report_structure() {
-        let env = Envelope {
+    /// One recipient failed, one delivered.
+    fn failed_once() -> Envelope {
+        Envelope {
             id: "Q1".into(),
             sender: "john@contoso.com".into(),
             recipients: vec![
@@ -146,17 +295,27 @@ mod tests {
             last_error: None,
             is_dsn: false,
             client: "203.0.113.5".into(),
+            authenticated: true,
             message_sha256: String::new(),
             message_len: 0,
-        };
-        let dsn = String::from_utf8(build(
+        }
+    }
+
+    fn report(returned: Returned) -> String {
+        String::from_utf8(build(
             "relay.test",
-            &env,
+            &failed_once(),
             b"Subject: hi\r\nFrom: j\r\n\r\nsecret body\r\n",
+            returned,
             "D1",
             "Mon, 1 Jan 2024 00:00:00 +0000",
         ))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn report_structure() {
+        let dsn = report(Returned::Headers);
         assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(dsn.contains("Final-Recipient: rfc822; a@x.example\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown"));
         assert!(
@@ -169,5 +328,71 @@ mod tests {
             "only the header section is returned"
         );
         assert!(dsn.ends_with("--D1/relay.test--\r\n"));
+    }
+
+    #[test]
+    fn a_status_only_report_returns_nothing_of_the_original() {
+        let dsn = report(Returned::StatusOnly);
+        assert!(
+            dsn.contains("Final-Recipient: rfc822; a@x.example\r\nAction: failed\r\nStatus: 5.1.1")
+        );
+        assert!(!dsn.contains("text/rfc822-headers"), "{dsn}");
+        assert!(!dsn.contains("Subject: hi"), "{dsn}");
+        assert!(!dsn.contains("secret body"), "{dsn}");
+        assert!(dsn.contains("none of it is returned"), "{dsn}");
+        // Two parts, then the closing boundary.
+        assert_eq!(dsn.matches("\r\n--D1/relay.test\r\n").count(), 2, "{dsn}");
+        assert!(dsn.ends_with(
+            "Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n--D1/relay.test--\r\n"
+        ));
+    }
+
+    #[test]
+    fn the_limiter_counts_per_sender_domain_and_hour() {
+        let limiter = DsnLimiter::new(2);
+        let t0 = Instant::now();
+        assert!(limiter.allow_at("a@Forged.example", t0));
+        assert!(limiter.allow_at("b@forged.example.", t0));
+        assert!(!limiter.allow_at("c@FORGED.example", t0));
+        // Another domain has its own allowance.
+        assert!(limiter.allow_at("a@other.example", t0));
+        // Still within the hour.
+        assert!(!limiter.allow_at("a@forged.example", t0 + Duration::from_secs(3599)));
+        // A new hour.
+        let t1 = t0 + Duration::from_secs(3600);
+        assert!(limiter.allow_at("a@forged.example", t1));
+        assert!(limiter.allow_at("a@forged.example", t1));
+        assert!(!limiter.allow_at("a@forged.example", t1));
+        assert_eq!(limiter.suppressed(), 3);
+    }
+
+    #[test]
+    fn a_zero_rate_sends_none() {
+        let limiter = DsnLimiter::new(0);
+        assert!(!limiter.allow("victim@forged.example"));
+        assert!(!limiter.allow("postmaster"));
+        assert_eq!(limiter.suppressed(), 2);
+    }
+
+    #[test]
+    fn a_flood_of_domains_keeps_the_table_bounded() {
+        let limiter = DsnLimiter::new(1);
+        let t0 = Instant::now();
+        for i in 0..MAX_TRACKED_DOMAINS {
+            assert!(limiter.allow_at(&format!("x@d{i}.example"), t0));
+        }
+        // Full of domains inside their hour: a new domain is refused...
+        assert!(!limiter.allow_at("x@new.example", t0));
+        // ...until their hours end and they are forgotten.
+        let later = t0 + WINDOW;
+        assert!(limiter.allow_at("x@new.example", later));
+        assert_eq!(limiter.windows.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sender_domains() {
+        assert_eq!(sender_domain("John@Contoso.COM"), "contoso.com");
+        assert_eq!(sender_domain("\"a@b\"@x.example"), "x.example");
+        assert_eq!(sender_domain("postmaster"), "postmaster");
     }
 }

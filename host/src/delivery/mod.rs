@@ -54,6 +54,9 @@ pub struct DeliveryConfig {
     /// Idle connections to next hops, shared by all attempts.
     pub connections: Arc<smtp::ConnectionCache>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// DSNs per sender domain for unauthenticated senders, shared by all
+    /// attempts (`[delivery] dsn_rate_per_domain_per_hour`).
+    pub dsn_limiter: Arc<dsn::DsnLimiter>,
 }
 
 /// What happened to one recipient in one attempt.
@@ -344,19 +347,33 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
         .recipients
         .iter()
         .any(|r| matches!(r.state, RecipientState::Failed { .. }));
-    if failed && !envelope.sender.is_empty() && !envelope.is_dsn {
-        match make_dsn(spool, cfg, &envelope, &message) {
-            Ok(d) => next.push(d),
-            Err(e) => {
-                // Keep the original until the bounce is safely spooled.
-                warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
-                envelope.next_attempt = now() + cfg.retry_initial.as_secs() as i64;
-                next.push(envelope);
-                return next;
+    if failed {
+        match bounce(cfg, &envelope) {
+            Bounce::Send(returned) => match make_dsn(spool, cfg, &envelope, &message, returned) {
+                Ok(d) => next.push(d),
+                Err(e) => {
+                    // Keep the original until the bounce is safely spooled.
+                    // (The retry asks the limiter again: a disk failure can
+                    // spend a domain's allowance, never exceed it.)
+                    warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
+                    envelope.next_attempt = now() + cfg.retry_initial.as_secs() as i64;
+                    next.push(envelope);
+                    return next;
+                }
+            },
+            Bounce::Never => {
+                info!(target: "attrelay::delivery", queue_id = %envelope.id, "failed message with a null sender: no DSN");
+            }
+            Bounce::Suppressed => {
+                info!(
+                    target: "attrelay::delivery",
+                    queue_id = %envelope.id,
+                    sender = %envelope.sender,
+                    suppressed_total = cfg.dsn_limiter.suppressed(),
+                    "DSN suppressed: unauthenticated sender whose domain has used up its DSNs for the hour (dsn_rate_per_domain_per_hour)"
+                );
             }
         }
-    } else if failed {
-        info!(target: "attrelay::delivery", queue_id = %envelope.id, "failed message with a null sender: no DSN");
     }
     if let Err(e) = spool.remove(&envelope.id) {
         warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot remove the delivered message");
@@ -364,11 +381,42 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
     next
 }
 
+/// What the sender of a finished message with failed recipients gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bounce {
+    /// A DSN returning what [`dsn::Returned`] allows of the message.
+    Send(dsn::Returned),
+    /// No DSN, ever: the null sender, or a DSN itself (RFC 5321 4.5.5 and
+    /// 6.1: notifications go out with the null sender so that none is ever
+    /// answered with another).
+    Never,
+    /// None: the sender was not authenticated and its domain has had its
+    /// DSNs for the hour (backscatter).
+    Suppressed,
+}
+
+/// Decides the bounce of `envelope`. Authenticated senders (a tenant's own
+/// mail) get their header section back, unlimited; any other sender may be
+/// forged, so gets the status only, within its domain's hourly allowance,
+/// which this call spends.
+fn bounce(cfg: &DeliveryConfig, envelope: &Envelope) -> Bounce {
+    if envelope.sender.is_empty() || envelope.is_dsn {
+        Bounce::Never
+    } else if envelope.authenticated {
+        Bounce::Send(dsn::Returned::Headers)
+    } else if cfg.dsn_limiter.allow(&envelope.sender) {
+        Bounce::Send(dsn::Returned::StatusOnly)
+    } else {
+        Bounce::Suppressed
+    }
+}
+
 fn make_dsn(
     spool: &Spool,
     cfg: &DeliveryConfig,
     original: &Envelope,
     message: &[u8],
+    returned: dsn::Returned,
 ) -> Result<Envelope, crate::spool::SpoolError> {
     let id = spool.new_id();
     let date = time::OffsetDateTime::now_utc()
@@ -378,7 +426,14 @@ fn make_dsn(
         Some(t) => format!("X-Attributed-Tenant: {t}\r\n").into_bytes(),
         None => Vec::new(),
     };
-    bytes.extend_from_slice(&dsn::build(&cfg.hostname, original, message, &id, &date));
+    bytes.extend_from_slice(&dsn::build(
+        &cfg.hostname,
+        original,
+        message,
+        returned,
+        &id,
+        &date,
+    ));
     let mut envelope = Envelope {
         id,
         sender: String::new(),
@@ -393,55 +448,82 @@ fn make_dsn(
         last_error: None,
         is_dsn: true,
         client: String::new(),
+        // Ours, not the sender's; and a DSN is never bounced.
+        authenticated: false,
         message_sha256: String::new(),
         message_len: 0,
     };
     spool.store(&mut envelope, &bytes)?;
-    info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = %original.sender, "DSN queued");
+    info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = %original.sender, returned = ?returned, "DSN queued");
     Ok(envelope)
 }
 
 /// Writes the message into `dir` as `ID.eml`, with `ID.json` holding the
-/// envelope, atomically (temporary name, then rename).
+/// envelope. `Delivered` lets the queue remove the spooled copy, so it is
+/// reported only once both files would survive a crash; a failure is
+/// temporary (the spool retries) and leaves no partial file, which on a full
+/// disk would keep it full. The fsyncs run on the blocking pool, off the
+/// queue's runtime threads.
 async fn directory_deliver(
     dir: &std::path::Path,
     envelope: &Envelope,
     message: &[u8],
 ) -> Vec<(String, Outcome)> {
     let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
-    let write = || -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(dir)?;
-        let eml = dir.join(format!("{}.eml", envelope.id));
-        let tmp = dir.join(format!(".{}.eml.tmp", envelope.id));
-        std::fs::write(&tmp, message)?;
-        std::fs::rename(&tmp, &eml)?;
-        let meta = serde_json::json!({
-            "id": envelope.id,
-            "sender": envelope.sender,
-            "recipients": pending,
-            "tenant": envelope.tenant,
-        });
-        let json = dir.join(format!("{}.json", envelope.id));
-        let tmp = dir.join(format!(".{}.json.tmp", envelope.id));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
-        std::fs::rename(&tmp, &json)?;
-        Ok(eml)
-    };
-    let outcome = match write() {
+    let meta = serde_json::json!({
+        "id": envelope.id,
+        "sender": envelope.sender,
+        "recipients": pending,
+        "tenant": envelope.tenant,
+    });
+    let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+    let (to, id, message) = (dir.to_path_buf(), envelope.id.clone(), message.to_vec());
+    let written = tokio::task::spawn_blocking(move || {
+        write_to_directory(&to, &id, &message, &json).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let outcome = match written {
         Ok(path) => Outcome::Delivered(format!("250 2.0.0 written to {}", path.display())),
         Err(e) => Outcome::Temporary(format!("451 4.3.0 cannot write to {}: {e}", dir.display())),
     };
     pending.into_iter().map(|r| (r, outcome.clone())).collect()
 }
 
+/// `ID.eml`, then `ID.json`, into `dir`, each durably (temporary name,
+/// fsync, rename, directory fsync: [`crate::spool::replace_durably`]). When
+/// the envelope cannot be written the message is withdrawn again: a reader
+/// of `dir` should not keep an `.eml` without its `.json`, and the retry
+/// writes both.
+fn write_to_directory(
+    dir: &std::path::Path,
+    id: &str,
+    message: &[u8],
+    envelope: &[u8],
+) -> Result<PathBuf, crate::spool::WriteError> {
+    std::fs::create_dir_all(dir).map_err(|source| crate::spool::WriteError {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let eml = dir.join(format!("{id}.eml"));
+    crate::spool::replace_durably(&dir.join(format!(".{id}.eml.tmp")), &eml, message)?;
+    let json = dir.join(format!("{id}.json"));
+    if let Err(e) =
+        crate::spool::replace_durably(&dir.join(format!(".{id}.json.tmp")), &json, envelope)
+    {
+        crate::spool::discard(&eml);
+        return Err(e);
+    }
+    Ok(eml)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let cfg = DeliveryConfig {
-            target: Target::Mx,
+    fn config(target: Target, dsn_rate_per_domain_per_hour: u32) -> DeliveryConfig {
+        DeliveryConfig {
+            target,
             hostname: "h".into(),
             retry_initial: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
@@ -453,9 +535,133 @@ mod tests {
             resolver: None,
             connections: Default::default(),
             metrics: None,
-        };
+            dsn_limiter: Arc::new(dsn::DsnLimiter::new(dsn_rate_per_domain_per_hour)),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let cfg = config(Target::Mx, 10);
         let secs: Vec<u64> = (1..=8).map(|a| backoff(&cfg, a).as_secs()).collect();
         assert_eq!(secs, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
         assert_eq!(backoff(&cfg, 1000).as_secs(), 3600);
+    }
+
+    fn envelope(sender: &str, authenticated: bool, is_dsn: bool) -> Envelope {
+        Envelope {
+            id: String::new(),
+            sender: sender.into(),
+            recipients: vec![Recipient {
+                address: "nobody@contoso.com".into(),
+                state: RecipientState::Failed {
+                    reply: "550 5.1.1 User unknown".into(),
+                },
+            }],
+            tenant: Some("contoso".into()),
+            received_at: now(),
+            attempts: 1,
+            next_attempt: now(),
+            last_error: None,
+            is_dsn,
+            client: "192.0.2.1".into(),
+            authenticated,
+            message_sha256: String::new(),
+            message_len: 0,
+        }
+    }
+
+    #[test]
+    fn bounces_of_unauthenticated_senders_are_status_only_and_limited() {
+        let cfg = config(Target::Mx, 2);
+        let forged = envelope("victim@forged.example", false, false);
+        let returned = |e: &Envelope| bounce(&cfg, e);
+        assert_eq!(returned(&forged), Bounce::Send(dsn::Returned::StatusOnly));
+        assert_eq!(returned(&forged), Bounce::Send(dsn::Returned::StatusOnly));
+        assert_eq!(returned(&forged), Bounce::Suppressed);
+        // Another domain has its own allowance.
+        let other = envelope("someone@other.example", false, false);
+        assert_eq!(returned(&other), Bounce::Send(dsn::Returned::StatusOnly));
+        // A tenant's own mail: headers, and no limit.
+        let tenant = envelope("john@forged.example", true, false);
+        for _ in 0..5 {
+            assert_eq!(returned(&tenant), Bounce::Send(dsn::Returned::Headers));
+        }
+        assert_eq!(returned(&envelope("", true, false)), Bounce::Never);
+        assert_eq!(returned(&envelope("", false, false)), Bounce::Never);
+        assert_eq!(
+            returned(&envelope("a@b.example", true, true)),
+            Bounce::Never
+        );
+        assert_eq!(cfg.dsn_limiter.suppressed(), 1);
+
+        let none = config(Target::Mx, 0);
+        assert_eq!(bounce(&none, &forged), Bounce::Suppressed);
+        assert_eq!(bounce(&none, &tenant), Bounce::Send(dsn::Returned::Headers));
+    }
+
+    /// A next hop that refuses connections: every attempt is a temporary
+    /// failure, and a message past the queue age then bounces.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// Spools a message past the queue age for `nobody@contoso.com` and
+    /// runs one attempt: what comes back is its DSN, if any.
+    async fn expire(
+        spool: &Spool,
+        cfg: &DeliveryConfig,
+        sender: &str,
+        auth: bool,
+    ) -> Vec<Envelope> {
+        let mut e = envelope(sender, auth, false);
+        e.id = spool.new_id();
+        e.received_at = 0;
+        e.recipients[0].state = RecipientState::Pending;
+        let message = b"Subject: BUY NOW at attacker.example\r\nFrom: x\r\n\r\nattacker body\r\n";
+        spool.store(&mut e, message).unwrap();
+        attempt(spool, cfg, e).await
+    }
+
+    #[tokio::test]
+    async fn an_expired_message_bounces_by_the_sender_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let target = Target::Smarthost {
+            host: "127.0.0.1".into(),
+            port: closed_port(),
+        };
+        let cfg = config(target, 1);
+
+        let forged = expire(&spool, &cfg, "victim@forged.example", false).await;
+        assert_eq!(forged.len(), 1, "one DSN: {forged:?}");
+        assert!(forged[0].is_dsn);
+        assert_eq!(forged[0].recipients[0].address, "victim@forged.example");
+        let text = String::from_utf8(spool.read_message(&forged[0].id).unwrap()).unwrap();
+        assert!(text.contains("Status: 4.4.7"), "{text}");
+        assert!(
+            !text.contains("attacker"),
+            "nothing of the original: {text}"
+        );
+        assert!(!text.contains("text/rfc822-headers"), "{text}");
+
+        // The domain's allowance is spent: the next bounce is suppressed,
+        // and the original leaves the spool all the same.
+        assert!(
+            expire(&spool, &cfg, "other@forged.example", false)
+                .await
+                .is_empty()
+        );
+        assert_eq!(spool.len(), 1, "only the first DSN is queued");
+
+        let own = expire(&spool, &cfg, "john@contoso.com", true).await;
+        assert_eq!(own.len(), 1);
+        let text = String::from_utf8(spool.read_message(&own[0].id).unwrap()).unwrap();
+        assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
+        assert!(
+            text.contains("Subject: BUY NOW at attacker.example"),
+            "{text}"
+        );
+        assert!(!text.contains("attacker body"), "never the body: {text}");
     }
 }

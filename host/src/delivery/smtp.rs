@@ -257,11 +257,27 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     recipients: &[String],
     message: &[u8],
 ) -> Result<Vec<(String, Outcome)>, SendError> {
+    // No parameters: none the client gave can reach the next hop.
     let params = Parameters::default();
+    if !sender.is_empty() && crate::address::canonical(sender).is_err() {
+        return Ok(all(
+            recipients,
+            Outcome::Permanent("553 5.1.7 the queued sender is not a canonical mailbox".into()),
+        ));
+    }
     client.mail_from(sender, &params).await?;
     let mut out = Vec::new();
     let mut accepted = Vec::new();
     for r in recipients {
+        if crate::address::canonical(r).is_err() {
+            out.push((
+                r.clone(),
+                Outcome::Permanent(
+                    "553 5.1.3 the queued recipient is not a canonical mailbox".into(),
+                ),
+            ));
+            continue;
+        }
         match client.rcpt_to(r, &params).await {
             Ok(()) => accepted.push(r.clone()),
             Err(e) => {

@@ -9,6 +9,7 @@ use attrelay_policy::model::{Action, HeaderField, Verdict};
 
 use super::bindings::types as wit;
 use crate::directory::Directory;
+use crate::smtp::trace::ATTRIBUTION_HEADER;
 
 pub const MAX_TEXT: usize = 400;
 pub const MAX_REASON: usize = 64;
@@ -131,6 +132,14 @@ pub fn check(v: wit::Verdict, directory: &Directory) -> Result<Verdict, String> 
                 truncate(&h.name)
             ));
         }
+        // The relay alone states the attribution, from the verdict's `tenant`
+        // (which a tenant policy cannot set to another tenant): a policy that
+        // could write the field itself could name any tenant.
+        if h.name.eq_ignore_ascii_case(ATTRIBUTION_HEADER) {
+            return Err(format!(
+                "header {ATTRIBUTION_HEADER} is written by the relay alone, from the verdict's tenant"
+            ));
+        }
         if h.value.len() > MAX_HEADER_VALUE || !printable(&h.value) {
             return Err(format!(
                 "header {} has a value over {MAX_HEADER_VALUE} bytes or not printable ASCII",
@@ -157,4 +166,41 @@ pub fn check(v: wit::Verdict, directory: &Directory) -> Result<Verdict, String> 
 /// At most 80 characters of untrusted text, for error messages.
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(name: &str, value: &str) -> wit::Verdict {
+        wit::Verdict {
+            action: wit::Action::Accept,
+            code: 250,
+            enhanced: "2.1.5".into(),
+            text: "OK".into(),
+            tenant: None,
+            reason: None,
+            explanation: Vec::new(),
+            headers: vec![wit::HeaderField {
+                name: name.into(),
+                value: value.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn only_the_relay_writes_the_attribution_header() {
+        let dir = Directory::default();
+        for name in [
+            "X-Attributed-Tenant",
+            "x-attributed-tenant",
+            "X-ATTRIBUTED-TENANT",
+        ] {
+            let e = check(with_header(name, "contoso"), &dir).unwrap_err();
+            assert!(e.contains(ATTRIBUTION_HEADER), "{e}");
+        }
+        let warning = check(with_header("X-Attrelay-Warning", "ATTR36"), &dir).unwrap();
+        assert_eq!(warning.headers[0].name, "X-Attrelay-Warning");
+        assert!(check(with_header("X-Attrelay-Warning", "a\r\nb"), &dir).is_err());
+    }
 }

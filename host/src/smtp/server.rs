@@ -23,6 +23,8 @@ use crate::spool::Spool;
 /// Everything sessions share.
 pub struct ServerContext {
     pub hostname: String,
+    /// Where `RCPT TO:<postmaster>` is delivered (canonical mailbox).
+    pub postmaster: String,
     pub limits: Limits,
     pub evaluation: ArcSwap<Evaluation>,
     pub tls: TlsAcceptor,
@@ -37,9 +39,31 @@ pub struct Server {
     listeners: Vec<TcpListener>,
     max_sessions: usize,
     max_per_ip: usize,
+    ipv6_prefix_length: u8,
 }
 
-/// Sessions per client IP, released when a session ends.
+/// The IPv6 prefix length clients are counted by for the per-IP session
+/// limit (`[server] ipv6_prefix_length`). A /64 is what one subscriber, host
+/// or virtual machine usually gets, and any address in it is theirs to use:
+/// counted per address, one client could open `max_sessions_per_ip`
+/// sessions from each of 2^64 addresses.
+pub const DEFAULT_IPV6_PREFIX_LENGTH: u8 = 64;
+
+/// The address a client's sessions are counted under: an IPv4 address (an
+/// IPv4-mapped IPv6 one included) itself, an IPv6 address cut to its first
+/// `ipv6_prefix_length` bits (128: the address itself).
+pub fn client_key(ip: std::net::IpAddr, ipv6_prefix_length: u8) -> std::net::IpAddr {
+    match crate::directory::canonical_ip(ip) {
+        std::net::IpAddr::V6(v6) => {
+            let host_bits = 128u32.saturating_sub(u32::from(ipv6_prefix_length));
+            let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+            std::net::IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Sessions per client (see [`client_key`]), released when a session ends.
 #[derive(Default)]
 struct PerIp {
     counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
@@ -84,6 +108,7 @@ impl Server {
         addrs: &[SocketAddr],
         max_sessions: usize,
         max_per_ip: usize,
+        ipv6_prefix_length: u8,
     ) -> std::io::Result<Server> {
         let mut listeners = Vec::new();
         for a in addrs {
@@ -97,6 +122,7 @@ impl Server {
             listeners,
             max_sessions,
             max_per_ip,
+            ipv6_prefix_length,
         })
     }
 
@@ -113,7 +139,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.max_sessions));
         let per_ip = Arc::new(PerIp::default());
-        let max_per_ip = self.max_per_ip;
+        let (max_per_ip, ipv6_prefix_length) = (self.max_per_ip, self.ipv6_prefix_length);
         let mut accepting = Vec::new();
         for listener in self.listeners {
             let (ctx, tracker, slots, per_ip) = (
@@ -146,9 +172,9 @@ impl Server {
                         let _ = tcp.write_all(msg.as_bytes()).await;
                         continue;
                     };
-                    let ip = crate::directory::canonical_ip(peer.ip());
-                    let Some(ip_slot) = per_ip.acquire(ip, max_per_ip) else {
-                        info!(client = %peer, "per-IP session limit reached: 421");
+                    let key = client_key(peer.ip(), ipv6_prefix_length);
+                    let Some(ip_slot) = per_ip.acquire(key, max_per_ip) else {
+                        info!(client = %peer, counted_as = %key, "per-IP session limit reached: 421");
                         let msg = format!("421 4.7.0 {} Too many connections from your address, try again later\r\n", ctx.hostname);
                         let _ = tcp.write_all(msg.as_bytes()).await;
                         continue;
@@ -181,5 +207,62 @@ impl Server {
                 "shutdown grace period over: closing remaining sessions"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_prefix_and_ipv4_clients_by_address() {
+        let key = |a: &str, len: u8| client_key(ip(a), len);
+        assert_eq!(key("2001:db8:1:2::7", 64), ip("2001:db8:1:2::"));
+        assert_eq!(
+            key("2001:db8:1:2::7", 64),
+            key("2001:db8:1:2:ffff:1:2:3", 64),
+            "one /64, one client"
+        );
+        assert_ne!(key("2001:db8:1:2::7", 64), key("2001:db8:1:3::7", 64));
+        assert_eq!(key("2001:db8:1:2::7", 48), key("2001:db8:1:3::7", 48));
+        assert_ne!(key("2001:db8::7", 128), key("2001:db8::8", 128));
+        assert_eq!(key("2001:db8::7", 128), ip("2001:db8::7"));
+        assert_eq!(key("::1", 64), ip("::"));
+        assert_eq!(
+            key("203.0.113.7", 64),
+            ip("203.0.113.7"),
+            "IPv4: per address"
+        );
+        assert_ne!(key("203.0.113.7", 32), key("203.0.113.8", 32));
+        assert_eq!(key("::ffff:203.0.113.7", 64), ip("203.0.113.7"));
+        assert_eq!(
+            key("2001:db8::7", 0),
+            ip("::"),
+            "no panic outside the range"
+        );
+        assert_eq!(key("2001:db8::7", 200), ip("2001:db8::7"));
+    }
+
+    #[test]
+    fn one_prefix_shares_the_per_ip_limit() {
+        let table = Arc::new(PerIp::default());
+        let key = |a: &str| client_key(ip(a), DEFAULT_IPV6_PREFIX_LENGTH);
+        let first = table.acquire(key("2001:db8:0:1::1"), 2).unwrap();
+        let _second = table.acquire(key("2001:db8:0:1::2"), 2).unwrap();
+        assert!(table.acquire(key("2001:db8:0:1::3"), 2).is_none());
+        assert!(
+            table.acquire(key("2001:db8:0:2::1"), 2).is_some(),
+            "another /64"
+        );
+        drop(first);
+        assert!(
+            table.acquire(key("2001:db8:0:1::3"), 2).is_some(),
+            "released"
+        );
     }
 }

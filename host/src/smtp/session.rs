@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attrelay_policy::model::{Action, HeaderField, SessionFacts, TlsFacts, Verdict};
+use rustls_pki_types::CertificateDer;
 use smtp_proto::{Error as ParseError, Request};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 use super::data::{BareLineEndings, DataReader};
 use super::server::{Evaluation, ServerContext};
 use super::stream::{Connection, Line, Stream};
+use super::trace;
+use crate::address::{self, ArgumentError, ForwardPath, MailArgs, RcptArgs};
 use crate::directory::canonical_ip;
 use crate::judges::{Judges, Stage, ask};
 use crate::spool::{Envelope, Recipient, RecipientState, now};
@@ -37,8 +40,18 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Waiting for the next chunk of message data (RFC 5321: 3 minutes).
     pub data_timeout: Duration,
-    /// Errors (5xx to bad commands) before the session is ended.
+    /// Errors before the session is ended with `421 4.7.0`: bad commands,
+    /// refused and deferred recipients (Postfix's `smtpd_hard_error_limit`).
     pub max_errors: u32,
+    /// Errors after which each further error's reply is delayed, by
+    /// `error_delay` times the number of errors over this limit (Postfix's
+    /// `smtpd_soft_error_limit` and `smtpd_error_sleep_time`): a client
+    /// probing recipients or relaying slows down at once.
+    pub soft_errors: u32,
+    pub error_delay: Duration,
+    /// Most `Received` fields a message may carry (Postfix's
+    /// `hopcount_limit`); more is a mail loop, refused with `554 5.4.6`.
+    pub max_hops: usize,
     pub tls_handshake_timeout: Duration,
     pub bare_line_endings: BareLineEndings,
     /// Whole-session deadline.
@@ -56,6 +69,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_errors: 10,
+            soft_errors: 5,
+            error_delay: Duration::from_millis(250),
+            max_hops: 50,
             tls_handshake_timeout: Duration::from_secs(30),
             bare_line_endings: BareLineEndings::Reject,
             max_session: Duration::from_secs(3600),
@@ -64,13 +80,14 @@ impl Default for Limits {
     }
 }
 
-/// The names of header fields only this relay may write: a client's copies
-/// are removed so that nobody can forge an attribution.
-const TRUSTED_HEADERS: &[&str] = &["x-attributed-tenant", "x-attrelay-warning"];
-
 struct Accepted {
+    /// The canonical mailbox (see [`crate::address`]): judged, spooled and
+    /// written onward in exactly this form.
     address: String,
     tenant: Option<String>,
+    /// The verdict's reason, which says whether a connector vouched for the
+    /// sender (for the DSN policy).
+    reason: Option<String>,
     headers: Vec<HeaderField>,
 }
 
@@ -94,9 +111,19 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     tls: Option<TlsFacts>,
+    /// The client's certificate chain, kept to verify it again against the
+    /// trust anchors of a reloaded evaluation.
+    chain: Option<Vec<CertificateDer<'static>>>,
     policy: Option<Judges>,
+    /// The decision-log allowance of the whole connection, shared by every
+    /// `Judges` it makes (a new EHLO must not renew it).
+    decisions: crate::decisions::DecisionBudget,
     tx: Option<Transaction>,
     errors: u32,
+    /// When the session must end (`max_session`): every wait for the client
+    /// stops here, but work already under way (a message being spooled)
+    /// finishes first.
+    deadline: Instant,
 }
 
 fn reply(code: u16, enhanced: &str, text: &str) -> String {
@@ -106,6 +133,7 @@ fn reply(code: u16, enhanced: &str, text: &str) -> String {
 impl Session {
     pub fn new(ctx: Arc<ServerContext>, tcp: tokio::net::TcpStream, peer: SocketAddr) -> Session {
         let eval = ctx.evaluation.load_full();
+        let deadline = Instant::now() + ctx.limits.max_session;
         Session {
             ctx,
             conn: Connection::new(tcp),
@@ -114,29 +142,49 @@ impl Session {
             helo: None,
             esmtp: false,
             tls: None,
+            chain: None,
             policy: None,
+            decisions: Default::default(),
             tx: None,
             errors: 0,
+            deadline,
         }
     }
 
     /// Runs the session to its end. I/O errors end it quietly: the client left.
+    ///
+    /// The session deadline is enforced where the session waits for the
+    /// client (commands, message data), so that a message being spooled when
+    /// it passes is still queued and answered. The hard stop here, a little
+    /// later, only catches a client that stops reading our replies; even
+    /// then a spooled message is queued (see [`Session::store`]).
     pub async fn run(mut self) {
         let peer = self.peer;
-        let deadline = self.ctx.limits.max_session;
-        match timeout(deadline, self.serve()).await {
+        let backstop = self.deadline + Self::BACKSTOP;
+        match timeout_at(backstop, self.serve()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => debug!(client = %peer, error = %e, "session ended by I/O error"),
             Err(_) => {
-                info!(client = %peer, "session deadline reached: 421");
-                self.conn.queue(&reply(
-                    421,
-                    "4.4.2",
-                    "Session time limit exceeded, closing connection",
-                ));
+                info!(client = %peer, "session hard deadline reached: closing");
+                return;
             }
         }
-        let _ = self.conn.flush().await;
+        let _ = timeout(Self::BACKSTOP, self.conn.flush()).await;
+    }
+
+    /// How long past its deadline a session that does not read its replies
+    /// may last.
+    const BACKSTOP: Duration = Duration::from_secs(30);
+
+    /// Ends the session at its deadline with `421 4.4.2`.
+    async fn deadline_reached(&mut self) -> std::io::Result<()> {
+        info!(client = %self.peer, "session deadline reached: 421");
+        self.conn.queue(&reply(
+            421,
+            "4.4.2",
+            "Session time limit exceeded, closing connection",
+        ));
+        self.conn.flush().await
     }
 
     /// A client that sends before the greeting is not a real MTA waiting
@@ -204,7 +252,8 @@ impl Session {
     /// when we start waiting to the end of the line, so a client that
     /// trickles a byte at a time cannot stretch one command past it.
     async fn next_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        let deadline = tokio::time::Instant::now() + self.ctx.limits.idle_timeout;
+        let idle = Instant::now() + self.ctx.limits.idle_timeout;
+        let deadline = idle.min(self.deadline);
         loop {
             match self.conn.take_line(self.ctx.limits.max_line) {
                 Line::Complete(l) => {
@@ -228,6 +277,10 @@ impl Session {
                     Ok(Ok(0)) => return Ok(None),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e),
+                    Err(_) if deadline == self.deadline => {
+                        self.deadline_reached().await?;
+                        return Ok(None);
+                    }
                     Err(_) => {
                         self.conn.queue(&reply(421, "4.4.2", &format!("{} Idle timeout, closing connection", self.ctx.hostname)));
                         self.conn.flush().await?;
@@ -255,12 +308,36 @@ impl Session {
     }
 
     async fn error(&mut self, code: u16, enhanced: &str, text: &str) -> std::io::Result<Flow> {
-        self.errors += 1;
+        self.count_error().await;
         self.send(reply(code, enhanced, text)).await?;
         Ok(Flow::Continue)
     }
 
+    /// Counts an error (a bad command, a refused or deferred recipient)
+    /// and, past the soft limit, waits before the reply: longer with every
+    /// further error. The hard limit ends the session (see [`Self::serve`]).
+    async fn count_error(&mut self) {
+        self.errors += 1;
+        let limits = &self.ctx.limits;
+        let over = self.errors.saturating_sub(limits.soft_errors);
+        if over > 0 && self.errors < limits.max_errors {
+            let delay = limits.error_delay.saturating_mul(over);
+            tokio::time::sleep_until((Instant::now() + delay).min(self.deadline)).await;
+        }
+    }
+
     async fn command(&mut self, line: &[u8]) -> std::io::Result<Flow> {
+        // MAIL and RCPT never go through smtp-proto, whose parser unquotes
+        // local parts lossily: their paths are parsed by `crate::address`,
+        // whose canonical form is what the policy judges and what is
+        // written onward.
+        match envelope_command(line) {
+            Some(EnvelopeCommand::Mail(Ok(args))) => return self.mail(args).await,
+            Some(EnvelopeCommand::Rcpt(Ok(args))) => return self.rcpt(args).await,
+            Some(EnvelopeCommand::Mail(Err(e))) => return self.argument_error(e, true).await,
+            Some(EnvelopeCommand::Rcpt(Err(e))) => return self.argument_error(e, false).await,
+            None => {}
+        }
         let request = Request::parse(&mut line.iter()).map(|r| r.into_owned());
         let request = match request {
             Ok(r) => r,
@@ -270,22 +347,6 @@ impl Session {
             Request::Ehlo { host } => self.hello(host, true).await,
             Request::Helo { host } => self.hello(host, false).await,
             Request::StartTls => self.starttls().await,
-            Request::Mail { from } => {
-                if from.size > self.ctx.limits.max_message_size {
-                    return self
-                        .error(
-                            552,
-                            "5.3.4",
-                            &format!(
-                                "Message size exceeds the limit of {} bytes",
-                                self.ctx.limits.max_message_size
-                            ),
-                        )
-                        .await;
-                }
-                self.mail(from.address).await
-            }
-            Request::Rcpt { to } => self.rcpt(to.address).await,
             Request::Data => self.data().await,
             Request::Rset => {
                 self.tx = None;
@@ -324,6 +385,34 @@ impl Session {
             }
             other => {
                 self.error(502, "5.5.1", &format!("{} not implemented", other.name()))
+                    .await
+            }
+        }
+    }
+
+    /// The reply to a MAIL (`sender`) or RCPT argument that was refused.
+    async fn argument_error(&mut self, e: ArgumentError, sender: bool) -> std::io::Result<Flow> {
+        let detail = if sender { "5.1.7" } else { "5.1.3" };
+        let who = if sender { "sender" } else { "recipient" };
+        match e {
+            ArgumentError::Address(a) if a == address::AddressError::EightBit => {
+                self.error(553, "5.6.7", &format!("Bad {who} address: {a}"))
+                    .await
+            }
+            ArgumentError::Address(a) if a.is_unacceptable() => {
+                self.error(553, detail, &format!("Bad {who} address: {a}"))
+                    .await
+            }
+            ArgumentError::Address(a) => {
+                self.error(501, detail, &format!("Bad {who} address syntax: {a}"))
+                    .await
+            }
+            ArgumentError::Unsupported(p) => {
+                self.error(555, "5.5.4", &format!("Unsupported parameter {p}"))
+                    .await
+            }
+            other => {
+                self.error(501, "5.5.4", &format!("Syntax error: {other}"))
                     .await
             }
         }
@@ -449,19 +538,11 @@ impl Session {
             .negotiated_cipher_suite()
             .map(cipher_name)
             .unwrap_or_default();
-        let client_certificate = match chain {
-            Some(chain) if !chain.is_empty() => {
-                match inspect_chain(&chain, &self.eval.anchors, unix_time(now())) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        // Unparsable: never authentication; the policy sees no certificate.
-                        info!(client = %self.peer, error = %e, "client certificate ignored");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        let chain = chain.filter(|c| !c.is_empty());
+        let client_certificate = chain
+            .as_ref()
+            .and_then(|c| certificate_facts(c, &self.eval, self.peer));
+        self.chain = chain;
         self.conn.stream = Stream::Tls(Box::new(tls));
         self.tls = Some(TlsFacts {
             protocol,
@@ -489,7 +570,8 @@ impl Session {
     async fn ask(&mut self, stage: Stage) -> Verdict {
         let judges = match self.policy.take() {
             Some(j) => j,
-            None => Judges::new(self.eval.clone(), self.facts(), &self.peer.to_string()),
+            None => Judges::new(self.eval.clone(), self.facts(), &self.peer.to_string())
+                .with_decision_budget(self.decisions.clone()),
         };
         let sender = self
             .tx
@@ -538,13 +620,44 @@ impl Session {
         }
     }
 
-    async fn mail(&mut self, address: String) -> std::io::Result<Flow> {
+    /// A reload reaches an open session here, at the start of its next
+    /// transaction: a removed connector, tenant or trust anchor stops
+    /// authorising from this MAIL FROM on. The client certificate is
+    /// verified again against the new anchors. A transaction under way
+    /// finished under the evaluation that judged it.
+    fn refresh_evaluation(&mut self) {
+        let current = self.ctx.evaluation.load();
+        if current.generation == self.eval.generation {
+            return;
+        }
+        self.eval = arc_swap::Guard::into_inner(current);
+        self.policy = None;
+        if let (Some(tls), Some(chain)) = (self.tls.as_mut(), self.chain.as_ref()) {
+            tls.client_certificate = certificate_facts(chain, &self.eval, self.peer);
+        }
+        debug!(client = %self.peer, generation = self.eval.generation, "session moved to the reloaded evaluation");
+    }
+
+    async fn mail(&mut self, args: MailArgs) -> std::io::Result<Flow> {
         if self.helo.is_none() {
             return self.error(503, "5.5.1", "Send EHLO or HELO first").await;
         }
         if self.tx.is_some() {
             return self.error(503, "5.5.1", "Nested MAIL command").await;
         }
+        let max = self.ctx.limits.max_message_size;
+        if args.size.is_some_and(|s| s > max as u64) {
+            let text = format!("Message size exceeds the limit of {max} bytes");
+            return self.error(552, "5.3.4", &text).await;
+        }
+        if let Err(e) = self.ctx.spool.ensure_room(args.size.unwrap_or(0)) {
+            warn!(client = %self.peer.ip(), error = %e, "spool short of space: MAIL refused with 452");
+            self.send(reply(452, "4.3.1", "Insufficient system storage"))
+                .await?;
+            return Ok(Flow::Continue);
+        }
+        self.refresh_evaluation();
+        let address = args.path.text();
         let v = self.ask(Stage::Mail(address.clone())).await;
         self.log_decision("mail-from", &address, &v);
         if v.action == Action::Accept {
@@ -552,12 +665,14 @@ impl Session {
                 sender: address,
                 recipients: Vec::new(),
             });
+        } else {
+            self.count_error().await;
         }
         self.send(format!("{}\r\n", v.reply_line())).await?;
         Ok(Flow::Continue)
     }
 
-    async fn rcpt(&mut self, address: String) -> std::io::Result<Flow> {
+    async fn rcpt(&mut self, args: RcptArgs) -> std::io::Result<Flow> {
         let Some(count) = self.tx.as_ref().map(|t| t.recipients.len()) else {
             return self.error(503, "5.5.1", "Send MAIL first").await;
         };
@@ -566,15 +681,43 @@ impl Session {
                 .await?;
             return Ok(Flow::Continue);
         }
+        let mailbox = match args.path {
+            ForwardPath::Postmaster => return self.postmaster().await,
+            ForwardPath::Mailbox(m) => m,
+        };
+        let address = mailbox.to_string();
         let v = self.ask(Stage::Rcpt(address.clone())).await;
         self.log_decision("rcpt-to", &address, &v);
-        if v.action == Action::Accept
-            && let Some(tx) = self.tx.as_mut()
-        {
+        if v.action != Action::Accept && v.code != 452 {
+            // Refused and deferred recipients are errors: a client probing
+            // addresses or trying to relay slows down, then is cut off.
+            // (452 asks to send the recipient again later: no fault.)
+            self.count_error().await;
+        } else if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(Accepted {
                 address,
                 tenant: v.tenant.clone(),
+                reason: v.reason.clone(),
                 headers: v.headers.clone(),
+            });
+        }
+        self.send(format!("{}\r\n", v.reply_line())).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// `RCPT TO:<postmaster>` (RFC 5321 4.5.1: every server must accept
+    /// it): delivered to the configured postmaster address, which the
+    /// operator chose, so no policy is asked. It carries no tenant.
+    async fn postmaster(&mut self) -> std::io::Result<Flow> {
+        let address = self.ctx.postmaster.clone();
+        let v = attrelay_policy::replies::recipient_ok(None, "postmaster");
+        self.log_decision("rcpt-to", &address, &v);
+        if let Some(tx) = self.tx.as_mut() {
+            tx.recipients.push(Accepted {
+                address,
+                tenant: None,
+                reason: v.reason.clone(),
+                headers: Vec::new(),
             });
         }
         self.send(format!("{}\r\n", v.reply_line())).await?;
@@ -592,31 +735,9 @@ impl Session {
         self.conn
             .queue("354 Start mail input; end with <CRLF>.<CRLF>\r\n");
         self.conn.flush().await?;
-        let mut reader = DataReader::new(
-            self.ctx.limits.max_message_size,
-            self.ctx.limits.bare_line_endings,
-        );
-        loop {
-            if let Some(n) = reader.feed(&self.conn.rbuf) {
-                self.conn.rbuf.drain(..n);
-                break;
-            }
-            self.conn.rbuf.clear();
-            match timeout(self.ctx.limits.data_timeout, self.conn.fill()).await {
-                Ok(Ok(0)) => return Ok(Flow::Close),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    self.conn.queue(&reply(
-                        421,
-                        "4.4.2",
-                        "Timeout waiting for message data, closing connection",
-                    ));
-                    self.conn.flush().await?;
-                    return Ok(Flow::Close);
-                }
-            }
-        }
+        let Some(reader) = self.read_data().await? else {
+            return Ok(Flow::Close);
+        };
         let tx = self.tx.take().expect("checked above");
         if reader.too_big {
             let text = format!(
@@ -636,102 +757,95 @@ impl Session {
                 .await;
         }
         let message = reader.into_message();
-        let ctx = self.ctx.clone();
-        let mut prepared = self.prepare(&tx, &message);
-        // Durable before the reply: fsyncs run on the blocking pool.
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut done: Vec<Envelope> = Vec::new();
-            for (envelope, bytes) in &mut prepared {
-                if let Err(e) = ctx.spool.store(envelope, bytes) {
-                    for d in &done {
-                        let _ = ctx.spool.remove(&d.id);
-                    }
-                    return Err(e);
-                }
-                done.push(envelope.clone());
-            }
-            Ok(done)
-        })
-        .await;
-        match stored {
-            Ok(Ok(envelopes)) => {
-                let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
-                for e in envelopes {
-                    info!(
-                        target: "attrelay::queue",
-                        queue_id = %e.id,
-                        client = %self.peer.ip(),
-                        sender = %e.sender,
-                        recipients = e.recipients.len(),
-                        tenant = e.tenant.as_deref().unwrap_or("-"),
-                        size = message.len(),
-                        "queued"
-                    );
-                    self.ctx.queue.enqueue(e);
-                }
-                self.send(reply(
-                    250,
-                    "2.0.0",
-                    &format!("Ok: queued as {}", ids.join(" ")),
-                ))
-                .await?;
-            }
-            Ok(Err(e)) => {
-                warn!(client = %self.peer.ip(), error = %e, "spool write failed: message refused with 451");
-                self.send(reply(
-                    451,
-                    "4.3.0",
-                    "Local error in processing; try again later",
-                ))
-                .await?;
-            }
-            Err(e) => {
-                warn!(client = %self.peer.ip(), error = %e, "spool task failed: message refused with 451");
-                self.send(reply(
-                    451,
-                    "4.3.0",
-                    "Local error in processing; try again later",
-                ))
-                .await?;
-            }
+        let hops = trace::count_received(&message);
+        if hops > self.ctx.limits.max_hops {
+            info!(client = %self.peer.ip(), hops, "message refused: mail loop (too many Received fields)");
+            let text = format!("Too many hops ({hops} Received fields): mail loop?");
+            return self.error(554, "5.4.6", &text).await;
         }
+        let prepared = self.prepare(&tx, &message);
+        let line = store(self.ctx.clone(), self.peer.ip(), prepared, message.len()).await;
+        self.send(line).await?;
         Ok(Flow::Continue)
     }
 
-    /// One spool entry per attributed tenant, each with its trace headers.
+    /// Reads the message data up to `CRLF.CRLF`; `None` when the session
+    /// must end (client gone, data timeout or session deadline: 421).
+    async fn read_data(&mut self) -> std::io::Result<Option<DataReader>> {
+        let mut reader = DataReader::new(
+            self.ctx.limits.max_message_size,
+            self.ctx.limits.bare_line_endings,
+        );
+        loop {
+            if let Some(n) = reader.feed(&self.conn.rbuf) {
+                self.conn.rbuf.drain(..n);
+                return Ok(Some(reader));
+            }
+            self.conn.rbuf.clear();
+            let wait = (Instant::now() + self.ctx.limits.data_timeout).min(self.deadline);
+            match timeout_at(wait, self.conn.fill()).await {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) if wait == self.deadline => {
+                    self.deadline_reached().await?;
+                    return Ok(None);
+                }
+                Err(_) => {
+                    self.conn.queue(&reply(
+                        421,
+                        "4.4.2",
+                        "Timeout waiting for message data, closing connection",
+                    ));
+                    self.conn.flush().await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// One spool entry per attributed tenant, each with its trace headers
+    /// (composed by [`trace::compose`], the one place facts become header
+    /// text) over the client's message without its copies of our trust
+    /// headers.
     fn prepare(&self, tx: &Transaction, message: &[u8]) -> Vec<(Envelope, Vec<u8>)> {
         let mut groups: BTreeMap<Option<String>, Vec<&Accepted>> = BTreeMap::new();
         for r in &tx.recipients {
             groups.entry(r.tenant.clone()).or_default().push(r);
         }
-        let body = strip_header_fields(message, TRUSTED_HEADERS);
+        let body = trace::strip_trusted(message);
+        let date = rfc2822_now();
+        let with = if self.tls.is_some() {
+            "ESMTPS"
+        } else if self.esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
+        };
         let mut out = Vec::new();
         for (tenant, recipients) in groups {
             let id = self.ctx.spool.new_id();
-            let mut headers = String::new();
-            let for_clause = match recipients.as_slice() {
-                [one] => format!("\r\n\tfor <{}>", one.address),
-                _ => String::new(),
-            };
-            headers.push_str(&format!(
-                "Received: from {} ([{}])\r\n\tby {} (attrelay) with {}{}\r\n\tid {id}{for_clause};\r\n\t{}\r\n",
-                self.helo.as_deref().unwrap_or("unknown"),
-                self.peer.ip(),
-                self.ctx.hostname,
-                if self.tls.is_some() { "ESMTPS" } else if self.esmtp { "ESMTP" } else { "SMTP" },
-                self.tls_comment(),
-                rfc2822_now()
-            ));
-            if let Some(t) = &tenant {
-                headers.push_str(&format!("X-Attributed-Tenant: {t}\r\n"));
-            }
-            let mut seen: Vec<&HeaderField> = Vec::new();
+            let mut policy_headers: Vec<HeaderField> = Vec::new();
             for h in recipients.iter().flat_map(|r| &r.headers) {
-                if !seen.contains(&h) {
-                    headers.push_str(&format!("{}: {}\r\n", h.name, h.value));
-                    seen.push(h);
+                if !policy_headers.contains(h) {
+                    policy_headers.push(h.clone());
                 }
             }
+            let headers = trace::compose(&trace::TraceFacts {
+                helo: self.helo.as_deref().unwrap_or("unknown"),
+                client_ip: self.peer.ip(),
+                hostname: &self.ctx.hostname,
+                with,
+                queue_id: &id,
+                for_recipient: match recipients.as_slice() {
+                    [one] => Some(one.address.as_str()),
+                    _ => None,
+                },
+                tls: self.tls.as_ref(),
+                date: &date,
+                tenant: tenant.as_deref(),
+                policy_headers: &policy_headers,
+            });
             let mut bytes = headers.into_bytes();
             bytes.extend_from_slice(&body);
             let envelope = Envelope {
@@ -744,6 +858,7 @@ impl Session {
                         state: RecipientState::Pending,
                     })
                     .collect(),
+                authenticated: recipients.iter().all(|r| vouched_for(r.reason.as_deref())),
                 tenant,
                 received_at: now(),
                 attempts: 0,
@@ -758,25 +873,137 @@ impl Session {
         }
         out
     }
+}
 
-    fn tls_comment(&self) -> String {
-        let Some(t) = &self.tls else {
-            return String::new();
-        };
-        let mut s = format!("\r\n\t(version={} cipher={}", t.protocol, t.cipher);
-        match &t.client_certificate {
-            Some(c) => s.push_str(&format!(
-                "\r\n\tclient certificate \"{}\" {})",
-                c.subject.replace(['"', '\\'], ""),
-                if c.verified {
-                    "verified"
-                } else {
-                    "not verified"
+/// Whether a verdict's reason says a connector vouched for the sender (the
+/// default policy's reasons for mail a tenant sends). Anything else —
+/// `incoming` Internet mail, the postmaster, a custom policy's own reasons —
+/// counts as unauthenticated for the DSN policy, the safe side.
+fn vouched_for(reason: Option<&str>) -> bool {
+    matches!(
+        reason,
+        Some("originating-certificate" | "originating-ip" | "attr36")
+    )
+}
+
+/// Spools the prepared messages durably and queues them; returns the
+/// reply line. It runs as a task of its own: if the session is cut off
+/// meanwhile, a message that reached the spool is still queued, never
+/// left committed but undelivered until a restart.
+async fn store(
+    ctx: Arc<ServerContext>,
+    client: std::net::IpAddr,
+    prepared: Vec<(Envelope, Vec<u8>)>,
+    size: usize,
+) -> String {
+    let task = tokio::spawn(async move {
+        let spool = ctx.spool.clone();
+        let stored = tokio::task::spawn_blocking(move || store_all(&spool, prepared)).await;
+        match stored {
+            Ok(Ok(envelopes)) => {
+                let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
+                for e in envelopes {
+                    info!(
+                        target: "attrelay::queue",
+                        queue_id = %e.id,
+                        client = %client,
+                        sender = %e.sender,
+                        recipients = e.recipients.len(),
+                        tenant = e.tenant.as_deref().unwrap_or("-"),
+                        size,
+                        "queued"
+                    );
+                    ctx.queue.enqueue(e);
                 }
-            )),
-            None => s.push_str(" no client certificate)"),
+                reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" ")))
+            }
+            Ok(Err(e)) if e.is_full() => {
+                warn!(client = %client, error = %e, "spool full: message refused with 452");
+                reply(452, "4.3.1", "Insufficient system storage")
+            }
+            Ok(Err(e)) => {
+                warn!(client = %client, error = %e, "spool write failed: message refused with 451");
+                reply(451, "4.3.0", "Local error in processing; try again later")
+            }
+            Err(e) => {
+                warn!(client = %client, error = %e, "spool task failed: message refused with 451");
+                reply(451, "4.3.0", "Local error in processing; try again later")
+            }
         }
-        s
+    });
+    task.await
+        .unwrap_or_else(|_| reply(451, "4.3.0", "Local error in processing; try again later"))
+}
+
+/// Stores every prepared message, or none: when one fails, those already
+/// stored are removed, so that the client's retry is no duplicate.
+fn store_all(
+    spool: &crate::spool::Spool,
+    prepared: Vec<(Envelope, Vec<u8>)>,
+) -> Result<Vec<Envelope>, crate::spool::SpoolError> {
+    let mut done: Vec<Envelope> = Vec::new();
+    for (mut envelope, bytes) in prepared {
+        if let Err(e) = spool.store(&mut envelope, &bytes) {
+            for d in &done {
+                let _ = spool.remove(&d.id);
+            }
+            return Err(e);
+        }
+        done.push(envelope);
+    }
+    Ok(done)
+}
+
+/// A MAIL or RCPT command with its arguments parsed (or why they were refused).
+enum EnvelopeCommand {
+    Mail(Result<MailArgs, ArgumentError>),
+    Rcpt(Result<RcptArgs, ArgumentError>),
+}
+
+/// Recognises MAIL and RCPT (any case) and parses their arguments with
+/// [`crate::address`]; `None` for every other command. A MAIL or RCPT
+/// whose `FROM:`/`TO:` is misspelt is a syntax error here, never handed to
+/// another parser.
+fn envelope_command(line: &[u8]) -> Option<EnvelopeCommand> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let verb = line.get(..4)?;
+    let after = |prefix: &[u8]| {
+        line.get(..prefix.len())
+            .filter(|p| p.eq_ignore_ascii_case(prefix))
+            .map(|_| &line[prefix.len()..])
+            .ok_or(ArgumentError::Syntax(
+                "MAIL FROM:<address> or RCPT TO:<address>",
+            ))
+    };
+    let at_word_end = line.get(4).is_none_or(|b| *b == b' ');
+    if verb.eq_ignore_ascii_case(b"MAIL") && at_word_end {
+        Some(EnvelopeCommand::Mail(
+            after(b"MAIL FROM:").and_then(address::parse_mail),
+        ))
+    } else if verb.eq_ignore_ascii_case(b"RCPT") && at_word_end {
+        Some(EnvelopeCommand::Rcpt(
+            after(b"RCPT TO:").and_then(address::parse_rcpt),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The certificate facts of `chain` under `eval`'s trust anchors, at the
+/// current time; `None` (no certificate, never authentication) when the
+/// leaf cannot be parsed.
+fn certificate_facts(
+    chain: &[CertificateDer<'static>],
+    eval: &Evaluation,
+    peer: SocketAddr,
+) -> Option<attrelay_policy::model::ClientCertificate> {
+    match inspect_chain(chain, &eval.anchors, unix_time(now())) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            info!(client = %peer, error = %e, "client certificate ignored");
+            None
+        }
     }
 }
 
@@ -785,51 +1012,4 @@ fn rfc2822_now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default()
-}
-
-/// Removes header fields named `names` (lower case) from the header section
-/// of `message`, continuation lines included; the body is untouched.
-pub fn strip_header_fields(message: &[u8], names: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len());
-    let mut pos = 0;
-    let mut dropping = false;
-    while pos < message.len() {
-        let end = message[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i + 1)
-            .unwrap_or(message.len());
-        let line = &message[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            // End of the header section: copy the rest verbatim.
-            out.extend_from_slice(&message[pos..]);
-            return out;
-        }
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation {
-            let name = line.iter().position(|&b| b == b':').map(|i| &line[..i]);
-            dropping = name
-                .map(|n| names.iter().any(|x| n.eq_ignore_ascii_case(x.as_bytes())))
-                .unwrap_or(false);
-        }
-        if !dropping {
-            out.extend_from_slice(line);
-        }
-        pos = end;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forged_trace_headers_are_removed_from_the_header_section_only() {
-        let m = b"X-Attributed-Tenant: forged\r\n\tcontinued\r\nSubject: hi\r\nx-attrelay-warning: no\r\n\r\nX-Attributed-Tenant: body text\r\n";
-        assert_eq!(
-            strip_header_fields(m, TRUSTED_HEADERS),
-            b"Subject: hi\r\n\r\nX-Attributed-Tenant: body text\r\n".to_vec()
-        );
-    }
 }
