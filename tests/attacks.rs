@@ -21,7 +21,6 @@ async fn message(c: &mut Client, from: &str, to: &[&str], data: &str) -> (u16, S
         let r = c.cmd(&format!("RCPT TO:{t}")).await;
         assert_eq!(r.code, 250, "RCPT TO:{t}: {r:?}");
     }
-    assert_eq!(c.cmd("DATA").await.code, 354);
     let r = c.data(data.as_bytes()).await;
     (r.code, r.lines.join("\n"))
 }
@@ -270,7 +269,6 @@ async fn a_revoked_connector_stops_authorising_an_open_session() {
         .await
         .unwrap()
         .expect("reload");
-    assert_eq!(c.cmd("DATA").await.code, 354);
     assert_eq!(c.data(b"Subject: one\r\n\r\nx\r\n.\r\n").await.code, 250);
     // ...and the next transaction in the same session is judged without it.
     assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);

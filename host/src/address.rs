@@ -673,7 +673,6 @@ mod tests {
             ("<john@contoso_x.com>", AddressError::Trailing),
             ("<john@[300.1.1.1]>", AddressError::BadLiteral),
             ("<john@[IPv6:zz]>", AddressError::BadLiteral),
-            ("<john@contoso.com>x", AddressError::Trailing),
             ("<@a.example joe@contoso.com>", AddressError::BadRoute),
         ] {
             assert_eq!(
@@ -682,6 +681,10 @@ mod tests {
                 "{input:?}"
             );
         }
+        assert_eq!(
+            rcpt("<john@contoso.com>x"),
+            Err(ArgumentError::Syntax("a space must follow the path"))
+        );
         let long = format!("<{}@contoso.com>", "a".repeat(65));
         assert_eq!(
             rcpt(&long),

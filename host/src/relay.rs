@@ -322,7 +322,7 @@ mod tests {
         );
         assert_eq!(
             pool(
-                "[server]\nmax_sessions = 6\n\n[policyd]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 4\n"
+                "[server]\nmax_sessions = 6\n\n[policy]\nmax_instances = 1\n\n[policyd]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 4\n"
             ),
             6 * MAX_INSTANCES_PER_SESSION
                 + 4 * MAX_INSTANCES_PER_POLICYD_REQUEST
