@@ -281,9 +281,37 @@ async fn saying_ehlo_again_does_not_renew_the_decision_log_bound() {
     handle.stop().await;
 }
 
-/// Connects to `addr` and reads the first reply line.
-async fn first_line(addr: SocketAddr) -> (BufReader<TcpStream>, String) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+/// Adds `addrs` to the loopback interface (root, like the Postfix tests):
+/// distinct IPv6 clients on one machine. Fails, never skips, without them.
+fn add_loopback_addresses(addrs: &[&str]) {
+    for a in addrs {
+        let out = std::process::Command::new("ip")
+            .args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ])
+            .output()
+            .expect("running ip(8) from iproute2");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("File exists"),
+            "cannot add {a} to lo (this test needs root and iproute2): {err}"
+        );
+    }
+}
+
+/// Connects from `source` and returns the first line the relay says.
+async fn first_line_from(source: &str, addr: SocketAddr) -> (BufReader<TcpStream>, String) {
+    let socket = tokio::net::TcpSocket::new_v6().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
     let mut reader = BufReader::new(tcp);
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
@@ -294,14 +322,15 @@ async fn first_line(addr: SocketAddr) -> (BufReader<TcpStream>, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipv6_clients_are_held_to_the_per_ip_limit() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: no IPv6 loopback here");
-        return;
-    }
+async fn ipv6_clients_of_one_64_share_the_per_ip_limit() {
+    // Two clients in one /64 and one in the next /64.
+    let (a1, a2, b) = (
+        "fd7a:a77e:1e1a::11",
+        "fd7a:a77e:1e1a::12",
+        "fd7a:a77e:1e1a:1::11",
+    );
+    add_loopback_addresses(&[a1, a2, b]);
     let pki = Pki::new();
-    // Loopback has one IPv6 address; that addresses in one /64 share a
-    // count is tested on the key itself (smtp::server's unit tests).
     let path = write_config(
         &pki,
         "listen = [\"[::1]:0\"]\nmax_sessions_per_ip = 2\nipv6_prefix_length = 64",
@@ -313,16 +342,20 @@ async fn ipv6_clients_are_held_to_the_per_ip_limit() {
     );
     let handle = start(&path).await;
     let addr = handle.addrs[0];
-    let (first, greeting) = first_line(addr).await;
+    let (first, greeting) = first_line_from(a1, addr).await;
     assert!(greeting.starts_with("220 "), "{greeting}");
-    let (_second, greeting) = first_line(addr).await;
+    let (_second, greeting) = first_line_from(a2, addr).await;
     assert!(greeting.starts_with("220 "), "{greeting}");
-    let (_, refused) = first_line(addr).await;
+    // A third address of the same /64 is the same client.
+    let (_, refused) = first_line_from(a1, addr).await;
     assert!(refused.starts_with("421 4.7.0 "), "{refused}");
+    // Another /64 is another client.
+    let (_other, greeting) = first_line_from(b, addr).await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
     drop(first);
     let mut greeting = String::new();
     for _ in 0..50 {
-        let (_third, line) = first_line(addr).await;
+        let (_third, line) = first_line_from(a2, addr).await;
         greeting = line;
         if greeting.starts_with("220 ") {
             break;

@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use attrelay_policy::model::{Action, ClientCertificate, SessionFacts, TlsFacts, Verdict};
 
 use super::request::{PolicyRequest, RequestError, xtext_decode};
+use crate::tls::client_cert as cert;
 
 /// The only request type Postfix's SMTP server sends.
 pub const SMTPD_ACCESS_POLICY: &str = "smtpd_access_policy";
@@ -114,8 +115,16 @@ fn tls_facts(req: &PolicyRequest) -> Option<TlsFacts> {
     if protocol.is_empty() {
         return None;
     }
-    let subject = xtext_decode(req.value("ccert_subject"));
-    let fingerprint = req.value("ccert_fingerprint").replace(':', "");
+    // What Postfix reports is certificate content: escaped and bounded
+    // like the facts the SMTP server takes from a certificate itself.
+    let cn = xtext_decode(req.value("ccert_subject"));
+    let subject = cert::bounded(cert::escape_name(cn.as_bytes()), cert::MAX_NAME_LEN);
+    let fingerprint: String = req
+        .value("ccert_fingerprint")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(128)
+        .collect();
     let client_certificate = (!subject.is_empty() || !fingerprint.is_empty()).then(|| {
         let verified = !subject.is_empty();
         ClientCertificate {
@@ -125,13 +134,19 @@ fn tls_facts(req: &PolicyRequest) -> Option<TlsFacts> {
                     .to_string()
             }),
             subject: if verified {
-                format!("CN={subject}")
+                format!(
+                    "CN={}",
+                    cert::bounded(cert::escape_dn_value(cn.as_bytes()), cert::MAX_DN_LEN)
+                )
             } else {
                 String::new()
             },
             common_names: if verified { vec![subject] } else { Vec::new() },
             dns_names: Vec::new(),
-            issuer: xtext_decode(req.value("ccert_issuer")),
+            issuer: cert::bounded(
+                cert::escape_dn_value(xtext_decode(req.value("ccert_issuer")).as_bytes()),
+                cert::MAX_DN_LEN,
+            ),
             serial: String::new(),
             sha256_fingerprint: fingerprint.to_ascii_uppercase(),
             not_before: 0,

@@ -539,7 +539,7 @@ pub fn escape_name(bytes: &[u8]) -> String {
 
 /// `s` cut to at most `max` bytes on a character boundary, ending in [`CUT`]
 /// when it was longer.
-fn bounded(mut s: String, max: usize) -> String {
+pub fn bounded(mut s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
