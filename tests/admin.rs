@@ -174,6 +174,22 @@ async fn requests_for_another_host_are_refused() {
     )
     .await;
     assert_eq!(code, 421, "an absolute URI naming another host");
+    // A page on any site making the browser on the relay's host POST to
+    // 127.0.0.1 (a form, or fetch in no-cors mode): the Host is right, but
+    // the browser says where the request comes from.
+    for marker in [
+        "Origin: https://attacker.example\r\n",
+        "Origin: null\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+    ] {
+        let (code, text) = exchange(
+            admin,
+            &format!("POST /reload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{marker}"),
+        )
+        .await;
+        assert_eq!(code, 403, "{marker}: {text}");
+    }
     assert_eq!(live.generation().await, 0, "no refused reload happened");
 
     // The same request addressed to the endpoint works (no token configured:

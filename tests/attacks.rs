@@ -28,12 +28,32 @@ async fn message(c: &mut Client, from: &str, to: &[&str], data: &str) -> (u16, S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quoted_local_part_cannot_redirect_or_extend_the_envelope() {
     let relay = Relay::start("").await;
-    let mut c = relay.session(UNKNOWN_IP, None).await;
-    // Anonymous Internet client, writing to a contoso recipient (incoming
-    // mail, accepted) whose quoted local part holds '@', '>' and a
-    // parameter; and a sender whose local part holds parameters.
-    let sender = r#""x> RET=HDRS ENVID=forged AUTH=<ceo@contoso.com>"@a.example"#;
+    // A recipient whose quoted local part holds '@', '>' and a parameter,
+    // and a sender whose local part holds parameters.
+    let sender = r#""x> RET=HDRS ENVID=forged AUTH=<ceo@contoso.com>"@contoso.com"#;
     let rcpt = r#""victim@elsewhere.example> ORCPT=rfc822;x"@contoso.com"#;
+
+    // From an anonymous Internet client, routing in the local part is
+    // refused outright: the tenant's own server might route it onward.
+    let mut c = relay.session(UNKNOWN_IP, None).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<someone@internet.example>").await.code,
+        250
+    );
+    for r in [
+        format!("<{rcpt}>"),
+        "<victim%elsewhere.example@contoso.com>".to_string(),
+        "<elsewhere.example!victim@contoso.com>".to_string(),
+    ] {
+        let reply = c.cmd(&format!("RCPT TO:{r}")).await;
+        assert!(reply.is(550, "5.7.1"), "{r}: {reply:?}");
+    }
+    assert_eq!(c.cmd("RSET").await.code, 250);
+
+    // From contoso's own server the same addresses are mail it may send,
+    // and the next hop receives exactly the mailboxes that were judged:
+    // quoted, with their domains, and no parameter of the client's.
+    let mut c = relay.session(CONTOSO_IP, None).await;
     let (code, text) = message(
         &mut c,
         &format!("<{sender}>"),
@@ -43,8 +63,6 @@ async fn a_quoted_local_part_cannot_redirect_or_extend_the_envelope() {
     .await;
     assert_eq!(code, 250, "{text}");
     let got = relay.sink.wait_for(1).await;
-    // The next hop receives exactly the mailboxes that were judged: quoted,
-    // with their domains, and no parameter of the client's.
     let lines = relay.sink.envelope_lines.lock().unwrap().clone();
     assert_eq!(
         lines,
@@ -52,6 +70,7 @@ async fn a_quoted_local_part_cannot_redirect_or_extend_the_envelope() {
         "{got:?}"
     );
     // A canonical form is written whatever form the client used.
+    let mut c = relay.session(UNKNOWN_IP, None).await;
     let (code, _) = message(
         &mut c,
         "<@route.example:\"john\"@A.EXAMPLE.>",
@@ -170,6 +189,37 @@ async fn trust_headers_in_any_spelling_are_removed() {
         !text.contains("\r\n contoso"),
         "a folded remainder survived: {text}"
     );
+    // Lines another reader could still take for the field end the header
+    // section: what follows them is delivered as body.
+    for odd in [
+        ":X-Attributed-Tenant: fabrikam",
+        "junk\r\n X-Attributed-Tenant: fabrikam",
+        "X-Attributed-Tenant\0: fabrikam",
+    ] {
+        let data =
+            format!("Subject: odd\r\n{odd}\r\nFrom: a@internet.example\r\n\r\nbody\r\n.\r\n");
+        let (code, _) = message(
+            &mut c,
+            "<someone@internet.example>",
+            &["<kate@contoso.com>"],
+            &data,
+        )
+        .await;
+        assert_eq!(code, 250);
+    }
+    let got = relay.sink.wait_for(4).await;
+    for m in &got[1..] {
+        let parsed = mail_parser::MessageParser::default()
+            .parse(m.data.as_slice())
+            .unwrap();
+        let tenants: Vec<String> = parsed
+            .headers()
+            .iter()
+            .filter(|h| h.name().to_ascii_lowercase().contains("attributed-tenant"))
+            .map(|h| h.value().as_text().unwrap_or_default().trim().to_string())
+            .collect();
+        assert_eq!(tenants, ["contoso"], "{}", String::from_utf8_lossy(&m.data));
+    }
     relay.handle.stop().await;
 }
 

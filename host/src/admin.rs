@@ -65,6 +65,25 @@ pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 const MISDIRECTED: &str =
     "refused: the Host header must be localhost, 127.0.0.1, [::1] or this endpoint's address\n";
 
+/// Why a request was refused for coming from a web page.
+const FROM_A_WEB_PAGE: &str =
+    "refused: requests from web pages (Origin or Sec-Fetch-Site) are not served here\n";
+
+/// Whether a browser sent `req` on behalf of a web page. A page on any site
+/// can make the browser on the relay's host send a "simple" cross-site
+/// request (a form's POST, `fetch` in no-cors mode) to 127.0.0.1 with the
+/// right `Host`; browsers mark such requests with `Origin` (every cross-site
+/// POST) and `Sec-Fetch-Site` (`none` only for what the user typed in the
+/// address bar). curl, Prometheus and scripts send neither.
+fn from_a_web_page(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(hyper::header::ORIGIN)
+        || headers
+            .get_all("sec-fetch-site")
+            .iter()
+            .any(|v| v.as_bytes() != b"none")
+}
+
 /// `[admin]`: where the endpoint listens, who may change state, its bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
@@ -393,6 +412,9 @@ impl Admin {
     fn refusal(&self, req: &Request<Incoming>, local: SocketAddr) -> Option<Response<Full<Bytes>>> {
         if !addressed_here(req, local) {
             return Some(text(StatusCode::MISDIRECTED_REQUEST, MISDIRECTED));
+        }
+        if from_a_web_page(req) {
+            return Some(text(StatusCode::FORBIDDEN, FROM_A_WEB_PAGE));
         }
         if needs_token(req.method(), req.uri().path()) && !self.authorized(req) {
             return Some(unauthorized());

@@ -526,6 +526,7 @@ impl Config {
 
         // [server]
         let s = raw.server;
+        let hostname_span = s.hostname.as_ref().map(|h| h.span()).unwrap_or(0..0);
         let hostname = match s.hostname {
             Some(h) => {
                 let span = h.span();
@@ -595,7 +596,19 @@ impl Config {
                     )
                 })?
                 .to_string(),
-            None => format!("postmaster@{hostname}"),
+            // The default must be a mailbox too: a host name certname
+            // accepts (an underscore) may not be a mail domain.
+            None => crate::address::Mailbox::parse(&format!("postmaster@{hostname}"), false)
+                .map_err(|e| {
+                    src.error(
+                        hostname_span.clone(),
+                        "server.hostname",
+                        format!(
+                            "postmaster@{hostname} is not a mailbox ({e}): set server.postmaster"
+                        ),
+                    )
+                })?
+                .to_string(),
         };
         let server_defaults = crate::smtp::Limits::default();
         let server = ServerConfig {

@@ -287,11 +287,11 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
             target: "attrelay::delivery",
             queue_id = %envelope.id,
             attempt = envelope.attempts,
-            recipient = %rcpt,
+            recipient = ?rcpt,
             next_hop = %hop,
             tenant = envelope.tenant.as_deref().unwrap_or("-"),
             result,
-            reply = %reply,
+            reply = ?reply,
             "delivery attempt"
         );
         if let Some(m) = &cfg.metrics {
@@ -368,7 +368,7 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
                 info!(
                     target: "attrelay::delivery",
                     queue_id = %envelope.id,
-                    sender = %envelope.sender,
+                    sender = ?envelope.sender,
                     suppressed_total = cfg.dsn_limiter.suppressed(),
                     "DSN suppressed: unauthenticated sender whose domain has used up its DSNs for the hour (dsn_rate_per_domain_per_hour)"
                 );
@@ -422,10 +422,10 @@ fn make_dsn(
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();
-    let mut bytes = match &original.tenant {
-        Some(t) => format!("X-Attributed-Tenant: {t}\r\n").into_bytes(),
-        None => Vec::new(),
-    };
+    // No X-Attributed-Tenant: a DSN goes to a reverse-path anyone can
+    // forge, possibly another tenant's address, and must not carry one
+    // tenant's attribution to another.
+    let mut bytes = Vec::new();
     bytes.extend_from_slice(&dsn::build(
         &cfg.hostname,
         original,
@@ -454,7 +454,7 @@ fn make_dsn(
         message_len: 0,
     };
     spool.store(&mut envelope, &bytes)?;
-    info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = %original.sender, returned = ?returned, "DSN queued");
+    info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = ?original.sender, returned = ?returned, "DSN queued");
     Ok(envelope)
 }
 
@@ -506,7 +506,14 @@ fn write_to_directory(
         source,
     })?;
     let eml = dir.join(format!("{id}.eml"));
-    crate::spool::replace_durably(&dir.join(format!(".{id}.eml.tmp")), &eml, message)?;
+    if let Err(e) =
+        crate::spool::replace_durably(&dir.join(format!(".{id}.eml.tmp")), &eml, message)
+    {
+        // It may have been renamed into place before the directory's fsync
+        // failed: no `.eml` may stay without its `.json`.
+        crate::spool::discard(&eml);
+        return Err(e);
+    }
     let json = dir.join(format!("{id}.json"));
     if let Err(e) =
         crate::spool::replace_durably(&dir.join(format!(".{id}.json.tmp")), &json, envelope)

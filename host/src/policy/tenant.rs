@@ -14,7 +14,7 @@ use super::bindings::{tenant_guest, types as wit};
 use super::cache::Provenance;
 use super::engine::{PolicyEngine, PolicyError, PolicySource};
 use super::session::{Budget, SessionState, describe_error_with, facts_to_wit};
-use super::verdict::{check, policy_failure};
+use super::verdict::{check, policy_failure, vouches_for_sender};
 use crate::directory::Directory;
 
 /// The budgets of one tenant's policy.
@@ -266,6 +266,21 @@ impl TenantSession {
             }
         };
         match check(v, &self.store.data().directory) {
+            Ok(v) if vouches_for_sender(v.reason.as_deref())
+                && !vouches_for_sender(base.reason.as_deref()) =>
+            {
+                fail(format!(
+                    "verdict claims a connector vouched for the sender (reason {:?}) where the base policy did not",
+                    v.reason.as_deref().unwrap_or_default()
+                ))
+            }
+            Ok(v) if v
+                .headers
+                .iter()
+                .any(|h| h.name.to_ascii_lowercase().starts_with("x-attrelay-")) =>
+            {
+                fail("verdict writes an X-Attrelay- field, which only the relay and its base policy may write".into())
+            }
             Ok(mut v) => match v.tenant.as_deref() {
                 None => {
                     v.tenant = Some(tenant);

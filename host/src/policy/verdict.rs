@@ -18,6 +18,19 @@ pub const MAX_EXPLANATION_LINE: usize = 1000;
 pub const MAX_HEADERS: usize = 8;
 pub const MAX_HEADER_VALUE: usize = 900;
 
+/// Whether a verdict's reason says a connector vouched for the sender (the
+/// default policy's reasons for mail a tenant's own server sends): such mail
+/// gets DSNs with its header section, unlimited. Anything else — `incoming`
+/// Internet mail, the postmaster, a custom policy's own reasons — counts as
+/// unauthenticated, the safe side; a tenant policy may not move a verdict
+/// into this set.
+pub fn vouches_for_sender(reason: Option<&str>) -> bool {
+    matches!(
+        reason,
+        Some("originating-certificate" | "originating-ip" | "attr36")
+    )
+}
+
 /// The reply to any policy failure: temporary, so the client retries and no
 /// mail is accepted without a decision.
 pub fn policy_failure(detail: impl Into<String>) -> Verdict {

@@ -371,7 +371,7 @@ fn log_decision(
         stage,
         address,
         tenant = v.tenant.as_deref().unwrap_or("-"),
-        reply = %v.reply_line(),
+        reply = ?v.reply_line(),
         reason = v.reason.as_deref().unwrap_or("-"),
         "decision"
     );

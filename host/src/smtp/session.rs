@@ -24,6 +24,7 @@ use super::trace;
 use crate::address::{self, ArgumentError, ForwardPath, MailArgs, RcptArgs};
 use crate::directory::canonical_ip;
 use crate::judges::{Judges, Stage, ask};
+use crate::policy::verdict::vouches_for_sender;
 use crate::spool::{Envelope, Recipient, RecipientState, now};
 use crate::tls::client_cert::{inspect_chain, unix_time};
 use crate::tls::server::{cipher_name, protocol_name};
@@ -610,7 +611,7 @@ impl Session {
             stage,
             address,
             tenant = v.tenant.as_deref().unwrap_or("-"),
-            reply = %v.reply_line(),
+            reply = ?v.reply_line(),
             reason = v.reason.as_deref().unwrap_or("-"),
             policy = self.eval.policy.origin(),
             "decision"
@@ -686,7 +687,13 @@ impl Session {
             ForwardPath::Mailbox(m) => m,
         };
         let address = mailbox.to_string();
-        let v = self.ask(Stage::Rcpt(address.clone())).await;
+        let mut v = self.ask(Stage::Rcpt(address.clone())).await;
+        if v.action == Action::Accept
+            && mailbox.has_routing()
+            && !vouches_for_sender(v.reason.as_deref())
+        {
+            v = routing_refused(&address);
+        }
         self.log_decision("rcpt-to", &address, &v);
         if v.action != Action::Accept && v.code != 452 {
             // Refused and deferred recipients are errors: a client probing
@@ -858,7 +865,9 @@ impl Session {
                         state: RecipientState::Pending,
                     })
                     .collect(),
-                authenticated: recipients.iter().all(|r| vouched_for(r.reason.as_deref())),
+                authenticated: recipients
+                    .iter()
+                    .all(|r| vouches_for_sender(r.reason.as_deref())),
                 tenant,
                 received_at: now(),
                 attempts: 0,
@@ -875,15 +884,23 @@ impl Session {
     }
 }
 
-/// Whether a verdict's reason says a connector vouched for the sender (the
-/// default policy's reasons for mail a tenant sends). Anything else —
-/// `incoming` Internet mail, the postmaster, a custom policy's own reasons —
-/// counts as unauthenticated for the DSN policy, the safe side.
-fn vouched_for(reason: Option<&str>) -> bool {
-    matches!(
-        reason,
-        Some("originating-certificate" | "originating-ip" | "attr36")
-    )
+/// The verdict for a recipient with sender routing in its local part
+/// ([`crate::address::Mailbox::has_routing`]) from a client no connector
+/// vouched for: the server behind the tenant's domain might route it
+/// onward, to anywhere (Postfix's `allow_untrusted_routing = no`).
+fn routing_refused(address: &str) -> Verdict {
+    Verdict {
+        action: Action::Reject,
+        code: 550,
+        enhanced: "5.7.1".into(),
+        text: "Sender-specified routing (@, % or ! in the local part) is not accepted".into(),
+        tenant: None,
+        reason: Some("sender-routing".into()),
+        explanation: vec![format!(
+            "{address}: the local part holds a route to another host, and no connector vouched for the client"
+        )],
+        headers: Vec::new(),
+    }
 }
 
 /// Spools the prepared messages durably and queues them; returns the

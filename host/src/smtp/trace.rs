@@ -262,16 +262,46 @@ fn sanitize(raw: &str, max: usize, context: Context) -> String {
 /// they belong to no field, and once the relay's own fields are put in front
 /// they would continue the last of them. Lines may end in CRLF, a bare LF or
 /// a bare CR.
+///
+/// The header section ends at the first line that does not start a
+/// well-formed field (see [`is_well_formed`]): a line without a colon, an
+/// empty name (`:X-Attributed-Tenant: x`), a name with bytes RFC 5322 does
+/// not allow in one (`junk` then ` X-Attributed-Tenant: x`, which this
+/// reader would take for one field named `junk X-Attributed-Tenant`).
+/// Readers downstream recover from such lines in their own ways —
+/// mail-parser skips a leading colon, and starts a new field on a
+/// continuation line after a line without a colon — so any of them could
+/// find a trust field there that this function did not. An empty line is
+/// inserted before that line, as Postfix's cleanup does, so that every
+/// reader takes it and all that follows for the body.
 pub fn strip_trusted(message: &[u8]) -> Vec<u8> {
-    let (fields, rest) = split_header(message);
-    let mut out = Vec::with_capacity(message.len());
-    for field in fields {
-        if !is_orphan(field) && !is_trusted(field) {
+    let header = split_header(message);
+    let mut out = Vec::with_capacity(message.len() + 2);
+    for field in header.fields {
+        if !is_trusted(field) {
             out.extend_from_slice(field);
         }
     }
-    out.extend_from_slice(rest);
+    if header.unterminated {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(header.rest);
     out
+}
+
+/// Whether a field has a name every reader agrees on: before its colon,
+/// one or more RFC 5322 `ftext` bytes (printable ASCII but the colon),
+/// optionally followed by whitespace (the obsolete `WSP` before the colon,
+/// or a name folded onto the next line).
+fn is_well_formed(field: &[u8]) -> bool {
+    let Some(name) = field_name(field) else {
+        return false;
+    };
+    let end = name
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    end > 0 && name[..end].iter().all(|b| (33..=126).contains(b))
 }
 
 /// Whether a field is one of [`TRUSTED_HEADERS`], however spelled.
@@ -283,36 +313,64 @@ fn is_trusted(field: &[u8]) -> bool {
 /// spelled in any of the ways [`strip_trusted`] recognises: the hop count of
 /// RFC 5321 6.3 loop detection.
 pub fn count_received(message: &[u8]) -> usize {
-    let (fields, _) = split_header(message);
-    fields
+    split_header(message)
+        .fields
         .into_iter()
-        .filter(|f| !is_orphan(f) && field_name(f).is_some_and(|n| name_is(n, "Received")))
+        .filter(|f| field_name(f).is_some_and(|n| name_is(n, "Received")))
         .count()
 }
 
-/// Splits `message` into its header fields (each a line with its continuation
-/// lines, line endings included) and the rest: the empty line that ends the
-/// header section and the body, or nothing when there is no empty line.
-fn split_header(message: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+/// A message's header section as this module reads it.
+struct Header<'a> {
+    /// The well-formed fields, each a line with its continuation lines,
+    /// line endings included. Continuation lines before the first field
+    /// (orphans) are left out.
+    fields: Vec<&'a [u8]>,
+    /// The rest: from the empty line that ends the header section, or from
+    /// the first line that is no well-formed field.
+    rest: &'a [u8],
+    /// The header section ended at a line that is no field, not at an
+    /// empty line.
+    unterminated: bool,
+}
+
+/// Splits `message` into its header fields and the rest.
+fn split_header(message: &[u8]) -> Header<'_> {
     let mut fields = Vec::new();
-    // Where the field being gathered starts, and where the next line starts.
-    let (mut start, mut pos) = (0, 0);
+    let mut pos = 0;
     while pos < message.len() {
-        let end = pos + line_len(&message[pos..]);
-        let line = &message[pos..end];
+        let line = &message[pos..pos + line_len(&message[pos..])];
         if matches!(line, b"\r\n" | b"\n" | b"\r") {
             break;
         }
-        if !is_continuation(line) && pos > start {
-            fields.push(&message[start..pos]);
-            start = pos;
+        let mut end = pos + line.len();
+        while end < message.len() {
+            let next = &message[end..end + line_len(&message[end..])];
+            if !is_continuation(next) {
+                break;
+            }
+            end += next.len();
         }
+        let field = &message[pos..end];
+        if is_orphan(field) {
+            pos = end;
+            continue;
+        }
+        if !is_well_formed(field) {
+            return Header {
+                fields,
+                rest: &message[pos..],
+                unterminated: true,
+            };
+        }
+        fields.push(field);
         pos = end;
     }
-    if pos > start {
-        fields.push(&message[start..pos]);
+    Header {
+        fields,
+        rest: &message[pos..],
+        unterminated: false,
     }
-    (fields, &message[pos..])
 }
 
 /// The length of the first line of `bytes`, with its line ending: CRLF, a
@@ -636,11 +694,8 @@ mod tests {
         let m: &[u8] = b"X-Attributed-Tenant : a\r\n\
 x-attributed-tenant\t:b\r\n\
 X-ATTRIBUTED-TENANT:\r\n c\r\n\tcc\r\n\
-X-Attributed-Tenant\0: d\r\n\
-\x01X-Attributed-Tenant: e\r\n\
 X-Attributed-Tenant\r\n : f\r\n\
 X-Attrelay-Warning  : g\r\n\
-X-Attributed-Tenant\xc2\xa0: h\r\n\
 X-Attributed-Tenant-Extra: kept\r\n\
 Subject: kept\r\n X-Attributed-Tenant: kept as part of the subject\r\n\
 \r\n\
@@ -649,6 +704,39 @@ X-Attributed-Tenant : body\r\n";
             String::from_utf8_lossy(&strip_trusted(m)),
             "X-Attributed-Tenant-Extra: kept\r\nSubject: kept\r\n X-Attributed-Tenant: kept as part of the subject\r\n\r\nX-Attributed-Tenant : body\r\n"
         );
+    }
+
+    #[test]
+    fn a_line_that_is_no_field_ends_the_header_section() {
+        // Names another reader might still read as a trust field: each ends
+        // the header section, and an empty line makes the rest body for all.
+        for odd in [
+            &b"X-Attributed-Tenant\0: d"[..],
+            b"\x01X-Attributed-Tenant: e",
+            b"X-Attributed-Tenant\xc2\xa0: h",
+            b":X-Attributed-Tenant: i",
+            b"::X-Attributed-Tenant: j",
+            b"junk\r\n X-Attributed-Tenant: k",
+            b"no colon at all",
+        ] {
+            let mut m = b"Subject: s\r\n".to_vec();
+            m.extend_from_slice(odd);
+            m.extend_from_slice(b"\r\nFrom: f\r\n\r\nbody\r\n");
+            let out = strip_trusted(&m);
+            let mut expected = b"Subject: s\r\n\r\n".to_vec();
+            expected.extend_from_slice(odd);
+            expected.extend_from_slice(b"\r\nFrom: f\r\n\r\nbody\r\n");
+            assert_eq!(out, expected, "{:?}", String::from_utf8_lossy(odd));
+            let parsed = MessageParser::default().parse(&out).unwrap();
+            assert!(
+                !parsed
+                    .headers()
+                    .iter()
+                    .any(|h| h.name().to_ascii_lowercase().contains("attributed")),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
     }
 
     #[test]
@@ -680,9 +768,10 @@ X-Attributed-Tenant : body\r\n";
             strip_trusted(b"Subject: no body\r\nX-Attributed-Tenant: x"),
             b"Subject: no body\r\n".to_vec()
         );
+        // A message without a header section keeps all its lines, as body.
         assert_eq!(
-            strip_trusted(b"no colon line\r\n\r\n"),
-            b"no colon line\r\n\r\n".to_vec()
+            strip_trusted(b"no colon line\r\nmore\r\n"),
+            b"\r\nno colon line\r\nmore\r\n".to_vec()
         );
     }
 

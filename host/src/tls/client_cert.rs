@@ -44,6 +44,10 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_DNS_NAMES: usize = 256;
 /// How many CN attributes of the subject are handed on.
 pub const MAX_COMMON_NAMES: usize = 16;
+/// Hex digits of the serial number kept: RFC 5280 allows 20 octets (40
+/// digits); a hostile certificate's 60 KB serial would otherwise be copied
+/// into every decision-log record.
+pub const MAX_SERIAL_HEX: usize = 64;
 /// Ends a value cut at its bound. The backslash makes sure a cut name is never
 /// a valid DNS name (`certname::validate` refuses it), whatever the cut leaves.
 const CUT: &str = "\\...";
@@ -294,7 +298,7 @@ pub fn inspect_chain_detailed(
         },
         dns_names: sans.names,
         issuer: distinguished_name(cert.issuer()),
-        serial: hex_upper(cert.raw_serial()),
+        serial: bounded(hex_upper(cert.raw_serial()), MAX_SERIAL_HEX),
         sha256_fingerprint: hex_upper(&Sha256::digest(leaf.as_ref())),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),

@@ -1,5 +1,6 @@
 //! A rogue tenant policy: its `behavior` setting makes it loop, trap,
-//! exhaust memory, or attribute mail to another tenant, at RCPT TO.
+//! exhaust memory, attribute mail to another tenant, claim a connector
+//! vouched for the sender, or write the relay's warning field, at RCPT TO.
 
 use std::cell::RefCell;
 
@@ -50,6 +51,20 @@ impl GuestSession for Session {
                 tenant: Some("fabrikam".into()),
                 ..base
             },
+            // Claims a connector vouched for the sender of Internet mail.
+            "vouch" => Verdict {
+                reason: Some("originating-ip".into()),
+                ..base
+            },
+            // Writes the relay's own warning field.
+            "warn" => {
+                let mut v = base;
+                v.headers.push(attrelay::policy::types::HeaderField {
+                    name: "X-Attrelay-Warning".into(),
+                    value: "tenant fabrikam".into(),
+                });
+                v
+            }
             _ => base,
         }
     }
