@@ -169,7 +169,9 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
     for field in [
         "client=127.0.1.10",
         "tenant=\"contoso\"",
-        "reply=250 2.1.5 Recipient OK",
+        // Quoted like every value a client could shape, so that none can
+        // forge a field of its own in a text log.
+        "reply=\"250 2.1.5 Recipient OK\"",
         "reason=\"originating-ip\"",
         "cert_names=[]",
     ] {
@@ -182,7 +184,7 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
     for field in [
         "queue_id=",
         "result=\"delivered\"",
-        "recipient=someone@internet.example",
+        "recipient=\"someone@internet.example\"",
     ] {
         assert!(delivery.contains(field), "{field} missing in {delivery}");
     }
