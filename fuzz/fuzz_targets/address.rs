@@ -27,16 +27,15 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn written(sender: &str, rcpt: &str) -> (Vec<u8>, Vec<u8>) {
     runtime().block_on(async {
         let (client_end, mut server_end) = tokio::io::duplex(1 << 16);
-        server_end
-            .write_all(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n")
-            .await
-            .unwrap();
         let mut client = SmtpClient {
             stream: client_end,
             timeout: std::time::Duration::from_secs(5),
         };
         let params = Parameters::default();
+        // One reply at a time: mail-send reads a reply per command.
+        server_end.write_all(b"250 2.1.0 ok\r\n").await.unwrap();
         client.mail_from(sender, &params).await.unwrap();
+        server_end.write_all(b"250 2.1.5 ok\r\n").await.unwrap();
         client.rcpt_to(rcpt, &params).await.unwrap();
         drop(client);
         let mut out = Vec::new();

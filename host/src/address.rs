@@ -421,10 +421,6 @@ impl<'a> Parser<'a> {
             });
         }
         self.pos += 1;
-        // The path as it will be written: brackets and the canonical mailbox.
-        if m.local.len() + 1 + m.domain.as_str().len() + 2 > MAX_PATH {
-            return Err(AddressError::PathTooLong);
-        }
         Ok(m)
     }
 
@@ -467,6 +463,11 @@ impl<'a> Parser<'a> {
         } else {
             self.domain()?
         };
+        // Every mailbox must fit in a path as it will be written: the
+        // brackets and the canonical form.
+        if local.len() + 1 + domain.as_str().len() + 2 > MAX_PATH {
+            return Err(AddressError::PathTooLong);
+        }
         Ok(Mailbox { local, domain })
     }
 

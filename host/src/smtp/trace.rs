@@ -255,10 +255,8 @@ fn sanitize(raw: &str, max: usize, context: Context) -> String {
 /// one of [`TRUSTED_HEADERS`], continuation lines included; the body, from
 /// the first empty line on, is copied untouched.
 ///
-/// A name matches in any spelling a reader might accept: any case,
-/// whitespace before the colon (RFC 5322's obsolete syntax, and a name folded
-/// onto the next line), and, defensively, control, NUL or non-ASCII bytes
-/// inside it. Continuation lines before the first field are removed too:
+/// A name matches in any case, with whitespace before the colon (RFC 5322's
+/// obsolete syntax). Continuation lines before the first field are removed too:
 /// they belong to no field, and once the relay's own fields are put in front
 /// they would continue the last of them. Lines may end in CRLF, a bare LF or
 /// a bare CR.
@@ -289,17 +287,22 @@ pub fn strip_trusted(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether a field has a name every reader agrees on: before its colon,
-/// one or more RFC 5322 `ftext` bytes (printable ASCII but the colon),
-/// optionally followed by whitespace (the obsolete `WSP` before the colon,
-/// or a name folded onto the next line).
+/// Whether a field has a name every reader agrees on: on its first line,
+/// before its colon, one or more RFC 5322 `ftext` bytes (printable ASCII but
+/// the colon), optionally followed by spaces and tabs (the obsolete `WSP`
+/// before the colon). A name folded onto the next line is not: mail-parser,
+/// for one, starts a new field after the fold. Nor is a field holding a bare
+/// CR, where readers disagree about where its lines end.
 fn is_well_formed(field: &[u8]) -> bool {
+    if has_bare_cr(field) {
+        return false;
+    }
     let Some(name) = field_name(field) else {
         return false;
     };
     let end = name
         .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(0, |i| i + 1);
     end > 0 && name[..end].iter().all(|b| (33..=126).contains(b))
 }
@@ -340,7 +343,10 @@ fn split_header(message: &[u8]) -> Header<'_> {
     let mut pos = 0;
     while pos < message.len() {
         let line = &message[pos..pos + line_len(&message[pos..])];
-        if matches!(line, b"\r\n" | b"\n" | b"\r") {
+        // The empty line that ends the header section. A bare CR alone is
+        // not one (not every reader agrees it is): it is no field either,
+        // so it ends the section with an empty line inserted before it.
+        if matches!(line, b"\r\n" | b"\n") {
             break;
         }
         let mut end = pos + line.len();
@@ -373,15 +379,22 @@ fn split_header(message: &[u8]) -> Header<'_> {
     }
 }
 
-/// The length of the first line of `bytes`, with its line ending: CRLF, a
-/// bare LF, or a bare CR (which some readers take for a line ending).
+/// The length of the first line of `bytes`, with its line ending: CRLF or
+/// a bare LF. (A bare CR ends a line for some readers and not for others:
+/// a field holding one is not well formed, see [`is_well_formed`].)
 fn line_len(bytes: &[u8]) -> usize {
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
-            return i + 1;
-        }
-    }
-    bytes.len()
+    bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| i + 1)
+}
+
+/// Whether `bytes` holds a CR that is not followed by LF.
+fn has_bare_cr(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
 }
 
 fn is_continuation(line: &[u8]) -> bool {
@@ -393,10 +406,9 @@ fn is_orphan(field: &[u8]) -> bool {
     is_continuation(field)
 }
 
-/// The name of a field: what comes before its first colon, line endings of
-/// a name folded onto the next line included ([`name_is`] ignores them, as
-/// a reader that unfolds first would). `None` for a line without a colon,
-/// which is no field.
+/// The name of a field: what comes before its first colon (a folded name
+/// includes its line ending, and is not well formed). `None` when there is
+/// no colon, which is no field.
 fn field_name(field: &[u8]) -> Option<&[u8]> {
     let colon = field.iter().position(|&b| b == b':')?;
     Some(&field[..colon])
@@ -694,7 +706,6 @@ mod tests {
         let m: &[u8] = b"X-Attributed-Tenant : a\r\n\
 x-attributed-tenant\t:b\r\n\
 X-ATTRIBUTED-TENANT:\r\n c\r\n\tcc\r\n\
-X-Attributed-Tenant\r\n : f\r\n\
 X-Attrelay-Warning  : g\r\n\
 X-Attributed-Tenant-Extra: kept\r\n\
 Subject: kept\r\n X-Attributed-Tenant: kept as part of the subject\r\n\
@@ -717,6 +728,8 @@ X-Attributed-Tenant : body\r\n";
             b":X-Attributed-Tenant: i",
             b"::X-Attributed-Tenant: j",
             b"junk\r\n X-Attributed-Tenant: k",
+            b"X-Attributed-Tenant\r\n : folded name",
+            b"Received\r\n\t:X-Attrelay-Warning: l",
             b"no colon at all",
         ] {
             let mut m = b"Subject: s\r\n".to_vec();
@@ -754,10 +767,15 @@ X-Attributed-Tenant : body\r\n";
             strip_trusted(b"X-Attributed-Tenant: a\n b\nSubject: s\n\nX-Attributed-Tenant: body\n"),
             b"Subject: s\n\nX-Attributed-Tenant: body\n".to_vec()
         );
-        // A bare CR ends a line for some readers: the field after it is a field.
+        // A bare CR ends a line for some readers and not for others: the
+        // header section ends before the field that holds one.
         assert_eq!(
             strip_trusted(b"Subject: a\rX-Attributed-Tenant: evil\r\n\r\nbody"),
-            b"Subject: a\r\r\nbody".to_vec()
+            b"\r\nSubject: a\rX-Attributed-Tenant: evil\r\n\r\nbody".to_vec()
+        );
+        assert_eq!(
+            strip_trusted(b"Subject: a\r\r\n\tX-Attributed-Tenant: evil\r\n\r\nbody"),
+            b"\r\nSubject: a\r\r\n\tX-Attributed-Tenant: evil\r\n\r\nbody".to_vec()
         );
         assert_eq!(strip_trusted(b""), b"".to_vec());
         assert_eq!(
@@ -777,8 +795,8 @@ X-Attributed-Tenant : body\r\n";
 
     #[test]
     fn received_fields_are_counted_in_every_spelling() {
-        let m = b"Received: a\r\nreceived : b\r\nRECEIVED\t:c\r\n folded Received: no\r\nX-Received: no\r\nReceived\r\n : folded name\r\nSubject: x\r\n\r\nReceived: in the body\r\n";
-        assert_eq!(count_received(m), 4);
+        let m = b"Received: a\r\nreceived : b\r\nRECEIVED\t:c\r\n folded Received: no\r\nX-Received: no\r\nSubject: x\r\n\r\nReceived: in the body\r\n";
+        assert_eq!(count_received(m), 3);
         assert_eq!(count_received(b" Received: orphan\r\n\r\n"), 0);
         assert_eq!(count_received(b""), 0);
         let head = compose(&facts(None, Some("contoso")));
