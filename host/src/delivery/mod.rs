@@ -490,11 +490,12 @@ async fn directory_deliver(
     pending.into_iter().map(|r| (r, outcome.clone())).collect()
 }
 
-/// `ID.eml`, then `ID.json`, into `dir`, each durably (temporary name,
-/// fsync, rename, directory fsync: [`crate::spool::replace_durably`]). When
-/// the envelope cannot be written the message is withdrawn again: a reader
-/// of `dir` should not keep an `.eml` without its `.json`, and the retry
-/// writes both.
+/// `ID.json`, then `ID.eml`, into `dir`, each durably (temporary name,
+/// fsync, rename, directory fsync: [`crate::spool::replace_durably`]). The
+/// message comes last, so that a reader who sees `ID.eml` finds its
+/// envelope beside it; when the message cannot be written, the envelope is
+/// withdrawn again (and a message renamed into place before its directory's
+/// fsync failed too), and the retry writes both.
 fn write_to_directory(
     dir: &std::path::Path,
     id: &str,
@@ -505,20 +506,19 @@ fn write_to_directory(
         path: dir.to_path_buf(),
         source,
     })?;
-    let eml = dir.join(format!("{id}.eml"));
-    if let Err(e) =
-        crate::spool::replace_durably(&dir.join(format!(".{id}.eml.tmp")), &eml, message)
-    {
-        // It may have been renamed into place before the directory's fsync
-        // failed: no `.eml` may stay without its `.json`.
-        crate::spool::discard(&eml);
-        return Err(e);
-    }
     let json = dir.join(format!("{id}.json"));
     if let Err(e) =
         crate::spool::replace_durably(&dir.join(format!(".{id}.json.tmp")), &json, envelope)
     {
+        crate::spool::discard(&json);
+        return Err(e);
+    }
+    let eml = dir.join(format!("{id}.eml"));
+    if let Err(e) =
+        crate::spool::replace_durably(&dir.join(format!(".{id}.eml.tmp")), &eml, message)
+    {
         crate::spool::discard(&eml);
+        crate::spool::discard(&json);
         return Err(e);
     }
     Ok(eml)
