@@ -170,17 +170,12 @@ async fn trust_headers_in_any_spelling_are_removed() {
     assert_eq!(code, 250);
     let got = relay.sink.wait_for(1).await;
     let text = String::from_utf8_lossy(&got[0].data).to_string();
-    let parsed = mail_parser::MessageParser::default()
-        .parse(got[0].data.as_slice())
-        .unwrap();
-    let tenants: Vec<String> = parsed
-        .headers()
-        .iter()
-        .filter(|h| h.name().eq_ignore_ascii_case("X-Attributed-Tenant"))
-        .map(|h| h.value().as_text().unwrap_or_default().trim().to_string())
-        .collect();
     // Only the relay's own statement remains.
-    assert_eq!(tenants, ["contoso"], "{text}");
+    assert_eq!(
+        got[0].header_values("X-Attributed-Tenant"),
+        ["contoso"],
+        "{text}"
+    );
     assert!(
         !text.to_ascii_lowercase().contains("x-attrelay-warning"),
         "{text}"
@@ -209,16 +204,17 @@ async fn trust_headers_in_any_spelling_are_removed() {
     }
     let got = relay.sink.wait_for(4).await;
     for m in &got[1..] {
-        let parsed = mail_parser::MessageParser::default()
-            .parse(m.data.as_slice())
-            .unwrap();
-        let tenants: Vec<String> = parsed
-            .headers()
-            .iter()
-            .filter(|h| h.name().to_ascii_lowercase().contains("attributed-tenant"))
-            .map(|h| h.value().as_text().unwrap_or_default().trim().to_string())
+        let attributions: Vec<(String, String)> = m
+            .fields()
+            .into_iter()
+            .filter(|(n, _)| n.to_ascii_lowercase().contains("attributed-tenant"))
             .collect();
-        assert_eq!(tenants, ["contoso"], "{}", String::from_utf8_lossy(&m.data));
+        assert_eq!(
+            attributions,
+            [("X-Attributed-Tenant".to_string(), "contoso".to_string())],
+            "{}",
+            String::from_utf8_lossy(&m.data)
+        );
     }
     relay.handle.stop().await;
 }

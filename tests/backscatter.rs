@@ -12,18 +12,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use attrelay::config::Config;
-use attrelay::relay::{self, RelayHandle};
-use support::Pki;
-use support::smtp::{Client, Received, Sink};
-
-/// Contoso's on-premises server (its connector's range) and a client no
-/// connector knows.
-const CONTOSO_IP: &str = "127.0.1.10";
-const UNKNOWN_IP: &str = "127.0.2.77";
+use support::smtp::{Client, Received};
+use support::wire::{self, CONTOSO_IP, UNKNOWN_IP};
 
 /// Contoso's tenant table as the fixture writes it.
 const CONTOSO: &str = "id = \"contoso\"\naccepted_domains = [\"contoso.com\"]\n";
@@ -31,11 +23,14 @@ const CONTOSO: &str = "id = \"contoso\"\naccepted_domains = [\"contoso.com\"]\n"
 /// The list file the recipient-list tests give contoso.
 const LIST_FILE: &str = "contoso-recipients.txt";
 
-struct Relay {
-    handle: RelayHandle,
-    addr: SocketAddr,
-    pki: Pki,
-    sink: Sink,
+/// The wire relay, with the helpers these tests share.
+struct Relay(wire::Relay);
+
+impl std::ops::Deref for Relay {
+    type Target = wire::Relay;
+    fn deref(&self) -> &wire::Relay {
+        &self.0
+    }
 }
 
 impl Relay {
@@ -43,33 +38,21 @@ impl Relay {
     /// `delivery` added to `[delivery]` and `tenant` to contoso's table.
     /// `files` are written beside the configuration first.
     async fn start(delivery: &str, tenant: &str, files: &[(&str, &str)]) -> Relay {
-        let pki = Pki::new();
-        for (name, text) in files {
-            std::fs::write(pki.path(name), text).unwrap();
-        }
-        let sink = Sink::start().await;
-        let server = format!(
-            "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\nidle_timeout_secs = 5\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\nretry_max_secs = 2\n{delivery}\n",
-            pki.path("spool").display().to_string(),
-            sink.addr
-        );
-        let text = support::fixture_toml(&server)
-            .replace("203.0.113.0/24", "127.0.1.0/24")
-            .replace("192.0.2.128/25", "127.0.3.128/25")
-            .replace("192.0.2.200", "127.0.4.200")
-            .replace(CONTOSO, &format!("{CONTOSO}{tenant}"));
-        assert!(text.contains(&format!("{CONTOSO}{tenant}")), "{text}");
-        let path = pki.path("relay.toml");
-        std::fs::write(&path, &text).unwrap();
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let handle = relay::start(&config).await.unwrap();
-        let addr = handle.addrs[0];
-        Relay {
-            handle,
-            addr,
-            pki,
-            sink,
-        }
+        let relay = wire::Relay::start_edited("idle_timeout_secs = 5", "", |pki, text| {
+            for (name, contents) in files {
+                std::fs::write(pki.path(name), contents).unwrap();
+            }
+            let text = text
+                .replace(
+                    "retry_max_secs = 2\n",
+                    &format!("retry_max_secs = 2\n{delivery}\n"),
+                )
+                .replace(CONTOSO, &format!("{CONTOSO}{tenant}"));
+            assert!(text.contains(&format!("{CONTOSO}{tenant}")), "{text}");
+            text
+        })
+        .await;
+        Relay(relay)
     }
 
     /// Sends one message from `source` with `subject` and `body`; every
@@ -247,7 +230,7 @@ async fn a_recipient_list_refuses_unknown_recipients_before_250() {
     )
     .await;
     assert_eq!(replies[0].0, 250, "{replies:?}");
-    relay.handle.stop().await;
+    relay.0.handle.stop().await;
 }
 
 /// The forged-sender DSN: an unknown client writes, as
@@ -346,5 +329,5 @@ async fn a_forged_senders_dsn_carries_nothing_and_is_limited_per_domain() {
             "never the body: {text}"
         );
     }
-    relay.handle.stop().await;
+    relay.0.handle.stop().await;
 }

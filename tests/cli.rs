@@ -31,23 +31,7 @@ impl Ctx {
 
     /// `cert inspect NAME.pem --config relay.toml --at NOW`: its standard output (exit 0 asserted).
     fn inspect(&self, name: &str) -> String {
-        let out = attrelay(&[
-            "cert",
-            "inspect",
-            &self.pem(name),
-            "--config",
-            &self.config,
-            "--at",
-            NOW,
-        ]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        stdout(&out)
+        support::cert_inspect(&self.pem(name), &self.config, NOW)
     }
 
     /// Runs `check --json` and returns (exit code, parsed report).

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use attrelay::tls::client_cert::MAX_DNS_NAMES;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, DnValue, GeneralSubtree, IsCa,
-    KeyPair, KeyUsagePurpose, NameConstraints, date_time_ymd,
+    CertificateParams, CertifiedIssuer, DnType, DnValue, GeneralSubtree, KeyPair, NameConstraints,
+    date_time_ymd,
 };
 use serde_json::Value;
 use support::wire::{CONTOSO_IP, Relay};
@@ -53,23 +53,7 @@ fn ndr_with(pki: &Pki, config: &str, pem: &Path) -> (i32, Value) {
 
 /// `attrelay cert inspect PEM --config CONFIG --at NOW`: its standard output.
 fn inspect(config: &str, pem: &Path) -> String {
-    let out = attrelay(&[
-        "cert",
-        "inspect",
-        pem.to_str().unwrap(),
-        "--config",
-        config,
-        "--at",
-        NOW,
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
+    support::cert_inspect(pem.to_str().unwrap(), config, NOW)
 }
 
 fn why(r: &Value) -> String {
@@ -85,17 +69,7 @@ fn why(r: &Value) -> String {
 /// A CA under the test issuing CA whose name constraints permit only DNS
 /// names in `permitted`: a tenant's own CA, constrained to its domain.
 fn constrained_ca(pki: &Pki, permitted: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name
-        .push(DnType::CommonName, format!("{permitted} constrained CA"));
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = date_time_ymd(2010, 1, 1);
-    p.not_after = date_time_ymd(2045, 1, 1);
+    let mut p = support::ca_params(&format!("{permitted} constrained CA"));
     p.name_constraints = Some(NameConstraints {
         permitted_subtrees: vec![GeneralSubtree::DnsName(permitted.to_string())],
         excluded_subtrees: Vec::new(),
@@ -412,16 +386,11 @@ async fn a_hostile_subject_never_becomes_a_header_line() {
         .filter(|l| l.to_ascii_lowercase().contains("x-attributed-tenant") && !l.starts_with('\t'))
         .collect();
     assert_eq!(attributions, ["X-Attributed-Tenant: contoso"], "{text}");
-    let parsed = mail_parser::MessageParser::default()
-        .parse(m.data.as_slice())
-        .unwrap();
-    let tenants: Vec<String> = parsed
-        .headers()
-        .iter()
-        .filter(|h| h.name().eq_ignore_ascii_case("X-Attributed-Tenant"))
-        .map(|h| h.value().as_text().unwrap_or_default().trim().to_string())
-        .collect();
-    assert_eq!(tenants, ["contoso"], "{text}");
+    assert_eq!(
+        m.header_values("X-Attributed-Tenant"),
+        ["contoso"],
+        "{text}"
+    );
     // The subject is in the trace, RFC 4514-escaped and then quoted.
     assert!(
         text.contains(

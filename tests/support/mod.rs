@@ -37,7 +37,8 @@ pub struct Pki {
     pub issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
-fn ca_params(cn: &str) -> CertificateParams {
+/// A CA certificate's parameters (2010 to 2045), unconstrained.
+pub fn ca_params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.distinguished_name
@@ -333,6 +334,20 @@ pub fn build_crate(dir: &str) -> PathBuf {
 }
 
 /// Runs the built `attrelay` binary.
+/// `attrelay cert inspect PEM --config CONFIG --at AT`: its standard output,
+/// with exit status 0 asserted.
+pub fn cert_inspect(pem: &str, config: &str, at: &str) -> String {
+    let out = attrelay(&["cert", "inspect", pem, "--config", config, "--at", at]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
 pub fn attrelay(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_attrelay"))
         .args(args)

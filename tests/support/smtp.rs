@@ -177,6 +177,33 @@ pub struct Received {
     pub data: Vec<u8>,
 }
 
+impl Received {
+    /// The header fields (name, value) as mail-parser — a reader we did not
+    /// write — finds them.
+    pub fn fields(&self) -> Vec<(String, String)> {
+        let parsed = mail_parser::MessageParser::default()
+            .parse(self.data.as_slice())
+            .expect("mail-parser reads the message");
+        parsed
+            .headers()
+            .iter()
+            .map(|h| {
+                let value = h.value().as_text().unwrap_or_default().trim();
+                (h.name().to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    /// The values of the fields named `name`, in any case.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.fields()
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
 /// A recording SMTP next hop. Recipients whose local part starts with
 /// `reject` get `550 5.1.1`; `defer-once` gets `451 4.3.0` on its first
 /// attempt only; `defer` always `451`.

@@ -48,6 +48,18 @@ impl Relay {
 
     /// Like `start`, with `server_lines` in `[server]`.
     pub async fn start_with(server_lines: &str, sections: &str) -> Relay {
+        Self::start_edited(server_lines, sections, |_, text| text).await
+    }
+
+    /// Like `start_with`, with the configuration text passed through `edit`
+    /// before it is written (which may also write files beside it, in the
+    /// PKI's directory). The `[delivery]` section added for the sink ends
+    /// with `retry_max_secs = 2`, a line `edit` may extend.
+    pub async fn start_edited(
+        server_lines: &str,
+        sections: &str,
+        edit: impl FnOnce(&Pki, String) -> String,
+    ) -> Relay {
         let pki = Pki::new();
         let sink = Sink::start().await;
         let delivery = if sections.contains("[delivery]") {
@@ -58,7 +70,10 @@ impl Relay {
                 sink.addr
             )
         };
-        let text = wire_toml(&pki, server_lines, &format!("{delivery}\n{sections}"));
+        let text = edit(
+            &pki,
+            wire_toml(&pki, server_lines, &format!("{delivery}\n{sections}")),
+        );
         let path = pki.path("relay.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
