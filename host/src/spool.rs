@@ -198,6 +198,24 @@ pub struct Spool {
     /// Bytes that new mail must leave free on the spool's filesystem; 0
     /// turns the check off (a full disk is then met at `ENOSPC` only).
     min_free_bytes: u64,
+    /// Bytes of new messages being written right now: not yet visible in
+    /// the filesystem's free space, so that sessions storing at the same
+    /// time cannot each pass the check and together eat the reserve.
+    writing: AtomicU64,
+}
+
+/// Bytes of a message being written, counted in [`Spool`]'s `writing`
+/// until the write has ended (then the filesystem counts them).
+#[derive(Debug)]
+struct Reservation<'a> {
+    writing: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.writing.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -288,6 +306,7 @@ impl Spool {
             root: root.to_path_buf(),
             counter: AtomicU64::new(0),
             min_free_bytes,
+            writing: AtomicU64::new(0),
         })
     }
 
@@ -311,11 +330,17 @@ impl Spool {
     /// client hears "come back later" before it sends a message the disk
     /// cannot hold. With no reserve (0) it never refuses.
     pub fn ensure_room(&self, incoming: u64) -> Result<(), SpoolError> {
+        let in_flight = self.writing.load(Ordering::SeqCst);
+        self.check_room(incoming.saturating_add(in_flight))
+    }
+
+    /// Whether `bytes` more (in flight included) leave the reserve free.
+    fn check_room(&self, bytes: u64) -> Result<(), SpoolError> {
         if self.min_free_bytes == 0 {
             return Ok(());
         }
         let available = self.available()?;
-        let needed = self.min_free_bytes.saturating_add(incoming);
+        let needed = self.min_free_bytes.saturating_add(bytes);
         if available < needed {
             return Err(SpoolError::Full {
                 path: self.root.clone(),
@@ -375,9 +400,11 @@ impl Spool {
     /// its DSN is stored: refusing the DSN would hold both.
     pub fn store(&self, envelope: &mut Envelope, message: &[u8]) -> Result<(), SpoolError> {
         use sha2::Digest;
-        if !envelope.is_dsn {
-            self.ensure_room(message.len() as u64)?;
-        }
+        let _reservation = if envelope.is_dsn {
+            None
+        } else {
+            Some(self.reserve(message.len() as u64)?)
+        };
         envelope.message_sha256 = sha2::Sha256::digest(message)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -390,6 +417,19 @@ impl Spool {
             self.discard_stored(&envelope.id);
         }
         stored
+    }
+
+    /// Counts `bytes` as being written, if they leave the reserve free with
+    /// everything else being written: counted first and checked after, so
+    /// that two stores racing each see the other.
+    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, SpoolError> {
+        let in_flight = self.writing.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        let reservation = Reservation {
+            writing: &self.writing,
+            bytes,
+        };
+        self.check_room(in_flight)?;
+        Ok(reservation)
     }
 
     /// Undoes a [`Spool::store`] that failed part way (a full disk while
@@ -707,6 +747,22 @@ mod tests {
         dsn.attempts = 1;
         spool.update(&dsn).unwrap();
         assert_eq!(spool.read_envelope(&dsn.id).unwrap(), dsn);
+    }
+
+    #[test]
+    fn messages_being_written_count_against_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Spool::open_with(dir.path(), 1).unwrap();
+        let available = probe.available().unwrap();
+        // A reserve that leaves room for one half of the free space.
+        let spool = Spool::open_with(dir.path(), available / 2).unwrap();
+        let first = spool.reserve(available / 3).unwrap();
+        // Another session's message of the same size now no longer fits,
+        // although the disk has not seen a byte of the first yet.
+        assert!(spool.ensure_room(available / 3).unwrap_err().is_full());
+        assert!(spool.reserve(available / 3).unwrap_err().is_full());
+        drop(first);
+        assert!(spool.ensure_room(available / 3).is_ok());
     }
 
     #[test]
