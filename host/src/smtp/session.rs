@@ -3,8 +3,14 @@
 //!
 //! The policy instance is opened at the first MAIL FROM, when the facts it
 //! needs (HELO, TLS, client certificate) are known, and dropped whenever they
-//! change (STARTTLS, a new EHLO). Policy calls run on the blocking pool: a
-//! call may take up to its time budget, and must not stall other sessions.
+//! change (STARTTLS, a new EHLO) or a reload reaches the session (at its next
+//! MAIL FROM). Policy calls run on the blocking pool: a call may take up to
+//! its time budget, and must not stall other sessions.
+//!
+//! MAIL and RCPT arguments are parsed by [`crate::address`], whose canonical
+//! mailbox is what the policy judges and what is spooled and written onward;
+//! trace headers are composed by [`super::trace`], the one place facts
+//! become header text.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
