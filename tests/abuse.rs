@@ -172,6 +172,26 @@ async fn a_session_runs_a_bounded_number_of_tenant_policies() {
     );
     // Tenants whose policy already runs in the session are still served.
     assert!(c.cmd("RCPT TO:<john@fabrikam.com>").await.is(250, "2.1.5"));
+    // A deferred recipient is no part of the message, whatever the client
+    // does next.
+    let r = c.data(b"Subject: greedy\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(r.code, 250, "{r:?}");
+    for _ in 0..100 {
+        if handle.context.queue.contents().0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(handle.context.queue.contents().0, 0, "delivered");
+    let mut envelopes = String::new();
+    for entry in std::fs::read_dir(pki.path("out")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "json") {
+            envelopes.push_str(&std::fs::read_to_string(p).unwrap());
+        }
+    }
+    assert!(envelopes.contains("john@fabrikam.com"), "{envelopes}");
+    assert!(!envelopes.contains("kate@contoso.com"), "{envelopes}");
     // The bound is the session's, not the transaction's.
     assert_eq!(c.cmd("RSET").await.code, 250);
     assert_eq!(c.cmd("MAIL FROM:<a@internet.example>").await.code, 250);

@@ -352,3 +352,43 @@ async fn the_session_deadline_ends_data_in_flight_without_stranding_mail() {
     assert_eq!(queued, 0);
     relay.handle.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_is_attributed_to_at_most_eight_tenants() {
+    // The message is spooled once per tenant: addressing every tenant must
+    // not multiply it without bound.
+    let relay = Relay::start("").await;
+    let mut c = relay.session(UNKNOWN_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@internet.example>").await.code, 250);
+    let domains = [
+        "contoso.com",
+        "fabrikam.com",
+        "tailspintoys.com",
+        "northwind.com",
+        "adatum.com",
+        "woodgrove.com",
+        "eu.woodgrove.com",
+        "mail.woodgrove.com",
+    ];
+    for d in domains {
+        let r = c.cmd(&format!("RCPT TO:<kate@{d}>")).await;
+        assert!(r.is(250, "2.1.5"), "{d}: {r:?}");
+    }
+    // The same recipient again is still one recipient.
+    assert!(c.cmd("RCPT TO:<kate@contoso.com>").await.is(250, "2.1.5"));
+    for r in ["<kate@litware.com>", "<postmaster>"] {
+        let reply = c.cmd(&format!("RCPT TO:{r}")).await;
+        assert!(reply.is(452, "4.5.3"), "{r}: {reply:?}");
+    }
+    assert_eq!(c.data(b"Subject: many\r\n\r\nx\r\n.\r\n").await.code, 250);
+    let got = relay.sink.wait_for(domains.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_all = relay.sink.received.lock().unwrap().clone();
+    assert_eq!(got_all.len(), domains.len(), "{got:?}");
+    let mut recipients: Vec<String> = got_all.iter().flat_map(|m| m.recipients.clone()).collect();
+    recipients.sort();
+    let mut expected: Vec<String> = domains.iter().map(|d| format!("kate@{d}")).collect();
+    expected.sort();
+    assert_eq!(recipients, expected);
+    relay.handle.stop().await;
+}

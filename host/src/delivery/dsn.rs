@@ -36,6 +36,14 @@ const WINDOW: Duration = Duration::from_secs(3600);
 /// a missing DSN is a lost report, an extra one is backscatter).
 const MAX_TRACKED_DOMAINS: usize = 100_000;
 
+/// DSNs for unauthenticated senders in one hour, all domains together: the
+/// per-domain rate alone can be multiplied by forging senders in as many
+/// domains (subdomains of a wildcard MX cost nothing).
+pub const MAX_PER_HOUR_TOTAL: u32 = 1000;
+
+/// The key of the all-domains window (no domain is `*`).
+const ALL_DOMAINS: &str = "*";
+
 /// What of the original message a DSN carries back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Returned {
@@ -98,7 +106,8 @@ impl DsnLimiter {
         allowed
     }
 
-    /// Counts one DSN for `domain` if its hour has room.
+    /// Counts one DSN for `domain` if its hour, and the hour of all
+    /// domains together, have room.
     fn take(&self, domain: String, now: Instant) -> bool {
         // A panic elsewhere while holding the lock leaves counts that are
         // still counts: keep using them.
@@ -109,7 +118,29 @@ impl DsnLimiter {
                 return false;
             }
         }
-        let w = windows.entry(domain).or_insert(Window {
+        let all = *Window::current(&mut windows, ALL_DOMAINS.to_string(), now);
+        let one = *Window::current(&mut windows, domain.clone(), now);
+        if all.sent >= MAX_PER_HOUR_TOTAL || one.sent >= self.per_hour {
+            return false;
+        }
+        for key in [ALL_DOMAINS.to_string(), domain] {
+            if let Some(w) = windows.get_mut(&key) {
+                w.sent += 1;
+            }
+        }
+        true
+    }
+}
+
+impl Window {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= WINDOW
+    }
+
+    /// The window of `key` at `now`: created, or restarted when its hour
+    /// is over.
+    fn current(windows: &mut HashMap<String, Window>, key: String, now: Instant) -> &mut Window {
+        let w = windows.entry(key).or_insert(Window {
             started: now,
             sent: 0,
         });
@@ -119,17 +150,7 @@ impl DsnLimiter {
                 sent: 0,
             };
         }
-        if w.sent >= self.per_hour {
-            return false;
-        }
-        w.sent += 1;
-        true
-    }
-}
-
-impl Window {
-    fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.started) >= WINDOW
+        w
     }
 }
 
@@ -375,18 +396,37 @@ mod tests {
     }
 
     #[test]
+    fn forged_domains_share_one_hourly_total() {
+        let limiter = DsnLimiter::new(1);
+        let t0 = Instant::now();
+        for i in 0..MAX_PER_HOUR_TOTAL {
+            assert!(limiter.allow_at(&format!("x@d{i}.example"), t0));
+        }
+        // One more domain, within the per-domain rate but past the total.
+        assert!(!limiter.allow_at("x@new.example", t0));
+        assert!(limiter.allow_at("x@new.example", t0 + WINDOW));
+    }
+
+    #[test]
     fn a_flood_of_domains_keeps_the_table_bounded() {
         let limiter = DsnLimiter::new(1);
         let t0 = Instant::now();
-        for i in 0..MAX_TRACKED_DOMAINS {
-            assert!(limiter.allow_at(&format!("x@d{i}.example"), t0));
+        // Spread over hours so that the total never refuses: the table's
+        // own bound does.
+        let mut t = t0;
+        for i in 0..MAX_TRACKED_DOMAINS - 1 {
+            if i % MAX_PER_HOUR_TOTAL as usize == 0 {
+                t = t0 + Duration::from_millis(i as u64);
+                limiter.windows.lock().unwrap().remove(ALL_DOMAINS);
+            }
+            assert!(limiter.allow_at(&format!("x@d{i}.example"), t));
         }
         // Full of domains inside their hour: a new domain is refused...
-        assert!(!limiter.allow_at("x@new.example", t0));
+        assert!(!limiter.allow_at("x@new.example", t));
         // ...until their hours end and they are forgotten.
-        let later = t0 + WINDOW;
+        let later = t + WINDOW;
         assert!(limiter.allow_at("x@new.example", later));
-        assert_eq!(limiter.windows.lock().unwrap().len(), 1);
+        assert_eq!(limiter.windows.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -441,7 +441,8 @@ fn make_dsn(
             address: original.sender.clone(),
             state: RecipientState::Pending,
         }],
-        tenant: original.tenant.clone(),
+        // Not the original's tenant: the reverse-path may be anyone's.
+        tenant: None,
         received_at: now(),
         attempts: 0,
         next_attempt: now(),

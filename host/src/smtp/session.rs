@@ -35,6 +35,9 @@ use crate::spool::{Envelope, Recipient, RecipientState, now};
 use crate::tls::client_cert::{inspect_chain, unix_time};
 use crate::tls::server::{cipher_name, protocol_name};
 
+/// Tenants one message may be attributed to: it is spooled once per tenant.
+pub const MAX_TENANTS_PER_MESSAGE: usize = 8;
+
 /// Session limits (`[server]`).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -701,21 +704,54 @@ impl Session {
             v = routing_refused(&address);
         }
         self.log_decision("rcpt-to", &address, &v);
-        if v.action != Action::Accept && v.code != 452 {
+        if v.action != Action::Accept {
             // Refused and deferred recipients are errors: a client probing
             // addresses or trying to relay slows down, then is cut off.
             // (452 asks to send the recipient again later: no fault.)
-            self.count_error().await;
-        } else if let Some(tx) = self.tx.as_mut() {
-            tx.recipients.push(Accepted {
-                address,
-                tenant: v.tenant.clone(),
-                reason: v.reason.clone(),
-                headers: v.headers.clone(),
-            });
+            if v.code != 452 {
+                self.count_error().await;
+            }
+            self.send(format!("{}\r\n", v.reply_line())).await?;
+            return Ok(Flow::Continue);
         }
-        self.send(format!("{}\r\n", v.reply_line())).await?;
+        let line = match self.admit(Accepted {
+            address,
+            tenant: v.tenant.clone(),
+            reason: v.reason.clone(),
+            headers: v.headers.clone(),
+        }) {
+            Ok(()) => format!("{}\r\n", v.reply_line()),
+            Err(refusal) => refusal,
+        };
+        self.send(line).await?;
         Ok(Flow::Continue)
+    }
+
+    /// Adds an accepted recipient to the transaction — only an accepted one
+    /// ever is. A recipient given twice is kept once. The message is spooled
+    /// once per attributed tenant, so a recipient of one tenant more than
+    /// [`MAX_TENANTS_PER_MESSAGE`] gets `452 4.5.3` (the client sends it
+    /// again in another transaction): one message cannot be multiplied by
+    /// addressing every tenant. `Err` is the reply line then.
+    fn admit(&mut self, recipient: Accepted) -> Result<(), String> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(reply(503, "5.5.1", "Send MAIL first"));
+        };
+        if tx.recipients.iter().any(|r| r.address == recipient.address) {
+            return Ok(());
+        }
+        let mut tenants: Vec<&Option<String>> = tx.recipients.iter().map(|r| &r.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+        if !tenants.contains(&&recipient.tenant) && tenants.len() >= MAX_TENANTS_PER_MESSAGE {
+            return Err(reply(
+                452,
+                "4.5.3",
+                "Too many tenants in one message; send this recipient in another",
+            ));
+        }
+        tx.recipients.push(recipient);
+        Ok(())
     }
 
     /// `RCPT TO:<postmaster>` (RFC 5321 4.5.1: every server must accept
@@ -725,15 +761,16 @@ impl Session {
         let address = self.ctx.postmaster.clone();
         let v = attrelay_policy::replies::recipient_ok(None, "postmaster");
         self.log_decision("rcpt-to", &address, &v);
-        if let Some(tx) = self.tx.as_mut() {
-            tx.recipients.push(Accepted {
-                address,
-                tenant: None,
-                reason: v.reason.clone(),
-                headers: Vec::new(),
-            });
-        }
-        self.send(format!("{}\r\n", v.reply_line())).await?;
+        let line = match self.admit(Accepted {
+            address,
+            tenant: None,
+            reason: v.reason.clone(),
+            headers: Vec::new(),
+        }) {
+            Ok(()) => format!("{}\r\n", v.reply_line()),
+            Err(refusal) => refusal,
+        };
+        self.send(line).await?;
         Ok(Flow::Continue)
     }
 
@@ -776,8 +813,12 @@ impl Session {
             let text = format!("Too many hops ({hops} Received fields): mail loop?");
             return self.error(554, "5.4.6", &text).await;
         }
-        let prepared = self.prepare(&tx, &message);
-        let line = store(self.ctx.clone(), self.peer.ip(), prepared, message.len()).await;
+        let prepared = Prepared {
+            copies: self.prepare(&tx),
+            body: trace::strip_trusted(&message),
+        };
+        drop(message);
+        let line = store(self.ctx.clone(), self.peer.ip(), prepared).await;
         self.send(line).await?;
         Ok(Flow::Continue)
     }
@@ -817,16 +858,15 @@ impl Session {
         }
     }
 
-    /// One spool entry per attributed tenant, each with its trace headers
+    /// One envelope per attributed tenant, each with its trace headers
     /// (composed by [`trace::compose`], the one place facts become header
-    /// text) over the client's message without its copies of our trust
-    /// headers.
-    fn prepare(&self, tx: &Transaction, message: &[u8]) -> Vec<(Envelope, Vec<u8>)> {
+    /// text), to go before the client's message without its copies of our
+    /// trust headers.
+    fn prepare(&self, tx: &Transaction) -> Vec<(Envelope, String)> {
         let mut groups: BTreeMap<Option<String>, Vec<&Accepted>> = BTreeMap::new();
         for r in &tx.recipients {
             groups.entry(r.tenant.clone()).or_default().push(r);
         }
-        let body = trace::strip_trusted(message);
         let date = rfc2822_now();
         let with = if self.tls.is_some() {
             "ESMTPS"
@@ -859,8 +899,6 @@ impl Session {
                 tenant: tenant.as_deref(),
                 policy_headers: &policy_headers,
             });
-            let mut bytes = headers.into_bytes();
-            bytes.extend_from_slice(&body);
             let envelope = Envelope {
                 id,
                 sender: tx.sender.clone(),
@@ -884,7 +922,7 @@ impl Session {
                 message_sha256: String::new(),
                 message_len: 0,
             };
-            out.push((envelope, bytes));
+            out.push((envelope, headers));
         }
         out
     }
@@ -913,12 +951,8 @@ fn routing_refused(address: &str) -> Verdict {
 /// reply line. It runs as a task of its own: if the session is cut off
 /// meanwhile, a message that reached the spool is still queued, never
 /// left committed but undelivered until a restart.
-async fn store(
-    ctx: Arc<ServerContext>,
-    client: std::net::IpAddr,
-    prepared: Vec<(Envelope, Vec<u8>)>,
-    size: usize,
-) -> String {
+async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, prepared: Prepared) -> String {
+    let size = prepared.body.len();
     let task = tokio::spawn(async move {
         let spool = ctx.spool.clone();
         let stored = tokio::task::spawn_blocking(move || store_all(&spool, prepared)).await;
@@ -958,14 +992,25 @@ async fn store(
         .unwrap_or_else(|_| reply(451, "4.3.0", "Local error in processing; try again later"))
 }
 
+/// A message ready for the spool: one envelope and trace-header block per
+/// attributed tenant, and the client's message (without its trust headers)
+/// they all share.
+struct Prepared {
+    copies: Vec<(Envelope, String)>,
+    body: Vec<u8>,
+}
+
 /// Stores every prepared message, or none: when one fails, those already
 /// stored are removed, so that the client's retry is no duplicate.
 fn store_all(
     spool: &crate::spool::Spool,
-    prepared: Vec<(Envelope, Vec<u8>)>,
+    prepared: Prepared,
 ) -> Result<Vec<Envelope>, crate::spool::SpoolError> {
     let mut done: Vec<Envelope> = Vec::new();
-    for (mut envelope, bytes) in prepared {
+    for (mut envelope, headers) in prepared.copies {
+        // One copy in memory at a time, however many tenants.
+        let mut bytes = headers.into_bytes();
+        bytes.extend_from_slice(&prepared.body);
         if let Err(e) = spool.store(&mut envelope, &bytes) {
             for d in &done {
                 let _ = spool.remove(&d.id);
