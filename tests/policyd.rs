@@ -333,6 +333,24 @@ async fn what_postfix_is_told() {
     }
     // Unknown attributes are ignored, as the protocol requires.
     assert_eq!(c.ask(&[("future_attribute", "x")]).await, "OK");
+    // Incoming mail for contoso from anyone is permitted, but not with a
+    // route onward in the local part (Postfix's internal, unquoted forms).
+    let incoming = [
+        ("client_address", "198.51.100.9"),
+        ("sender", "a@internet.example"),
+        ("recipient", "kate@contoso.com"),
+    ];
+    assert_eq!(c.ask(&incoming).await, "OK");
+    for routed in [
+        "victim%evil.example@contoso.com",
+        "evil.example!victim@contoso.com",
+        "victim@evil.example@contoso.com",
+    ] {
+        let mut r = incoming.to_vec();
+        r[2].1 = routed;
+        let answer = c.ask(&r).await;
+        assert!(answer.starts_with("550 5.7.1 "), "{routed}: {answer}");
+    }
     pd.handle.stop().await;
 }
 

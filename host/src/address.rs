@@ -124,16 +124,22 @@ impl Mailbox {
     pub fn domain(&self) -> &Domain {
         &self.domain
     }
+}
 
-    /// Whether the local part holds `@`, `%` or `!`: sender routing
-    /// (`user%host@relay`, `host!user@relay`, `"user@host"@relay`), which
-    /// sendmail and, by default, Postfix (`allow_percent_hack`,
-    /// `swap_bangpath`, `resolve_dequoted_address`) take for a route to
-    /// another host. Judged as a mailbox of this domain, it could still be
-    /// relayed onward by the server that receives it.
-    pub fn has_routing(&self) -> bool {
-        self.local.contains(['@', '%', '!'])
-    }
+/// Whether the local part holds `@`, `%` or `!`: sender routing
+/// (`user%host@relay`, `host!user@relay`, `"user@host"@relay`), which
+/// sendmail and, by default, Postfix (`allow_percent_hack`,
+/// `swap_bangpath`, `resolve_dequoted_address`) take for a route to
+/// another host. Judged as a mailbox of this domain, it could still be
+/// relayed onward by the server that receives it.
+///
+/// `address` is the canonical form the SMTP server passes on, or the
+/// internal (unquoted) form Postfix sends the policy service: either way the
+/// local part is what precedes the last `@`.
+pub fn has_routing(address: &str) -> bool {
+    address
+        .rsplit_once('@')
+        .is_some_and(|(local, _)| local.contains(['@', '%', '!']))
 }
 
 impl fmt::Display for Mailbox {

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::decisions::{DecisionBudget, DecisionRecord, Grant, MAX_RECORDS_PER_SESSION};
 use crate::directory::{RecipientCheck, recipient_not_found_verdict};
 use crate::metrics::Metrics;
+use crate::policy::verdict::vouches_for_sender;
 use crate::policy::{PolicySession, TenantSession, policy_failure};
 use crate::reload::Evaluation;
 
@@ -90,6 +91,33 @@ pub fn too_many_tenants(tenant: &str) -> Verdict {
     }
 }
 
+/// `recipient` accepted with sender routing in its local part (`@`, `%`
+/// or `!`: [`crate::address::has_routing`]) for a client no connector
+/// vouched for becomes `550 5.7.1`: the server behind the tenant's domain
+/// might route it onward, to anywhere (Postfix's `allow_untrusted_routing =
+/// no`). Checked here so that the SMTP server and the Postfix policy service
+/// refuse alike.
+fn refuse_unvouched_routing(recipient: &str, v: Verdict) -> Verdict {
+    if v.action != Action::Accept
+        || !crate::address::has_routing(recipient)
+        || vouches_for_sender(v.reason.as_deref())
+    {
+        return v;
+    }
+    Verdict {
+        action: Action::Reject,
+        code: 550,
+        enhanced: "5.7.1".into(),
+        text: "Sender-specified routing (@, % or ! in the local part) is not accepted".into(),
+        tenant: None,
+        reason: Some("sender-routing".into()),
+        explanation: vec![format!(
+            "{recipient}: the local part holds a route to another host, and no connector vouched for the client"
+        )],
+        headers: Vec::new(),
+    }
+}
+
 impl Judges {
     /// Judges for one session; `client` names it in the decision log (a
     /// sequence number is appended, so ids are unique within a process).
@@ -137,6 +165,10 @@ impl Judges {
             Stage::Mail(_) => None,
         }
         .unwrap_or_else(|| base_v.clone());
+        let v = match stage {
+            Stage::Rcpt(r) => refuse_unvouched_routing(r, v),
+            Stage::Mail(_) => v,
+        };
         let latency = started.elapsed();
         let shadow = self
             .shadow_verdict(stage)

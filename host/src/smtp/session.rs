@@ -30,7 +30,6 @@ use super::trace;
 use crate::address::{self, ArgumentError, ForwardPath, MailArgs, RcptArgs};
 use crate::directory::canonical_ip;
 use crate::judges::{Judges, Stage, ask};
-use crate::policy::verdict::vouches_for_sender;
 use crate::spool::{Envelope, Recipient, RecipientState, now};
 use crate::tls::client_cert::{inspect_chain, unix_time};
 use crate::tls::server::{cipher_name, protocol_name};
@@ -696,13 +695,7 @@ impl Session {
             ForwardPath::Mailbox(m) => m,
         };
         let address = mailbox.to_string();
-        let mut v = self.ask(Stage::Rcpt(address.clone())).await;
-        if v.action == Action::Accept
-            && mailbox.has_routing()
-            && !vouches_for_sender(v.reason.as_deref())
-        {
-            v = routing_refused(&address);
-        }
+        let v = self.ask(Stage::Rcpt(address.clone())).await;
         self.log_decision("rcpt-to", &address, &v);
         if v.action != Action::Accept {
             // Refused and deferred recipients are errors: a client probing
@@ -911,7 +904,7 @@ impl Session {
                     .collect(),
                 authenticated: recipients
                     .iter()
-                    .all(|r| vouches_for_sender(r.reason.as_deref())),
+                    .all(|r| crate::policy::verdict::vouches_for_sender(r.reason.as_deref())),
                 tenant,
                 received_at: now(),
                 attempts: 0,
@@ -925,25 +918,6 @@ impl Session {
             out.push((envelope, headers));
         }
         out
-    }
-}
-
-/// The verdict for a recipient with sender routing in its local part
-/// ([`crate::address::Mailbox::has_routing`]) from a client no connector
-/// vouched for: the server behind the tenant's domain might route it
-/// onward, to anywhere (Postfix's `allow_untrusted_routing = no`).
-fn routing_refused(address: &str) -> Verdict {
-    Verdict {
-        action: Action::Reject,
-        code: 550,
-        enhanced: "5.7.1".into(),
-        text: "Sender-specified routing (@, % or ! in the local part) is not accepted".into(),
-        tenant: None,
-        reason: Some("sender-routing".into()),
-        explanation: vec![format!(
-            "{address}: the local part holds a route to another host, and no connector vouched for the client"
-        )],
-        headers: Vec::new(),
     }
 }
 
