@@ -452,3 +452,43 @@ fn dsn_rate_is_checked() {
         "must be between 0 and 1000000",
     );
 }
+
+#[test]
+fn delivery_tls_policy_and_bounds_are_checked() {
+    expect_error(
+        &format!("[delivery]\nnext_hop = \"mx\"\ntls = \"always\"\n{TENANT}"),
+        3,
+        "delivery.tls",
+        "is not \"opportunistic\", \"required\" or \"verify\"",
+    );
+    expect_error(
+        &format!("[delivery]\nnext_hop = \"mx\"\ntls = \"verify\"\n{TENANT}"),
+        3,
+        "delivery.tls",
+        "\"verify\" needs tls_ca",
+    );
+    expect_error(
+        &format!(
+            "[delivery]\nnext_hop = \"mx\"\ntls_ca = [\"ca.pem\"]\ntls = \"opportunistic\"\n{TENANT}"
+        ),
+        4,
+        "delivery.tls",
+        "tls_ca is used only with tls = \"verify\"",
+    );
+    expect_error(
+        &format!("[delivery]\nnext_hop = \"mx\"\nmx_address_limit = 0\n{TENANT}"),
+        3,
+        "delivery.mx_address_limit",
+        "must be between 1 and 100",
+    );
+    expect_error(
+        &format!("[delivery]\nnext_hop = \"mx\"\nattempt_timeout_secs = 0\n{TENANT}"),
+        3,
+        "delivery.attempt_timeout_secs",
+        "must be between 1 and 86400",
+    );
+    let (code, err, _) = run(&format!(
+        "[delivery]\nnext_hop = \"mx\"\ntls = \"required\"\nmx_session_limit = 3\n{TENANT}"
+    ));
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -129,6 +129,10 @@ struct RawDelivery {
     dns_servers: Vec<Spanned<String>>,
     mx_port: Option<Spanned<u64>>,
     dsn_rate_per_domain_per_hour: Option<Spanned<u64>>,
+    tls: Option<Spanned<String>>,
+    attempt_timeout_secs: Option<Spanned<u64>>,
+    mx_address_limit: Option<Spanned<u64>>,
+    mx_session_limit: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -221,6 +225,50 @@ fn yes() -> bool {
     true
 }
 
+/// `[delivery] tls`: `opportunistic`, `required` or `verify`; by default
+/// `verify` when `tls_ca` is given (the operator named whom to trust),
+/// `opportunistic` otherwise. `tls_ca` serves `verify` only, so giving it
+/// with another policy is an error rather than a silent no-op.
+fn delivery_tls(
+    src: &Source<'_>,
+    value: &Option<Spanned<String>>,
+    has_ca: bool,
+) -> Result<crate::delivery::TlsPolicy, ConfigError> {
+    use crate::delivery::TlsPolicy;
+    let Some(v) = value else {
+        return Ok(if has_ca {
+            TlsPolicy::Verify
+        } else {
+            TlsPolicy::Opportunistic
+        });
+    };
+    let policy = match v.get_ref().as_str() {
+        "opportunistic" => TlsPolicy::Opportunistic,
+        "required" => TlsPolicy::Required,
+        "verify" => TlsPolicy::Verify,
+        other => {
+            return Err(src.error(
+                v.span(),
+                "delivery.tls",
+                format!("'{other}' is not \"opportunistic\", \"required\" or \"verify\""),
+            ));
+        }
+    };
+    match (policy, has_ca) {
+        (TlsPolicy::Verify, false) => Err(src.error(
+            v.span(),
+            "delivery.tls",
+            "\"verify\" needs tls_ca: the CA certificates next hops are verified against",
+        )),
+        (TlsPolicy::Opportunistic | TlsPolicy::Required, true) => Err(src.error(
+            v.span(),
+            "delivery.tls",
+            "tls_ca is used only with tls = \"verify\"; remove one of them",
+        )),
+        _ => Ok(policy),
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -295,6 +343,14 @@ pub struct DeliverySettings {
     /// DSNs per sender domain and hour for mail whose sender no connector
     /// authenticated (possibly forged: backscatter); 0 sends none.
     pub dsn_rate_per_domain_per_hour: u32,
+    /// Whether next hops must offer STARTTLS, and be verified.
+    pub tls: crate::delivery::TlsPolicy,
+    /// The whole of one delivery attempt.
+    pub attempt_timeout: Duration,
+    /// MX addresses tried per domain and attempt.
+    pub mx_address_limit: usize,
+    /// MX hosts per domain and attempt that took the connection and stalled.
+    pub mx_session_limit: usize,
 }
 
 /// `[policy]`
@@ -826,6 +882,28 @@ impl Config {
                 1_000_000,
                 u64::from(crate::delivery::dsn::DEFAULT_RATE_PER_DOMAIN_PER_HOUR),
             )? as u32,
+            tls: delivery_tls(&src, &d.tls, !d.tls_ca.is_empty())?,
+            attempt_timeout: Duration::from_secs(range(
+                &d.attempt_timeout_secs,
+                "delivery.attempt_timeout_secs",
+                1,
+                86_400,
+                crate::delivery::DEFAULT_ATTEMPT_TIMEOUT.as_secs(),
+            )?),
+            mx_address_limit: range(
+                &d.mx_address_limit,
+                "delivery.mx_address_limit",
+                1,
+                100,
+                crate::delivery::DEFAULT_MX_ADDRESS_LIMIT as u64,
+            )? as usize,
+            mx_session_limit: range(
+                &d.mx_session_limit,
+                "delivery.mx_session_limit",
+                1,
+                100,
+                crate::delivery::DEFAULT_MX_SESSION_LIMIT as u64,
+            )? as usize,
         };
 
         // [policy]

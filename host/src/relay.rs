@@ -66,6 +66,7 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
+    // The CA files serve `tls = "verify"` only (the configuration checks).
     let tls = tls_server::client_config(&d.tls_ca, client_cert).context("delivery TLS")?;
     Ok(DeliveryConfig {
         target: match &d.next_hop {
@@ -82,6 +83,11 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
         max_queue_age: d.max_queue_age,
         concurrency: d.concurrency,
         timeout: d.timeout,
+        attempt_timeout: d.attempt_timeout,
+        mx_address_limit: d.mx_address_limit,
+        mx_session_limit: d.mx_session_limit,
+        tls_policy: d.tls,
+        shutdown_grace: config.server.shutdown_grace,
         tls,
         mx_port: d.mx_port,
         resolver: match d.next_hop {

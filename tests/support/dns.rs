@@ -78,6 +78,11 @@ pub async fn start(zone: Vec<(&'static str, Rec)>) -> Dns {
                 }
             }
             reply.set_response_code(code);
+            // Answer EDNS with EDNS, so that replies past 512 bytes (forty
+            // MX records) reach a resolver that offered a larger size.
+            if let Some(edns) = query.extensions().clone() {
+                reply.set_edns(edns);
+            }
             if let Ok(bytes) = reply.to_vec() {
                 let _ = socket.send_to(&bytes, peer).await;
             }

@@ -35,6 +35,36 @@ pub enum Target {
     Mx,
 }
 
+/// The whole of one delivery attempt, by default: long enough for a large
+/// message over a slow link, short enough that stalled next hops give their
+/// delivery slots back.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// MX addresses tried per domain and attempt (Postfix: 5).
+pub const DEFAULT_MX_ADDRESS_LIMIT: usize = 5;
+/// MX hosts per domain and attempt that may stall (Postfix: 2).
+pub const DEFAULT_MX_SESSION_LIMIT: usize = 2;
+
+/// Whether mail to a next hop must be encrypted (`[delivery] tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, certificate not verified; clear text when not
+    /// offered (the default without `tls_ca`).
+    #[default]
+    Opportunistic,
+    /// STARTTLS always, certificate not verified: a hop that does not offer
+    /// it (or whose offer an attacker stripped) gets nothing.
+    Required,
+    /// STARTTLS always, certificate verified against `tls_ca` (the default
+    /// with `tls_ca`).
+    Verify,
+}
+
+impl TlsPolicy {
+    pub fn requires_tls(self) -> bool {
+        self != TlsPolicy::Opportunistic
+    }
+}
+
 /// `[delivery]`, resolved.
 #[derive(Clone)]
 pub struct DeliveryConfig {
@@ -44,8 +74,21 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     pub max_queue_age: Duration,
     pub concurrency: usize,
-    /// Timeout of each SMTP step (connect, reply, data).
+    /// Timeout of each SMTP step (connect, greeting, reply, TLS handshake, data).
     pub timeout: Duration,
+    /// The whole of one delivery attempt, every next hop of every domain
+    /// included: then the recipients still pending are deferred.
+    pub attempt_timeout: Duration,
+    /// MX delivery: addresses tried per domain and attempt (Postfix's
+    /// `smtp_mx_address_limit`).
+    pub mx_address_limit: usize,
+    /// MX delivery: next hops per domain and attempt that accepted a
+    /// connection and then failed (Postfix's `smtp_mx_session_limit`).
+    pub mx_session_limit: usize,
+    pub tls_policy: TlsPolicy,
+    /// At shutdown, how long attempts in flight may go on; the rest stay in
+    /// the spool for the next start.
+    pub shutdown_grace: Duration,
     pub tls: Arc<rustls::ClientConfig>,
     /// Port used for MX hosts (25; tests use another).
     pub mx_port: u16,
@@ -127,6 +170,14 @@ impl QueueContents {
             Err(_) => (0, None),
         }
     }
+}
+
+/// What every recipient of an attempt that ran out of time gets.
+pub fn attempt_timed_out(cfg: &DeliveryConfig) -> Outcome {
+    Outcome::Temporary(format!(
+        "451 4.4.7 delivery attempt not finished within {} s",
+        cfg.attempt_timeout.as_secs()
+    ))
 }
 
 /// The backoff after `attempts` failed attempts: initial × 2^(attempts-1), capped.
@@ -239,9 +290,21 @@ async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
-    // In-flight attempts finish (each bounded by its timeouts); what is left
-    // stays in the spool for the next start.
-    while running.join_next().await.is_some() {}
+    // In-flight attempts may finish within the shutdown grace; then they
+    // are dropped, and their messages stay in the spool for the next start
+    // (an attempt cut short after a next hop accepted is delivered again:
+    // at-least-once).
+    let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            attempts = running.len(),
+            "shutdown grace period over: delivery attempts in flight stopped; their messages stay queued"
+        );
+        running.abort_all();
+    }
 }
 
 /// One delivery attempt. Returns the envelopes to queue again: this one if
@@ -261,6 +324,9 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
     };
     envelope.attempts += 1;
     let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
+    // The whole attempt has a deadline: a next hop that accepts and then
+    // stalls at every step cannot hold a delivery slot for long.
+    let deadline = tokio::time::Instant::now() + cfg.attempt_timeout;
     let results: Vec<(String, Outcome, String)> = match &cfg.target {
         Target::Directory(dir) => directory_deliver(dir, &envelope, &message)
             .await
@@ -268,14 +334,16 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
             .map(|(r, o)| (r, o, format!("dir:{}", dir.display())))
             .collect(),
         Target::Smarthost { host, port } => {
-            let outcomes =
-                smtp::deliver(cfg, host, *port, &envelope.sender, &pending, &message).await;
+            let delivery = smtp::deliver(cfg, host, *port, &envelope.sender, &pending, &message);
+            let outcomes = tokio::time::timeout_at(deadline, delivery)
+                .await
+                .unwrap_or_else(|_| smtp::all(&pending, attempt_timed_out(cfg)));
             outcomes
                 .into_iter()
                 .map(|(r, o)| (r, o, format!("{host}:{port}")))
                 .collect()
         }
-        Target::Mx => mx::deliver(cfg, &envelope.sender, &pending, &message).await,
+        Target::Mx => mx::deliver(cfg, &envelope.sender, &pending, &message, deadline).await,
     };
     for (rcpt, outcome, hop) in &results {
         let (result, reply) = match outcome {
@@ -538,6 +606,11 @@ mod tests {
             max_queue_age: Duration::from_secs(86400),
             concurrency: 1,
             timeout: Duration::from_secs(1),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            mx_address_limit: DEFAULT_MX_ADDRESS_LIMIT,
+            mx_session_limit: DEFAULT_MX_SESSION_LIMIT,
+            tls_policy: TlsPolicy::Opportunistic,
+            shutdown_grace: Duration::from_secs(1),
             tls: crate::tls::server::client_config(&[], None).unwrap(),
             mx_port: 25,
             resolver: None,

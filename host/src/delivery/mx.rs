@@ -42,6 +42,9 @@ pub fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     // Names in mail are absolute; no search list.
     opts.ndots = 0;
+    // EDNS: a domain with many MX hosts answers past 512 bytes, which
+    // without it means a truncated reply and a retry over TCP (or none).
+    opts.edns0 = true;
     Ok(builder.build())
 }
 
@@ -127,13 +130,15 @@ fn every(recipients: &[String], outcome: Outcome) -> Vec<(String, Outcome, Strin
         .collect()
 }
 
-/// Delivers each recipient domain's share to its MX hosts, trying every
-/// address of every host in preference order until one answers.
+/// Delivers each recipient domain's share to its MX hosts, the domains side
+/// by side: a domain whose hosts stall delays no other. Each domain's share
+/// ends by `deadline` (its recipients still pending are then deferred).
 pub async fn deliver(
     cfg: &DeliveryConfig,
     sender: &str,
     recipients: &[String],
     message: &[u8],
+    deadline: tokio::time::Instant,
 ) -> Vec<(String, Outcome, String)> {
     let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in recipients {
@@ -149,50 +154,88 @@ pub async fn deliver(
             Outcome::Temporary("451 4.4.3 no DNS resolver configured for MX delivery".into()),
         );
     };
-    let mut out = Vec::new();
-    for (domain, rcpts) in by_domain {
-        let hosts = match route(resolver, &domain).await {
-            Route::Hosts(h) => h,
-            Route::Fail(o) => {
-                out.extend(every(&rcpts, o));
+    let shares = by_domain.iter().map(|(domain, rcpts)| async move {
+        let share = deliver_domain(cfg, resolver, domain, sender, rcpts, message);
+        tokio::time::timeout_at(deadline, share)
+            .await
+            .unwrap_or_else(|_| every(rcpts, super::attempt_timed_out(cfg)))
+    });
+    futures_util::future::join_all(shares)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// One domain's share: every address of every MX host in preference order
+/// until one answers, within the attempt's limits — at most
+/// `mx_address_limit` addresses, and at most `mx_session_limit` that took
+/// the connection and then timed out (Postfix's `smtp_mx_address_limit` and
+/// `smtp_mx_session_limit`): forty stalling MX hosts cost two timeouts, not
+/// forty.
+async fn deliver_domain(
+    cfg: &DeliveryConfig,
+    resolver: &TokioResolver,
+    domain: &str,
+    sender: &str,
+    rcpts: &[String],
+    message: &[u8],
+) -> Vec<(String, Outcome, String)> {
+    let hosts = match route(resolver, domain).await {
+        Route::Hosts(h) => h,
+        Route::Fail(o) => return every(rcpts, o),
+    };
+    let mut last: Option<Vec<(String, Outcome, String)>> = None;
+    let mut problems = Vec::new();
+    let (mut addresses_tried, mut sessions) = (0, 0);
+    'hosts: for host in &hosts {
+        let addrs = match addresses(resolver, host, cfg.mx_port).await {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(e);
                 continue;
             }
         };
-        let mut last: Option<Vec<(String, Outcome, String)>> = None;
-        let mut problems = Vec::new();
-        'hosts: for host in &hosts {
-            let addrs = match addresses(resolver, host, cfg.mx_port).await {
-                Ok(a) => a,
-                Err(e) => {
-                    problems.push(e);
-                    continue;
-                }
-            };
-            for addr in addrs {
-                let results = smtp::deliver_at(cfg, host, addr, sender, &rcpts, message).await;
-                let done = !unreachable(&results);
-                last = Some(
-                    results
-                        .into_iter()
-                        .map(|(r, o)| (r, o, format!("{host}[{}]:{}", addr.ip(), addr.port())))
-                        .collect(),
-                );
-                if done {
-                    break 'hosts;
-                }
+        for addr in addrs {
+            if addresses_tried >= cfg.mx_address_limit || sessions >= cfg.mx_session_limit {
+                problems.push(format!(
+                    "gave up after {addresses_tried} addresses ({sessions} stalled sessions)"
+                ));
+                break 'hosts;
+            }
+            addresses_tried += 1;
+            let results = smtp::deliver_at(cfg, host, addr, sender, rcpts, message).await;
+            if stalled(&results) {
+                sessions += 1;
+            }
+            let done = !unreachable(&results);
+            last = Some(
+                results
+                    .into_iter()
+                    .map(|(r, o)| (r, o, format!("{host}[{}]:{}", addr.ip(), addr.port())))
+                    .collect(),
+            );
+            if done {
+                break 'hosts;
             }
         }
-        out.extend(last.unwrap_or_else(|| {
-            every(
-                &rcpts,
-                Outcome::Temporary(format!(
-                    "451 4.4.4 no address for any MX host of {domain}: {}",
-                    problems.join("; ")
-                )),
-            )
-        }));
     }
-    out
+    last.unwrap_or_else(|| {
+        every(
+            rcpts,
+            Outcome::Temporary(format!(
+                "451 4.4.4 no address for any MX host of {domain}: {}",
+                problems.join("; ")
+            )),
+        )
+    })
+}
+
+/// Whether the host took the connection and then let a step time out.
+fn stalled(results: &[(String, Outcome)]) -> bool {
+    results
+        .iter()
+        .all(|(_, o)| matches!(o, Outcome::Temporary(t) if t.starts_with("451 4.4.1")))
 }
 
 #[cfg(test)]

@@ -42,11 +42,15 @@ fn outcome_of(e: &SendError) -> Outcome {
         SendError::Timeout => {
             Outcome::Temporary("451 4.4.1 timeout talking to the next hop".into())
         }
+        SendError::MissingStartTls => Outcome::Temporary(
+            "451 4.7.5 the next hop does not offer STARTTLS, which [delivery] tls requires".into(),
+        ),
         other => Outcome::Temporary(format!("451 4.4.0 {other:?}").chars().take(300).collect()),
     }
 }
 
-fn all(recipients: &[String], outcome: Outcome) -> Vec<(String, Outcome)> {
+/// The same outcome for each of `recipients`.
+pub(crate) fn all(recipients: &[String], outcome: Outcome) -> Vec<(String, Outcome)> {
     recipients
         .iter()
         .map(|r| (r.clone(), outcome.clone()))
@@ -114,6 +118,16 @@ pub async fn deliver_at(
     }
 }
 
+/// `step` within `limit`, a timeout being [`SendError::Timeout`].
+async fn within<T>(
+    limit: Duration,
+    step: impl std::future::Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| SendError::Timeout)?
+}
+
 async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, SendError> {
     let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
         .await
@@ -150,19 +164,27 @@ impl Connection {
         // waits for the ACK of the body, which the next hop delays by up to
         // 40 ms: that alone capped delivery at ~25 messages/s per connection.
         client.stream.set_nodelay(true).map_err(SendError::Io)?;
-        let greeting = client.read().await?;
+        // mail-send reads the greeting and completes the TLS handshake
+        // without a deadline of its own: a next hop that accepts and then
+        // says nothing must not hold a delivery slot.
+        let greeting = within(cfg.timeout, client.read()).await?;
         if greeting.code != 220 {
             return Err(SendError::UnexpectedReply(greeting));
         }
         let ehlo = client.ehlo(&cfg.hostname).await?;
         if ehlo.has_capability(EXT_START_TLS) {
             let connector = TlsConnector::from(cfg.tls.clone());
-            let mut tls = client.start_tls(&connector, host).await?;
+            let mut tls = within(cfg.timeout, client.start_tls(&connector, host)).await?;
             tls.ehlo(&cfg.hostname).await?;
             Ok(Connection {
                 client: Client::Tls(Box::new(tls)),
                 uses: 0,
             })
+        } else if cfg.tls_policy.requires_tls() {
+            // Nothing goes in clear text to a hop the operator wants
+            // encrypted: a stripped STARTTLS is a temporary failure.
+            let _ = client.cmd(b"QUIT\r\n").await;
+            Err(SendError::MissingStartTls)
         } else {
             Ok(Connection {
                 client: Client::Plain(client),
