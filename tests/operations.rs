@@ -285,6 +285,60 @@ async fn file_changes_trigger_a_reload() {
     live.handle.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_written_in_two_steps_is_applied_only_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = default_component(dir.path(), "two-steps");
+    let live = Live::start(&policy_section(&a, "2017-07-05T00:00:00Z"), &[]).await;
+    let path = live.config.clone();
+    let running = std::fs::read_to_string(&path).unwrap();
+    let g0 = status(live.admin()).await["generation"].as_u64().unwrap();
+    let settled = || tokio::time::sleep(attrelay::reload::SETTLE * 4);
+    // The file cut short, as an editor leaves it between truncating and
+    // writing the end — at a line that leaves valid TOML: every tenant
+    // would go, and contoso's mail get a permanent 550.
+    let cut = running.find("[[tenant]]").unwrap();
+    std::fs::write(&path, &running[..cut]).unwrap();
+    settled().await;
+    std::fs::write(&path, "").unwrap();
+    settled().await;
+    assert_eq!(
+        status(live.admin()).await["generation"].as_u64().unwrap(),
+        g0,
+        "a truncated or empty file is not applied"
+    );
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
+    // A new configuration written in two steps, the second a moment
+    // later: applied once, whole, after the file stopped changing.
+    let new = toml(
+        &live.pki,
+        &live.sink,
+        &policy_section(&a, "2099-01-01T00:00:00Z"),
+        &[],
+    );
+    std::fs::write(&path, &new[..new.len() / 2]).unwrap();
+    tokio::time::sleep(attrelay::reload::SETTLE / 3).await;
+    std::fs::write(&path, &new).unwrap();
+    let mut g = g0;
+    for _ in 0..100 {
+        g = status(live.admin()).await["generation"].as_u64().unwrap();
+        if g > g0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(g, g0 + 1, "applied once");
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
+    assert!(
+        c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(451, "4.4.4"),
+        "the new settings decide"
+    );
+    live.handle.stop().await;
+}
+
 #[test]
 fn reloading_a_cached_component_skips_compilation() {
     use attrelay::policy::cache::Provenance;

@@ -243,6 +243,10 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     generation: AtomicU64,
     lock: std::sync::Mutex<()>,
+    /// The text of the configuration file last applied (at start or by a
+    /// reload): a file change that leaves only a beginning of it is a file
+    /// cut short while being written, never applied from a notification.
+    applied_text: std::sync::Mutex<Option<String>>,
 }
 
 impl Reloader {
@@ -254,13 +258,18 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> Reloader {
         Reloader {
-            config_path,
             started_with,
             engine,
             ctx,
             metrics,
             generation: AtomicU64::new(0),
             lock: std::sync::Mutex::new(()),
+            applied_text: std::sync::Mutex::new(
+                config_path
+                    .as_deref()
+                    .and_then(|p| std::fs::read_to_string(p).ok()),
+            ),
+            config_path,
         }
     }
 
@@ -272,15 +281,38 @@ impl Reloader {
     /// swaps it in. Blocking (compiles); one reload at a time. On error the
     /// running evaluation is untouched.
     pub fn reload(&self) -> Result<ReloadOutcome, String> {
+        self.reload_checked(false)
+    }
+
+    /// A reload after a file notification. The file is applied only if it
+    /// looks whole: not empty, and not a beginning of the configuration
+    /// running now — what an editor or a tool rewriting the file in place
+    /// leaves between truncating it and writing the end (every tenant, or a
+    /// partner restriction, would be gone). SIGHUP and `POST /reload` apply
+    /// the file as it is: the operator asked.
+    pub fn reload_after_change(&self) -> Result<ReloadOutcome, String> {
+        self.reload_checked(true)
+    }
+
+    fn reload_checked(&self, from_notification: bool) -> Result<ReloadOutcome, String> {
         let _one_at_a_time = self
             .lock
             .lock()
             .map_err(|_| "reload lock poisoned".to_string())?;
         let started = Instant::now();
         let result = (|| {
-            let config = match &self.config_path {
-                Some(p) => Config::load(p).map_err(|e| e.to_string())?,
-                None => Config::embedded_default(),
+            let (config, text) = match &self.config_path {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).map_err(|e| {
+                        format!("{}: cannot read the configuration: {e}", p.display())
+                    })?;
+                    if from_notification {
+                        self.looks_whole(p, &text)?;
+                    }
+                    let config = Config::parse(p, &text).map_err(|e| e.to_string())?;
+                    (config, Some(text))
+                }
+                None => (Config::embedded_default(), None),
             };
             for w in &config.warnings {
                 warn!(config = %config.source.display(), "{w}");
@@ -300,6 +332,9 @@ impl Reloader {
             };
             self.ctx.evaluation.store(Arc::new(evaluation));
             self.generation.store(generation, Ordering::SeqCst);
+            if let Ok(mut applied) = self.applied_text.lock() {
+                *applied = text;
+            }
             Ok(outcome)
         })();
         match result {
@@ -333,6 +368,31 @@ impl Reloader {
         }
     }
 
+    /// Refuses a configuration file that is empty or only a beginning of
+    /// the one applied last (see [`Reloader::reload_after_change`]).
+    fn looks_whole(&self, path: &Path, text: &str) -> Result<(), String> {
+        let advice = "write the new configuration to a temporary file and rename it over this one (an atomic replace); SIGHUP or POST /reload applies the file as it is";
+        if text.trim().is_empty() {
+            return Err(format!(
+                "{}: the file is empty, as while it is being rewritten: not applied; {advice}",
+                path.display()
+            ));
+        }
+        let applied = self.applied_text.lock().map_err(|_| "lock poisoned")?;
+        if let Some(applied) = applied.as_deref()
+            && text.len() < applied.len()
+            && applied.starts_with(text)
+        {
+            return Err(format!(
+                "{}: the file holds only the first {} of the {} bytes of the running configuration, as a file cut short while being written: not applied; {advice}",
+                path.display(),
+                text.len(),
+                applied.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The files whose changes trigger a reload.
     fn watched_files(&self) -> Vec<PathBuf> {
         let Some(path) = &self.config_path else {
@@ -363,6 +423,44 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Reloads on SIGHUP and on changes to the watched files, until shutdown.
+/// The trigger of a file notification.
+const FILE_CHANGE: &str = "file change";
+/// How long the watched files must stay unchanged before a notification's
+/// reload reads them.
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// How long at most to wait for them to settle (a file rewritten without
+/// end is read anyway, and still checked by [`Reloader::reload_after_change`]).
+const SETTLE_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Each file's length and modification time, to tell when writing stopped.
+fn snapshot(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .map(|m| (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)))
+        })
+        .collect()
+}
+
+/// Waits until no notification arrived and no watched file changed for
+/// [`SETTLE`], or [`SETTLE_AT_MOST`] passed.
+async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>, files: &[PathBuf]) {
+    let started = Instant::now();
+    loop {
+        let before = snapshot(files);
+        tokio::time::sleep(SETTLE).await;
+        let mut quiet = true;
+        while rx.try_recv().is_ok() {
+            quiet = false;
+        }
+        if (quiet && snapshot(files) == before) || started.elapsed() >= SETTLE_AT_MOST {
+            return;
+        }
+    }
+}
+
 pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
@@ -376,7 +474,7 @@ pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) {
                 .map(|f| ev.paths.iter().any(|p| f.contains(&absolute(p))))
                 .unwrap_or(false);
             if ours && !ev.kind.is_access() {
-                let _ = file_tx.send("file change");
+                let _ = file_tx.send(FILE_CHANGE);
             }
         }
     });
@@ -427,13 +525,21 @@ pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) {
                 Some(why) = rx.recv() => why,
                 _ = shutdown.cancelled() => return,
             };
-            // Editors write in several steps: wait for the burst to end.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            while rx.try_recv().is_ok() {}
+            // Editors and tools write in several steps: wait until the
+            // files have stopped changing.
+            if why == FILE_CHANGE {
+                settle(&mut rx, &reloader.watched_files()).await;
+            } else {
+                while rx.try_recv().is_ok() {}
+            }
             info!(target: "attrelay::reload", trigger = why, "reloading");
             let r = reloader.clone();
             if let Ok((r, Ok(_))) = tokio::task::spawn_blocking(move || {
-                let out = r.reload();
+                let out = if why == FILE_CHANGE {
+                    r.reload_after_change()
+                } else {
+                    r.reload()
+                };
                 (r, out)
             })
             .await
