@@ -105,6 +105,9 @@ async fn malformed_addresses_and_parameters_are_refused() {
         ("MAIL FROM:x@a.example", 501, "5.1.7"),
         ("MAIL FROM:<j\u{f6}hn@a.example>", 553, "5.6.7"),
         ("MAIL FROM:<\"a\u{1}b\"@a.example>", 501, "5.1.7"),
+        // Terminal control: ESC, BEL, BS never reach a log or `queue list`.
+        ("MAIL FROM:<\"a\u{1b}[2Jb\"@a.example>", 501, "5.1.7"),
+        ("MAIL FROM:<\"a\u{7}\u{8}b\"@a.example>", 501, "5.1.7"),
         ("MAIL FRM:<x@a.example>", 501, "5.5.4"),
     ] {
         let r = c.cmd(line).await;

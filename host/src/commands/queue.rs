@@ -33,6 +33,27 @@ pub fn list(config: Option<&PathBuf>, json: bool, out: &mut dyn Write) -> Result
     Ok(EXIT_OK)
 }
 
+/// `s` safe for an operator's terminal: control characters (ESC, BEL, BS,
+/// CR...) written as `\u{..}` escapes. The relay stores no such byte in an
+/// address any more, but a spool from an older version, or a next hop's
+/// reply, must not drive the terminal that lists it.
+pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 fn utc(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
@@ -54,24 +75,28 @@ fn write_table(
         return writeln!(out, "queue empty (spool {})", spool.display());
     }
     for e in entries {
-        let sender = if e.sender.is_empty() { "<>" } else { &e.sender };
+        let sender = if e.sender.is_empty() {
+            "<>".into()
+        } else {
+            terminal_safe(&e.sender)
+        };
         writeln!(
             out,
             "{}  {:>8} bytes  received {}  attempts {}  next {}  tenant {}{}",
-            e.id,
+            terminal_safe(&e.id),
             e.size,
             utc(e.received_at),
             e.attempts,
             utc(e.next_attempt),
-            e.tenant.as_deref().unwrap_or("-"),
+            terminal_safe(e.tenant.as_deref().unwrap_or("-")),
             if e.is_dsn { "  (DSN)" } else { "" },
         )?;
         writeln!(out, "  from {sender}")?;
         for r in &e.pending {
-            writeln!(out, "  to   {r}")?;
+            writeln!(out, "  to   {}", terminal_safe(r))?;
         }
         if let Some(err) = &e.last_error {
-            writeln!(out, "  last error: {err}")?;
+            writeln!(out, "  last error: {}", terminal_safe(err))?;
         }
     }
     writeln!(
@@ -81,4 +106,42 @@ fn write_table(
         if entries.len() == 1 { "" } else { "s" },
         spool.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(terminal_safe("a@b.example"), "a@b.example");
+        let hostile = "\"x\u{1b}[2J\u{7}\u{8}\r\"@evil.example";
+        let shown = terminal_safe(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert_eq!(shown, "\"x\\u{1b}[2J\\u{7}\\u{8}\\u{d}\"@evil.example");
+    }
+
+    #[test]
+    fn the_table_escapes_every_field() {
+        let entry = QueueEntry {
+            id: "Q\u{1b}1".into(),
+            sender: "s\u{1b}@x.example".into(),
+            tenant: Some("t\u{7}".into()),
+            pending: vec!["r\u{8}@y.example".into()],
+            received_at: 0,
+            attempts: 1,
+            next_attempt: 0,
+            last_error: Some("451 \u{1b}[31mred".into()),
+            is_dsn: false,
+            size: 1,
+        };
+        let mut out = Vec::new();
+        write_table(&[entry], std::path::Path::new("spool"), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("from s\\u{1b}@x.example"), "{text}");
+    }
 }
