@@ -492,3 +492,21 @@ fn delivery_tls_policy_and_bounds_are_checked() {
     ));
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn a_policy_service_off_loopback_draws_a_warning() {
+    let (code, err, _) = run(&format!(
+        "[policyd]\nlisten = [\"0.0.0.0:10040\"]\nsocket_group = \"0\"\n{TENANT}"
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("policyd.listen[0]"), "{err}");
+    assert!(err.contains("is not a loopback address"), "{err}");
+    expect_error(
+        &format!(
+            "[policyd]\nlisten = [\"127.0.0.1:10040\"]\nsocket_group = \"no-such-group-here\"\n{TENANT}"
+        ),
+        3,
+        "policyd.socket_group",
+        "is neither a group of /etc/group nor a numeric group id",
+    );
+}

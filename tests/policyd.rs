@@ -54,6 +54,15 @@ impl Policyd {
     async fn connect(&self) -> Conn {
         Conn::new(TcpStream::connect(self.addr).await.unwrap())
     }
+
+    /// Connects from `source`, another loopback address: another client.
+    async fn connect_from(&self, source: &str) -> Conn {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(source.parse().unwrap(), 0))
+            .unwrap();
+        Conn::new(socket.connect(self.addr).await.unwrap())
+    }
 }
 
 /// One policy-delegation connection, as Postfix holds it.
@@ -515,24 +524,57 @@ async fn a_failing_policy_answers_451_never_ok() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection() {
+    // A local process holding idle connections: it gets its share, and
+    // Postfix (another client) is still answered.
+    let pd = Policyd::start(
+        "max_connections = 8
+max_connections_per_client = 2",
+        "",
+    )
+    .await;
+    let mut hog = Vec::new();
+    for _ in 0..2 {
+        let mut c = pd.connect_from("127.0.0.9").await;
+        assert_eq!(c.ask(&[]).await, "OK");
+        hog.push(c);
+    }
+    for _ in 0..6 {
+        let mut c = pd.connect_from("127.0.0.9").await;
+        c.send(request(&[]).as_bytes()).await;
+        assert_eq!(c.reply().await, None, "over the client's limit");
+    }
+    let mut postfix = pd.connect_from("127.0.0.1").await;
+    assert_eq!(postfix.ask(&[]).await, "OK");
+    pd.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_domain_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("policy.sock");
     // A stale socket from a previous run is replaced.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    // A group other than ours, by number: the socket is created with it
+    // (and with its mode) before anyone can reach it.
     let pd = Policyd::start(
         &format!(
-            "listen = [{:?}]\nsocket_mode = \"0666\"",
+            "listen = [{:?}]\nsocket_mode = \"0660\"\nsocket_group = \"4242\"",
             format!("unix:{}", sock.display())
         ),
         "",
     )
     .await;
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
-        0o666
-    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 4242);
+    // Nothing of the private directory it was made in is left.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("policy.sock")]);
     let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
     let (r, w) = s.into_split();
     let mut c = Conn {

@@ -11,7 +11,7 @@
 //! - connections are bounded in number, in the time to send a request header
 //!   and in their whole life; request bodies are never read;
 //! - a failing `accept` (no file descriptors left) backs off and is logged at
-//!   most once per [`WARN_INTERVAL`] instead of spinning.
+//!   most once per [`crate::throttle::WARN_INTERVAL`] instead of spinning.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -29,13 +29,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::smtp::ServerContext;
+use crate::throttle::Throttled;
 
 /// Connections served at once. An operator and a Prometheus server need a
 /// handful; the rest are closed as soon as accepted, so a flood cannot
@@ -58,9 +57,6 @@ const MAX_BUF: usize = 16 * 1024;
 /// [`ACCEPT_PAUSE_MAX`] while failures continue.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(100);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
-/// A repeated warning (accept failures, connections over the limit) is
-/// logged once, then at most once per interval with the number suppressed.
-pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Why a request was refused for its `Host`.
 const MISDIRECTED: &str =
     "refused: the Host header must be localhost, 127.0.0.1, [::1] or this endpoint's address\n";
@@ -352,31 +348,6 @@ impl AcceptPause {
 
     fn reset(&mut self) {
         self.0 = ACCEPT_PAUSE_MIN;
-    }
-}
-
-/// A warning logged the first time, then at most once per [`WARN_INTERVAL`]
-/// with how many were suppressed in between: with the file-descriptor limit
-/// reached, an unthrottled warning per failed `accept` filled the log.
-#[derive(Default)]
-struct Throttled {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttled {
-    fn warn(&mut self, what: &str, detail: &dyn fmt::Display) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        warn!(detail = %detail, suppressed = self.suppressed, "{what}");
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }
 

@@ -100,6 +100,8 @@ struct RawPolicyd {
     idle_timeout_secs: Option<Spanned<u64>>,
     request_timeout_secs: Option<Spanned<u64>>,
     socket_mode: Option<Spanned<String>>,
+    socket_group: Option<Spanned<String>>,
+    max_connections_per_client: Option<Spanned<u64>>,
     #[serde(default = "yes")]
     enabled: bool,
 }
@@ -1219,7 +1221,7 @@ impl Config {
         let policyd = match raw.policyd {
             Some(p) if p.get_ref().enabled => {
                 let span = p.span();
-                Some(policyd_settings(&src, p.into_inner(), span)?)
+                Some(policyd_settings(&src, p.into_inner(), span, &mut warnings)?)
             }
             _ => None,
         };
@@ -1314,6 +1316,7 @@ fn policyd_settings(
     src: &Source<'_>,
     p: RawPolicyd,
     table: Range<usize>,
+    warnings: &mut Vec<ConfigWarning>,
 ) -> Result<PolicydSettings, ConfigError> {
     let defaults = PolicydSettings::default();
     let mut listen = Vec::new();
@@ -1336,6 +1339,17 @@ fn policyd_settings(
                 )
             })?),
         };
+        if let PolicydListen::Tcp(a) = &entry
+            && !a.ip().is_loopback()
+        {
+            warnings.push(ConfigWarning {
+                line: src.line(&l.span()),
+                key: format!("policyd.listen[{i}]"),
+                message: format!(
+                    "{a} is not a loopback address: whoever reaches it can claim any client address and certificate and be told OK; prefer a UNIX-domain socket only Postfix can open, or loopback"
+                ),
+            });
+        }
         listen.push(entry);
     }
     if listen.is_empty() {
@@ -1397,6 +1411,40 @@ fn policyd_settings(
         )?),
         limits: defaults.limits,
         socket_mode,
+        socket_group: match &p.socket_group {
+            None => None,
+            Some(g) => Some(group_id(g.get_ref()).ok_or_else(|| {
+                src.error(
+                    g.span(),
+                    "policyd.socket_group",
+                    format!(
+                        "'{}' is neither a group of /etc/group nor a numeric group id",
+                        g.get_ref()
+                    ),
+                )
+            })?),
+        },
+        max_connections_per_client: src.range(
+            &p.max_connections_per_client,
+            "policyd.max_connections_per_client",
+            1,
+            100_000,
+            defaults.max_connections_per_client as u64,
+        )? as usize,
+    })
+}
+
+/// A group's id: numeric, or looked up by name in `/etc/group`.
+fn group_id(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let gid = fields.nth(1)?;
+        (name == group).then(|| gid.parse().ok()).flatten()
     })
 }
 

@@ -26,4 +26,5 @@ pub mod relay;
 pub mod reload;
 pub mod smtp;
 pub mod spool;
+pub mod throttle;
 pub mod tls;

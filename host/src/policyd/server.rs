@@ -2,8 +2,9 @@
 //! Postfix connection, requests answered in order on a connection that
 //! Postfix keeps open and reuses.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use super::request::{PolicyRequest, RequestDecoder, RequestError, RequestLimits}
 use crate::judges::{Judges, Stage, ask};
 use crate::smtp::ServerContext;
 use crate::spool::now;
+use crate::throttle::Throttled;
 
 /// Where the policy service listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +60,13 @@ pub struct PolicydSettings {
     /// Permissions of UNIX-domain sockets (the Postfix SMTP server's user
     /// must be able to connect).
     pub socket_mode: u32,
+    /// The group of UNIX-domain sockets (Postfix's, so that `socket_mode`
+    /// 0660 lets it and nobody else connect); `None` keeps the relay's.
+    pub socket_group: Option<u32>,
+    /// Connections one client may hold at once (a TCP client by its
+    /// address, a UNIX-socket client by its user id): one local process
+    /// cannot take every connection and leave Postfix's requests unanswered.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for PolicydSettings {
@@ -66,10 +75,14 @@ impl Default for PolicydSettings {
             listen: Vec::new(),
             accept: AcceptAction::Ok,
             max_connections: 256,
-            idle_timeout: Duration::from_secs(600),
+            // Short: an idle connection holds a slot, and Postfix reconnects
+            // when it finds its cached connection closed.
+            idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             limits: RequestLimits::default(),
             socket_mode: 0o660,
+            socket_group: None,
+            max_connections_per_client: 64,
         }
     }
 }
@@ -104,13 +117,8 @@ impl PolicyServer {
                 )),
                 PolicydListen::Unix(p) => {
                     remove_stale_socket(p).map_err(|e| bind_error(l, e))?;
-                    let u = UnixListener::bind(p).map_err(|e| bind_error(l, e))?;
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(
-                        p,
-                        std::fs::Permissions::from_mode(settings.socket_mode),
-                    )
-                    .map_err(|e| bind_error(l, e))?;
+                    let u = bind_unix(p, settings.socket_mode, settings.socket_group)
+                        .map_err(|e| bind_error(l, e))?;
                     listeners.push(Listener::Unix(u, p.clone()));
                 }
             }
@@ -138,37 +146,49 @@ impl PolicyServer {
     pub async fn run(self) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
+        let per_client = Arc::new(PerClient::default());
         let mut accepting = Vec::new();
         for listener in self.listeners {
-            let (ctx, settings, tracker, slots) = (
+            let (ctx, settings, tracker, slots, per_client) = (
                 self.ctx.clone(),
                 self.settings.clone(),
                 tracker.clone(),
                 slots.clone(),
+                per_client.clone(),
             );
             accepting.push(tokio::spawn(async move {
+                let (mut failures, mut refusals) = (Throttled::default(), Throttled::default());
                 loop {
                     let accepted = tokio::select! {
                         r = accept(&listener) => r,
                         _ = ctx.shutdown.cancelled() => break,
                     };
-                    let (stream, peer) = match accepted {
+                    let (stream, peer, client) = match accepted {
                         Ok(x) => x,
                         Err(e) => {
-                            warn!(error = %e, "policyd: accept failed");
+                            failures.warn("policyd: accept failed", &e);
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
+                    let Some(client_slot) =
+                        per_client.acquire(&client, settings.max_connections_per_client)
+                    else {
+                        refusals.warn(
+                            "policyd: connection limit of one client reached; closing",
+                            &client,
+                        );
+                        continue;
+                    };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        warn!(client = %peer, limit = settings.max_connections, "policyd: connection limit reached; closing");
+                        refusals.warn("policyd: connection limit reached; closing", &peer);
                         continue;
                     };
                     let (ctx, settings) = (ctx.clone(), settings.clone());
                     tracker.spawn(async move {
                         let (r, w) = stream;
                         serve(ctx, settings, r, w, &peer).await;
-                        drop(permit);
+                        drop((permit, client_slot));
                     });
                 }
                 if let Listener::Unix(_, path) = &listener {
@@ -190,23 +210,106 @@ type Halves = (
     Box<dyn AsyncWrite + Send + Unpin>,
 );
 
-async fn accept(listener: &Listener) -> std::io::Result<(Halves, String)> {
+/// Accepts a connection: its halves, a name for logs, and the client it
+/// counts against — a TCP client's address, a UNIX-socket client's uid.
+async fn accept(listener: &Listener) -> std::io::Result<(Halves, String, String)> {
     Ok(match listener {
         Listener::Tcp(l) => {
             let (s, peer) = l.accept().await?;
             let _ = s.set_nodelay(true);
             let (r, w) = s.into_split();
-            ((Box::new(r), Box::new(w)), peer.to_string())
+            (
+                (Box::new(r), Box::new(w)),
+                peer.to_string(),
+                crate::directory::canonical_ip(peer.ip()).to_string(),
+            )
         }
         Listener::Unix(l, path) => {
             let (s, _) = l.accept().await?;
+            let client = s
+                .peer_cred()
+                .map(|c| format!("uid {}", c.uid()))
+                .unwrap_or_else(|_| "uid ?".into());
             let (r, w) = s.into_split();
             (
                 (Box::new(r), Box::new(w)),
-                format!("unix:{}", path.display()),
+                format!("unix:{} ({client})", path.display()),
+                client,
             )
         }
     })
+}
+
+/// Binds a UNIX-domain socket at `path` that is never reachable with other
+/// permissions than `mode` and `group`: it is bound in a new directory only
+/// the relay's user can enter, given its mode and group there, and then
+/// renamed into place (a rename is atomic). Binding in place and then
+/// changing the mode left a moment in which any local user could connect.
+fn bind_unix(path: &Path, mode: u32, group: Option<u32>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let private = parent.join(format!(
+        ".attrelay-policyd-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("socket");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&staged, None, Some(gid))?;
+        }
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
+/// Connections held per client, released when a connection ends.
+#[derive(Default)]
+struct PerClient {
+    counts: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// One connection's place in [`PerClient`].
+struct ClientSlot {
+    table: Arc<PerClient>,
+    client: String,
+}
+
+impl PerClient {
+    fn acquire(self: &Arc<Self>, client: &str, max: usize) -> Option<ClientSlot> {
+        let mut counts = self.counts.lock().ok()?;
+        let n = counts.entry(client.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: self.clone(),
+            client: client.to_string(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.table.counts.lock()
+            && let Some(n) = counts.get_mut(&self.client)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// A socket file left by a previous run is removed; anything else at that
