@@ -241,3 +241,32 @@ fn not_a_component_is_refused() {
         .unwrap();
     assert!(matches!(err, PolicyError::Read { .. }), "{err}");
 }
+
+#[test]
+fn a_policy_sees_the_session_time_and_no_ambient_randomness() {
+    // A component reading WASI's wall clock and random numbers: it must get
+    // the session's time, and the same numbers in every instance, so that
+    // it cannot tell validation from production, nor a replay from the
+    // original decision.
+    let settings = vec![
+        ("behavior".to_string(), "ambient".to_string()),
+        ("stage".to_string(), "mail-from".to_string()),
+    ];
+    let policy = engine()
+        .load(&PolicySource::File(rogue().clone()), &settings)
+        .unwrap();
+    let mut seen = Vec::new();
+    for time in [1_488_326_400, 4_102_444_800] {
+        let facts = SessionFacts { time, ..facts() };
+        let v = policy
+            .open_session(directory(), &facts)
+            .mail_from("a@contoso.com");
+        assert_eq!(v.action, Action::Accept, "{v:?}");
+        assert_eq!(v.explanation[0], format!("clock={time}"), "{v:?}");
+        seen.push(v.explanation[1].clone());
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the same random numbers in every instance"
+    );
+}

@@ -16,7 +16,6 @@ use attrelay_policy::model::SessionFacts;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::WasiCtx;
 
 use super::bindings::{AttributionPolicyPre, guest};
 use super::cache::{ComponentCache, Provenance};
@@ -316,7 +315,7 @@ impl PolicyEngine {
         };
         // Probe: instantiate and configure once, so that bad settings and a
         // component that traps at start are refused at load time.
-        let mut store = policy.new_store(Arc::new(Directory::default()));
+        let mut store = policy.new_store(Arc::new(Directory::default()), 0);
         match policy.instantiate(&mut store) {
             Ok(_) => Ok(policy),
             Err(StartError::Settings(message)) => Err(PolicyError::Settings {
@@ -373,10 +372,11 @@ impl LoadedPolicy {
         &self.inner.engine
     }
 
-    pub(crate) fn new_store(&self, directory: Arc<Directory>) -> Store<SessionState> {
+    /// A store for one instance deciding at `time` (see [`super::sandbox`]).
+    pub(crate) fn new_store(&self, directory: Arc<Directory>, time: i64) -> Store<SessionState> {
         let limits = self.inner.engine.limits();
         let state = SessionState {
-            wasi: WasiCtx::builder().build(),
+            wasi: super::sandbox::wasi_context(time),
             table: ResourceTable::new(),
             budget: Budget::new(limits.memory_limit),
             directory,

@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod engine;
+pub mod sandbox;
 pub mod session;
 pub mod tenant;
 pub mod verdict;

@@ -257,7 +257,7 @@ impl PolicySession {
         directory: Arc<Directory>,
         facts: &SessionFacts,
     ) -> PolicySession {
-        let mut store = policy.new_store(directory);
+        let mut store = policy.new_store(directory, facts.time);
         let state = match policy.instantiate(&mut store) {
             Err(StartError::Settings(m)) => {
                 State::Failed(format!("policy refused its settings: {m}"))

@@ -7,7 +7,6 @@ use std::time::Duration;
 use attrelay_policy::model::{SessionFacts, Verdict};
 use wasmtime::Store;
 use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime_wasi::WasiCtx;
 
 use super::bindings::tenant::{TenantRules, TenantRulesPre};
 use super::bindings::{tenant_guest, types as wit};
@@ -95,7 +94,7 @@ impl PolicyEngine {
                 provenance,
             }),
         };
-        let mut store = policy.new_store(Arc::new(Directory::default()));
+        let mut store = policy.new_store(Arc::new(Directory::default()), 0);
         match policy.instantiate(&mut store) {
             Ok(_) => Ok(policy),
             Err((true, message)) => Err(PolicyError::Settings { origin, message }),
@@ -122,9 +121,10 @@ impl TenantPolicy {
         self.inner.engine.ticks_for(self.inner.budget.call_timeout)
     }
 
-    fn new_store(&self, directory: Arc<Directory>) -> Store<SessionState> {
+    /// A store for one instance deciding at `time` (see [`super::sandbox`]).
+    fn new_store(&self, directory: Arc<Directory>, time: i64) -> Store<SessionState> {
         let state = SessionState {
-            wasi: WasiCtx::builder().build(),
+            wasi: super::sandbox::wasi_context(time),
             table: ResourceTable::new(),
             budget: Budget::new(self.inner.budget.memory_limit),
             directory,
@@ -166,7 +166,7 @@ impl TenantPolicy {
     /// Opens the tenant's session for one SMTP session (never fails: a
     /// failed start answers every call with `451 4.3.5`).
     pub fn open_session(&self, directory: Arc<Directory>, facts: &SessionFacts) -> TenantSession {
-        let mut store = self.new_store(directory);
+        let mut store = self.new_store(directory, facts.time);
         let state = match self.instantiate(&mut store) {
             Err((_, m)) => Err(m),
             Ok(bindings) => {

@@ -84,6 +84,21 @@ fn act(stage: &str, address: &str) -> Verdict {
             }],
             ..ok()
         },
+        // Reads what a policy must not depend on: the wall clock and the
+        // random numbers of WASI (std's hash keys come from them).
+        "ambient" => {
+            use std::hash::{BuildHasher, Hasher};
+            let clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(7);
+            Verdict {
+                explanation: vec![format!("clock={clock}"), format!("random={}", h.finish())],
+                ..ok()
+            }
+        }
         "accept-all" | "" => ok(),
         other => panic!("unknown behavior {other}"),
     }
