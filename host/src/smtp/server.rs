@@ -149,13 +149,15 @@ impl Server {
                 per_ip.clone(),
             );
             accepting.push(tokio::spawn(async move {
+                let mut failures = crate::throttle::Throttled::default();
                 loop {
                     let (mut tcp, peer) = tokio::select! {
                         r = listener.accept() => match r {
                             Ok(x) => x,
                             Err(e) => {
-                                // Out of file descriptors and the like: wait, don't spin.
-                                warn!(error = %e, "accept failed");
+                                // Out of file descriptors and the like: wait,
+                                // don't spin, and don't flood the log.
+                                failures.warn("accept failed", &e);
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue;
                             }
