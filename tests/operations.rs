@@ -267,14 +267,7 @@ async fn file_changes_trigger_a_reload() {
     let live = Live::start(&policy_section(&a, "2017-07-05T00:00:00Z"), &[]).await;
     let g0 = status(live.admin()).await["generation"].as_u64().unwrap();
     live.rewrite(&policy_section(&a, "2099-01-01T00:00:00Z"), &[]);
-    let mut g = g0;
-    for _ in 0..100 {
-        g = status(live.admin()).await["generation"].as_u64().unwrap();
-        if g > g0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let g = generation_after(live.admin(), g0).await;
     assert!(g > g0, "the configuration change was not picked up");
     let mut c = live.session(CONTOSO_IP, None).await;
     assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
@@ -283,6 +276,18 @@ async fn file_changes_trigger_a_reload() {
         "the new settings decide"
     );
     live.handle.stop().await;
+}
+
+/// The reload generation once it is past `g0`, or `g0` after 10 s.
+async fn generation_after(admin: SocketAddr, g0: u64) -> u64 {
+    for _ in 0..100 {
+        let g = status(admin).await["generation"].as_u64().unwrap();
+        if g > g0 {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,14 +326,7 @@ async fn a_configuration_written_in_two_steps_is_applied_only_whole() {
     std::fs::write(&path, &new[..new.len() / 2]).unwrap();
     tokio::time::sleep(attrelay::reload::SETTLE / 3).await;
     std::fs::write(&path, &new).unwrap();
-    let mut g = g0;
-    for _ in 0..100 {
-        g = status(live.admin()).await["generation"].as_u64().unwrap();
-        if g > g0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let g = generation_after(live.admin(), g0).await;
     assert_eq!(g, g0 + 1, "applied once");
     let mut c = live.session(CONTOSO_IP, None).await;
     assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
