@@ -188,6 +188,13 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
     ] {
         assert!(delivery.contains(field), "{field} missing in {delivery}");
     }
+    // Address values are quoted: a sender such as
+    // `"x queue_id=forged"@a.example` cannot forge a field of its own.
+    let queued = logs
+        .lines()
+        .find(|l| l.contains("queued"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(queued.contains("sender=\"john@contoso.com\""), "{queued}");
     assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
 }
 

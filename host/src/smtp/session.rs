@@ -166,7 +166,7 @@ impl Session {
     /// client (commands, message data), so that a message being spooled when
     /// it passes is still queued and answered. The hard stop here, a little
     /// later, only catches a client that stops reading our replies; even
-    /// then a spooled message is queued (see [`Session::store`]).
+    /// then a spooled message is queued (see [`store`]).
     pub async fn run(mut self) {
         let peer = self.peer;
         let backstop = self.deadline + Self::BACKSTOP;
@@ -938,7 +938,7 @@ async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, prepared: Prep
                         target: "attrelay::queue",
                         queue_id = %e.id,
                         client = %client,
-                        sender = %e.sender,
+                        sender = ?e.sender,
                         recipients = e.recipients.len(),
                         tenant = e.tenant.as_deref().unwrap_or("-"),
                         size,
