@@ -13,6 +13,10 @@ pub const ATTR36_GRACE: &str = "Relay Access Denied, unrecognized sender domain.
 pub const TENANT_INBOUND_ATTRIBUTION: &str = "TenantInboundAttribution; There is a partner connector configured that matched the message's recipient domain. The connector had either the RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set";
 /// The header the host stamps on mail accepted in the grace period's `warn` mode.
 pub const WARNING_HEADER: &str = "X-Attrelay-Warning";
+/// The header in which the host states the attributed tenant. The host alone
+/// writes it, from the verdict's tenant: a verdict naming it as one of its
+/// headers fails validation.
+pub const ATTRIBUTION_HEADER: &str = "X-Attributed-Tenant";
 
 /// Machine-readable reasons.
 pub mod reason {

@@ -6,10 +6,10 @@
 //! (`451 4.3.5`), exactly like a trap.
 
 use attrelay_policy::model::{Action, HeaderField, Verdict};
+use attrelay_policy::replies::ATTRIBUTION_HEADER;
 
 use super::bindings::types as wit;
 use crate::directory::Directory;
-use crate::smtp::trace::ATTRIBUTION_HEADER;
 
 pub const MAX_TEXT: usize = 400;
 pub const MAX_REASON: usize = 64;

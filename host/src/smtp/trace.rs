@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use attrelay_policy::model::{HeaderField, TlsFacts};
 
 /// The field stating the tenant the relay attributed a message to.
-pub const ATTRIBUTION_HEADER: &str = "X-Attributed-Tenant";
+pub const ATTRIBUTION_HEADER: &str = attrelay_policy::replies::ATTRIBUTION_HEADER;
 /// The grace period's warning field (the default policy asks for it).
 pub const WARNING_HEADER: &str = attrelay_policy::replies::WARNING_HEADER;
 /// The fields only this relay writes: the client's copies are removed.
