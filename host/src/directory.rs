@@ -106,17 +106,18 @@ pub fn recipient_not_found_reply(address: &str) -> String {
 /// policy service): attributed to `tenant`, whose list it is.
 pub fn recipient_not_found_verdict(address: &str, tenant: &str) -> model::Verdict {
     model::Verdict {
-        action: model::Action::Reject,
-        code: RECIPIENT_NOT_FOUND_CODE,
-        enhanced: RECIPIENT_NOT_FOUND_ENHANCED.to_string(),
-        text: recipient_not_found_text(address),
-        tenant: Some(tenant.to_string()),
-        reason: Some(RECIPIENT_NOT_FOUND_REASON.to_string()),
         explanation: vec![format!(
             "{} is in an accepted domain of tenant {tenant}, which keeps a recipient list (recipients / recipients_file), and is not on it",
             echoed(address)
         )],
-        headers: Vec::new(),
+        ..attrelay_policy::replies::verdict(
+            model::Action::Reject,
+            RECIPIENT_NOT_FOUND_CODE,
+            RECIPIENT_NOT_FOUND_ENHANCED,
+            &recipient_not_found_text(address),
+            Some(tenant.to_string()),
+            RECIPIENT_NOT_FOUND_REASON,
+        )
     }
 }
 

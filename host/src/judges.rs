@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use attrelay_policy::model::{Action, SessionFacts, Verdict};
+use attrelay_policy::replies;
 use tracing::{info, warn};
 
 use crate::decisions::{DecisionBudget, DecisionRecord, Grant, MAX_RECORDS_PER_SESSION};
@@ -78,16 +79,17 @@ fn same_decision(a: &Verdict, b: &Verdict) -> bool {
 /// only have deferred.
 pub fn too_many_tenants(tenant: &str) -> Verdict {
     Verdict {
-        action: Action::Defer,
-        code: 452,
-        enhanced: "4.5.3".into(),
-        text: "Too many tenants in one session; send this recipient again in a new session".into(),
-        tenant: Some(tenant.to_string()),
-        reason: Some("tenant-limit".into()),
         explanation: vec![format!(
             "the session already runs the policies of {MAX_TENANT_POLICIES_PER_SESSION} tenants; tenant {tenant}'s would be one more"
         )],
-        headers: Vec::new(),
+        ..replies::verdict(
+            Action::Defer,
+            452,
+            "4.5.3",
+            "Too many tenants in one session; send this recipient again in a new session",
+            Some(tenant.to_string()),
+            "tenant-limit",
+        )
     }
 }
 
@@ -105,16 +107,17 @@ fn refuse_unvouched_routing(recipient: &str, v: Verdict) -> Verdict {
         return v;
     }
     Verdict {
-        action: Action::Reject,
-        code: 550,
-        enhanced: "5.7.1".into(),
-        text: "Sender-specified routing (@, % or ! in the local part) is not accepted".into(),
-        tenant: None,
-        reason: Some("sender-routing".into()),
         explanation: vec![format!(
             "{recipient}: the local part holds a route to another host, and no connector vouched for the client"
         )],
-        headers: Vec::new(),
+        ..replies::verdict(
+            Action::Reject,
+            550,
+            "5.7.1",
+            "Sender-specified routing (@, % or ! in the local part) is not accepted",
+            None,
+            "sender-routing",
+        )
     }
 }
 
