@@ -101,6 +101,26 @@ async fn transaction(c: &mut Client, mail: &str, wire: &[u8]) -> Reply {
     c.data(wire).await
 }
 
+/// A relay whose spool is on a 4 MiB tmpfs with `min_free_bytes`,
+/// delivering to a sink, and a session of contoso's server with it (the
+/// mount is undone when the first value is dropped).
+async fn on_a_4m_disk(
+    pki: &Pki,
+    min_free_bytes: u64,
+) -> (Tmpfs, PathBuf, Sink, RelayHandle, Client) {
+    let disk = Tmpfs::mount(pki.path("disk"), "4m");
+    let spool = disk.path().join("spool");
+    let sink = Sink::start().await;
+    let relay = start(
+        pki,
+        &format!("{}\nmin_free_bytes = {min_free_bytes}", path_line(&spool)),
+        &format!("next_hop = \"{}\"", sink.addr),
+    )
+    .await;
+    let c = session(relay.addrs[0]).await;
+    (disk, spool, sink, relay, c)
+}
+
 async fn session(addr: SocketAddr) -> Client {
     Client::session(addr, CONTOSO_IP, None).await
 }
@@ -141,16 +161,7 @@ async fn wait_delivered(relay: &RelayHandle) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reserve_refuses_mail_the_disk_cannot_hold_with_452_and_takes_the_next() {
     let pki = Pki::new();
-    let disk = Tmpfs::mount(pki.path("disk"), "4m");
-    let spool = disk.path().join("spool");
-    let sink = Sink::start().await;
-    let relay = start(
-        &pki,
-        &format!("{}\nmin_free_bytes = 1048576", path_line(&spool)),
-        &format!("next_hop = \"{}\"", sink.addr),
-    )
-    .await;
-    let mut c = session(relay.addrs[0]).await;
+    let (_disk, spool, sink, relay, mut c) = on_a_4m_disk(&pki, 1 << 20).await;
 
     // Declared bigger than the 4 MiB disk less the 1 MiB reserve: refused
     // before a byte of it is sent.
@@ -187,17 +198,8 @@ async fn small_message_goes_through(mut c: Client, mail: &str, sink: &Sink, rela
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enospc_part_way_through_a_write_is_452_and_leaves_nothing_behind() {
     let pki = Pki::new();
-    let disk = Tmpfs::mount(pki.path("disk"), "4m");
-    let spool = disk.path().join("spool");
-    let sink = Sink::start().await;
     // No reserve: the disk fills up while the message is being written.
-    let relay = start(
-        &pki,
-        &format!("{}\nmin_free_bytes = 0", path_line(&spool)),
-        &format!("next_hop = \"{}\"", sink.addr),
-    )
-    .await;
-    let mut c = session(relay.addrs[0]).await;
+    let (_disk, spool, sink, relay, mut c) = on_a_4m_disk(&pki, 0).await;
 
     let r = transaction(
         &mut c,

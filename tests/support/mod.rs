@@ -333,21 +333,22 @@ pub fn build_crate(dir: &str) -> PathBuf {
     wasm
 }
 
-/// Runs the built `attrelay` binary.
 /// `attrelay cert inspect PEM --config CONFIG --at AT`: its standard output,
 /// with exit status 0 asserted.
 pub fn cert_inspect(pem: &str, config: &str, at: &str) -> String {
-    let out = attrelay(&["cert", "inspect", pem, "--config", config, "--at", at]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
+    succeeded(&attrelay(&[
+        "cert", "inspect", pem, "--config", config, "--at", at,
+    ]))
 }
 
+/// The standard output of a run that must have exited with status 0 (its
+/// output, both streams, in the failure message otherwise).
+pub fn succeeded(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(out), stderr(out));
+    stdout(out)
+}
+
+/// Runs the built `attrelay` binary.
 pub fn attrelay(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_attrelay"))
         .args(args)
