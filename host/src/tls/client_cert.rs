@@ -680,6 +680,19 @@ mod tests {
         .unwrap()
     }
 
+    fn intermediate(
+        cn: &str,
+        permitted_dns: Option<&str>,
+        root: &CertifiedIssuer<'static, KeyPair>,
+    ) -> CertifiedIssuer<'static, KeyPair> {
+        CertifiedIssuer::signed_by(
+            ca_params(cn, permitted_dns),
+            KeyPair::generate().unwrap(),
+            root,
+        )
+        .unwrap()
+    }
+
     fn anchors(root: &CertifiedIssuer<'static, KeyPair>) -> TrustAnchors {
         let anchor = webpki::anchor_from_trusted_cert(root.der())
             .unwrap()
@@ -757,12 +770,7 @@ mod tests {
     #[test]
     fn the_cn_counts_for_a_cn_only_certificate_from_an_unconstrained_chain() {
         let root = root(None);
-        let inter = CertifiedIssuer::signed_by(
-            ca_params("Issuing CA", None),
-            KeyPair::generate().unwrap(),
-            &root,
-        )
-        .unwrap();
+        let inter = intermediate("Issuing CA", None, &root);
         let der = chain(leaf_params("mail.contoso.com", &[]), &inter, &[&inter]);
         let i = inspect_chain_detailed(&der, &anchors(&root), unix_time(AT)).unwrap();
         assert!(
@@ -777,12 +785,7 @@ mod tests {
     #[test]
     fn a_name_constrained_intermediate_takes_the_cn_out() {
         let root = root(None);
-        let inter = CertifiedIssuer::signed_by(
-            ca_params("Fabrikam CA", Some("fabrikam.example")),
-            KeyPair::generate().unwrap(),
-            &root,
-        )
-        .unwrap();
+        let inter = intermediate("Fabrikam CA", Some("fabrikam.example"), &root);
         // webpki verifies it: DNS name constraints apply to SANs, not to the CN.
         let der = chain(leaf_params("mail.contoso.com", &[]), &inter, &[&inter]);
         let i = inspect_chain_detailed(&der, &anchors(&root), unix_time(AT)).unwrap();
