@@ -185,14 +185,17 @@ impl Session {
     /// may last.
     const BACKSTOP: Duration = Duration::from_secs(30);
 
-    /// Ends the session at its deadline with `421 4.4.2`.
-    async fn deadline_reached(&mut self) -> std::io::Result<()> {
-        info!(client = %self.peer, "session deadline reached: 421");
-        self.conn.queue(&reply(
-            421,
-            "4.4.2",
-            "Session time limit exceeded, closing connection",
-        ));
+    /// Ends the session with `421 4.4.2` when a wait for the client that
+    /// ended at `at` timed out: the session deadline's text when `at` was
+    /// the session deadline, `text` (which timeout it was) otherwise.
+    async fn timed_out(&mut self, at: Instant, text: &str) -> std::io::Result<()> {
+        let text = if at == self.deadline {
+            info!(client = %self.peer, "session deadline reached: 421");
+            "Session time limit exceeded, closing connection"
+        } else {
+            text
+        };
+        self.conn.queue(&reply(421, "4.4.2", text));
         self.conn.flush().await
     }
 
@@ -286,13 +289,9 @@ impl Session {
                     Ok(Ok(0)) => return Ok(None),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e),
-                    Err(_) if deadline == self.deadline => {
-                        self.deadline_reached().await?;
-                        return Ok(None);
-                    }
                     Err(_) => {
-                        self.conn.queue(&reply(421, "4.4.2", &format!("{} Idle timeout, closing connection", self.ctx.hostname)));
-                        self.conn.flush().await?;
+                        let text = format!("{} Idle timeout, closing connection", self.ctx.hostname);
+                        self.timed_out(deadline, &text).await?;
                         return Ok(None);
                     }
                 },
@@ -834,17 +833,9 @@ impl Session {
                 Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) if wait == self.deadline => {
-                    self.deadline_reached().await?;
-                    return Ok(None);
-                }
                 Err(_) => {
-                    self.conn.queue(&reply(
-                        421,
-                        "4.4.2",
-                        "Timeout waiting for message data, closing connection",
-                    ));
-                    self.conn.flush().await?;
+                    let text = "Timeout waiting for message data, closing connection";
+                    self.timed_out(wait, text).await?;
                     return Ok(None);
                 }
             }
