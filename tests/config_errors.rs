@@ -510,3 +510,23 @@ fn a_policy_service_off_loopback_draws_a_warning() {
         "is neither a group of /etc/group nor a numeric group id",
     );
 }
+
+#[test]
+fn a_tenant_policy_budget_above_the_pool_slot_is_an_error() {
+    // The pool's slots are sized by policy.memory_limit_mib: a larger tenant
+    // budget could never be granted, so it is refused, not quietly capped.
+    let text = "[policy]\nmemory_limit_mib = 16\n\n[[tenant]]\nid = \"contoso\"\naccepted_domains = [\"contoso.com\"]\npolicy = \"tenant.wasm\"\npolicy_memory_limit_mib = 32\n";
+    expect_error(
+        text,
+        8,
+        "tenant[0].policy_memory_limit_mib",
+        "32 MiB is more than policy.memory_limit_mib (16 MiB)",
+    );
+    let text = text.replace("= 32", "= 0");
+    expect_error(
+        &text,
+        8,
+        "tenant[0].policy_memory_limit_mib",
+        "must be at least 1 MiB",
+    );
+}

@@ -394,6 +394,7 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
             ("northwind", &format!("policy = {}\npolicy_settings = {{ behavior = \"steal\" }}", q(&rogue))),
             ("woodgrove", &format!("policy = {}\npolicy_settings = {{ behavior = \"vouch\" }}", q(&rogue))),
             ("litware", &format!("policy = {}\npolicy_settings = {{ behavior = \"warn\" }}", q(&rogue))),
+            ("woodgrove-eu", &format!("policy = {}\npolicy_settings = {{ behavior = \"attribute\" }}", q(&rogue))),
         ],
     )
     .await;
@@ -433,15 +434,18 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
     assert!(c.cmd("RCPT TO:<kate@contoso.com>").await.is(250, "2.1.5"));
     // A tenant policy can neither claim that a connector vouched for the
     // sender of Internet mail (which would earn forged senders full DSNs)
-    // nor write the relay's own X-Attrelay- fields.
+    // nor write the relay's own fields: X-Attrelay-*, or an
+    // X-Attributed-Tenant naming another tenant.
     let mut c = live.session(UNKNOWN_IP, None).await;
     assert_eq!(c.cmd("MAIL FROM:<a@internet.example>").await.code, 250);
     let r = c.cmd("RCPT TO:<kate@woodgrove.com>").await;
     assert!(r.is(451, "4.3.5"), "{r:?}");
     let r = c.cmd("RCPT TO:<kate@litware.com>").await;
     assert!(r.is(451, "4.3.5"), "{r:?}");
+    let r = c.cmd("RCPT TO:<kate@eu.woodgrove.com>").await;
+    assert!(r.is(451, "4.3.5"), "{r:?}");
     let st = status(live.admin()).await;
-    assert_eq!(st["tenant_policies"].as_array().unwrap().len(), 6);
+    assert_eq!(st["tenant_policies"].as_array().unwrap().len(), 7);
     live.handle.stop().await;
 }
 

@@ -43,13 +43,13 @@ fn every_seed_scenario_through_the_component() {
     for s in scenarios() {
         let policy = &policies[&owned(&s.settings)];
         let mut session = policy.open_session(directory.clone(), &s.facts);
+        let mail = session.mail_from(s.sender);
         assert!(
             session.failure().is_none(),
             "{}: {:?}",
             s.name,
             session.failure()
         );
-        let mail = session.mail_from(s.sender);
         assert_eq!(
             (mail.code, mail.enhanced.as_str()),
             (250, "2.1.0"),

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use attrelay::directory::Directory;
-use attrelay::policy::{EngineLimits, PolicyEngine, PolicyError, PolicySource};
+use attrelay::policy::{EngineLimits, PolicyEngine, PolicyError, PolicySource, TenantBudget};
 use attrelay_policy::model::{Action, SessionFacts, Verdict};
 use attrelay_policy::scenarios::scenarios;
 
@@ -29,7 +29,7 @@ fn engine() -> &'static PolicyEngine {
         PolicyEngine::new(EngineLimits {
             call_timeout: TIMEOUT,
             memory_limit: MEMORY,
-            max_instances: 16,
+            max_instances: 64,
         })
         .unwrap()
     })
@@ -148,8 +148,15 @@ fn memory_bomb_hits_the_memory_budget() {
 #[test]
 fn malformed_verdicts_fail_closed() {
     let cases = [
-        ("huge-explanation", "explanation line is over"),
-        ("many-lines", "more than 64"),
+        // Over the bound of what the host copies out of an instance in one
+        // call: refused while being copied, before any check.
+        ("huge-explanation", "more than 128 KiB"),
+        ("many-lines", "more than 128 KiB"),
+        // Within it, refused by the verdict check.
+        ("lines-65", "more than 64"),
+        ("long-line", "explanation line is over"),
+        ("relay-field", "relay's own"),
+        ("attribution-field", "relay's own"),
         ("code-mismatch", "does not agree with action"),
         ("crlf-injection", "not printable ASCII"),
         ("bad-enhanced", "is not 2.x.y"),
@@ -161,6 +168,89 @@ fn malformed_verdicts_fail_closed() {
         assert_eq!(v[0].0.code, 250, "{behavior}: MAIL FROM is well-formed");
         assert_policy_failure(&v[1].0, behavior, cause);
     }
+}
+
+/// The peak resident memory of this process (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_verdict_that_would_cost_the_host_gigabytes_fails_at_the_boundary() {
+    // 100 000 lines pointing at one 1000-byte buffer: a megabyte inside the
+    // instance's 16 MiB, 100 MB for a host that lifts every line before
+    // checking, 1.6 GB for 16 recipients judged at once.
+    let before = peak_rss();
+    let sessions: Vec<_> = (0..16)
+        .map(|_| std::thread::spawn(|| run("aliased-lines", "rcpt-to")))
+        .collect();
+    for s in sessions {
+        let v = s.join().unwrap();
+        assert_policy_failure(&v[1].0, "aliased lines", "more than 128 KiB");
+        assert!(v[1].1 < TIMEOUT + SLACK, "took {:?}", v[1].1);
+    }
+    let grew = peak_rss().saturating_sub(before);
+    assert!(
+        grew < 256 << 20,
+        "the host's peak memory grew by {} MiB",
+        grew >> 20
+    );
+}
+
+/// Iterations of the `spin` behaviour that keep one call busy for between
+/// 40 % and 80 % of [`TIMEOUT`], measured on this machine now.
+fn spin_for_half_the_budget() -> u64 {
+    let mut n: u64 = 1 << 16;
+    loop {
+        let settings = vec![
+            ("behavior".to_string(), "spin".to_string()),
+            ("iterations".to_string(), n.to_string()),
+        ];
+        let policy = engine()
+            .load(&PolicySource::File(rogue().clone()), &settings)
+            .unwrap();
+        let mut session = policy.open_session(directory(), &facts());
+        assert_eq!(session.mail_from("john@contoso.com").code, 250);
+        let t = Instant::now();
+        let v = session.rcpt_to("someone@internet.example");
+        let took = t.elapsed();
+        assert_eq!(v.code, 250, "spinning {n} rounds: {v:?}");
+        if took >= TIMEOUT * 2 / 5 {
+            assert!(took < TIMEOUT * 4 / 5, "{n} rounds took {took:?}");
+            return n;
+        }
+        n = if took < TIMEOUT / 20 {
+            n * 8
+        } else {
+            n * 3 / 2
+        };
+    }
+}
+
+#[test]
+fn instantiation_configure_constructor_and_call_share_one_deadline() {
+    // Each step alone stays within the budget; together they do not, and a
+    // budget per step would have let the first call through at 120 %-240 %.
+    let n = spin_for_half_the_budget();
+    let settings = vec![
+        ("behavior".to_string(), "spin".to_string()),
+        ("stage".to_string(), "every".to_string()),
+        ("iterations".to_string(), n.to_string()),
+    ];
+    let policy = engine()
+        .load(&PolicySource::File(rogue().clone()), &settings)
+        .unwrap();
+    let mut session = policy.open_session(directory(), &facts());
+    let t = Instant::now();
+    let v = session.mail_from("john@contoso.com");
+    assert_policy_failure(&v, "configure + constructor + call", "time budget");
+    assert!(t.elapsed() < TIMEOUT + SLACK, "took {:?}", t.elapsed());
 }
 
 #[test]
@@ -268,5 +358,30 @@ fn a_policy_sees_the_session_time_and_no_ambient_randomness() {
     assert_eq!(
         seen[0], seen[1],
         "the same random numbers in every instance"
+    );
+}
+
+#[test]
+fn a_tenant_budget_above_the_pool_slot_is_refused_at_load() {
+    // A reload can raise policy.memory_limit_mib in the file while the
+    // running pool keeps its slot size: the tenant budget it allows is
+    // refused, not silently capped at the slot.
+    let tenant = support::build_component("rogue-tenant");
+    let err = engine()
+        .load_tenant(
+            &PolicySource::File(tenant),
+            &[],
+            "contoso",
+            TenantBudget {
+                call_timeout: TIMEOUT,
+                memory_limit: 2 * MEMORY,
+            },
+        )
+        .err()
+        .expect("a budget above the slot must be refused");
+    assert!(matches!(err, PolicyError::Budget { .. }), "{err}");
+    assert!(
+        err.to_string().contains("32 MiB is more than the 16 MiB"),
+        "{err}"
     );
 }

@@ -1147,14 +1147,12 @@ impl Config {
                             60_000,
                             policy.timeout.as_millis() as u64,
                         )?),
-                        memory_limit: (range(
+                        memory_limit: tenant_memory_limit(
+                            &src,
                             &t.policy_memory_limit_mib,
-                            &format!("{key}.policy_memory_limit_mib"),
-                            1,
-                            4096,
-                            (policy.memory_limit / (1024 * 1024)) as u64,
-                        )? * 1024
-                            * 1024) as usize,
+                            &key,
+                            policy.memory_limit,
+                        )?,
                     })
                 }
             };
@@ -1561,6 +1559,41 @@ fn read_regular_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// A setting's value as the string a policy receives.
+/// A tenant policy's memory budget in bytes: at most the base policy's
+/// `policy.memory_limit_mib`, which sizes every slot of the instance pool.
+/// A larger budget could never be granted (the slot caps the memory), so it
+/// is an error rather than silently less than the file says.
+fn tenant_memory_limit(
+    src: &Source,
+    v: &Option<Spanned<u64>>,
+    key: &str,
+    slot: usize,
+) -> Result<usize, ConfigError> {
+    let slot_mib = (slot / (1024 * 1024)) as u64;
+    let mib = match v {
+        None => slot_mib,
+        Some(x) if *x.get_ref() == 0 => {
+            return Err(src.error(
+                x.span(),
+                format!("{key}.policy_memory_limit_mib"),
+                "must be at least 1 MiB",
+            ));
+        }
+        Some(x) if *x.get_ref() > slot_mib => {
+            return Err(src.error(
+                x.span(),
+                format!("{key}.policy_memory_limit_mib"),
+                format!(
+                    "{} MiB is more than policy.memory_limit_mib ({slot_mib} MiB), the size of every slot of the policy instance pool; raise policy.memory_limit_mib or lower this budget",
+                    x.get_ref()
+                ),
+            ));
+        }
+        Some(x) => *x.get_ref(),
+    };
+    Ok((mib * 1024 * 1024) as usize)
+}
+
 fn setting_text(
     src: &Source<'_>,
     key: &str,

@@ -417,16 +417,15 @@ impl<D: Directory> Session<D> {
             }
             GraceMode::Warn => {
                 lines.push(format!("recipient {recipient} is outside the tenant: ATTR36, accepted with a warning until enforcement at {deadline}"));
-                let mut v = replies::recipient_ok(tenant.clone(), reason::ATTR36);
-                let sender = tx.sender_domain.clone().unwrap_or_else(|| "<>".to_string());
-                v.headers.push(replies::header(
-                    replies::WARNING_HEADER,
-                    format!(
-                        "ATTR36 unrecognized sender domain {sender} for tenant {}; relay will be refused from {deadline} (KB 3169958)",
-                        tenant.as_deref().unwrap_or("(ambiguous)")
-                    ),
-                ));
-                v
+                // The host writes the warning field from this text
+                // (`replies::grace_warning`): no policy writes relay fields.
+                let sender = tx.sender_domain.as_deref().unwrap_or("<>");
+                let text = replies::grace_text(
+                    sender,
+                    tenant.as_deref().unwrap_or("(ambiguous)"),
+                    &deadline,
+                );
+                replies::verdict(Action::Accept, 250, "2.1.5", &text, tenant, reason::ATTR36)
             }
         }
     }

@@ -68,7 +68,15 @@ pub struct Reply {
 }
 
 impl From<Verdict> for Reply {
+    /// The reply, and in `headers` the fields the relay would add for it:
+    /// its grace-period warning first, then the policy's own.
     fn from(v: Verdict) -> Self {
+        let warning = attrelay_policy::replies::grace_warning(&v).map(|w| {
+            (
+                attrelay_policy::replies::WARNING_HEADER.to_string(),
+                w.to_string(),
+            )
+        });
         Reply {
             code: v.code,
             enhanced: v.enhanced,
@@ -76,7 +84,10 @@ impl From<Verdict> for Reply {
             tenant: v.tenant,
             reason: v.reason,
             explanation: v.explanation,
-            headers: v.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            headers: warning
+                .into_iter()
+                .chain(v.headers.into_iter().map(|h| (h.name, h.value)))
+                .collect(),
         }
     }
 }

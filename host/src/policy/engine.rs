@@ -14,12 +14,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use attrelay_policy::model::SessionFacts;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use super::bindings::{AttributionPolicyPre, guest};
 use super::cache::{ComponentCache, Provenance};
-use super::session::{Budget, PolicySession, SessionState};
+use super::session::{PolicySession, SessionState};
 use crate::config::PolicyConfig;
 use crate::directory::Directory;
 
@@ -79,6 +79,8 @@ pub enum PolicyError {
     Settings { origin: String, message: String },
     #[error("{origin}: the policy failed while starting: {message}")]
     Start { origin: String, message: String },
+    #[error("{origin}: {message}")]
+    Budget { origin: String, message: String },
 }
 
 /// Where a policy comes from.
@@ -316,6 +318,7 @@ impl PolicyEngine {
         // Probe: instantiate and configure once, so that bad settings and a
         // component that traps at start are refused at load time.
         let mut store = policy.new_store(Arc::new(Directory::default()), 0);
+        store.set_epoch_deadline(self.deadline_ticks());
         match policy.instantiate(&mut store) {
             Ok(_) => Ok(policy),
             Err(StartError::Settings(message)) => Err(PolicyError::Settings {
@@ -375,25 +378,22 @@ impl LoadedPolicy {
     /// A store for one instance deciding at `time` (see [`super::sandbox`]).
     pub(crate) fn new_store(&self, directory: Arc<Directory>, time: i64) -> Store<SessionState> {
         let limits = self.inner.engine.limits();
-        let state = SessionState {
-            wasi: super::sandbox::wasi_context(time),
-            table: ResourceTable::new(),
-            budget: Budget::new(limits.memory_limit),
+        super::session::new_store(
+            self.inner.engine.engine(),
             directory,
-            tenant: None,
-        };
-        let mut store = Store::new(self.inner.engine.engine(), state);
-        store.limiter(|s| &mut s.budget);
-        store.epoch_deadline_trap();
-        store
+            time,
+            limits.memory_limit,
+            None,
+        )
     }
 
-    /// Instantiates in `store` and calls `configure`.
+    /// Instantiates in `store` and calls `configure`, within the epoch
+    /// deadline the caller set (one deadline for the whole start, so that
+    /// each step cannot take a budget of its own).
     pub(crate) fn instantiate(
         &self,
         store: &mut Store<SessionState>,
     ) -> Result<super::bindings::AttributionPolicy, StartError> {
-        store.set_epoch_deadline(self.inner.engine.deadline_ticks());
         let bindings = self.inner.pre.instantiate(&mut *store).map_err(|e| {
             StartError::Failed(super::session::describe_error(
                 store,
@@ -401,7 +401,6 @@ impl LoadedPolicy {
                 &self.inner.engine,
             ))
         })?;
-        store.set_epoch_deadline(self.inner.engine.deadline_ticks());
         match bindings
             .attrelay_policy_policy()
             .call_configure(&mut *store, &self.inner.settings)

@@ -58,6 +58,37 @@ impl ResourceLimiter for Budget {
     }
 }
 
+/// A store for one instance of a base (`tenant` is `None`) or tenant policy,
+/// deciding at `time` (see [`super::sandbox`]), held to `memory_limit`.
+///
+/// Besides the instance's own memory, what the host copies out of the
+/// instance is bounded: wasmtime's hostcall fuel charges every string and
+/// list lifted from the guest — a verdict returned, an argument of an
+/// imported `directory` function — and traps past
+/// [`MAX_LIFTED_BYTES`](super::verdict::MAX_LIFTED_BYTES). Without it, a
+/// verdict of 100 000 explanation lines all pointing at one buffer costs the
+/// guest a few kilobytes and the host gigabytes, before any check runs.
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    directory: Arc<Directory>,
+    time: i64,
+    memory_limit: usize,
+    tenant: Option<String>,
+) -> Store<SessionState> {
+    let state = SessionState {
+        wasi: super::sandbox::wasi_context(time),
+        table: ResourceTable::new(),
+        budget: Budget::new(memory_limit),
+        directory,
+        tenant,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.budget);
+    store.epoch_deadline_trap();
+    store.set_hostcall_fuel(super::verdict::MAX_LIFTED_BYTES);
+    store
+}
+
 /// What a store holds: deny-all WASI, the budget, and the tenant directory the
 /// imported `directory` functions read.
 pub struct SessionState {
@@ -226,6 +257,12 @@ pub(crate) fn describe_error_with(
             memory_limit / (1024 * 1024)
         );
     }
+    if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return format!(
+            "policy made the host copy more than {} KiB out of it in one call (a verdict or a directory argument that large is never valid)",
+            super::verdict::MAX_LIFTED_BYTES / 1024
+        );
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
             "policy exceeded its time budget ({} ms per call) and was interrupted",
@@ -237,6 +274,9 @@ pub(crate) fn describe_error_with(
 }
 
 enum State {
+    /// Not started: the first call instantiates, configures and constructs
+    /// the session within its own deadline.
+    Pending(Box<wit::SessionFacts>),
     Ready {
         bindings: AttributionPolicy,
         session: ResourceAny,
@@ -251,35 +291,58 @@ pub struct PolicySession {
     state: State,
 }
 
+/// Whether a call that began at `started` stayed within `budget`. The epoch
+/// deadline interrupts the guest; this also counts what the host did for
+/// the call (instantiating, lifting, checking), which no epoch interrupts.
+/// One tick of slack, the epoch's own granularity.
+pub(crate) fn within_budget(
+    started: std::time::Instant,
+    budget: std::time::Duration,
+) -> Result<(), String> {
+    let took = started.elapsed();
+    if took <= budget + super::engine::EPOCH_TICK {
+        return Ok(());
+    }
+    Err(format!(
+        "policy exceeded its time budget ({} ms per call, host-side work included): the call took {} ms",
+        budget.as_millis(),
+        took.as_millis()
+    ))
+}
+
 impl PolicySession {
+    /// A session whose instance starts at its first call: instantiation,
+    /// `configure`, the constructor and that call share one deadline.
     pub(crate) fn open(
         policy: LoadedPolicy,
         directory: Arc<Directory>,
         facts: &SessionFacts,
     ) -> PolicySession {
-        let mut store = policy.new_store(directory, facts.time);
-        let state = match policy.instantiate(&mut store) {
-            Err(StartError::Settings(m)) => {
-                State::Failed(format!("policy refused its settings: {m}"))
-            }
-            Err(StartError::Failed(m)) => State::Failed(m),
-            Ok(bindings) => {
-                store.set_epoch_deadline(policy.engine().deadline_ticks());
-                let wit_facts = facts_to_wit(facts);
-                match bindings
-                    .attrelay_policy_policy()
-                    .session()
-                    .call_constructor(&mut store, &wit_facts)
-                {
-                    Ok(session) => State::Ready { bindings, session },
-                    Err(e) => State::Failed(describe_error(&store, &e.into(), policy.engine())),
-                }
-            }
-        };
+        let store = policy.new_store(directory, facts.time);
         PolicySession {
             policy,
             store,
-            state,
+            state: State::Pending(Box::new(facts_to_wit(facts))),
+        }
+    }
+
+    /// Instantiates, configures and opens the guest's session, under the
+    /// deadline the caller set.
+    fn start(&mut self, facts: &wit::SessionFacts) -> State {
+        let bindings = match self.policy.instantiate(&mut self.store) {
+            Err(StartError::Settings(m)) => {
+                return State::Failed(format!("policy refused its settings: {m}"));
+            }
+            Err(StartError::Failed(m)) => return State::Failed(m),
+            Ok(bindings) => bindings,
+        };
+        match bindings
+            .attrelay_policy_policy()
+            .session()
+            .call_constructor(&mut self.store, facts)
+        {
+            Ok(session) => State::Ready { bindings, session },
+            Err(e) => State::Failed(describe_error(&self.store, &e.into(), self.policy.engine())),
         }
     }
 
@@ -288,11 +351,11 @@ impl PolicySession {
         &self.policy
     }
 
-    /// Why the instance is unusable, if it is.
+    /// Why the instance is unusable, if it is (known once a call started it).
     pub fn failure(&self) -> Option<&str> {
         match &self.state {
             State::Failed(m) => Some(m),
-            State::Ready { .. } => None,
+            State::Pending(_) | State::Ready { .. } => None,
         }
     }
 
@@ -322,15 +385,27 @@ impl PolicySession {
             ResourceAny,
         ) -> wasmtime::Result<wit::Verdict>,
     ) -> Verdict {
-        let (bindings, session) = match &self.state {
-            State::Failed(m) => return policy_failure(m.clone()),
-            State::Ready { bindings, session } => (bindings, *session),
-        };
+        let timeout = self.policy.engine().limits().call_timeout;
         self.store
             .set_epoch_deadline(self.policy.engine().deadline_ticks());
+        let started = std::time::Instant::now();
+        if let State::Pending(facts) = &self.state {
+            let facts = facts.clone();
+            self.state = self.start(&facts);
+            if let State::Failed(m) = &self.state {
+                return self.fail(m.clone());
+            }
+        }
+        let (bindings, session) = match &self.state {
+            // Said when it failed; every later call answers the same.
+            State::Failed(m) => return policy_failure(m.clone()),
+            State::Pending(_) => return self.fail("policy instance did not start".into()),
+            State::Ready { bindings, session } => (bindings, *session),
+        };
         let outcome = f(&mut self.store, bindings, session);
         let result = match outcome {
-            Ok(v) => check(v, &self.store.data().directory),
+            Ok(v) => within_budget(started, timeout)
+                .and_then(|()| check(v, &self.store.data().directory)),
             Err(e) => {
                 // A trapped instance must not be entered again.
                 let m = describe_error(&self.store, &e.into(), self.policy.engine());
@@ -338,9 +413,11 @@ impl PolicySession {
                 Err(m)
             }
         };
-        result.unwrap_or_else(|m| {
-            tracing::warn!(policy = self.policy.origin(), error = %m, "policy failure: answering 451 4.3.5");
-            policy_failure(m)
-        })
+        result.unwrap_or_else(|m| self.fail(m))
+    }
+
+    fn fail(&self, m: String) -> Verdict {
+        tracing::warn!(policy = self.policy.origin(), error = %m, "policy failure: answering 451 4.3.5");
+        policy_failure(m)
     }
 }

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use attrelay_policy::model::{SessionFacts, Verdict};
 use wasmtime::Store;
-use wasmtime::component::{ResourceAny, ResourceTable};
+use wasmtime::component::ResourceAny;
 
 use super::bindings::tenant::{TenantRules, TenantRulesPre};
 use super::bindings::{tenant_guest, types as wit};
 use super::cache::Provenance;
 use super::engine::{PolicyEngine, PolicyError, PolicySource};
-use super::session::{Budget, SessionState, describe_error_with, facts_to_wit};
+use super::session::{SessionState, describe_error_with, facts_to_wit, within_budget};
 use super::verdict::{check, policy_failure, vouches_for_sender};
 use crate::directory::Directory;
 
@@ -52,6 +52,17 @@ impl PolicyEngine {
         budget: TenantBudget,
     ) -> Result<TenantPolicy, PolicyError> {
         let origin = format!("{} (tenant {tenant})", source.describe());
+        let slot = self.limits().memory_limit;
+        if budget.memory_limit > slot {
+            return Err(PolicyError::Budget {
+                origin,
+                message: format!(
+                    "a memory budget of {} MiB is more than the {} MiB of a policy instance pool slot (policy.memory_limit_mib when the relay started; changing it takes a restart)",
+                    budget.memory_limit / (1024 * 1024),
+                    slot / (1024 * 1024)
+                ),
+            });
+        }
         let bytes = match source {
             PolicySource::Embedded => {
                 return Err(PolicyError::Link {
@@ -95,6 +106,7 @@ impl PolicyEngine {
             }),
         };
         let mut store = policy.new_store(Arc::new(Directory::default()), 0);
+        store.set_epoch_deadline(policy.ticks());
         match policy.instantiate(&mut store) {
             Ok(_) => Ok(policy),
             Err((true, message)) => Err(PolicyError::Settings { origin, message }),
@@ -123,83 +135,80 @@ impl TenantPolicy {
 
     /// A store for one instance deciding at `time` (see [`super::sandbox`]).
     fn new_store(&self, directory: Arc<Directory>, time: i64) -> Store<SessionState> {
-        let state = SessionState {
-            wasi: super::sandbox::wasi_context(time),
-            table: ResourceTable::new(),
-            budget: Budget::new(self.inner.budget.memory_limit),
+        super::session::new_store(
+            self.inner.engine.engine(),
             directory,
-            tenant: Some(self.inner.tenant.clone()),
-        };
-        let mut store = Store::new(self.inner.engine.engine(), state);
-        store.limiter(|s| &mut s.budget);
-        store.epoch_deadline_trap();
-        store
+            time,
+            self.inner.budget.memory_limit,
+            Some(self.inner.tenant.clone()),
+        )
     }
 
-    /// Instantiates and configures; `Err((is_settings_error, message))`.
+    fn describe(&self, store: &Store<SessionState>, e: wasmtime::Error) -> String {
+        describe_error_with(
+            store,
+            &e.into(),
+            self.inner.budget.call_timeout,
+            self.inner.budget.memory_limit,
+        )
+    }
+
+    /// Instantiates and configures, within the deadline the caller set;
+    /// `Err((is_settings_error, message))`.
     fn instantiate(&self, store: &mut Store<SessionState>) -> Result<TenantRules, (bool, String)> {
-        let describe = |store: &Store<SessionState>, e: wasmtime::Error| {
-            describe_error_with(
-                store,
-                &e.into(),
-                self.inner.budget.call_timeout,
-                self.inner.budget.memory_limit,
-            )
-        };
-        store.set_epoch_deadline(self.ticks());
         let bindings = self
             .inner
             .pre
             .instantiate(&mut *store)
-            .map_err(|e| (false, describe(store, e)))?;
-        store.set_epoch_deadline(self.ticks());
+            .map_err(|e| (false, self.describe(store, e)))?;
         match bindings
             .attrelay_policy_tenant_policy()
             .call_configure(&mut *store, &self.inner.settings)
         {
             Ok(Ok(())) => Ok(bindings),
             Ok(Err(m)) => Err((true, m.chars().take(1000).collect())),
-            Err(e) => Err((false, describe(store, e))),
+            Err(e) => Err((false, self.describe(store, e))),
         }
     }
 
-    /// Opens the tenant's session for one SMTP session (never fails: a
-    /// failed start answers every call with `451 4.3.5`).
+    /// Instantiates, configures and opens the guest's session.
+    fn start(
+        &self,
+        store: &mut Store<SessionState>,
+        facts: &wit::SessionFacts,
+    ) -> Result<(TenantRules, ResourceAny), String> {
+        let bindings = self.instantiate(store).map_err(|(_, m)| m)?;
+        let session = bindings
+            .attrelay_policy_tenant_policy()
+            .session()
+            .call_constructor(&mut *store, facts)
+            .map_err(|e| self.describe(store, e))?;
+        Ok((bindings, session))
+    }
+
+    /// Opens the tenant's session for one SMTP session. The instance starts
+    /// at the first call, within that call's deadline; a failed start
+    /// answers every call with `451 4.3.5`.
     pub fn open_session(&self, directory: Arc<Directory>, facts: &SessionFacts) -> TenantSession {
-        let mut store = self.new_store(directory, facts.time);
-        let state = match self.instantiate(&mut store) {
-            Err((_, m)) => Err(m),
-            Ok(bindings) => {
-                store.set_epoch_deadline(self.ticks());
-                let f = facts_to_wit(facts);
-                match bindings
-                    .attrelay_policy_tenant_policy()
-                    .session()
-                    .call_constructor(&mut store, &f)
-                {
-                    Ok(session) => Ok((bindings, session)),
-                    Err(e) => Err(describe_error_with(
-                        &store,
-                        &e.into(),
-                        self.inner.budget.call_timeout,
-                        self.inner.budget.memory_limit,
-                    )),
-                }
-            }
-        };
         TenantSession {
             policy: self.clone(),
-            store,
-            state,
+            store: self.new_store(directory, facts.time),
+            state: TenantState::Pending(Box::new(facts_to_wit(facts))),
         }
     }
+}
+
+enum TenantState {
+    Pending(Box<wit::SessionFacts>),
+    Ready(TenantRules, ResourceAny),
+    Failed(String),
 }
 
 /// A tenant policy instance bound to one SMTP session.
 pub struct TenantSession {
     policy: TenantPolicy,
     store: Store<SessionState>,
-    state: Result<(TenantRules, ResourceAny), String>,
+    state: TenantState,
 }
 
 fn verdict_to_wit(v: &Verdict) -> wit::Verdict {
@@ -241,11 +250,21 @@ impl TenantSession {
             v.tenant = Some(tenant.clone());
             v
         };
-        let (bindings, session) = match &self.state {
-            Err(m) => return fail(m.clone()),
-            Ok((b, s)) => (b, *s),
-        };
+        let budget = self.policy.inner.budget;
         self.store.set_epoch_deadline(self.policy.ticks());
+        let started = std::time::Instant::now();
+        if let TenantState::Pending(facts) = &self.state {
+            let facts = facts.clone();
+            self.state = match self.policy.start(&mut self.store, &facts) {
+                Ok((b, s)) => TenantState::Ready(b, s),
+                Err(m) => TenantState::Failed(m),
+            };
+        }
+        let (bindings, session) = match &self.state {
+            TenantState::Failed(m) => return fail(m.clone()),
+            TenantState::Pending(_) => return fail("policy instance did not start".into()),
+            TenantState::Ready(b, s) => (b, *s),
+        };
         let base_wit = verdict_to_wit(base);
         let outcome = bindings
             .attrelay_policy_tenant_policy()
@@ -254,32 +273,23 @@ impl TenantSession {
         let v = match outcome {
             Ok(v) => v,
             Err(e) => {
-                let budget = self.policy.inner.budget;
-                let m = describe_error_with(
-                    &self.store,
-                    &e.into(),
-                    budget.call_timeout,
-                    budget.memory_limit,
-                );
-                self.state = Err(m.clone());
+                let m = self.policy.describe(&self.store, e);
+                self.state = TenantState::Failed(m.clone());
                 return fail(m);
             }
         };
+        if let Err(m) = within_budget(started, budget.call_timeout) {
+            return fail(m);
+        }
         match check(v, &self.store.data().directory) {
-            Ok(v) if vouches_for_sender(v.reason.as_deref())
-                && !vouches_for_sender(base.reason.as_deref()) =>
+            Ok(v)
+                if vouches_for_sender(v.reason.as_deref())
+                    && !vouches_for_sender(base.reason.as_deref()) =>
             {
                 fail(format!(
                     "verdict claims a connector vouched for the sender (reason {:?}) where the base policy did not",
                     v.reason.as_deref().unwrap_or_default()
                 ))
-            }
-            Ok(v) if v
-                .headers
-                .iter()
-                .any(|h| h.name.to_ascii_lowercase().starts_with("x-attrelay-")) =>
-            {
-                fail("verdict writes an X-Attrelay- field, which only the relay and its base policy may write".into())
             }
             Ok(mut v) => match v.tenant.as_deref() {
                 None => {

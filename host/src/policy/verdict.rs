@@ -6,7 +6,7 @@
 //! (`451 4.3.5`), exactly like a trap.
 
 use attrelay_policy::model::{Action, HeaderField, Verdict};
-use attrelay_policy::replies::ATTRIBUTION_HEADER;
+use attrelay_policy::replies::is_relay_field;
 
 use super::bindings::types as wit;
 use crate::directory::Directory;
@@ -17,6 +17,16 @@ pub const MAX_EXPLANATION_LINES: usize = 64;
 pub const MAX_EXPLANATION_LINE: usize = 1000;
 pub const MAX_HEADERS: usize = 8;
 pub const MAX_HEADER_VALUE: usize = 900;
+
+/// Bytes the host copies out of a policy instance in one call at most
+/// (wasmtime's hostcall fuel, set on every store by
+/// [`super::session::new_store`]): what is lifted is charged before it is
+/// allocated, each string by its length and each list by its length times
+/// the host's element size. A verdict at every bound above is under 80 KiB
+/// (64 explanation lines of 1000 bytes, 8 fields of 964); a directory
+/// argument is a domain or a name. Past the bound the call traps, which is
+/// a policy failure.
+pub const MAX_LIFTED_BYTES: usize = 128 * 1024;
 
 /// Whether a verdict's reason says a connector vouched for the sender (the
 /// default policy's reasons for mail a tenant's own server sends): such mail
@@ -145,12 +155,14 @@ pub fn check(v: wit::Verdict, directory: &Directory) -> Result<Verdict, String> 
                 truncate(&h.name)
             ));
         }
-        // The relay alone states the attribution, from the verdict's `tenant`
-        // (which a tenant policy cannot set to another tenant): a policy that
-        // could write the field itself could name any tenant.
-        if h.name.eq_ignore_ascii_case(ATTRIBUTION_HEADER) {
+        // The relay alone writes its own fields: the attribution from the
+        // verdict's `tenant` (which a tenant policy cannot set to another
+        // tenant), the grace warning from an `attr36` accept. A policy that
+        // could write them itself could name any tenant, or clear a warning.
+        if is_relay_field(&h.name) {
             return Err(format!(
-                "header {ATTRIBUTION_HEADER} is written by the relay alone, from the verdict's tenant"
+                "header {} is one of the relay's own fields (X-Attributed-Tenant, X-Attrelay-*), which no policy writes",
+                h.name
             ));
         }
         if h.value.len() > MAX_HEADER_VALUE || !printable(&h.value) {
@@ -202,18 +214,21 @@ mod tests {
     }
 
     #[test]
-    fn only_the_relay_writes_the_attribution_header() {
+    fn no_policy_writes_a_relay_field() {
         let dir = Directory::default();
         for name in [
             "X-Attributed-Tenant",
             "x-attributed-tenant",
             "X-ATTRIBUTED-TENANT",
+            "X-Attrelay-Warning",
+            "x-attrelay-warning",
+            "X-Attrelay-Anything-Later",
         ] {
             let e = check(with_header(name, "contoso"), &dir).unwrap_err();
-            assert!(e.contains(ATTRIBUTION_HEADER), "{e}");
+            assert!(e.contains("relay's own"), "{name}: {e}");
         }
-        let warning = check(with_header("X-Attrelay-Warning", "ATTR36"), &dir).unwrap();
-        assert_eq!(warning.headers[0].name, "X-Attrelay-Warning");
-        assert!(check(with_header("X-Attrelay-Warning", "a\r\nb"), &dir).is_err());
+        let own = check(with_header("X-Contoso-Rule", "r1"), &dir).unwrap();
+        assert_eq!(own.headers[0].name, "X-Contoso-Rule");
+        assert!(check(with_header("X-Contoso-Rule", "a\r\nb"), &dir).is_err());
     }
 }

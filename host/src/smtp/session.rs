@@ -97,6 +97,9 @@ struct Accepted {
     /// The verdict's reason, which says whether a connector vouched for the
     /// sender (for the DSN policy).
     reason: Option<String>,
+    /// The grace-period warning the relay writes for this recipient
+    /// ([`attrelay_policy::replies::grace_warning`]).
+    warning: Option<String>,
     headers: Vec<HeaderField>,
 }
 
@@ -710,6 +713,7 @@ impl Session {
             address,
             tenant: v.tenant.clone(),
             reason: v.reason.clone(),
+            warning: attrelay_policy::replies::grace_warning(&v).map(str::to_string),
             headers: v.headers.clone(),
         }) {
             Ok(()) => format!("{}\r\n", v.reply_line()),
@@ -757,6 +761,7 @@ impl Session {
             address,
             tenant: None,
             reason: v.reason.clone(),
+            warning: None,
             headers: Vec::new(),
         }) {
             Ok(()) => format!("{}\r\n", v.reply_line()),
@@ -868,6 +873,10 @@ impl Session {
                     policy_headers.push(h.clone());
                 }
             }
+            let warnings: Vec<String> = recipients
+                .iter()
+                .filter_map(|r| r.warning.clone())
+                .collect();
             let headers = trace::compose(&trace::TraceFacts {
                 helo: self.helo.as_deref().unwrap_or("unknown"),
                 client_ip: self.peer.ip(),
@@ -881,6 +890,7 @@ impl Session {
                 tls: self.tls.as_ref(),
                 date: &date,
                 tenant: tenant.as_deref(),
+                warnings: &warnings,
                 policy_headers: &policy_headers,
             });
             let envelope = Envelope {

@@ -14,20 +14,21 @@
 //!
 //! A statement of trust is only worth something if nobody else can make it:
 //! [`strip_trusted`] removes the client's `X-Attributed-Tenant` and
-//! `X-Attrelay-Warning` fields in every spelling a reader downstream might
-//! accept, and [`compose`] never writes a policy's `X-Attributed-Tenant`.
+//! `X-Attrelay-*` fields in every spelling a reader downstream might accept,
+//! and [`compose`] writes the relay's fields from the relay's own facts and
+//! never a policy's copy of them.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use attrelay_policy::model::{HeaderField, TlsFacts};
+use attrelay_policy::replies::is_relay_field;
 
 /// The field stating the tenant the relay attributed a message to.
 pub const ATTRIBUTION_HEADER: &str = attrelay_policy::replies::ATTRIBUTION_HEADER;
-/// The grace period's warning field (the default policy asks for it).
+/// The grace period's warning field, written for an `attr36` accept
+/// (see [`attrelay_policy::replies::grace_warning`]).
 pub const WARNING_HEADER: &str = attrelay_policy::replies::WARNING_HEADER;
-/// The fields only this relay writes: the client's copies are removed.
-pub const TRUSTED_HEADERS: &[&str] = &[ATTRIBUTION_HEADER, WARNING_HEADER];
 
 /// RFC 5322 2.1.1: a line is at most 998 bytes, CRLF excluded.
 pub const MAX_LINE: usize = 998;
@@ -65,14 +66,18 @@ pub struct TraceFacts<'a> {
     pub date: &'a str,
     /// The attributed tenant, written as `X-Attributed-Tenant`.
     pub tenant: Option<&'a str>,
+    /// The grace-period warnings of the message's recipients, written as
+    /// `X-Attrelay-Warning`; duplicates are written once.
+    pub warnings: &'a [String],
     /// Fields the policies asked for; duplicates are written once.
     pub policy_headers: &'a [HeaderField],
 }
 
 /// The header fields to put before a message: `Received`, then
-/// `X-Attributed-Tenant` when a tenant is given, then the policy's fields
-/// (each once; a well-formed `X-` name only; never `X-Attributed-Tenant`,
-/// which only the relay writes). Each line ends in CRLF, continuation lines
+/// `X-Attributed-Tenant` when a tenant is given, `X-Attrelay-Warning` for
+/// each distinct warning, then the policy's fields (each once; a
+/// well-formed `X-` name only; never one of the relay's own fields, which
+/// the verdict check refuses already). Each line ends in CRLF, continuation lines
 /// start with a TAB, every byte is printable ASCII, and no line is longer
 /// than [`MAX_LINE`].
 pub fn compose(f: &TraceFacts<'_>) -> String {
@@ -82,6 +87,19 @@ pub fn compose(f: &TraceFacts<'_>) -> String {
             &mut out,
             ATTRIBUTION_HEADER,
             &sanitize(tenant, MAX_NAME, Context::Token),
+        );
+    }
+    let mut warnings: Vec<&String> = Vec::new();
+    for w in f.warnings {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+    for w in warnings {
+        push_field(
+            &mut out,
+            WARNING_HEADER,
+            &sanitize(w, MAX_VALUE, Context::Text),
         );
     }
     for h in policy_fields(f.policy_headers) {
@@ -164,13 +182,12 @@ fn push_field(out: &mut String, name: &str, value: &str) {
 }
 
 /// The policy fields compose writes: a well-formed `X-` name (a bad one is
-/// dropped: a name cannot be repaired), never the attribution field, each
-/// field once, in first-seen order.
+/// dropped: a name cannot be repaired), never one of the relay's own
+/// fields, each field once, in first-seen order.
 fn policy_fields(headers: &[HeaderField]) -> Vec<&HeaderField> {
     let mut out: Vec<&HeaderField> = Vec::new();
     for h in headers {
-        let allowed =
-            policy_field_name_ok(&h.name) && !h.name.eq_ignore_ascii_case(ATTRIBUTION_HEADER);
+        let allowed = policy_field_name_ok(&h.name) && !is_relay_field(&h.name);
         if allowed && !out.contains(&h) {
             out.push(h);
         }
@@ -251,8 +268,9 @@ fn sanitize(raw: &str, max: usize, context: Context) -> String {
     out
 }
 
-/// Removes from the header section of `message` every field whose name is
-/// one of [`TRUSTED_HEADERS`], continuation lines included; the body, from
+/// Removes from the header section of `message` every field only the relay
+/// writes (`X-Attributed-Tenant`, any `X-Attrelay-*`:
+/// [`is_relay_field`]), continuation lines included; the body, from
 /// the first empty line on, is copied untouched.
 ///
 /// A name matches in any case, with whitespace before the colon (RFC 5322's
@@ -307,9 +325,17 @@ fn is_well_formed(field: &[u8]) -> bool {
     end > 0 && name[..end].iter().all(|b| (33..=126).contains(b))
 }
 
-/// Whether a field is one of [`TRUSTED_HEADERS`], however spelled.
+/// Whether a field is one of the relay's own, however spelled (the bytes
+/// [`name_is`] ignores left out).
 fn is_trusted(field: &[u8]) -> bool {
-    field_name(field).is_some_and(|n| TRUSTED_HEADERS.iter().any(|t| name_is(n, t)))
+    field_name(field).is_some_and(|n| {
+        let name: String = n
+            .iter()
+            .filter(|b| b.is_ascii_graphic())
+            .map(|&b| char::from(b))
+            .collect();
+        is_relay_field(&name)
+    })
 }
 
 /// The number of `Received` fields in the header section of `message`,
@@ -457,6 +483,7 @@ mod tests {
             tls,
             date: DATE,
             tenant,
+            warnings: &[],
             policy_headers: &[],
         }
     }
@@ -658,33 +685,43 @@ mod tests {
     }
 
     #[test]
-    fn policy_fields_are_written_once_and_never_attribute() {
-        let warning = HeaderField {
-            name: WARNING_HEADER.into(),
-            value: "ATTR36 for tenant contoso".into(),
+    fn relay_fields_come_from_the_relay_and_policy_fields_once() {
+        let note = HeaderField {
+            name: "X-Contoso-Rule".into(),
+            value: "r1".into(),
         };
         let policy = [
-            warning.clone(),
+            note.clone(),
             HeaderField {
                 name: "x-attributed-tenant".into(),
                 value: "fabrikam".into(),
             },
-            warning,
+            note,
             HeaderField {
-                name: "X-ATTRIBUTED-TENANT".into(),
-                value: "fabrikam".into(),
+                name: "X-ATTRELAY-WARNING".into(),
+                value: "forged by a policy".into(),
+            },
+            HeaderField {
+                name: "X-Attrelay-Later".into(),
+                value: "forged by a policy".into(),
             },
         ];
+        let warnings = [
+            "ATTR36 for tenant contoso".to_string(),
+            "ATTR36 for tenant contoso".to_string(),
+        ];
         let head = compose(&TraceFacts {
+            warnings: &warnings,
             policy_headers: &policy,
             ..facts(None, Some("contoso"))
         });
         assert_well_formed(&head);
         assert!(
-            head.ends_with("\r\nX-Attributed-Tenant: contoso\r\nX-Attrelay-Warning: ATTR36 for tenant contoso\r\n"),
+            head.ends_with("\r\nX-Attributed-Tenant: contoso\r\nX-Attrelay-Warning: ATTR36 for tenant contoso\r\nX-Contoso-Rule: r1\r\n"),
             "{head}"
         );
         assert!(!head.contains("fabrikam"), "{head}");
+        assert!(!head.contains("forged"), "{head}");
         let head = compose(&TraceFacts {
             policy_headers: &policy,
             ..facts(None, None)

@@ -1,8 +1,9 @@
 //! A rogue attribution policy. The `behavior` setting picks the misbehaviour,
 //! and `stage` picks when: `configure`, `session` (the constructor),
-//! `mail-from` or `rcpt-to` (default). With `only`, it misbehaves only when
-//! the address contains that text (so it passes load-time checks and fails
-//! on live traffic).
+//! `mail-from`, `rcpt-to` (default) or `every` stage. With `only`, it
+//! misbehaves only when the address contains that text (so it passes
+//! load-time checks and fails on live traffic). `iterations` sets the work
+//! of the `spin` behaviour.
 
 use std::cell::RefCell;
 
@@ -14,6 +15,7 @@ use exports::attrelay::policy::policy::{Guest, GuestSession, SessionFacts, Setti
 thread_local! {
     static BEHAVIOR: RefCell<(String, String)> = RefCell::new((String::new(), "rcpt-to".into()));
     static ONLY: RefCell<Option<String>> = const { RefCell::new(None) };
+    static ITERATIONS: RefCell<u64> = const { RefCell::new(0) };
 }
 
 fn ok() -> Verdict {
@@ -38,7 +40,7 @@ fn act(stage: &str, address: &str) -> Verdict {
             .as_ref()
             .is_none_or(|t| address.contains(t.as_str()))
     });
-    if when != stage || !selected {
+    if (when != stage && when != "every") || !selected {
         return ok();
     }
     match behavior.as_str() {
@@ -56,6 +58,55 @@ fn act(stage: &str, address: &str) -> Verdict {
                 std::hint::black_box(&hoard);
             }
         }
+        // Busy for `iterations` rounds, then well-behaved: a slow step that
+        // alone stays within the budget.
+        "spin" => {
+            let n = ITERATIONS.with(|i| *i.borrow());
+            let mut x: u64 = 0;
+            for _ in 0..n {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            ok()
+        }
+        // 100 000 explanation lines of 1000 bytes (each within the verdict
+        // check's bound) that are all one buffer: about a megabyte of the
+        // instance's memory, 100 MB if the host copied each line out.
+        // (Aliasing owned strings breaks Rust's rules; this component exists
+        // to break the host's.)
+        "aliased-lines" => {
+            let line: &'static mut str = Box::leak("x".repeat(1000).into_boxed_str());
+            let (ptr, len) = (line.as_mut_ptr(), line.len());
+            let explanation = (0..100_000)
+                .map(|_| unsafe { String::from_raw_parts(ptr, len, len) })
+                .collect();
+            Verdict {
+                explanation,
+                ..ok()
+            }
+        }
+        "lines-65" => Verdict {
+            explanation: vec!["line".into(); 65],
+            ..ok()
+        },
+        "long-line" => Verdict {
+            explanation: vec!["x".repeat(1001)],
+            ..ok()
+        },
+        // Writes the relay's own fields, as the relay would.
+        "relay-field" => Verdict {
+            headers: vec![HeaderField {
+                name: "X-Attrelay-Warning".into(),
+                value: "none".into(),
+            }],
+            ..ok()
+        },
+        "attribution-field" => Verdict {
+            headers: vec![HeaderField {
+                name: "X-Attributed-Tenant".into(),
+                value: "fabrikam".into(),
+            }],
+            ..ok()
+        },
         "huge-explanation" => Verdict {
             explanation: vec!["x".repeat(8 << 20)],
             ..ok()
@@ -114,6 +165,10 @@ impl Guest for Rogue {
                 "behavior" => BEHAVIOR.with(|b| b.borrow_mut().0 = s.value),
                 "stage" => BEHAVIOR.with(|b| b.borrow_mut().1 = s.value),
                 "only" => ONLY.with(|o| *o.borrow_mut() = Some(s.value)),
+                "iterations" => match s.value.parse() {
+                    Ok(n) => ITERATIONS.with(|i| *i.borrow_mut() = n),
+                    Err(_) => return Err(format!("iterations: not a number: {}", s.value)),
+                },
                 other => return Err(format!("unknown setting '{other}'")),
             }
         }

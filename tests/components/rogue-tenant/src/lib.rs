@@ -65,6 +65,15 @@ impl GuestSession for Session {
                 });
                 v
             }
+            // Names another tenant in the relay's attribution field.
+            "attribute" => {
+                let mut v = base;
+                v.headers.push(attrelay::policy::types::HeaderField {
+                    name: "X-Attributed-Tenant".into(),
+                    value: "fabrikam".into(),
+                });
+                v
+            }
             _ => base,
         }
     }
