@@ -235,6 +235,19 @@ async fn past_the_bound(c: &mut Client) {
     }
 }
 
+/// The log's records by session id, once `total` records are written: the
+/// log is written by a thread of its own, after the replies. Waits a little
+/// more to see that no further record comes.
+async fn logged(log: &Path, total: usize) -> Vec<(String, Vec<DecisionRecord>)> {
+    let count = || attrelay::decisions::read(log).map(|r| r.len()).unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count() < total && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    by_session(log)
+}
+
 /// The log's records by session id, in order of appearance.
 fn by_session(log: &Path) -> Vec<(String, Vec<DecisionRecord>)> {
     let mut order = Vec::new();
@@ -260,7 +273,7 @@ async fn decision_log_records_stop_at_the_session_bound() {
     let (handle, log) = logging_relay(&pki).await;
     let mut c = Client::session(handle.addrs[0], UNKNOWN_IP, None).await;
     past_the_bound(&mut c).await;
-    let sessions = by_session(&log);
+    let sessions = logged(&log, MAX_RECORDS_PER_SESSION as usize).await;
     assert_eq!(sessions.len(), 1);
     let records = &sessions[0].1;
     assert_eq!(records.len(), MAX_RECORDS_PER_SESSION as usize);
@@ -279,7 +292,7 @@ async fn decision_log_records_stop_at_the_session_bound() {
             .await
             .is(250, "2.1.5")
     );
-    let sessions = by_session(&log);
+    let sessions = logged(&log, MAX_RECORDS_PER_SESSION as usize + 2).await;
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions[1].1.len(), 2);
     handle.stop().await;
@@ -296,8 +309,47 @@ async fn saying_ehlo_again_does_not_renew_the_decision_log_bound() {
     assert_eq!(c.cmd("EHLO again.example.test").await.code, 250);
     assert_eq!(c.cmd("MAIL FROM:<b@internet.example>").await.code, 250);
     assert!(c.cmd("RCPT TO:<kate@contoso.com>").await.is(250, "2.1.5"));
-    let logged: usize = by_session(&log).iter().map(|(_, r)| r.len()).sum();
+    let logged: usize = logged(&log, MAX_RECORDS_PER_SESSION as usize)
+        .await
+        .iter()
+        .map(|(_, r)| r.len())
+        .sum();
     assert_eq!(logged, MAX_RECORDS_PER_SESSION as usize);
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_decision_log_holds_up_no_decision() {
+    // The decision log is a FIFO whose reader never reads: once its 64 KiB
+    // are full, every write blocks, as on a dead disk. Decisions must not
+    // wait for it (a write under a lock in the policy call stalled them all).
+    let pki = Pki::new();
+    let log = pki.path("decisions.jsonl");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &log,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let _reader = rustix::fs::open(
+        &log,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let (handle, _) = logging_relay(&pki).await;
+    // Four sessions of 256 logged decisions: about a megabyte for the pipe.
+    let sessions = async {
+        for _ in 0..4 {
+            let mut c = Client::session(handle.addrs[0], UNKNOWN_IP, None).await;
+            past_the_bound(&mut c).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), sessions)
+        .await
+        .expect("decisions waited for the stalled decision log");
     handle.stop().await;
 }
 

@@ -514,7 +514,15 @@ async fn shadow_decision_log_diff_validate_and_metrics() {
     live.handle.stop().await;
 
     // The decision log replays: the default policy against itself, then against the candidate.
-    let records = attrelay::decisions::read(&log).unwrap();
+    // (Written by a thread of its own, after the replies.)
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        records = attrelay::decisions::read(&log).unwrap();
+        if records.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(records.len(), 4, "{records:?}");
     let cfg = live.config.to_str().unwrap().to_string();
     let same = run_attrelay(&[

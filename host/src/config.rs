@@ -176,6 +176,7 @@ struct RawPolicy {
     cache: Option<Spanned<PathBuf>>,
     shadow: Option<Spanned<PathBuf>>,
     decision_log: Option<Spanned<PathBuf>>,
+    decision_log_max_mib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,6 +379,9 @@ pub struct PolicyConfig {
     pub shadow: Option<PathBuf>,
     /// Append every decision's inputs and verdict here (JSON Lines).
     pub decision_log: Option<PathBuf>,
+    /// Rotate the decision log at this size (0: never; see
+    /// [`crate::decisions::DecisionLog`]).
+    pub decision_log_max_bytes: u64,
 }
 
 impl Default for PolicyConfig {
@@ -392,6 +396,7 @@ impl Default for PolicyConfig {
             cache: None,
             shadow: None,
             decision_log: None,
+            decision_log_max_bytes: crate::decisions::DEFAULT_MAX_MIB * 1024 * 1024,
         }
     }
 }
@@ -924,6 +929,14 @@ impl Config {
         policy.cache = p.cache.map(|c| resolve(c.get_ref()));
         policy.shadow = p.shadow.map(|c| resolve(c.get_ref()));
         policy.decision_log = p.decision_log.map(|c| resolve(c.get_ref()));
+        policy.decision_log_max_bytes = src.range(
+            &p.decision_log_max_mib,
+            "policy.decision_log_max_mib",
+            0,
+            1 << 20,
+            crate::decisions::DEFAULT_MAX_MIB,
+        )? * 1024
+            * 1024;
         if let Some(t) = p.timeout_ms {
             if !(1..=60_000).contains(t.get_ref()) {
                 return Err(src.error(

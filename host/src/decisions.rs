@@ -4,9 +4,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
+
+use crate::throttle::Throttled;
 
 use attrelay_policy::model::{SessionFacts, Verdict};
 use serde::{Deserialize, Serialize};
@@ -28,33 +31,156 @@ pub struct DecisionRecord {
     pub policy: String,
 }
 
-/// An append-only JSON Lines file.
+/// Records waiting for the writer at most. At about a kilobyte each, 4 MiB
+/// of memory; a disk that stalls longer than it takes to fill costs records,
+/// never a policy call's time.
+pub const QUEUE_RECORDS: usize = 4096;
+
+/// Bytes the writer puts in one `write` at most: records that queued up
+/// while it was writing go out together, each line whole.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The default size at which the log is rotated (`[policy]
+/// decision_log_max_mib`): the file becomes `<path>.1`, replacing the one
+/// before, so the log takes at most twice this on disk.
+pub const DEFAULT_MAX_MIB: u64 = 256;
+
+/// An append-only JSON Lines file, written by a thread of its own.
+///
+/// A policy call only hands its record over ([`DecisionLog::append`] never
+/// blocks and takes no lock the writer holds): a slow or stalled disk, or a
+/// log on a FIFO nobody reads, must not hold up the decisions it records.
+/// When the queue is full the record is dropped and counted, with a
+/// throttled warning. Serialising and writing happen on the writer thread.
+///
+/// The writer holds the file it opened. A reload (file change, SIGHUP,
+/// `POST /reload`) opens the log again in a new `DecisionLog`, which is how
+/// external rotation (`logrotate` with `postrotate` sending SIGHUP) works;
+/// the old writer finishes what was queued for it, in the renamed file, and
+/// ends when the last session using it does. Besides, the writer rotates by
+/// size itself (`max_bytes`, 0 for never).
 pub struct DecisionLog {
-    file: Mutex<File>,
+    queue: SyncSender<DecisionRecord>,
+    dropped: AtomicU64,
+    warning: Mutex<Throttled>,
+    writer: std::thread::JoinHandle<()>,
 }
 
 impl DecisionLog {
-    pub fn open(path: &Path) -> std::io::Result<DecisionLog> {
+    /// Opens (creating) the log at `path` and starts its writer. Errors
+    /// opening the file are reported here, to the reload that asked.
+    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<DecisionLog> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_append(path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let (queue, records) = sync_channel(QUEUE_RECORDS);
+        let writer = Writer {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_bytes,
+        };
+        let writer = std::thread::Builder::new()
+            .name("attrelay-decisions".into())
+            .spawn(move || writer.run(records))?;
         Ok(DecisionLog {
-            file: Mutex::new(file),
+            queue,
+            dropped: AtomicU64::new(0),
+            warning: Mutex::new(Throttled::default()),
+            writer,
         })
     }
 
-    /// Appends one record (one `write` per line, so lines never interleave).
-    pub fn append(&self, record: &DecisionRecord) {
-        let Ok(mut line) = serde_json::to_vec(record) else {
+    /// Hands one record to the writer; drops it (counted, with a throttled
+    /// warning) when the writer is [`QUEUE_RECORDS`] behind.
+    pub fn append(&self, record: DecisionRecord) {
+        if self.queue.try_send(record).is_ok() {
             return;
-        };
-        line.push(b'\n');
-        if let Ok(mut f) = self.file.lock()
-            && let Err(e) = f.write_all(&line)
-        {
-            tracing::warn!(error = %e, "cannot append to the decision log");
         }
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut w) = self.warning.try_lock() {
+            w.warn(
+                "decision log: the writer is behind (a slow or stalled disk); records dropped",
+                &format_args!("{dropped} dropped so far"),
+            );
+        }
+    }
+
+    /// Records dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every record handed over is written. Dropping the log
+    /// instead lets the writer finish on its own, which a relay prefers: a
+    /// stalled disk must not hold up a reload or a shutdown.
+    pub fn close(self) {
+        drop(self.queue);
+        let _ = self.writer.join();
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The writer thread's side: the open file, its size, and the bound at
+/// which it is rotated.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl Writer {
+    /// Writes records as they come, in batches of whole lines, until every
+    /// sender is gone.
+    fn run(mut self, records: Receiver<DecisionRecord>) {
+        let mut failed = Throttled::default();
+        while let Ok(first) = records.recv() {
+            let mut batch = Vec::new();
+            push_line(&mut batch, &first);
+            while batch.len() < BATCH_BYTES {
+                match records.try_recv() {
+                    Ok(r) => push_line(&mut batch, &r),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.write(&batch) {
+                failed.warn("cannot append to the decision log", &e);
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[u8]) -> std::io::Result<()> {
+        if self.max_bytes > 0 && self.size > 0 && self.size + batch.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(batch)?;
+        self.size += batch.len() as u64;
+        Ok(())
+    }
+
+    /// `<path>` becomes `<path>.1` (replacing it) and a new `<path>` is
+    /// started.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        tracing::info!(path = %self.path.display(), "decision log rotated");
+        Ok(())
+    }
+}
+
+fn push_line(batch: &mut Vec<u8>, record: &DecisionRecord) {
+    if let Ok(line) = serde_json::to_vec(record) {
+        batch.extend_from_slice(&line);
+        batch.push(b'\n');
     }
 }
 
@@ -132,6 +258,89 @@ pub fn read(path: &Path) -> Result<Vec<DecisionRecord>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(i: usize) -> DecisionRecord {
+        DecisionRecord {
+            session: format!("s{i}"),
+            facts: SessionFacts {
+                client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
+                helo: "client.example".into(),
+                server_hostname: "relay.example.test".into(),
+                time: 0,
+                tls: None,
+            },
+            stage: "rcpt-to".into(),
+            sender: "a@internet.example".into(),
+            recipient: Some(format!("user{i}@contoso.com")),
+            verdict: attrelay_policy::replies::recipient_ok(Some("contoso".into()), "incoming"),
+            policy: "0".repeat(64),
+        }
+    }
+
+    #[test]
+    fn the_log_rotates_at_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let line = serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1;
+        let bound = 4 * line + line / 2;
+        let log = DecisionLog::open(&path, bound).unwrap();
+        for i in 0..20 {
+            log.append(record(i));
+            // One record per batch, as when traffic is not bursting.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        log.close();
+        let old = dir.path().join("decisions.jsonl.1");
+        let (now, before) = (read(&path).unwrap(), read(&old).unwrap());
+        for (file, records) in [(&path, &now), (&old, &before)] {
+            let size = std::fs::metadata(file).unwrap().len();
+            assert!(size <= bound, "{}: {size} bytes", file.display());
+            assert!(!records.is_empty());
+        }
+        // The newest records, whole and in order; older generations are gone.
+        assert_eq!(now.last().unwrap().session, "s19");
+        assert_eq!(
+            before.last().unwrap().session,
+            format!("s{}", 19 - now.len())
+        );
+    }
+
+    #[test]
+    fn a_writer_behind_drops_records_without_waiting() {
+        // A FIFO with a reader that never reads: the writer blocks once the
+        // pipe is full, and appends go on at once, dropping past the queue.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let _reader = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let log = DecisionLog::open(&path, 0).unwrap();
+        let started = std::time::Instant::now();
+        let n = QUEUE_RECORDS + 1000;
+        for i in 0..n {
+            log.append(record(i));
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // The queue holds QUEUE_RECORDS; the pipe and the writer's batch in
+        // hand take a few hundred more.
+        assert!(log.dropped() >= 500, "dropped {}", log.dropped());
+        // Not closed: its writer stays blocked on the pipe, as on a dead disk.
+    }
 
     #[test]
     fn a_budget_grants_its_records_then_says_so_once() {

@@ -237,7 +237,7 @@ impl Judges {
             return;
         };
         match self.decisions.take() {
-            Grant::Append => log.append(&self.record(stage, sender, v)),
+            Grant::Append => log.append(self.record(stage, sender, v)),
             Grant::Exhausted => warn!(
                 session = %self.id,
                 limit = MAX_RECORDS_PER_SESSION,

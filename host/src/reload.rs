@@ -148,7 +148,8 @@ pub fn build(
     };
     let decision_log = match &config.policy.decision_log {
         Some(path) => Some(Arc::new(
-            DecisionLog::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            DecisionLog::open(path, config.policy.decision_log_max_bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
         )),
         None => None,
     };
