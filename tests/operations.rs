@@ -395,6 +395,7 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
             ("woodgrove", &format!("policy = {}\npolicy_settings = {{ behavior = \"vouch\" }}", q(&rogue))),
             ("litware", &format!("policy = {}\npolicy_settings = {{ behavior = \"warn\" }}", q(&rogue))),
             ("woodgrove-eu", &format!("policy = {}\npolicy_settings = {{ behavior = \"attribute\" }}", q(&rogue))),
+            ("woodgrove-mail", &format!("policy = {}\npolicy_settings = {{ behavior = \"aliased-lines\" }}", q(&rogue))),
         ],
     )
     .await;
@@ -444,8 +445,14 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
     assert!(r.is(451, "4.3.5"), "{r:?}");
     let r = c.cmd("RCPT TO:<kate@eu.woodgrove.com>").await;
     assert!(r.is(451, "4.3.5"), "{r:?}");
+    // Nor make the relay copy 100 MB out of it: refused at the boundary,
+    // within the budget.
+    let t = Instant::now();
+    let r = c.cmd("RCPT TO:<kate@mail.woodgrove.com>").await;
+    assert!(r.is(451, "4.3.5"), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     let st = status(live.admin()).await;
-    assert_eq!(st["tenant_policies"].as_array().unwrap().len(), 7);
+    assert_eq!(st["tenant_policies"].as_array().unwrap().len(), 8);
     live.handle.stop().await;
 }
 

@@ -1,6 +1,8 @@
 //! A rogue tenant policy: its `behavior` setting makes it loop, trap,
 //! exhaust memory, attribute mail to another tenant, claim a connector
-//! vouched for the sender, or write the relay's warning field, at RCPT TO.
+//! vouched for the sender, write the relay's own fields, or return a
+//! verdict whose lines alias one buffer (cheap for it, costly to copy), at
+//! RCPT TO.
 
 use std::cell::RefCell;
 
@@ -64,6 +66,20 @@ impl GuestSession for Session {
                     value: "tenant fabrikam".into(),
                 });
                 v
+            }
+            // 100 000 explanation lines of 1000 bytes, all one buffer: a
+            // megabyte here, 100 MB for a host that copies before it checks.
+            // (Aliasing owned strings breaks Rust's rules on purpose.)
+            "aliased-lines" => {
+                let line: &'static mut str = Box::leak("x".repeat(1000).into_boxed_str());
+                let (ptr, len) = (line.as_mut_ptr(), line.len());
+                let explanation = (0..100_000)
+                    .map(|_| unsafe { String::from_raw_parts(ptr, len, len) })
+                    .collect();
+                Verdict {
+                    explanation,
+                    ..base
+                }
             }
             // Names another tenant in the relay's attribution field.
             "attribute" => {
