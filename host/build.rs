@@ -45,6 +45,7 @@ fn main() {
         .unwrap_or_else(|| root.join("target"));
     let target_dir = target_root.join("policy-guest");
 
+    ensure_guest_target();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -107,4 +108,43 @@ fn main() {
         wasm.display()
     );
     println!("cargo:rustc-env=ATTRELAY_DEFAULT_POLICY={}", wasm.display());
+}
+
+/// The guest's target, which `rust-toolchain.toml` lists.
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
+/// Adds [`GUEST_TARGET`] to the toolchain building us when its standard
+/// library is missing. rustup installs a toolchain file's targets only when
+/// it installs the toolchain: on a machine where 1.95.0 was already there
+/// without the target, `cargo run` would otherwise fail here, and the
+/// README promises one command on a fresh machine.
+fn ensure_guest_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if libdir.as_ref().is_some_and(|d| d.is_dir()) {
+        return;
+    }
+    // Through rustup's proxy, RUSTUP_TOOLCHAIN names the toolchain cargo
+    // runs (the one rust-toolchain.toml pins); the target goes to it.
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    println!(
+        "cargo:warning=the {GUEST_TARGET} target is missing from the toolchain; adding it with rustup (rust-toolchain.toml lists it)"
+    );
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", GUEST_TARGET]);
+    if let Some(t) = &toolchain {
+        add.args(["--toolchain", t]);
+    }
+    match add.status() {
+        Ok(s) if s.success() => {}
+        outcome => panic!(
+            "the {GUEST_TARGET} target is not installed and `rustup target add {GUEST_TARGET}` failed ({outcome:?}); \
+             install it by hand, or set ATTRELAY_POLICY_WASM to a prebuilt policy component"
+        ),
+    }
 }
