@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use attrelay_policy::certname;
-use ipnet::IpNet;
+pub use attrelay_policy::model::{Connector, ConnectorKind};
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::admin::{AdminLimits, AdminSettings, AdminToken};
+use crate::directory::{net_text, parse_net};
 use crate::policyd::{AcceptAction, PolicydListen, PolicydSettings};
 
 /// A configuration error with its location.
@@ -196,19 +197,12 @@ struct RawTenant {
     recipients_file: Option<Spanned<PathBuf>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConnectorType {
-    OnPremises,
-    Partner,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConnector {
     name: Spanned<String>,
     #[serde(rename = "type")]
-    kind: ConnectorType,
+    kind: ConnectorKind,
     #[serde(default)]
     sender_ip_addresses: Vec<Spanned<String>>,
     tls_sender_certificate_name: Option<Spanned<String>>,
@@ -434,22 +428,6 @@ pub struct TenantPolicyConfig {
     pub settings: Vec<(String, String)>,
     pub timeout: Duration,
     pub memory_limit: usize,
-}
-
-/// A validated connector.
-#[derive(Debug, Clone)]
-pub struct Connector {
-    pub name: String,
-    pub kind: ConnectorType,
-    pub enabled: bool,
-    pub sender_ip_addresses: Vec<IpNet>,
-    /// Normalised certificate name.
-    pub tls_sender_certificate_name: Option<String>,
-    pub sender_domains: Vec<String>,
-    pub recipient_domains: Vec<String>,
-    pub restrict_domains_to_ip_addresses: bool,
-    pub restrict_domains_to_certificate: bool,
-    pub line: usize,
 }
 
 /// The whole configuration, validated.
@@ -985,6 +963,8 @@ impl Config {
 
         // [[tenant]]
         let mut tenants: Vec<Tenant> = Vec::new();
+        // Each tenant's connectors' lines, for the warnings below.
+        let mut connector_lines_of: Vec<Vec<usize>> = Vec::new();
         let mut tenant_ids: HashMap<String, usize> = HashMap::new();
         let mut domain_owner: HashMap<String, (String, usize)> = HashMap::new();
         for (ti, t) in raw.tenants.iter().enumerate() {
@@ -1031,6 +1011,7 @@ impl Config {
             }
 
             let mut connectors: Vec<Connector> = Vec::new();
+            let mut connector_lines = Vec::new();
             for (ci, c) in t.connectors.iter().enumerate() {
                 let ckey = format!("{key}.connector[{ci}]");
                 let name = c.name.get_ref().trim().to_string();
@@ -1041,7 +1022,7 @@ impl Config {
                         "a connector needs a printable, non-empty name",
                     ));
                 }
-                if connectors.iter().any(|x| x.name == name) {
+                if connectors.iter().any(|x: &Connector| x.name == name) {
                     return Err(src.error(
                         c.name.span(),
                         format!("{ckey}.name"),
@@ -1065,7 +1046,7 @@ impl Config {
                     None => None,
                 };
                 let line = src.line(&c.name.span());
-                if c.kind == ConnectorType::OnPremises && nets.is_empty() && cert_name.is_none() {
+                if c.kind == ConnectorKind::OnPremises && nets.is_empty() && cert_name.is_none() {
                     return Err(src.error(
                         c.name.span(),
                         &ckey,
@@ -1104,7 +1085,7 @@ impl Config {
                     }
                     recipient_domains.push(dom);
                 }
-                if c.kind == ConnectorType::Partner {
+                if c.kind == ConnectorKind::Partner {
                     if c.restrict_domains_to_ip_addresses && nets.is_empty() {
                         return Err(src.error(
                             c.name.span(),
@@ -1133,17 +1114,18 @@ impl Config {
                         "sender_domains, recipient_domains and restrict_domains_to_* apply to partner connectors only",
                     ));
                 }
+                connector_lines.push(line);
                 connectors.push(Connector {
+                    tenant: id.clone(),
                     name,
                     kind: c.kind,
                     enabled: c.enabled,
-                    sender_ip_addresses: nets,
+                    sender_ip_addresses: nets.iter().map(net_text).collect(),
                     tls_sender_certificate_name: cert_name,
                     sender_domains,
                     recipient_domains,
                     restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
                     restrict_domains_to_certificate: c.restrict_domains_to_certificate,
-                    line,
                 });
             }
             let policy = match &t.policy {
@@ -1203,6 +1185,7 @@ impl Config {
                 recipients,
                 recipients_file: recipients_file.map(|(path, _)| path),
             });
+            connector_lines_of.push(connector_lines);
         }
 
         // Warnings need every tenant's domains (ownership is global).
@@ -1211,7 +1194,7 @@ impl Config {
                 let Some(name) = &c.tls_sender_certificate_name else {
                     continue;
                 };
-                if c.kind != ConnectorType::OnPremises {
+                if c.kind != ConnectorKind::OnPremises {
                     continue;
                 }
                 let domain = certname::domain_of(name);
@@ -1223,7 +1206,7 @@ impl Config {
                         .map(|d| format!("set it to *.{d} so that the certificate-based rule applies"))
                         .unwrap_or_else(|| format!("add {domain} to the tenant's accepted domains or use *.<accepted domain>"));
                     warnings.push(ConfigWarning {
-                        line: c.line,
+                        line: connector_lines_of[ti][ci],
                         key: format!("tenant[{ti}].connector[{ci}].tls_sender_certificate_name"),
                         message: format!(
                             "connector '{}' of tenant '{}' uses certificate name {name}, whose domain {domain} is not an accepted domain of the tenant: it identifies the server but cannot relay NDRs, forwarded mail or mail from domains the tenant does not own; {parent}",
@@ -1642,26 +1625,6 @@ fn setting_text(
             ));
         }
     })
-}
-
-/// Parses an IP address or CIDR range. Host bits set in a range are an error:
-/// `203.0.113.7/24` is almost always a typo for an address or for `.0/24`.
-pub fn parse_net(text: &str) -> Result<IpNet, String> {
-    let t = text.trim();
-    if let Ok(ip) = t.parse::<std::net::IpAddr>() {
-        return Ok(IpNet::from(ip));
-    }
-    let net: IpNet = t.parse().map_err(|_| {
-        format!("'{t}' is not an IP address or CIDR range (such as 203.0.113.5, 203.0.113.0/24 or 2001:db8::/32)")
-    })?;
-    if net.trunc() != net {
-        return Err(format!(
-            "'{t}' has host bits set; did you mean {} (the range) or {} (the address)?",
-            net.trunc(),
-            net.addr()
-        ));
-    }
-    Ok(net)
 }
 
 #[cfg(test)]

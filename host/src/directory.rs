@@ -19,7 +19,7 @@ use attrelay_policy::model;
 use ipnet::IpNet;
 
 use crate::address::Mailbox;
-use crate::config::{Config, ConnectorType, Tenant};
+use crate::config::{Config, Tenant};
 
 /// Immutable, indexed tenant data.
 #[derive(Debug, Default)]
@@ -153,6 +153,26 @@ fn mask_v6(addr: u128, len: u8) -> u128 {
     }
 }
 
+/// Parses an IP address or CIDR range. Host bits set in a range are an error:
+/// `203.0.113.7/24` is almost always a typo for an address or for `.0/24`.
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = t.parse().map_err(|_| {
+        format!("'{t}' is not an IP address or CIDR range (such as 203.0.113.5, 203.0.113.0/24 or 2001:db8::/32)")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "'{t}' has host bits set; did you mean {} (the range) or {} (the address)?",
+            net.trunc(),
+            net.addr()
+        ));
+    }
+    Ok(net)
+}
+
 /// A range as admins write it: a single address without its `/32` or `/128`.
 pub fn net_text(n: &IpNet) -> String {
     if n.prefix_len() == n.max_prefix_len() {
@@ -187,29 +207,7 @@ impl Directory {
                 policy: None,
                 recipients: None,
                 recipients_file: None,
-                connectors: t
-                    .connectors
-                    .iter()
-                    .map(|c| crate::config::Connector {
-                        name: c.name.clone(),
-                        kind: match c.kind {
-                            model::ConnectorKind::OnPremises => ConnectorType::OnPremises,
-                            model::ConnectorKind::Partner => ConnectorType::Partner,
-                        },
-                        enabled: c.enabled,
-                        sender_ip_addresses: c
-                            .sender_ip_addresses
-                            .iter()
-                            .filter_map(|n| crate::config::parse_net(n).ok())
-                            .collect(),
-                        tls_sender_certificate_name: c.tls_sender_certificate_name.clone(),
-                        sender_domains: c.sender_domains.clone(),
-                        recipient_domains: c.recipient_domains.clone(),
-                        restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
-                        restrict_domains_to_certificate: c.restrict_domains_to_certificate,
-                        line: 0,
-                    })
-                    .collect(),
+                connectors: t.connectors.clone(),
             })
             .collect();
         Self::from_tenants(&tenants)
@@ -229,7 +227,13 @@ impl Directory {
                 if let Some(n) = &c.tls_sender_certificate_name {
                     d.cert_names.entry(n.clone()).or_default().push(idx);
                 }
-                for net in &c.sender_ip_addresses {
+                // Canonical text the configuration validated; one that does
+                // not parse (a hand-built connector) matches no address.
+                for net in c
+                    .sender_ip_addresses
+                    .iter()
+                    .filter_map(|n| parse_net(n).ok())
+                {
                     match net {
                         IpNet::V4(n) => {
                             d.v4.entry(n.prefix_len())
@@ -249,18 +253,7 @@ impl Directory {
                 }
                 d.connectors.push(model::Connector {
                     tenant: t.id.clone(),
-                    name: c.name.clone(),
-                    kind: match c.kind {
-                        ConnectorType::OnPremises => model::ConnectorKind::OnPremises,
-                        ConnectorType::Partner => model::ConnectorKind::Partner,
-                    },
-                    enabled: c.enabled,
-                    sender_ip_addresses: c.sender_ip_addresses.iter().map(net_text).collect(),
-                    tls_sender_certificate_name: c.tls_sender_certificate_name.clone(),
-                    sender_domains: c.sender_domains.clone(),
-                    recipient_domains: c.recipient_domains.clone(),
-                    restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
-                    restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+                    ..c.clone()
                 });
             }
             d.tenants.insert(t.id.clone(), ids);

@@ -87,14 +87,25 @@ impl SessionFacts {
     }
 }
 
+/// The kind of a connector, as the configuration spells it
+/// (`type = "on-premises"` or `"partner"`) and the WIT's `connector-kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum ConnectorKind {
     OnPremises,
     Partner,
 }
 
-/// An inbound connector of a tenant.
+/// An inbound connector of a tenant: the one shape a connector has from
+/// the configuration to the WIT boundary (the host converts it to the WIT
+/// record with `From`). Addresses are canonical text (`203.0.113.0/24`, a
+/// single address without its prefix length), names normalised.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Connector {
     pub tenant: String,
     pub name: String,

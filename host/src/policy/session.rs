@@ -131,21 +131,23 @@ fn ip_from_wit(ip: wit::IpAddress) -> IpAddr {
     }
 }
 
-fn connector_to_wit(c: model::Connector) -> wit::Connector {
-    wit::Connector {
-        tenant: c.tenant,
-        name: c.name,
-        kind: match c.kind {
-            model::ConnectorKind::OnPremises => wit::ConnectorKind::OnPremises,
-            model::ConnectorKind::Partner => wit::ConnectorKind::Partner,
-        },
-        enabled: c.enabled,
-        sender_ip_addresses: c.sender_ip_addresses,
-        tls_sender_certificate_name: c.tls_sender_certificate_name,
-        sender_domains: c.sender_domains,
-        recipient_domains: c.recipient_domains,
-        restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
-        restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+impl From<model::Connector> for wit::Connector {
+    fn from(c: model::Connector) -> wit::Connector {
+        wit::Connector {
+            tenant: c.tenant,
+            name: c.name,
+            kind: match c.kind {
+                model::ConnectorKind::OnPremises => wit::ConnectorKind::OnPremises,
+                model::ConnectorKind::Partner => wit::ConnectorKind::Partner,
+            },
+            enabled: c.enabled,
+            sender_ip_addresses: c.sender_ip_addresses,
+            tls_sender_certificate_name: c.tls_sender_certificate_name,
+            sender_domains: c.sender_domains,
+            recipient_domains: c.recipient_domains,
+            restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+            restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+        }
     }
 }
 
@@ -154,21 +156,21 @@ impl directory::Host for SessionState {
         self.directory
             .connectors_by_ip(ip_from_wit(ip))
             .into_iter()
-            .map(connector_to_wit)
+            .map(wit::Connector::from)
             .collect()
     }
     fn connectors_by_certificate_name(&mut self, name: String) -> Vec<wit::Connector> {
         self.directory
             .connectors_by_certificate_name(&name)
             .into_iter()
-            .map(connector_to_wit)
+            .map(wit::Connector::from)
             .collect()
     }
     fn connectors_of_tenant(&mut self, tenant: String) -> Vec<wit::Connector> {
         self.directory
             .connectors_of_tenant(&tenant)
             .into_iter()
-            .map(connector_to_wit)
+            .map(wit::Connector::from)
             .collect()
     }
     fn tenant_of_domain(&mut self, domain: String) -> Option<String> {
@@ -193,7 +195,7 @@ impl super::bindings::tenant::attrelay::policy::tenant_directory::Host for Sessi
         self.directory
             .connectors_of_tenant(t)
             .into_iter()
-            .map(connector_to_wit)
+            .map(wit::Connector::from)
             .collect()
     }
 }
