@@ -8,7 +8,6 @@ mod support;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use attrelay::directory::Directory;
 use attrelay::policy::{LoadedPolicy, PolicySource};
 use attrelay_policy::scenarios::{check, fixture, scenarios};
 use attrelay_policy::{Session, Settings};
@@ -36,7 +35,7 @@ fn policies() -> HashMap<Vec<(String, String)>, LoadedPolicy> {
 
 #[test]
 fn every_seed_scenario_through_the_component() {
-    let directory = Arc::new(Directory::from_config(&support::fixture_config()));
+    let directory = Arc::new(support::fixture_config().directory());
     let policies = policies();
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -71,7 +70,7 @@ fn every_seed_scenario_through_the_component() {
 /// explanations included, for every recipient of every scenario.
 #[test]
 fn component_and_native_rules_agree_exactly() {
-    let directory = Arc::new(Directory::from_config(&support::fixture_config()));
+    let directory = Arc::new(support::fixture_config().directory());
     let policies = policies();
     for s in scenarios() {
         let mut wasm = policies[&owned(&s.settings)].open_session(directory.clone(), &s.facts);
@@ -113,7 +112,7 @@ fn bad_settings_are_refused_at_load() {
 #[test]
 fn sessions_do_not_share_state() {
     // Two sessions on one loaded policy, interleaved: each keeps its own sender.
-    let directory = Arc::new(Directory::from_config(&support::fixture_config()));
+    let directory = Arc::new(support::fixture_config().directory());
     let policy = support::engine()
         .load(&PolicySource::Embedded, &[])
         .unwrap();

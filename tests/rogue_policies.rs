@@ -44,7 +44,7 @@ fn facts() -> SessionFacts {
 }
 
 fn directory() -> Arc<Directory> {
-    Arc::new(Directory::from_config(&support::fixture_config()))
+    Arc::new(support::fixture_config().directory())
 }
 
 fn assert_policy_failure(v: &Verdict, what: &str, cause: &str) {

@@ -548,7 +548,24 @@ impl<'a> Source<'a> {
     }
 }
 
+impl Tenant {
+    /// What the directory indexes of this tenant.
+    pub fn record(&self) -> crate::directory::TenantRecord<'_> {
+        crate::directory::TenantRecord {
+            id: &self.id,
+            accepted_domains: &self.accepted_domains,
+            connectors: &self.connectors,
+            recipients: self.recipients.as_deref(),
+        }
+    }
+}
+
 impl Config {
+    /// The tenant directory of this configuration, indexed.
+    pub fn directory(&self) -> crate::directory::Directory {
+        crate::directory::Directory::from_tenants(self.tenants.iter().map(Tenant::record))
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

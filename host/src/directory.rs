@@ -19,7 +19,17 @@ use attrelay_policy::model;
 use ipnet::IpNet;
 
 use crate::address::Mailbox;
-use crate::config::{Config, Tenant};
+
+/// A tenant as the directory indexes it.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantRecord<'a> {
+    pub id: &'a str,
+    /// Normalised (lower case, no trailing dot).
+    pub accepted_domains: &'a [String],
+    pub connectors: &'a [model::Connector],
+    /// Its recipient list, canonical, when it keeps one.
+    pub recipients: Option<&'a [Mailbox]>,
+}
 
 /// Immutable, indexed tenant data.
 #[derive(Debug, Default)]
@@ -191,37 +201,29 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 impl Directory {
-    pub fn from_config(config: &Config) -> Directory {
-        Self::from_tenants(&config.tenants)
-    }
-
     /// The built-in scenario fixture as a directory (for validating policies).
     pub fn from_fixture(fixture: &attrelay_policy::scenarios::MemoryDirectory) -> Directory {
-        let tenants: Vec<Tenant> = fixture
-            .tenants
-            .iter()
-            .map(|t| Tenant {
-                id: t.id.clone(),
-                accepted_domains: t.accepted_domains.clone(),
-                line: 0,
-                policy: None,
-                recipients: None,
-                recipients_file: None,
-                connectors: t.connectors.clone(),
-            })
-            .collect();
-        Self::from_tenants(&tenants)
+        Self::from_tenants(fixture.tenants.iter().map(|t| TenantRecord {
+            id: &t.id,
+            accepted_domains: &t.accepted_domains,
+            connectors: &t.connectors,
+            recipients: None,
+        }))
     }
 
-    pub fn from_tenants(tenants: &[Tenant]) -> Directory {
+    /// Indexes `tenants`, which the caller validated (unique ids, a domain
+    /// to one tenant, canonical addresses): the configuration, or a fleet's
+    /// database.
+    pub fn from_tenants<'a>(tenants: impl IntoIterator<Item = TenantRecord<'a>>) -> Directory {
         let mut d = Directory::default();
         for t in tenants {
-            for domain in &t.accepted_domains {
-                d.domains.insert(domain.clone(), t.id.clone());
+            for domain in t.accepted_domains {
+                d.domains.insert(domain.clone(), t.id.to_string());
             }
-            d.accepted.insert(t.id.clone(), t.accepted_domains.clone());
+            d.accepted
+                .insert(t.id.to_string(), t.accepted_domains.to_vec());
             let mut ids = Vec::new();
-            for c in &t.connectors {
+            for c in t.connectors {
                 let idx = d.connectors.len();
                 ids.push(idx);
                 if let Some(n) = &c.tls_sender_certificate_name {
@@ -252,14 +254,14 @@ impl Directory {
                     }
                 }
                 d.connectors.push(model::Connector {
-                    tenant: t.id.clone(),
+                    tenant: t.id.to_string(),
                     ..c.clone()
                 });
             }
-            d.tenants.insert(t.id.clone(), ids);
-            if let Some(list) = &t.recipients {
+            d.tenants.insert(t.id.to_string(), ids);
+            if let Some(list) = t.recipients {
                 d.recipients
-                    .insert(t.id.clone(), list.iter().map(recipient_key).collect());
+                    .insert(t.id.to_string(), list.iter().map(recipient_key).collect());
             }
         }
         d
@@ -376,6 +378,7 @@ impl model::Directory for Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use attrelay_policy::model::Directory as _;
     use std::path::Path;
 
@@ -395,7 +398,7 @@ tls_sender_certificate_name = "*.Contoso.com"
 "#,
         )
         .unwrap();
-        let d = Directory::from_config(&cfg);
+        let d = cfg.directory();
         for ip in [
             "203.0.113.9",
             "198.51.100.7",
@@ -431,7 +434,7 @@ accepted_domains = ["fabrikam.com"]
 "#,
         )
         .unwrap();
-        Directory::from_config(&cfg)
+        cfg.directory()
     }
 
     #[test]

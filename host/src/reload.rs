@@ -119,7 +119,7 @@ pub fn build(
         crate::commands::load_policy(config, engine, &source).map_err(|e| e.to_string())?;
     let report =
         check_scenarios(&policy).map_err(|e| format!("{}: refused: {e}", policy.origin()))?;
-    let directory = Arc::new(Directory::from_config(config));
+    let directory = Arc::new(config.directory());
     let anchors = TrustAnchors::load(&config.server.client_ca).map_err(|e| e.to_string())?;
     let mut tenant_policies = HashMap::new();
     for t in &config.tenants {

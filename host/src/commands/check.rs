@@ -11,7 +11,6 @@ use attrelay_policy::model::{Action, SessionFacts, TlsFacts, Verdict};
 use serde::Serialize;
 
 use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config, session_time};
-use crate::directory::Directory;
 use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
 use crate::tls::client_cert::{TrustAnchors, inspect_chain, unix_time};
 use crate::tls::pem::read_certificates;
@@ -183,7 +182,7 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
     })
     .map_err(UsageError::new)?;
     let policy = super::load_policy(&config, &engine, &source)?;
-    let directory = Arc::new(Directory::from_config(&config));
+    let directory = Arc::new(config.directory());
     let mut session = policy.open_session(directory, &facts);
 
     let postmaster = &config.server.postmaster;

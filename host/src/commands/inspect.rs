@@ -239,7 +239,7 @@ fn write_report(
         ));
     }
 
-    let dir = Directory::from_config(config);
+    let dir = config.directory();
     let views = connector_views(&dir, cert);
     writeln!(out, "connectors ({} with a certificate name):", views.len())?;
     let closest = views

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use attrelay_policy::model::Verdict;
 
 use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config};
-use crate::directory::Directory;
 use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
 use crate::reload::check_scenarios;
 
@@ -117,7 +116,7 @@ pub fn diff(
             .map_err(UsageError::new)
     };
     let (old_p, new_p) = (load(old)?, load(new)?);
-    let directory = Arc::new(Directory::from_config(&config));
+    let directory = Arc::new(config.directory());
     // Sessions in order of first appearance, each with its decisions in order.
     let mut order: Vec<String> = Vec::new();
     let mut sessions: BTreeMap<String, Vec<&crate::decisions::DecisionRecord>> = BTreeMap::new();
