@@ -19,6 +19,7 @@ use toml::Spanned;
 
 use crate::admin::{AdminLimits, AdminSettings, AdminToken};
 use crate::directory::{net_text, parse_net};
+use crate::policy::EngineLimits;
 use crate::policyd::{AcceptAction, PolicydListen, PolicydSettings};
 
 /// A configuration error with its location.
@@ -380,12 +381,13 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
+        let limits = EngineLimits::default();
         PolicyConfig {
             component: None,
             settings: Vec::new(),
-            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
-            memory_limit: (DEFAULT_MEMORY_MIB * 1024 * 1024) as usize,
-            max_instances: DEFAULT_MAX_INSTANCES,
+            timeout: limits.call_timeout,
+            memory_limit: limits.memory_limit,
+            max_instances: limits.max_instances,
             setting_lines: HashMap::new(),
             cache: None,
             shadow: None,
@@ -395,11 +397,19 @@ impl Default for PolicyConfig {
     }
 }
 
-pub const DEFAULT_TIMEOUT_MS: u64 = 200;
+/// The engine's budgets as `[policy]` sets them.
+impl From<&PolicyConfig> for EngineLimits {
+    fn from(p: &PolicyConfig) -> Self {
+        EngineLimits {
+            call_timeout: p.timeout,
+            memory_limit: p.memory_limit,
+            max_instances: p.max_instances,
+        }
+    }
+}
+
 /// The admin listener's default port, on loopback.
 pub const DEFAULT_ADMIN_PORT: u16 = 9725;
-pub const DEFAULT_MEMORY_MIB: u64 = 32;
-pub const DEFAULT_MAX_INSTANCES: u32 = 256;
 
 /// A tenant and its connectors.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use attrelay_policy::model::Verdict;
 
 use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config};
 use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
-use crate::reload::check_scenarios;
+use crate::validate::check_scenarios;
 
 /// Loads `component` with the configuration's settings (or none) and runs
 /// the built-in scenarios through it. Exit 0 when it answers them all.

@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use super::session::{Limits, Session};
 use crate::delivery::QueueHandle;
+pub use crate::evaluation::Evaluation;
 use crate::metrics::Metrics;
-pub use crate::reload::Evaluation;
 use crate::spool::Spool;
 
 /// Everything sessions share.

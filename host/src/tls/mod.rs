@@ -1,8 +1,9 @@
-//! TLS facts: loading PEM material and turning a client's certificate chain
-//! into the `client-certificate` facts a policy sees.
+//! TLS: the server and client configurations (rustls), and PEM material.
+//! Turning a client's certificate chain into facts is the engine's
+//! ([`attrelay_engine::certificate`], re-exported as [`client_cert`]).
 
-pub mod client_cert;
-pub mod pem;
 pub mod server;
 
-pub use client_cert::{TrustAnchors, inspect_chain};
+pub use attrelay_engine::certificate as client_cert;
+pub use attrelay_engine::certificate::{TrustAnchors, inspect_chain};
+pub use attrelay_engine::pem;

@@ -30,7 +30,7 @@ use x509_parser::asn1_rs::{Any, Class, Tag, ToDer};
 use x509_parser::oid_registry::OID_X509_EXT_NAME_CONSTRAINTS;
 use x509_parser::prelude::*;
 
-use super::pem::{PemError, read_certificates};
+use crate::pem::{PemError, read_certificates};
 
 /// The longest subject or issuer handed on, in bytes after escaping. Real
 /// names are far shorter; the bound keeps a hostile one from filling log lines

@@ -27,7 +27,7 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir
         .parent()
-        .expect("host/ sits in the workspace")
+        .expect("engine/ sits in the workspace")
         .to_path_buf();
     let guest = root.join("policy-guest");
     for p in ["src", "Cargo.toml"] {

@@ -20,7 +20,6 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::{AttributionPolicyPre, guest};
 use super::cache::{ComponentCache, Provenance};
 use super::session::{PolicySession, SessionState};
-use crate::config::PolicyConfig;
 use crate::directory::Directory;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
@@ -38,19 +37,20 @@ pub struct EngineLimits {
     pub max_instances: u32,
 }
 
-impl From<&PolicyConfig> for EngineLimits {
-    fn from(p: &PolicyConfig) -> Self {
-        EngineLimits {
-            call_timeout: p.timeout,
-            memory_limit: p.memory_limit,
-            max_instances: p.max_instances,
-        }
-    }
-}
+/// A policy call's budget, by default (`[policy] timeout_ms`).
+pub const DEFAULT_TIMEOUT_MS: u64 = 200;
+/// An instance's memory, by default (`[policy] memory_limit_mib`).
+pub const DEFAULT_MEMORY_MIB: u64 = 32;
+/// Instances alive at once, by default (`[policy] max_instances`).
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
 
 impl Default for EngineLimits {
     fn default() -> Self {
-        EngineLimits::from(&PolicyConfig::default())
+        EngineLimits {
+            call_timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            memory_limit: (DEFAULT_MEMORY_MIB * 1024 * 1024) as usize,
+            max_instances: DEFAULT_MAX_INSTANCES,
+        }
     }
 }
 

@@ -5,9 +5,8 @@
 //! (2.6 million lines in 8 s).
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::time::Instant;
 use tracing::warn;
 
 /// The shortest time between two lines of one throttled warning.
