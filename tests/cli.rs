@@ -549,3 +549,68 @@ fn cert_inspect_advises_a_wildcard_for_several_host_names() {
     let text = stdout(&out);
     assert!(text.contains("warning: the certificate carries several host names (mail1.contoso.com, mail2.contoso.com); set connector 'Contoso on-premises' to *.contoso.com"), "{text}");
 }
+
+#[test]
+fn check_runs_the_tenant_policies_and_the_shadow() {
+    // `check` runs the relay's evaluation: contoso's own rules (a tenant
+    // policy refusing a competitor's domain) and, beside them, the shadow.
+    let c = ctx();
+    let blocked = support::build_crate("examples/tenant-blocked-domains");
+    let rogue = support::build_component("rogue-policy");
+    let text = std::fs::read_to_string(&c.config)
+        .unwrap()
+        .replacen(
+            "id = \"contoso\"\n",
+            &format!(
+                "id = \"contoso\"\npolicy = {:?}\npolicy_settings = {{ domains = \"competitor.example\" }}\n",
+                blocked.display().to_string()
+            ),
+            1,
+        )
+        .replacen(
+            "[server]",
+            &format!("[policy]\nshadow = {:?}\n\n[server]", rogue.display().to_string()),
+            1,
+        );
+    let config = c.pki.path("with-tenant-policy.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = attrelay(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--ip",
+        CONTOSO_IP,
+        "--from",
+        "john@contoso.com",
+        "--to",
+        "ceo@mail.competitor.example",
+        "--to",
+        "kate@tailspintoys.com",
+        "--to",
+        "x@internet.example",
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(&out), stderr(&out)));
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let (code, enhanced, tenant, _) = rcpt(&report, 0);
+    assert_eq!((code, enhanced.as_str()), (550, "5.7.1"), "{report}");
+    assert_eq!(tenant, "contoso");
+    assert_eq!(
+        report["recipients"][0]["text"],
+        "Relaying to competitor.example refused by tenant policy"
+    );
+    let (code, _, tenant, _) = rcpt(&report, 1);
+    assert_eq!(
+        (code, tenant.as_str().unwrap()),
+        (250, "contoso"),
+        "{report}"
+    );
+    // The shadow (the rogue component accepting everything with no tenant)
+    // differs on every recipient the active policy attributed, and never decides.
+    assert_eq!(report["recipients"][1]["shadow"]["code"], 250, "{report}");
+    assert!(
+        report["recipients"][1]["shadow"]["tenant"].is_null(),
+        "{report}"
+    );
+}

@@ -244,9 +244,13 @@ pub async fn start_with(
     }
     let admin = match &config.admin {
         Some(settings) => {
+            let r = reloader.clone();
             let admin = Arc::new(Admin {
                 ctx: ctx.clone(),
-                reloader: reloader.clone(),
+                reload: Arc::new(move || {
+                    r.reload()
+                        .map(|outcome| serde_json::to_value(outcome).unwrap_or_default())
+                }),
                 metrics: metrics.clone(),
                 settings: settings.clone(),
             });

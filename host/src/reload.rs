@@ -26,20 +26,51 @@ use crate::decisions::DecisionLog;
 use crate::evaluation::Evaluation;
 use crate::metrics::Metrics;
 use crate::policy::cache::Provenance;
-use crate::policy::{PolicyEngine, PolicySource, TenantBudget};
+use crate::policy::{LoadedPolicy, PolicyEngine, PolicySource, TenantBudget};
 use crate::smtp::ServerContext;
 use crate::tls::TrustAnchors;
 use crate::validate::{ScenarioReport, check_scenarios};
 
-/// Builds and validates the evaluation a configuration describes.
+/// Loads the policy a configuration names, turning a refusal of its
+/// settings into an error that points at the setting's line.
+pub fn load_policy(
+    config: &Config,
+    engine: &PolicyEngine,
+    source: &PolicySource,
+) -> Result<LoadedPolicy, String> {
+    use crate::policy::PolicyError;
+    engine
+        .load(source, &config.policy.settings)
+        .map_err(|e| match &e {
+            PolicyError::Settings { message, .. } => {
+                let key = config
+                    .policy
+                    .settings
+                    .iter()
+                    .map(|(k, _)| k)
+                    .find(|k| message.contains(&format!("'{k}'")));
+                match key {
+                    Some(k) => format!(
+                        "{}:{}: policy.settings.{k}: {e}",
+                        config.source.display(),
+                        config.policy.setting_lines.get(k).copied().unwrap_or(0)
+                    ),
+                    None => format!("{}: [policy.settings]: {e}", config.source.display()),
+                }
+            }
+            _ => e.to_string(),
+        })
+}
+
+/// Builds and validates the evaluation a configuration describes: what
+/// the relay runs, and what `attrelay check` runs for one session.
 pub fn build(
     config: &Config,
     engine: &PolicyEngine,
     generation: u64,
 ) -> Result<(Evaluation, ScenarioReport), String> {
     let source = PolicySource::from_option(config.policy.component.as_deref());
-    let policy =
-        crate::commands::load_policy(config, engine, &source).map_err(|e| e.to_string())?;
+    let policy = load_policy(config, engine, &source)?;
     let report =
         check_scenarios(&policy).map_err(|e| format!("{}: refused: {e}", policy.origin()))?;
     let directory = Arc::new(config.directory());

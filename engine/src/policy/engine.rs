@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use attrelay_policy::model::SessionFacts;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use super::bindings::{AttributionPolicyPre, guest};
 use super::cache::{ComponentCache, Provenance};
-use super::session::{PolicySession, SessionState};
+use super::store::{SessionState, describe_error_with};
 use crate::directory::Directory;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
@@ -378,7 +377,7 @@ impl LoadedPolicy {
     /// A store for one instance deciding at `time` (see [`super::sandbox`]).
     pub(crate) fn new_store(&self, directory: Arc<Directory>, time: i64) -> Store<SessionState> {
         let limits = self.inner.engine.limits();
-        super::session::new_store(
+        super::store::new_store(
             self.inner.engine.engine(),
             directory,
             time,
@@ -394,30 +393,22 @@ impl LoadedPolicy {
         &self,
         store: &mut Store<SessionState>,
     ) -> Result<super::bindings::AttributionPolicy, StartError> {
-        let bindings = self.inner.pre.instantiate(&mut *store).map_err(|e| {
-            StartError::Failed(super::session::describe_error(
-                store,
-                &e.into(),
-                &self.inner.engine,
-            ))
-        })?;
+        let limits = self.inner.engine.limits();
+        let describe = |store: &Store<SessionState>, e: wasmtime::Error| {
+            describe_error_with(store, &e.into(), limits.call_timeout, limits.memory_limit)
+        };
+        let bindings = self
+            .inner
+            .pre
+            .instantiate(&mut *store)
+            .map_err(|e| StartError::Failed(describe(store, e)))?;
         match bindings
             .attrelay_policy_policy()
             .call_configure(&mut *store, &self.inner.settings)
         {
             Ok(Ok(())) => Ok(bindings),
             Ok(Err(message)) => Err(StartError::Settings(message.chars().take(1000).collect())),
-            Err(e) => Err(StartError::Failed(super::session::describe_error(
-                store,
-                &e.into(),
-                &self.inner.engine,
-            ))),
+            Err(e) => Err(StartError::Failed(describe(store, e))),
         }
-    }
-
-    /// Opens a policy session for one SMTP session. Never fails: a session
-    /// whose policy could not start answers every call with `451 4.3.5`.
-    pub fn open_session(&self, directory: Arc<Directory>, facts: &SessionFacts) -> PolicySession {
-        PolicySession::open(self.clone(), directory, facts)
     }
 }

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod engine;
 pub mod sandbox;
 pub mod session;
+pub mod store;
 pub mod tenant;
 pub mod verdict;
 

@@ -1,240 +1,17 @@
 //! One policy instance for one SMTP session: a fresh `Store` with its own
 //! budgets, and calls that can only end in a checked verdict or `451 4.3.5`.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use attrelay_policy::model::{self, Directory as _, SessionFacts, Verdict};
-use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use attrelay_policy::model::{SessionFacts, Verdict};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
 
-use super::bindings::{AttributionPolicy, attrelay::policy::directory, types as wit};
+use super::bindings::{AttributionPolicy, types as wit};
 use super::engine::{LoadedPolicy, PolicyEngine, StartError};
+use super::store::{SessionState, describe_error_with, facts_to_wit};
 use super::verdict::{check, policy_failure};
 use crate::directory::Directory;
-
-/// The per-session memory and table budget. Records when it refused growth
-/// so that the failure can be reported as a budget, not a mystery trap.
-pub struct Budget {
-    memory_limit: usize,
-    pub(crate) exceeded: bool,
-}
-
-/// Table elements one instance may have (function tables of a small policy
-/// hold hundreds; a million means something is wrong).
-const TABLE_ELEMENTS_LIMIT: usize = 100_000;
-
-impl Budget {
-    pub fn new(memory_limit: usize) -> Budget {
-        Budget {
-            memory_limit,
-            exceeded: false,
-        }
-    }
-}
-
-impl ResourceLimiter for Budget {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let ok = desired <= self.memory_limit;
-        self.exceeded |= !ok;
-        Ok(ok)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let ok = desired <= TABLE_ELEMENTS_LIMIT;
-        self.exceeded |= !ok;
-        Ok(ok)
-    }
-}
-
-/// A store for one instance of a base (`tenant` is `None`) or tenant policy,
-/// deciding at `time` (see [`super::sandbox`]), held to `memory_limit`.
-///
-/// Besides the instance's own memory, what the host copies out of the
-/// instance is bounded: wasmtime's hostcall fuel charges every string and
-/// list lifted from the guest — a verdict returned, an argument of an
-/// imported `directory` function — and traps past
-/// [`MAX_LIFTED_BYTES`](super::verdict::MAX_LIFTED_BYTES). Without it, a
-/// verdict of 100 000 explanation lines all pointing at one buffer costs the
-/// guest a few kilobytes and the host gigabytes, before any check runs.
-pub(crate) fn new_store(
-    engine: &wasmtime::Engine,
-    directory: Arc<Directory>,
-    time: i64,
-    memory_limit: usize,
-    tenant: Option<String>,
-) -> Store<SessionState> {
-    let state = SessionState {
-        wasi: super::sandbox::wasi_context(time),
-        table: ResourceTable::new(),
-        budget: Budget::new(memory_limit),
-        directory,
-        tenant,
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.budget);
-    store.epoch_deadline_trap();
-    store.set_hostcall_fuel(super::verdict::MAX_LIFTED_BYTES);
-    store
-}
-
-/// What a store holds: deny-all WASI, the budget, and the tenant directory the
-/// imported `directory` functions read.
-pub struct SessionState {
-    pub(crate) wasi: WasiCtx,
-    pub(crate) table: ResourceTable,
-    pub(crate) budget: Budget,
-    pub(crate) directory: Arc<Directory>,
-    /// For tenant policies: the only tenant whose data this store may read.
-    pub(crate) tenant: Option<String>,
-}
-
-impl WasiView for SessionState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl wit::Host for SessionState {}
-
-fn ip_to_wit(ip: IpAddr) -> wit::IpAddress {
-    match crate::directory::canonical_ip(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            wit::IpAddress::Ipv4((a, b, c, d))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            wit::IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
-        }
-    }
-}
-
-fn ip_from_wit(ip: wit::IpAddress) -> IpAddr {
-    match ip {
-        wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
-        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
-    }
-}
-
-impl From<model::Connector> for wit::Connector {
-    fn from(c: model::Connector) -> wit::Connector {
-        wit::Connector {
-            tenant: c.tenant,
-            name: c.name,
-            kind: match c.kind {
-                model::ConnectorKind::OnPremises => wit::ConnectorKind::OnPremises,
-                model::ConnectorKind::Partner => wit::ConnectorKind::Partner,
-            },
-            enabled: c.enabled,
-            sender_ip_addresses: c.sender_ip_addresses,
-            tls_sender_certificate_name: c.tls_sender_certificate_name,
-            sender_domains: c.sender_domains,
-            recipient_domains: c.recipient_domains,
-            restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
-            restrict_domains_to_certificate: c.restrict_domains_to_certificate,
-        }
-    }
-}
-
-impl directory::Host for SessionState {
-    fn connectors_by_ip(&mut self, ip: wit::IpAddress) -> Vec<wit::Connector> {
-        self.directory
-            .connectors_by_ip(ip_from_wit(ip))
-            .into_iter()
-            .map(wit::Connector::from)
-            .collect()
-    }
-    fn connectors_by_certificate_name(&mut self, name: String) -> Vec<wit::Connector> {
-        self.directory
-            .connectors_by_certificate_name(&name)
-            .into_iter()
-            .map(wit::Connector::from)
-            .collect()
-    }
-    fn connectors_of_tenant(&mut self, tenant: String) -> Vec<wit::Connector> {
-        self.directory
-            .connectors_of_tenant(&tenant)
-            .into_iter()
-            .map(wit::Connector::from)
-            .collect()
-    }
-    fn tenant_of_domain(&mut self, domain: String) -> Option<String> {
-        self.directory.tenant_of_domain(&domain)
-    }
-}
-
-impl super::bindings::tenant::attrelay::policy::tenant_directory::Host for SessionState {
-    fn tenant_id(&mut self) -> String {
-        self.tenant.clone().unwrap_or_default()
-    }
-    fn accepted_domains(&mut self) -> Vec<String> {
-        self.tenant
-            .as_deref()
-            .map(|t| self.directory.accepted_domains(t))
-            .unwrap_or_default()
-    }
-    fn connectors(&mut self) -> Vec<wit::Connector> {
-        let Some(t) = self.tenant.as_deref() else {
-            return Vec::new();
-        };
-        self.directory
-            .connectors_of_tenant(t)
-            .into_iter()
-            .map(wit::Connector::from)
-            .collect()
-    }
-}
-
-fn datetime(seconds: i64) -> wit::Datetime {
-    wit::Datetime {
-        seconds,
-        nanoseconds: 0,
-    }
-}
-
-/// The facts, as the component receives them.
-pub fn facts_to_wit(f: &SessionFacts) -> wit::SessionFacts {
-    wit::SessionFacts {
-        client_ip: ip_to_wit(f.client_ip),
-        helo: f.helo.clone(),
-        server_hostname: f.server_hostname.clone(),
-        time: datetime(f.time),
-        tls: f.tls.as_ref().map(|t| wit::TlsFacts {
-            protocol: t.protocol.clone(),
-            cipher: t.cipher.clone(),
-            client_certificate: t
-                .client_certificate
-                .as_ref()
-                .map(|c| wit::ClientCertificate {
-                    verified: c.verified,
-                    verification_error: c.verification_error.clone(),
-                    subject: c.subject.clone(),
-                    common_names: c.common_names.clone(),
-                    dns_names: c.dns_names.clone(),
-                    issuer: c.issuer.clone(),
-                    serial: c.serial.clone(),
-                    sha256_fingerprint: c.sha256_fingerprint.clone(),
-                    not_before: datetime(c.not_before),
-                    not_after: datetime(c.not_after),
-                }),
-        }),
-    }
-}
 
 /// Turns a wasmtime error into an operator-readable cause.
 pub(crate) fn describe_error(
@@ -246,32 +23,11 @@ pub(crate) fn describe_error(
     describe_error_with(store, e, limits.call_timeout, limits.memory_limit)
 }
 
-/// Turns a wasmtime error into a cause, given the budgets the store had.
-pub(crate) fn describe_error_with(
-    store: &Store<SessionState>,
-    e: &anyhow::Error,
-    call_timeout: std::time::Duration,
-    memory_limit: usize,
-) -> String {
-    if store.data().budget.exceeded {
-        return format!(
-            "policy exceeded its memory budget ({} MiB): {e:#}",
-            memory_limit / (1024 * 1024)
-        );
-    }
-    if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
-        return format!(
-            "policy made the host copy more than {} KiB out of it in one call (a verdict or a directory argument that large is never valid)",
-            super::verdict::MAX_LIFTED_BYTES / 1024
-        );
-    }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!(
-            "policy exceeded its time budget ({} ms per call) and was interrupted",
-            call_timeout.as_millis()
-        ),
-        Some(trap) => format!("policy trapped: {trap} ({e:#})"),
-        None => format!("policy failed: {e:#}"),
+impl LoadedPolicy {
+    /// Opens a policy session for one SMTP session. Never fails: a session
+    /// whose policy could not start answers every call with `451 4.3.5`.
+    pub fn open_session(&self, directory: Arc<Directory>, facts: &SessionFacts) -> PolicySession {
+        PolicySession::open(self.clone(), directory, facts)
     }
 }
 

@@ -12,7 +12,8 @@ use super::bindings::tenant::{TenantRules, TenantRulesPre};
 use super::bindings::{tenant_guest, types as wit};
 use super::cache::Provenance;
 use super::engine::{PolicyEngine, PolicyError, PolicySource};
-use super::session::{SessionState, describe_error_with, facts_to_wit, within_budget};
+use super::session::within_budget;
+use super::store::{SessionState, describe_error_with, facts_to_wit};
 use super::verdict::{check, policy_failure, vouches_for_sender};
 use crate::directory::Directory;
 
@@ -135,7 +136,7 @@ impl TenantPolicy {
 
     /// A store for one instance deciding at `time` (see [`super::sandbox`]).
     fn new_store(&self, directory: Arc<Directory>, time: i64) -> Store<SessionState> {
-        super::session::new_store(
+        super::store::new_store(
             self.inner.engine.engine(),
             directory,
             time,

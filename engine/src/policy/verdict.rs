@@ -20,7 +20,7 @@ pub const MAX_HEADER_VALUE: usize = 900;
 
 /// Bytes the host copies out of a policy instance in one call at most
 /// (wasmtime's hostcall fuel, set on every store by
-/// [`super::session::new_store`]): what is lifted is charged before it is
+/// [`super::store::new_store`]): what is lifted is charged before it is
 /// allocated, each string by its length and each list by its length times
 /// the host's element size. A verdict at every bound above is under 80 KiB
 /// (64 explanation lines of 1000 bytes, 8 fields of 964); a directory

@@ -1,5 +1,6 @@
-//! `attrelay check`: runs exactly what the relay runs for one session (the same
-//! configuration, directory, certificate verification and policy component)
+//! `attrelay check`: runs exactly what the relay runs for one session — the
+//! same configuration, directory, certificate verification and evaluation
+//! (base policy, tenant policies, recipient lists, the shadow beside them) —
 //! and reports, per recipient, the reply, the tenant and why.
 
 use std::io::Write;
@@ -11,9 +12,14 @@ use attrelay_policy::model::{Action, SessionFacts, TlsFacts, Verdict};
 use serde::Serialize;
 
 use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config, session_time};
-use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
+use crate::judges::Stage;
+use crate::policy::{EngineLimits, PolicyEngine};
 use crate::tls::client_cert::{TrustAnchors, inspect_chain, unix_time};
 use crate::tls::pem::read_certificates;
+
+/// Policy instances a check may hold: the base policy, the shadow and the
+/// tenant policies of one session at their most.
+const CHECK_INSTANCES: u32 = crate::judges::MAX_INSTANCES_PER_SESSION as u32 + 2;
 
 /// The TLS version and cipher `check` assumes for a session with `--cert` or
 /// `--tls` (the relay negotiates TLS 1.3 with every modern client).
@@ -96,6 +102,10 @@ pub struct RecipientReport {
     pub rcpt: String,
     #[serde(flatten)]
     pub reply: Reply,
+    /// The shadow candidate's reply, when one is configured and its
+    /// decision differs (it never decides).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Reply>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +114,9 @@ pub struct CheckReport {
     /// The sender as judged: canonical, empty for the null sender.
     pub sender: String,
     pub mail_from: Reply,
+    /// The shadow candidate's reply to MAIL FROM, when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail_from_shadow: Option<Reply>,
     pub recipients: Vec<RecipientReport>,
 }
 
@@ -172,18 +185,23 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         time,
         tls,
     };
-    let source = match &args.policy {
-        Some(p) => PolicySource::File(p.clone()),
-        None => PolicySource::from_option(config.policy.component.as_deref()),
-    };
+    // The relay's own evaluation, as a reload builds it: the base policy
+    // (or --policy) validated against the scenarios, the directory with its
+    // recipient lists, the tenant policies and the shadow. Only the decision
+    // log is left out: a check is no decision to record.
+    let mut config = config;
+    if let Some(p) = &args.policy {
+        config.policy.component = Some(p.clone());
+    }
+    config.policy.decision_log = None;
     let engine = PolicyEngine::new(EngineLimits {
-        max_instances: 4,
+        max_instances: CHECK_INSTANCES,
         ..EngineLimits::from(&config.policy)
     })
     .map_err(UsageError::new)?;
-    let policy = super::load_policy(&config, &engine, &source)?;
-    let directory = Arc::new(config.directory());
-    let mut session = policy.open_session(directory, &facts);
+    let (evaluation, _) = crate::reload::build(&config, &engine, 0).map_err(UsageError)?;
+    let origin = evaluation.policy.origin().to_string();
+    let mut judges = Arc::new(evaluation).session(facts, "check");
 
     let postmaster = &config.server.postmaster;
     let sender = canonical_address(&args.from, true, postmaster)?;
@@ -192,27 +210,30 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         .iter()
         .map(|to| canonical_address(to, false, postmaster))
         .collect::<Result<_, _>>()?;
-    let mail = session.mail_from(&sender);
+    let (mail, _, mail_shadow) = judges.decide(&Stage::Mail(sender.clone()), &sender);
     let mail_ok = mail.action == Action::Accept;
     let recipients = recipients
         .into_iter()
         .map(|rcpt| {
             // As on the wire: a refused MAIL FROM leaves no transaction for RCPT TO.
-            let v = if mail_ok {
-                session.rcpt_to(&rcpt)
+            let (v, shadow) = if mail_ok {
+                let (v, _, shadow) = judges.decide(&Stage::Rcpt(rcpt.clone()), &sender);
+                (v, shadow)
             } else {
-                mail.clone()
+                (mail.clone(), None)
             };
             RecipientReport {
                 rcpt,
                 reply: v.into(),
+                shadow: shadow.map(Reply::from),
             }
         })
         .collect();
     Ok(CheckReport {
-        policy: policy.origin().to_string(),
+        policy: origin,
         sender,
         mail_from: mail.into(),
+        mail_from_shadow: mail_shadow.map(Reply::from),
         recipients,
     })
 }
@@ -267,6 +288,9 @@ fn write_text(r: &CheckReport, sender: &str, out: &mut dyn Write) -> std::io::Re
         )?;
         for (name, value) in &x.reply.headers {
             writeln!(out, "  header: {name}: {value}")?;
+        }
+        if let Some(sh) = &x.shadow {
+            writeln!(out, "  shadow: {} {} {}", sh.code, sh.enhanced, sh.text)?;
         }
         writeln!(out, "  why:")?;
         for line in &x.reply.explanation {

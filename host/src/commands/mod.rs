@@ -42,40 +42,6 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, UsageError> {
     Ok(config)
 }
 
-/// Loads the policy a configuration names (or `--policy`), turning a refusal
-/// of its settings into an error that points at the setting's line.
-pub fn load_policy(
-    config: &Config,
-    engine: &crate::policy::PolicyEngine,
-    source: &crate::policy::PolicySource,
-) -> Result<crate::policy::LoadedPolicy, UsageError> {
-    use crate::policy::PolicyError;
-    engine
-        .load(source, &config.policy.settings)
-        .map_err(|e| match &e {
-            PolicyError::Settings { message, .. } => {
-                let key = config
-                    .policy
-                    .settings
-                    .iter()
-                    .map(|(k, _)| k)
-                    .find(|k| message.contains(&format!("'{k}'")));
-                match key {
-                    Some(k) => UsageError(format!(
-                        "{}:{}: policy.settings.{k}: {e}",
-                        config.source.display(),
-                        config.policy.setting_lines.get(k).copied().unwrap_or(0)
-                    )),
-                    None => UsageError(format!(
-                        "{}: [policy.settings]: {e}",
-                        config.source.display()
-                    )),
-                }
-            }
-            _ => UsageError::new(e),
-        })
-}
-
 /// `--at` as seconds since the epoch, or now.
 pub fn session_time(at: Option<&str>) -> Result<i64, UsageError> {
     match at {

@@ -1,10 +1,13 @@
 //! The SMTP server: listener, sessions, message data, trace header fields.
 
+pub mod context;
 pub mod data;
+pub mod limits;
 pub mod server;
 pub mod session;
 pub mod stream;
 pub mod trace;
 
-pub use server::{Evaluation, Server, ServerContext};
-pub use session::Limits;
+pub use context::{Evaluation, ServerContext};
+pub use limits::Limits;
+pub use server::Server;

@@ -5,34 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::session::{Limits, Session};
-use crate::delivery::QueueHandle;
-pub use crate::evaluation::Evaluation;
-use crate::metrics::Metrics;
-use crate::spool::Spool;
-
-/// Everything sessions share.
-pub struct ServerContext {
-    pub hostname: String,
-    /// Where `RCPT TO:<postmaster>` is delivered (canonical mailbox).
-    pub postmaster: String,
-    pub limits: Limits,
-    pub evaluation: ArcSwap<Evaluation>,
-    pub tls: TlsAcceptor,
-    pub metrics: Arc<Metrics>,
-    pub spool: Arc<Spool>,
-    pub queue: QueueHandle,
-    pub shutdown: CancellationToken,
-}
+use super::context::ServerContext;
+use super::session::Session;
 
 pub struct Server {
     ctx: Arc<ServerContext>,
