@@ -65,6 +65,36 @@ impl Client {
         c
     }
 
+    /// A session over an in-memory pipe, never the network: the relay's
+    /// own `Session` runs on one end with `ctx`, as if the client were at
+    /// `peer`, and this client on the other. Returns it with the greeting.
+    pub async fn in_memory(
+        ctx: Arc<attrelay::smtp::ServerContext>,
+        peer: SocketAddr,
+    ) -> (Client, Reply) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(attrelay::smtp::session::Session::new(ctx, theirs, peer).run());
+        let mut c = Client {
+            io: Some(BufReader::new(Box::new(ours) as Box<dyn Io>)),
+        };
+        let greeting = c.read().await;
+        (c, greeting)
+    }
+
+    /// Sends `line` and asserts that the reply starts with `expect` (a
+    /// code, or a code and its enhanced code: `"550 5.7.64"`). One line
+    /// per step of a dialogue.
+    pub async fn expect(&mut self, line: &str, expect: &str) -> Reply {
+        let r = self.cmd(line).await;
+        let last = r.lines.last().cloned().unwrap_or_default();
+        assert!(
+            last.starts_with(expect),
+            "{line:?}: expected {expect:?}, got {:?}",
+            r.lines
+        );
+        r
+    }
+
     pub async fn connect(server: SocketAddr) -> (Client, Reply) {
         Self::connect_from(server, "127.0.0.1".parse().unwrap()).await
     }

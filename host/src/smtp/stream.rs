@@ -1,23 +1,30 @@
-//! The connection under an SMTP session: plain TCP until STARTTLS, TLS after,
+//! The connection under an SMTP session: plain until STARTTLS, TLS after,
 //! with the read buffer that commands and message data are taken from.
+//!
+//! Generic over the transport ([`Io`]): a TCP socket for the relay, an
+//! in-memory pipe (`tokio::io::duplex`) for tests of the dialogue.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+/// What a session can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 /// Plain or TLS.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+pub enum Stream<S> {
+    Plain(S),
+    Tls(Box<TlsStream<S>>),
     /// Transiently, while the handshake owns the socket.
     Upgrading,
 }
 
-impl AsyncRead for Stream {
+impl<S: Io> AsyncRead for Stream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -31,7 +38,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl<S: Io> AsyncWrite for Stream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -75,18 +82,18 @@ pub enum Line {
 /// A stream with buffered reads and writes. Replies are collected and
 /// flushed only when no further pipelined command is already buffered
 /// (RFC 2920), so a pipelining client gets its replies in one segment.
-pub struct Connection {
-    pub stream: Stream,
+pub struct Connection<S> {
+    pub stream: Stream<S>,
     pub rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     /// Skipping the rest of an over-long line.
     discarding: bool,
 }
 
-impl Connection {
-    pub fn new(tcp: TcpStream) -> Connection {
+impl<S: Io> Connection<S> {
+    pub fn new(io: S) -> Connection<S> {
         Connection {
-            stream: Stream::Plain(tcp),
+            stream: Stream::Plain(io),
             rbuf: Vec::with_capacity(4096),
             wbuf: Vec::with_capacity(1024),
             discarding: false,

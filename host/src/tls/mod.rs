@@ -1,7 +1,9 @@
-//! TLS: the server and client configurations (rustls), and PEM material.
+//! TLS: the server and client configurations (rustls), PEM material, and a
+//! TLS session's facts ([`facts`]).
 //! Turning a client's certificate chain into facts is the engine's
 //! ([`attrelay_engine::certificate`], re-exported as [`client_cert`]).
 
+pub mod facts;
 pub mod server;
 
 pub use attrelay_engine::certificate as client_cert;

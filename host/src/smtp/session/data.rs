@@ -1,0 +1,251 @@
+//! DATA: the message read up to `CRLF.CRLF` within its bounds, composed
+//! with the relay's trace and trust fields once per attributed tenant, and
+//! stored durably (all copies or none) before `250`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use attrelay_policy::model::HeaderField;
+use tokio::time::{Instant, timeout_at};
+use tracing::{info, warn};
+
+use super::{Accepted, Flow, Session, Transaction, reply};
+use crate::smtp::context::ServerContext;
+use crate::smtp::data::{BareLineEndings, DataReader};
+use crate::smtp::stream::Io;
+use crate::smtp::trace;
+use crate::spool::{Envelope, Recipient, RecipientState, now};
+
+impl<S: Io> Session<S> {
+    pub(super) async fn data(&mut self) -> std::io::Result<Flow> {
+        match &self.tx {
+            None => return self.error(503, "5.5.1", "Send MAIL first").await,
+            Some(tx) if tx.recipients.is_empty() => {
+                return self.error(554, "5.5.1", "No valid recipients").await;
+            }
+            Some(_) => {}
+        }
+        self.conn
+            .queue("354 Start mail input; end with <CRLF>.<CRLF>\r\n");
+        self.conn.flush().await?;
+        let Some(reader) = self.read_data().await? else {
+            return Ok(Flow::Close);
+        };
+        let tx = self.tx.take().expect("checked above");
+        if reader.too_big {
+            let text = format!(
+                "Message size exceeds the limit of {} bytes",
+                self.ctx.limits.max_message_size
+            );
+            return self.error(552, "5.3.4", &text).await;
+        }
+        if reader.bare_line_ending && self.ctx.limits.bare_line_endings == BareLineEndings::Reject {
+            info!(client = %self.peer.ip(), "message refused: bare CR or LF in DATA");
+            return self
+                .error(
+                    550,
+                    "5.6.0",
+                    "Bare CR or LF in message data; lines must end with CRLF",
+                )
+                .await;
+        }
+        let message = reader.into_message();
+        let hops = trace::count_received(&message);
+        if hops > self.ctx.limits.max_hops {
+            info!(client = %self.peer.ip(), hops, "message refused: mail loop (too many Received fields)");
+            let text = format!("Too many hops ({hops} Received fields): mail loop?");
+            return self.error(554, "5.4.6", &text).await;
+        }
+        let prepared = Prepared {
+            copies: self.prepare(&tx),
+            body: trace::strip_trusted(&message),
+        };
+        drop(message);
+        let line = store(self.ctx.clone(), self.peer.ip(), prepared).await;
+        self.send(line).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Reads the message data up to `CRLF.CRLF`; `None` when the session
+    /// must end (client gone, data timeout or session deadline: 421).
+    pub(super) async fn read_data(&mut self) -> std::io::Result<Option<DataReader>> {
+        let mut reader = DataReader::new(
+            self.ctx.limits.max_message_size,
+            self.ctx.limits.bare_line_endings,
+        );
+        loop {
+            if let Some(n) = reader.feed(&self.conn.rbuf) {
+                self.conn.rbuf.drain(..n);
+                return Ok(Some(reader));
+            }
+            self.conn.rbuf.clear();
+            let wait = (Instant::now() + self.ctx.limits.data_timeout).min(self.deadline);
+            match timeout_at(wait, self.conn.fill()).await {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let text = "Timeout waiting for message data, closing connection";
+                    self.timed_out(wait, text).await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// One envelope per attributed tenant, each with its trace headers
+    /// (composed by [`trace::compose`], the one place facts become header
+    /// text), to go before the client's message without its copies of our
+    /// trust headers.
+    pub(super) fn prepare(&self, tx: &Transaction) -> Vec<(Envelope, String)> {
+        let mut groups: BTreeMap<Option<String>, Vec<&Accepted>> = BTreeMap::new();
+        for r in &tx.recipients {
+            groups.entry(r.tenant.clone()).or_default().push(r);
+        }
+        let date = rfc2822_now();
+        let with = if self.tls.is_some() {
+            "ESMTPS"
+        } else if self.esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
+        };
+        let mut out = Vec::new();
+        for (tenant, recipients) in groups {
+            let id = self.ctx.spool.new_id();
+            let mut policy_headers: Vec<HeaderField> = Vec::new();
+            for h in recipients.iter().flat_map(|r| &r.headers) {
+                if !policy_headers.contains(h) {
+                    policy_headers.push(h.clone());
+                }
+            }
+            let warnings: Vec<String> = recipients
+                .iter()
+                .filter_map(|r| r.warning.clone())
+                .collect();
+            let headers = trace::compose(&trace::TraceFacts {
+                helo: self.helo.as_deref().unwrap_or("unknown"),
+                client_ip: self.peer.ip(),
+                hostname: &self.ctx.hostname,
+                with,
+                queue_id: &id,
+                for_recipient: match recipients.as_slice() {
+                    [one] => Some(one.address.as_str()),
+                    _ => None,
+                },
+                tls: self.tls.as_ref(),
+                date: &date,
+                tenant: tenant.as_deref(),
+                warnings: &warnings,
+                policy_headers: &policy_headers,
+            });
+            let envelope = Envelope {
+                id,
+                sender: tx.sender.clone(),
+                recipients: recipients
+                    .iter()
+                    .map(|r| Recipient {
+                        address: r.address.clone(),
+                        state: RecipientState::Pending,
+                    })
+                    .collect(),
+                authenticated: recipients
+                    .iter()
+                    .all(|r| crate::policy::verdict::vouches_for_sender(r.reason.as_deref())),
+                tenant,
+                received_at: now(),
+                attempts: 0,
+                next_attempt: now(),
+                last_error: None,
+                is_dsn: false,
+                client: self.peer.ip().to_string(),
+                message_sha256: String::new(),
+                message_len: 0,
+            };
+            out.push((envelope, headers));
+        }
+        out
+    }
+}
+
+/// Spools the prepared messages durably and queues them; returns the
+/// reply line. It runs as a task of its own: if the session is cut off
+/// meanwhile, a message that reached the spool is still queued, never
+/// left committed but undelivered until a restart.
+async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, prepared: Prepared) -> String {
+    let size = prepared.body.len();
+    let task = tokio::spawn(async move {
+        let spool = ctx.spool.clone();
+        let stored = tokio::task::spawn_blocking(move || store_all(&spool, prepared)).await;
+        match stored {
+            Ok(Ok(envelopes)) => {
+                let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
+                for e in envelopes {
+                    info!(
+                        target: "attrelay::queue",
+                        queue_id = %e.id,
+                        client = %client,
+                        sender = ?e.sender,
+                        recipients = e.recipients.len(),
+                        tenant = e.tenant.as_deref().unwrap_or("-"),
+                        size,
+                        "queued"
+                    );
+                    ctx.queue.enqueue(e);
+                }
+                reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" ")))
+            }
+            Ok(Err(e)) if e.is_full() => {
+                warn!(client = %client, error = %e, "spool full: message refused with 452");
+                reply(452, "4.3.1", "Insufficient system storage")
+            }
+            Ok(Err(e)) => {
+                warn!(client = %client, error = %e, "spool write failed: message refused with 451");
+                reply(451, "4.3.0", "Local error in processing; try again later")
+            }
+            Err(e) => {
+                warn!(client = %client, error = %e, "spool task failed: message refused with 451");
+                reply(451, "4.3.0", "Local error in processing; try again later")
+            }
+        }
+    });
+    task.await
+        .unwrap_or_else(|_| reply(451, "4.3.0", "Local error in processing; try again later"))
+}
+
+/// A message ready for the spool: one envelope and trace-header block per
+/// attributed tenant, and the client's message (without its trust headers)
+/// they all share.
+struct Prepared {
+    copies: Vec<(Envelope, String)>,
+    body: Vec<u8>,
+}
+
+/// Stores every prepared message, or none: when one fails, those already
+/// stored are removed, so that the client's retry is no duplicate.
+fn store_all(
+    spool: &crate::spool::Spool,
+    prepared: Prepared,
+) -> Result<Vec<Envelope>, crate::spool::SpoolError> {
+    let mut done: Vec<Envelope> = Vec::new();
+    for (mut envelope, headers) in prepared.copies {
+        // One copy in memory at a time, however many tenants.
+        let mut bytes = headers.into_bytes();
+        bytes.extend_from_slice(&prepared.body);
+        if let Err(e) = spool.store(&mut envelope, &bytes) {
+            for d in &done {
+                let _ = spool.remove(&d.id);
+            }
+            return Err(e);
+        }
+        done.push(envelope);
+    }
+    Ok(done)
+}
+
+/// The current time in RFC 5322 form.
+fn rfc2822_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default()
+}
