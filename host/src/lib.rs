@@ -17,6 +17,7 @@ pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod delivery;
+pub mod intake;
 pub mod judges;
 pub mod metrics;
 pub mod policyd;

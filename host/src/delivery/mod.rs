@@ -502,7 +502,7 @@ fn make_dsn(
         &id,
         &date,
     ));
-    let mut envelope = Envelope {
+    let envelope = Envelope {
         id,
         sender: String::new(),
         recipients: vec![Recipient {
@@ -522,7 +522,19 @@ fn make_dsn(
         message_sha256: String::new(),
         message_len: 0,
     };
-    spool.store(&mut envelope, &bytes)?;
+    let mut queued = None;
+    crate::intake::accept(
+        spool,
+        crate::intake::Message {
+            copies: vec![crate::intake::Copy {
+                envelope,
+                head: String::new(),
+            }],
+            body: bytes,
+        },
+        |e| queued = Some(e),
+    )?;
+    let envelope = queued.expect("accept hands over every copy it stored");
     info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = ?original.sender, returned = ?returned, "DSN queued");
     Ok(envelope)
 }

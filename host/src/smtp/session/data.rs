@@ -10,6 +10,7 @@ use tokio::time::{Instant, timeout_at};
 use tracing::{info, warn};
 
 use super::{Accepted, Flow, Session, Transaction, reply};
+use crate::intake::{self, Copy, Message};
 use crate::smtp::context::ServerContext;
 use crate::smtp::data::{BareLineEndings, DataReader};
 use crate::smtp::stream::Io;
@@ -56,7 +57,7 @@ impl<S: Io> Session<S> {
             let text = format!("Too many hops ({hops} Received fields): mail loop?");
             return self.error(554, "5.4.6", &text).await;
         }
-        let prepared = Prepared {
+        let prepared = Message {
             copies: self.prepare(&tx),
             body: trace::strip_trusted(&message),
         };
@@ -97,7 +98,7 @@ impl<S: Io> Session<S> {
     /// (composed by [`trace::compose`], the one place facts become header
     /// text), to go before the client's message without its copies of our
     /// trust headers.
-    pub(super) fn prepare(&self, tx: &Transaction) -> Vec<(Envelope, String)> {
+    pub(super) fn prepare(&self, tx: &Transaction) -> Vec<Copy> {
         let mut groups: BTreeMap<Option<String>, Vec<&Accepted>> = BTreeMap::new();
         for r in &tx.recipients {
             groups.entry(r.tenant.clone()).or_default().push(r);
@@ -162,39 +163,28 @@ impl<S: Io> Session<S> {
                 message_sha256: String::new(),
                 message_len: 0,
             };
-            out.push((envelope, headers));
+            out.push(Copy {
+                envelope,
+                head: headers,
+            });
         }
         out
     }
 }
 
-/// Spools the prepared messages durably and queues them; returns the
-/// reply line. It runs as a task of its own: if the session is cut off
-/// meanwhile, a message that reached the spool is still queued, never
-/// left committed but undelivered until a restart.
-async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, prepared: Prepared) -> String {
-    let size = prepared.body.len();
+/// Accepts the message ([`crate::intake::accept`]: every copy stored, then
+/// queued); returns the reply line. It runs as a task of its own: if the
+/// session is cut off meanwhile, a message that reached the spool is still
+/// queued, never left committed but undelivered until a restart.
+async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, message: Message) -> String {
     let task = tokio::spawn(async move {
-        let spool = ctx.spool.clone();
-        let stored = tokio::task::spawn_blocking(move || store_all(&spool, prepared)).await;
-        match stored {
-            Ok(Ok(envelopes)) => {
-                let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
-                for e in envelopes {
-                    info!(
-                        target: "attrelay::queue",
-                        queue_id = %e.id,
-                        client = %client,
-                        sender = ?e.sender,
-                        recipients = e.recipients.len(),
-                        tenant = e.tenant.as_deref().unwrap_or("-"),
-                        size,
-                        "queued"
-                    );
-                    ctx.queue.enqueue(e);
-                }
-                reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" ")))
-            }
+        let queue = ctx.clone();
+        let accepted = tokio::task::spawn_blocking(move || {
+            intake::accept(&ctx.spool, message, |e| queue.queue.enqueue(e))
+        })
+        .await;
+        match accepted {
+            Ok(Ok(ids)) => reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" "))),
             Ok(Err(e)) if e.is_full() => {
                 warn!(client = %client, error = %e, "spool full: message refused with 452");
                 reply(452, "4.3.1", "Insufficient system storage")
@@ -211,36 +201,6 @@ async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, prepared: Prep
     });
     task.await
         .unwrap_or_else(|_| reply(451, "4.3.0", "Local error in processing; try again later"))
-}
-
-/// A message ready for the spool: one envelope and trace-header block per
-/// attributed tenant, and the client's message (without its trust headers)
-/// they all share.
-struct Prepared {
-    copies: Vec<(Envelope, String)>,
-    body: Vec<u8>,
-}
-
-/// Stores every prepared message, or none: when one fails, those already
-/// stored are removed, so that the client's retry is no duplicate.
-fn store_all(
-    spool: &crate::spool::Spool,
-    prepared: Prepared,
-) -> Result<Vec<Envelope>, crate::spool::SpoolError> {
-    let mut done: Vec<Envelope> = Vec::new();
-    for (mut envelope, headers) in prepared.copies {
-        // One copy in memory at a time, however many tenants.
-        let mut bytes = headers.into_bytes();
-        bytes.extend_from_slice(&prepared.body);
-        if let Err(e) = spool.store(&mut envelope, &bytes) {
-            for d in &done {
-                let _ = spool.remove(&d.id);
-            }
-            return Err(e);
-        }
-        done.push(envelope);
-    }
-    Ok(done)
 }
 
 /// The current time in RFC 5322 form.
