@@ -45,6 +45,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection's whole life: then it finishes the request in flight and
 /// closes, so keep-alive cannot hold a slot for ever.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// Where the endpoint listens without `[admin] listen`: loopback only.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9725);
+
 /// How much longer a request in flight at the deadline may take (a reload
 /// compiling a new component can take a while) before the connection is
 /// dropped, answer or not.

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::policy::{EngineLimits, PolicyEngine};
 use crate::policyd::PolicyServer;
 use crate::reload::Reloader;
-use crate::smtp::{Limits, Server, ServerContext};
+use crate::smtp::{Server, ServerContext};
 use crate::spool::Spool;
 use crate::tls::{pem::read_certificates, server as tls_server};
 
@@ -211,19 +211,7 @@ pub async fn start_with(
     let ctx = Arc::new(ServerContext {
         hostname: s.hostname.clone(),
         postmaster: s.postmaster.clone(),
-        limits: Limits {
-            max_message_size: s.max_message_size,
-            max_recipients: s.max_recipients,
-            idle_timeout: s.idle_timeout,
-            max_errors: s.max_errors,
-            soft_errors: s.soft_error_limit,
-            error_delay: s.error_delay,
-            max_hops: s.hopcount_limit,
-            bare_line_endings: s.bare_line_endings,
-            max_session: s.max_session,
-            pregreet_delay: s.pregreet_delay,
-            ..Limits::default()
-        },
+        limits: s.limits.clone(),
         evaluation: ArcSwap::from_pointee(evaluation),
         tls,
         metrics: metrics.clone(),

@@ -39,6 +39,20 @@ pub enum Target {
 /// message over a slow link, short enough that stalled next hops give their
 /// delivery slots back.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The first retry's delay (`[delivery] retry_initial_secs`); it doubles
+/// up to [`DEFAULT_RETRY_MAX`].
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(60);
+/// The longest delay between retries (`retry_max_secs`).
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
+/// How long a message may wait before it bounces (`max_queue_age_secs`):
+/// five days, as Postfix's `maximal_queue_lifetime`.
+pub const DEFAULT_MAX_QUEUE_AGE: Duration = Duration::from_secs(5 * 86_400);
+/// Deliveries at once (`concurrency`).
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// The deadline on each step of a delivery (`timeout_secs`).
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The port MX hosts are reached on (`mx_port`).
+pub const DEFAULT_MX_PORT: u16 = 25;
 /// MX addresses tried per domain and attempt (Postfix: 5).
 pub const DEFAULT_MX_ADDRESS_LIMIT: usize = 5;
 /// MX hosts per domain and attempt that may stall (Postfix: 2).

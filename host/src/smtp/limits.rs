@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use super::data::BareLineEndings;
 
-/// Session limits (`[server]`).
-#[derive(Debug, Clone)]
+/// Session limits (`[server]`), and their defaults: the only place they
+/// are defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Longest command line accepted, CRLF included.
     pub max_line: usize,

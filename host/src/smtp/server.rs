@@ -22,6 +22,18 @@ pub struct Server {
     ipv6_prefix_length: u8,
 }
 
+/// Where the server listens without `[server] listen`: loopback, the
+/// submission-like port the demo and the README use.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 2525);
+/// Sessions at once (`[server] max_sessions`); more get `421 4.3.2`.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+/// Sessions at once from one client (`[server] max_sessions_per_ip`).
+pub const DEFAULT_MAX_SESSIONS_PER_IP: usize = 50;
+/// How long sessions in flight may finish at shutdown
+/// (`[server] shutdown_grace_secs`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The IPv6 prefix length clients are counted by for the per-IP session
 /// limit (`[server] ipv6_prefix_length`). A /64 is what one subscriber, host
 /// or virtual machine usually gets, and any address in it is theirs to use:

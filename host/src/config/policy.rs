@@ -1,0 +1,163 @@
+//! `[policy]`: the base policy, its settings and budgets, the shadow and
+//! the decision log. The budgets' defaults are the engine's
+//! ([`crate::policy::EngineLimits::default`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::ConfigError;
+use super::source::Source;
+use crate::policy::EngineLimits;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    component: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    settings: BTreeMap<String, Spanned<toml::Value>>,
+    timeout_ms: Option<Spanned<u64>>,
+    memory_limit_mib: Option<Spanned<u64>>,
+    max_instances: Option<Spanned<u32>>,
+    cache: Option<Spanned<PathBuf>>,
+    shadow: Option<Spanned<PathBuf>>,
+    decision_log: Option<Spanned<PathBuf>>,
+    decision_log_max_mib: Option<Spanned<u64>>,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// `None`: the embedded default policy.
+    pub component: Option<PathBuf>,
+    /// Settings handed to the policy's `configure`, as strings.
+    pub settings: Vec<(String, String)>,
+    /// The time budget of one policy call.
+    pub timeout: Duration,
+    /// The memory budget of one policy instance.
+    pub memory_limit: usize,
+    /// The least number of policy instances the relay's pool holds; `serve`
+    /// raises it to what all sessions can hold at once
+    /// ([`crate::relay::policy_pool_size`]), so it cannot undersize the pool.
+    pub max_instances: u32,
+    /// Line of each setting key, to point at it when the policy refuses it.
+    pub setting_lines: HashMap<String, usize>,
+    /// Where compiled components are cached.
+    pub cache: Option<PathBuf>,
+    /// A candidate evaluated beside the active policy, never deciding.
+    pub shadow: Option<PathBuf>,
+    /// Append every decision's inputs and verdict here (JSON Lines).
+    pub decision_log: Option<PathBuf>,
+    /// Rotate the decision log at this size (0: never; see
+    /// [`crate::decisions::DecisionLog`]).
+    pub decision_log_max_bytes: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        let limits = EngineLimits::default();
+        PolicyConfig {
+            component: None,
+            settings: Vec::new(),
+            timeout: limits.call_timeout,
+            memory_limit: limits.memory_limit,
+            max_instances: limits.max_instances,
+            setting_lines: HashMap::new(),
+            cache: None,
+            shadow: None,
+            decision_log: None,
+            decision_log_max_bytes: crate::decisions::DEFAULT_MAX_MIB * 1024 * 1024,
+        }
+    }
+}
+
+/// The engine's budgets as `[policy]` sets them.
+impl From<&PolicyConfig> for EngineLimits {
+    fn from(p: &PolicyConfig) -> Self {
+        EngineLimits {
+            call_timeout: p.timeout,
+            memory_limit: p.memory_limit,
+            max_instances: p.max_instances,
+        }
+    }
+}
+
+pub(super) fn setting_text(
+    src: &Source<'_>,
+    key: &str,
+    value: &Spanned<toml::Value>,
+    table: &str,
+) -> Result<String, ConfigError> {
+    Ok(match value.get_ref() {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        _ => {
+            return Err(src.error(
+                value.span(),
+                format!("{table}.{key}"),
+                "a setting is a string, number, boolean or date-time, not an array or table",
+            ));
+        }
+    })
+}
+
+/// Validates `[policy]`.
+pub(super) fn parse(
+    src: &Source<'_>,
+    p: RawPolicy,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<PolicyConfig, ConfigError> {
+    let mut policy = PolicyConfig {
+        component: p.component.map(|c| resolve(c.get_ref())),
+        ..PolicyConfig::default()
+    };
+    for (key, value) in &p.settings {
+        let text = setting_text(src, key, value, "policy.settings")?;
+        policy
+            .setting_lines
+            .insert(key.clone(), src.line(&value.span()));
+        policy.settings.push((key.clone(), text));
+    }
+    policy.cache = p.cache.map(|c| resolve(c.get_ref()));
+    policy.shadow = p.shadow.map(|c| resolve(c.get_ref()));
+    policy.decision_log = p.decision_log.map(|c| resolve(c.get_ref()));
+    policy.decision_log_max_bytes = src.range(
+        &p.decision_log_max_mib,
+        "policy.decision_log_max_mib",
+        0,
+        1 << 20,
+        crate::decisions::DEFAULT_MAX_MIB,
+    )? * 1024
+        * 1024;
+    let defaults = EngineLimits::default();
+    policy.timeout = Duration::from_millis(src.range(
+        &p.timeout_ms,
+        "policy.timeout_ms",
+        1,
+        60_000,
+        defaults.call_timeout.as_millis() as u64,
+    )?);
+    policy.memory_limit = (src.range(
+        &p.memory_limit_mib,
+        "policy.memory_limit_mib",
+        1,
+        4096,
+        (defaults.memory_limit / (1024 * 1024)) as u64,
+    )? * 1024
+        * 1024) as usize;
+    policy.max_instances = src.range(
+        &p.max_instances
+            .map(|n| Spanned::new(n.span(), u64::from(*n.get_ref()))),
+        "policy.max_instances",
+        1,
+        100_000,
+        u64::from(defaults.max_instances),
+    )? as u32;
+    Ok(policy)
+}
