@@ -290,25 +290,13 @@ impl PolicyEngine {
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| PolicyError::Link {
-                origin: origin.to_string(),
-                detail: e.into(),
-            })?;
-        let pre = AttributionPolicyPre::new(pre).map_err(|e| PolicyError::Link {
-            origin: origin.to_string(),
-            detail: e.into(),
-        })?;
+            .and_then(AttributionPolicyPre::new)
+            .map_err(link_error(origin))?;
         let policy = LoadedPolicy {
             inner: Arc::new(LoadedInner {
                 engine: self.clone(),
                 pre,
-                settings: settings
-                    .iter()
-                    .map(|(k, v)| guest::Setting {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                settings: wit_settings(settings),
                 origin: origin.to_string(),
                 sha256,
                 provenance,
@@ -330,6 +318,26 @@ impl PolicyEngine {
             }),
         }
     }
+}
+
+/// The error of a component that does not implement the world it is
+/// loaded for.
+pub(crate) fn link_error(origin: &str) -> impl Fn(wasmtime::Error) -> PolicyError + '_ {
+    move |e| PolicyError::Link {
+        origin: origin.to_string(),
+        detail: e.into(),
+    }
+}
+
+/// The operator's settings as `configure` receives them.
+pub(crate) fn wit_settings(settings: &[(String, String)]) -> Vec<guest::Setting> {
+    settings
+        .iter()
+        .map(|(k, v)| guest::Setting {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
 }
 
 struct LoadedInner {

@@ -11,7 +11,7 @@ use wasmtime::component::ResourceAny;
 use super::bindings::tenant::{TenantRules, TenantRulesPre};
 use super::bindings::{tenant_guest, types as wit};
 use super::cache::Provenance;
-use super::engine::{PolicyEngine, PolicyError, PolicySource};
+use super::engine::{PolicyEngine, PolicyError, PolicySource, link_error, wit_settings};
 use super::session::within_budget;
 use super::store::{SessionState, describe_error_with, facts_to_wit};
 use super::verdict::{check, policy_failure, vouches_for_sender};
@@ -80,25 +80,13 @@ impl PolicyEngine {
         let pre = self
             .tenant_linker()
             .instantiate_pre(&component)
-            .map_err(|e| PolicyError::Link {
-                origin: origin.clone(),
-                detail: e.into(),
-            })?;
-        let pre = TenantRulesPre::new(pre).map_err(|e| PolicyError::Link {
-            origin: origin.clone(),
-            detail: e.into(),
-        })?;
+            .and_then(TenantRulesPre::new)
+            .map_err(link_error(&origin))?;
         let policy = TenantPolicy {
             inner: Arc::new(Inner {
                 engine: self.clone(),
                 pre,
-                settings: settings
-                    .iter()
-                    .map(|(k, v)| tenant_guest::Setting {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                settings: wit_settings(settings),
                 tenant: tenant.to_string(),
                 budget,
                 origin: origin.clone(),
