@@ -501,9 +501,7 @@ fn make_dsn(
     returned: dsn::Returned,
 ) -> Result<Envelope, crate::spool::SpoolError> {
     let id = spool.new_id();
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
+    let date = crate::intake::rfc2822_now();
     // No X-Attributed-Tenant: a DSN goes to a reverse-path anyone can
     // forge, possibly another tenant's address, and must not carry one
     // tenant's attribution to another.

@@ -6,8 +6,9 @@ pub mod limits;
 pub mod server;
 pub mod session;
 pub mod stream;
-pub mod trace;
 
+/// The trace fields, composed where messages are: [`crate::intake::trace`].
+pub use crate::intake::trace;
 pub use context::{Evaluation, ServerContext};
 pub use limits::Limits;
 pub use server::Server;

@@ -2,20 +2,16 @@
 //! with the relay's trace and trust fields once per attributed tenant, and
 //! stored durably (all copies or none) before `250`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use attrelay_policy::model::HeaderField;
 use tokio::time::{Instant, timeout_at};
 use tracing::{info, warn};
 
-use super::{Accepted, Flow, Session, Transaction, reply};
-use crate::intake::{self, Copy, Message};
+use super::{Flow, Session, reply};
+use crate::intake::{self, Message, Origin, trace};
 use crate::smtp::context::ServerContext;
 use crate::smtp::data::{BareLineEndings, DataReader};
 use crate::smtp::stream::Io;
-use crate::smtp::trace;
-use crate::spool::{Envelope, Recipient, RecipientState, now};
 
 impl<S: Io> Session<S> {
     pub(super) async fn data(&mut self) -> std::io::Result<Flow> {
@@ -57,10 +53,27 @@ impl<S: Io> Session<S> {
             let text = format!("Too many hops ({hops} Received fields): mail loop?");
             return self.error(554, "5.4.6", &text).await;
         }
-        let prepared = Message {
-            copies: self.prepare(&tx),
-            body: trace::strip_trusted(&message),
+        let with = if self.tls.is_some() {
+            "ESMTPS"
+        } else if self.esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
         };
+        let origin = Origin {
+            helo: self.helo.as_deref().unwrap_or("unknown"),
+            client_ip: self.peer.ip(),
+            hostname: &self.ctx.hostname,
+            with,
+            tls: self.tls.as_ref(),
+        };
+        let prepared = Message::from_client(
+            &self.ctx.spool,
+            &origin,
+            &tx.sender,
+            &tx.recipients,
+            &message,
+        );
         drop(message);
         let line = store(self.ctx.clone(), self.peer.ip(), prepared).await;
         self.send(line).await?;
@@ -93,83 +106,6 @@ impl<S: Io> Session<S> {
             }
         }
     }
-
-    /// One envelope per attributed tenant, each with its trace headers
-    /// (composed by [`trace::compose`], the one place facts become header
-    /// text), to go before the client's message without its copies of our
-    /// trust headers.
-    pub(super) fn prepare(&self, tx: &Transaction) -> Vec<Copy> {
-        let mut groups: BTreeMap<Option<String>, Vec<&Accepted>> = BTreeMap::new();
-        for r in &tx.recipients {
-            groups.entry(r.tenant.clone()).or_default().push(r);
-        }
-        let date = rfc2822_now();
-        let with = if self.tls.is_some() {
-            "ESMTPS"
-        } else if self.esmtp {
-            "ESMTP"
-        } else {
-            "SMTP"
-        };
-        let mut out = Vec::new();
-        for (tenant, recipients) in groups {
-            let id = self.ctx.spool.new_id();
-            let mut policy_headers: Vec<HeaderField> = Vec::new();
-            for h in recipients.iter().flat_map(|r| &r.headers) {
-                if !policy_headers.contains(h) {
-                    policy_headers.push(h.clone());
-                }
-            }
-            let warnings: Vec<String> = recipients
-                .iter()
-                .filter_map(|r| r.warning.clone())
-                .collect();
-            let headers = trace::compose(&trace::TraceFacts {
-                helo: self.helo.as_deref().unwrap_or("unknown"),
-                client_ip: self.peer.ip(),
-                hostname: &self.ctx.hostname,
-                with,
-                queue_id: &id,
-                for_recipient: match recipients.as_slice() {
-                    [one] => Some(one.address.as_str()),
-                    _ => None,
-                },
-                tls: self.tls.as_ref(),
-                date: &date,
-                tenant: tenant.as_deref(),
-                warnings: &warnings,
-                policy_headers: &policy_headers,
-            });
-            let envelope = Envelope {
-                id,
-                sender: tx.sender.clone(),
-                recipients: recipients
-                    .iter()
-                    .map(|r| Recipient {
-                        address: r.address.clone(),
-                        state: RecipientState::Pending,
-                    })
-                    .collect(),
-                authenticated: recipients
-                    .iter()
-                    .all(|r| crate::policy::verdict::vouches_for_sender(r.reason.as_deref())),
-                tenant,
-                received_at: now(),
-                attempts: 0,
-                next_attempt: now(),
-                last_error: None,
-                is_dsn: false,
-                client: self.peer.ip().to_string(),
-                message_sha256: String::new(),
-                message_len: 0,
-            };
-            out.push(Copy {
-                envelope,
-                head: headers,
-            });
-        }
-        out
-    }
 }
 
 /// Accepts the message ([`crate::intake::accept`]: every copy stored, then
@@ -201,11 +137,4 @@ async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, message: Messa
     });
     task.await
         .unwrap_or_else(|_| reply(451, "4.3.0", "Local error in processing; try again later"))
-}
-
-/// The current time in RFC 5322 form.
-fn rfc2822_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default()
 }

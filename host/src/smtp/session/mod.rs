@@ -9,14 +9,14 @@
 //!
 //! MAIL and RCPT arguments are parsed by [`crate::address`], whose canonical
 //! mailbox is what the policy judges and what is spooled and written onward;
-//! trace headers are composed by [`super::trace`], the one place facts
+//! trace headers are composed by [`crate::intake::trace`], the one place facts
 //! become header text.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attrelay_policy::model::{HeaderField, SessionFacts, TlsFacts, Verdict};
+use attrelay_policy::model::{SessionFacts, TlsFacts, Verdict};
 use rustls_pki_types::CertificateDer;
 use smtp_proto::{Error as ParseError, Request};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -26,6 +26,7 @@ use super::context::{Evaluation, ServerContext};
 use super::stream::{Connection, Io, Line};
 use crate::address::{self, ArgumentError, MailArgs, RcptArgs};
 use crate::directory::canonical_ip;
+use crate::intake::Accepted;
 use crate::judges::{Judges, Stage, ask};
 use crate::spool::now;
 
@@ -37,20 +38,6 @@ mod starttls;
 
 /// Tenants one message may be attributed to: it is spooled once per tenant.
 pub const MAX_TENANTS_PER_MESSAGE: usize = 8;
-
-struct Accepted {
-    /// The canonical mailbox (see [`crate::address`]): judged, spooled and
-    /// written onward in exactly this form.
-    address: String,
-    tenant: Option<String>,
-    /// The verdict's reason, which says whether a connector vouched for the
-    /// sender (for the DSN policy).
-    reason: Option<String>,
-    /// The grace-period warning the relay writes for this recipient
-    /// ([`attrelay_policy::replies::grace_warning`]).
-    warning: Option<String>,
-    headers: Vec<HeaderField>,
-}
 
 struct Transaction {
     sender: String,

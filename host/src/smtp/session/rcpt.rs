@@ -3,8 +3,9 @@
 
 use attrelay_policy::model::Action;
 
-use super::{Accepted, Flow, MAX_TENANTS_PER_MESSAGE, Session, reply};
+use super::{Flow, MAX_TENANTS_PER_MESSAGE, Session, reply};
 use crate::address::{ForwardPath, RcptArgs};
+use crate::intake::Accepted;
 use crate::judges::Stage;
 use crate::smtp::stream::Io;
 
