@@ -37,6 +37,9 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Load an SMTP server: sessions at once, messages per session, STARTTLS
+    /// with a client certificate; messages per second and latency per stage.
+    Bench(commands::bench::BenchArgs),
     /// Queue tools (flushing is `POST /queue/flush` on the admin endpoint).
     Queue {
         #[command(subcommand)]
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check(args) => commands::check::check(&args, &mut stdout),
+        Command::Bench(args) => bench(&args, &mut stdout),
         Command::Cert {
             command: CertCommand::Inspect(args),
         } => commands::inspect::inspect(&args, &mut stdout),
@@ -125,6 +129,19 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// Runs `attrelay bench` on a runtime of its own.
+fn bench(
+    args: &commands::bench::BenchArgs,
+    out: &mut dyn Write,
+) -> Result<u8, commands::UsageError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("attrelay-bench")
+        .build()
+        .map_err(commands::UsageError::new)?;
+    runtime.block_on(commands::bench::bench(args, out))
 }
 
 /// Runs the relay until SIGTERM or SIGINT.

@@ -2,6 +2,7 @@
 //! and writes its report, returning the process exit status. `main.rs` only
 //! parses arguments and maps errors to exit status 2.
 
+pub mod bench;
 pub mod check;
 pub mod inspect;
 pub mod policy;
