@@ -396,6 +396,7 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
             ("litware", &format!("policy = {}\npolicy_settings = {{ behavior = \"warn\" }}", q(&rogue))),
             ("woodgrove-eu", &format!("policy = {}\npolicy_settings = {{ behavior = \"attribute\" }}", q(&rogue))),
             ("woodgrove-mail", &format!("policy = {}\npolicy_settings = {{ behavior = \"aliased-lines\" }}", q(&rogue))),
+            ("tailspintoys", &format!("policy = {}\npolicy_settings = {{ behavior = \"grace\" }}", q(&rogue))),
         ],
     )
     .await;
@@ -451,8 +452,14 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
     let r = c.cmd("RCPT TO:<kate@mail.woodgrove.com>").await;
     assert!(r.is(451, "4.3.5"), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Nor put words in the relay's warning field: an attr36 accept where
+    // the base policy found no ATTR36.
+    let mut c = live.session(UNKNOWN_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@internet.example>").await.code, 250);
+    let r = c.cmd("RCPT TO:<kate@tailspintoys.com>").await;
+    assert!(r.is(451, "4.3.5"), "{r:?}");
     let st = status(live.admin()).await;
-    assert_eq!(st["tenant_policies"].as_array().unwrap().len(), 8);
+    assert_eq!(st["tenant_policies"].as_array().unwrap().len(), 9);
     live.handle.stop().await;
 }
 

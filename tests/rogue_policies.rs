@@ -132,6 +132,23 @@ fn trap_fails_closed() {
 }
 
 #[test]
+fn a_policy_cannot_sleep_in_the_host() {
+    // std::thread::sleep is a WASI clock subscription and a blocking poll,
+    // outside the epoch deadline's reach: it must trap, at once, at every
+    // stage, rather than hold the host thread for an hour.
+    for stage in ["session", "mail-from", "rcpt-to"] {
+        let v = run("sleep", stage);
+        let idx = if stage == "rcpt-to" { 1 } else { 0 };
+        assert_policy_failure(&v[idx].0, &format!("sleep at {stage}"), "may not wait");
+        assert!(
+            v[idx].1 < TIMEOUT + SLACK,
+            "sleep at {stage}: {:?}",
+            v[idx].1
+        );
+    }
+}
+
+#[test]
 fn memory_bomb_hits_the_memory_budget() {
     for stage in ["session", "rcpt-to"] {
         let v = run("oom", stage);

@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -31,10 +31,13 @@ pub struct DecisionRecord {
     pub policy: String,
 }
 
-/// Records waiting for the writer at most. At about a kilobyte each, 4 MiB
-/// of memory; a disk that stalls longer than it takes to fill costs records,
-/// never a policy call's time.
+/// Records waiting for the writer at most.
 pub const QUEUE_RECORDS: usize = 4096;
+
+/// Bytes of records waiting for the writer at most. A record is about a
+/// kilobyte, but one with a client certificate of 256 names or a policy's
+/// 64 explanation lines of 1000 bytes is far more: the bound is in bytes.
+pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Bytes the writer puts in one `write` at most: records that queued up
 /// while it was writing go out together, each line whole.
@@ -47,20 +50,22 @@ pub const DEFAULT_MAX_MIB: u64 = 256;
 
 /// An append-only JSON Lines file, written by a thread of its own.
 ///
-/// A policy call only hands its record over ([`DecisionLog::append`] never
-/// blocks and takes no lock the writer holds): a slow or stalled disk, or a
-/// log on a FIFO nobody reads, must not hold up the decisions it records.
-/// When the queue is full the record is dropped and counted, with a
-/// throttled warning. Serialising and writing happen on the writer thread.
+/// A policy call only serialises its record and hands the line over
+/// ([`DecisionLog::append`] never blocks and takes no lock the writer
+/// holds): a slow or stalled disk, or a log on a FIFO nobody reads, must
+/// not hold up the decisions it records. When [`QUEUE_RECORDS`] lines or
+/// [`QUEUE_BYTES`] bytes are waiting, the record is dropped and counted,
+/// with a throttled warning.
 ///
 /// The writer holds the file it opened. A reload (file change, SIGHUP,
 /// `POST /reload`) opens the log again in a new `DecisionLog`, which is how
 /// external rotation (`logrotate` with `postrotate` sending SIGHUP) works;
 /// the old writer finishes what was queued for it, in the renamed file, and
-/// ends when the last session using it does. Besides, the writer rotates by
-/// size itself (`max_bytes`, 0 for never).
+/// ends when the last session using it does. Besides, the writer rotates a
+/// regular file by size itself (`max_bytes`, 0 for never).
 pub struct DecisionLog {
-    queue: SyncSender<DecisionRecord>,
+    queue: SyncSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     dropped: AtomicU64,
     warning: Mutex<Throttled>,
     writer: std::thread::JoinHandle<()>,
@@ -74,19 +79,23 @@ impl DecisionLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = open_append(path)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let (queue, records) = sync_channel(QUEUE_RECORDS);
+        let meta = file.metadata()?;
+        let (queue, lines) = sync_channel(QUEUE_RECORDS);
+        let queued = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             path: path.to_path_buf(),
             file,
-            size,
+            size: meta.len(),
+            regular: meta.is_file(),
             max_bytes,
+            queued: queued.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("attrelay-decisions".into())
-            .spawn(move || writer.run(records))?;
+            .spawn(move || writer.run(lines))?;
         Ok(DecisionLog {
             queue,
+            queued,
             dropped: AtomicU64::new(0),
             warning: Mutex::new(Throttled::default()),
             writer,
@@ -94,11 +103,18 @@ impl DecisionLog {
     }
 
     /// Hands one record to the writer; drops it (counted, with a throttled
-    /// warning) when the writer is [`QUEUE_RECORDS`] behind.
+    /// warning) when the writer is too far behind.
     pub fn append(&self, record: DecisionRecord) {
-        if self.queue.try_send(record).is_ok() {
+        let Ok(mut line) = serde_json::to_vec(&record) else {
+            return;
+        };
+        line.push(b'\n');
+        let len = line.len();
+        let waiting = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if waiting <= QUEUE_BYTES && self.queue.try_send(line).is_ok() {
             return;
         }
+        self.queued.fetch_sub(len, Ordering::Relaxed);
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut w) = self.warning.try_lock() {
             w.warn(
@@ -132,36 +148,58 @@ struct Writer {
     path: PathBuf,
     file: File,
     size: u64,
+    /// Only a regular file is rotated or repaired: a FIFO, `/dev/stdout`
+    /// or a socket is written as it is.
+    regular: bool,
     max_bytes: u64,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
-    /// Writes records as they come, in batches of whole lines, until every
-    /// sender is gone.
-    fn run(mut self, records: Receiver<DecisionRecord>) {
+    /// Writes lines as they come, in batches, until every sender is gone.
+    fn run(mut self, lines: Receiver<Vec<u8>>) {
         let mut failed = Throttled::default();
-        while let Ok(first) = records.recv() {
-            let mut batch = Vec::new();
-            push_line(&mut batch, &first);
+        while let Ok(first) = lines.recv() {
+            let mut batch = first;
             while batch.len() < BATCH_BYTES {
-                match records.try_recv() {
-                    Ok(r) => push_line(&mut batch, &r),
+                match lines.try_recv() {
+                    Ok(l) => batch.extend_from_slice(&l),
                     Err(_) => break,
                 }
             }
             if let Err(e) = self.write(&batch) {
                 failed.warn("cannot append to the decision log", &e);
             }
+            self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         }
     }
 
     fn write(&mut self, batch: &[u8]) -> std::io::Result<()> {
-        if self.max_bytes > 0 && self.size > 0 && self.size + batch.len() as u64 > self.max_bytes {
-            self.rotate()?;
+        if self.regular
+            && self.max_bytes > 0
+            && self.size > 0
+            && self.size + batch.len() as u64 > self.max_bytes
+            && let Err(e) = self.rotate()
+        {
+            // Keep appending to the file as it is: losing records is worse
+            // than a log past its bound.
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the decision log");
         }
-        self.file.write_all(batch)?;
-        self.size += batch.len() as u64;
-        Ok(())
+        match self.file.write_all(batch) {
+            Ok(()) => {
+                self.size += batch.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // A write cut short (a full disk) would leave half a line,
+                // and the next batch would run into it: cut the file back
+                // to its last whole line.
+                if self.regular {
+                    let _ = self.file.set_len(self.size);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// `<path>` becomes `<path>.1` (replacing it) and a new `<path>` is
@@ -174,13 +212,6 @@ impl Writer {
         self.size = 0;
         tracing::info!(path = %self.path.display(), "decision log rotated");
         Ok(())
-    }
-}
-
-fn push_line(batch: &mut Vec<u8>, record: &DecisionRecord) {
-    if let Ok(line) = serde_json::to_vec(record) {
-        batch.extend_from_slice(&line);
-        batch.push(b'\n');
     }
 }
 

@@ -171,6 +171,7 @@ impl PolicyEngine {
         // A wasip2 guest imports WASI even when it uses none of it; every
         // store gets an empty, deny-all WasiCtx (no files, network or env).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| super::sandbox::forbid_waiting(&mut linker))
             .map_err(|e| anyhow::Error::from(e).context("linking WASI"))?;
         super::bindings::AttributionPolicy::add_to_linker::<
             _,
@@ -179,6 +180,7 @@ impl PolicyEngine {
         .map_err(|e| anyhow::Error::from(e).context("linking the directory interface"))?;
         let mut tenant_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut tenant_linker)
+            .and_then(|()| super::sandbox::forbid_waiting(&mut tenant_linker))
             .map_err(|e| anyhow::Error::from(e).context("linking WASI"))?;
         super::bindings::tenant::TenantRules::add_to_linker::<
             _,
@@ -415,7 +417,7 @@ impl LoadedPolicy {
             .call_configure(&mut *store, &self.inner.settings)
         {
             Ok(Ok(())) => Ok(bindings),
-            Ok(Err(message)) => Err(StartError::Settings(message.chars().take(1000).collect())),
+            Ok(Err(message)) => Err(StartError::Settings(super::verdict::one_line(&message))),
             Err(e) => Err(StartError::Failed(describe(store, e))),
         }
     }

@@ -8,7 +8,8 @@
 //! validated and misbehave later (a time bomb), or decide differently on
 //! replay. So its wall clock stands still at the session's time (the Unix
 //! epoch while it is configured), its monotonic clock at zero, and its
-//! "random" numbers are the same fixed sequence in every instance.
+//! "random" numbers are the same fixed sequence in every instance. Nor may
+//! it wait: the clock subscriptions trap ([`forbid_waiting`]).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -24,8 +25,44 @@ pub fn wasi_context(time: i64) -> WasiCtx {
         .monotonic_clock(StoppedClock(Duration::ZERO))
         .secure_random(Replayable::default())
         .insecure_random(Replayable::default())
-        .insecure_random_seed(0);
+        .insecure_random_seed(0)
+        .max_random_size(MAX_RANDOM_BYTES);
     builder.build()
+}
+
+/// Random bytes one WASI call may ask for: the host allocates them before
+/// the guest's memory budget can refuse them.
+pub const MAX_RANDOM_BYTES: u64 = 64 * 1024;
+
+/// Resource handles (WASI streams, pollables, directory results) one
+/// instance may hold at once. Host memory, outside the instance's budget.
+pub const MAX_RESOURCES: usize = 1024;
+
+/// The WASI version whose `monotonic-clock` the linker provides (the one
+/// wasmtime-wasi links; a guest built against an older 0.2 matches it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Replaces the WASI clock subscriptions in `linker` with functions that
+/// trap. A pollable from `subscribe-duration` or `subscribe-instant` is a
+/// real timer, and `pollable.block` waits for it on the calling thread,
+/// where no epoch deadline reaches (it interrupts guest code only): a
+/// policy calling `std::thread::sleep` would hold a host thread, its
+/// session and its pool slot for as long as it likes. No policy needs to
+/// wait; one that tries fails, like any trap (`451 4.3.5`).
+pub fn forbid_waiting<T: 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    for name in ["subscribe-duration", "subscribe-instant"] {
+        clock.func_new(name, move |_, _, _, _| {
+            Err(wasmtime::Error::msg(format!(
+                "policies may not wait ({MONOTONIC_CLOCK} {name})"
+            )))
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// A clock that always says the same instant.

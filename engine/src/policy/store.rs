@@ -75,9 +75,11 @@ pub(crate) fn new_store(
     memory_limit: usize,
     tenant: Option<String>,
 ) -> Store<SessionState> {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(super::sandbox::MAX_RESOURCES);
     let state = SessionState {
         wasi: super::sandbox::wasi_context(time),
-        table: ResourceTable::new(),
+        table,
         budget: Budget::new(memory_limit),
         directory,
         tenant,
@@ -86,6 +88,7 @@ pub(crate) fn new_store(
     store.limiter(|s| &mut s.budget);
     store.epoch_deadline_trap();
     store.set_hostcall_fuel(super::verdict::MAX_LIFTED_BYTES);
+    store.set_max_component_handles(super::sandbox::MAX_RESOURCES);
     store
 }
 

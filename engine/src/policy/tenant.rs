@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use attrelay_policy::model::{SessionFacts, Verdict};
+use attrelay_policy::model::{Action, SessionFacts, Verdict};
+use attrelay_policy::replies;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
@@ -155,7 +156,7 @@ impl TenantPolicy {
             .call_configure(&mut *store, &self.inner.settings)
         {
             Ok(Ok(())) => Ok(bindings),
-            Ok(Err(m)) => Err((true, m.chars().take(1000).collect())),
+            Ok(Err(m)) => Err((true, super::verdict::one_line(&m))),
             Err(e) => Err((false, self.describe(store, e))),
         }
     }
@@ -271,6 +272,16 @@ impl TenantSession {
             return fail(m);
         }
         match check(v, &self.store.data().directory) {
+            Ok(v)
+                if v.action == Action::Accept
+                    && v.reason.as_deref() == Some(replies::reason::ATTR36)
+                    && base.reason.as_deref() != Some(replies::reason::ATTR36) =>
+            {
+                // The relay writes X-Attrelay-Warning from an attr36
+                // accept's text: a tenant policy may give that reason only
+                // where the base policy found ATTR36 too.
+                fail("verdict claims ATTR36's grace period where the base policy did not find ATTR36".into())
+            }
             Ok(v)
                 if vouches_for_sender(v.reason.as_deref())
                     && !vouches_for_sender(base.reason.as_deref()) =>

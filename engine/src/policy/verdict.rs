@@ -42,7 +42,10 @@ pub fn vouches_for_sender(reason: Option<&str>) -> bool {
 }
 
 /// The reply to any policy failure: temporary, so the client retries and no
-/// mail is accepted without a decision.
+/// mail is accepted without a decision. `detail` says why for the logs; it
+/// may quote the component (a trap's backtrace names its functions, a
+/// refusal is its own text), so it is made one printable line within the
+/// bounds of an explanation line ([`one_line`]).
 pub fn policy_failure(detail: impl Into<String>) -> Verdict {
     Verdict {
         action: Action::Defer,
@@ -51,9 +54,36 @@ pub fn policy_failure(detail: impl Into<String>) -> Verdict {
         text: "Policy evaluation failed; try again later".into(),
         tenant: None,
         reason: Some("policy-failure".into()),
-        explanation: vec![detail.into()],
+        explanation: vec![one_line(&detail.into())],
         headers: Vec::new(),
     }
+}
+
+/// `text` as one line of printable ASCII, at most
+/// [`MAX_EXPLANATION_LINE`] bytes: line breaks become ` | `, any other
+/// control or non-ASCII character `?`. For text from a component that goes
+/// into logs, decision records and replies to operators.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_EXPLANATION_LINE));
+    for c in text.chars() {
+        let piece = match c {
+            '\n' => " | ",
+            '\r' => "",
+            ' '..='~' => {
+                if out.len() + 1 > MAX_EXPLANATION_LINE {
+                    break;
+                }
+                out.push(c);
+                continue;
+            }
+            _ => "?",
+        };
+        if out.len() + piece.len() > MAX_EXPLANATION_LINE {
+            break;
+        }
+        out.push_str(piece);
+    }
+    out
 }
 
 fn printable(s: &str) -> bool {
@@ -157,8 +187,9 @@ pub fn check(v: wit::Verdict, directory: &Directory) -> Result<Verdict, String> 
         }
         // The relay alone writes its own fields: the attribution from the
         // verdict's `tenant` (which a tenant policy cannot set to another
-        // tenant), the grace warning from an `attr36` accept. A policy that
-        // could write them itself could name any tenant, or clear a warning.
+        // tenant), the grace warning from an `attr36` accept (a reason a
+        // tenant policy may give only where the base policy did). A policy
+        // that could write them itself could name any tenant.
         if is_relay_field(&h.name) {
             return Err(format!(
                 "header {} is one of the relay's own fields (X-Attributed-Tenant, X-Attrelay-*), which no policy writes",
@@ -211,6 +242,16 @@ mod tests {
                 value: value.into(),
             }],
         }
+    }
+
+    #[test]
+    fn failure_details_are_one_bounded_printable_line() {
+        let hostile = format!("trap\r\nX-Forged: 1\n\u{1b}[2J{}", "é".repeat(2000));
+        let v = policy_failure(hostile);
+        let line = &v.explanation[0];
+        assert!(line.len() <= MAX_EXPLANATION_LINE, "{}", line.len());
+        assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line:?}");
+        assert!(line.starts_with("trap | X-Forged: 1 | ?[2J??"), "{line:?}");
     }
 
     #[test]

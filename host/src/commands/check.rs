@@ -146,6 +146,17 @@ fn canonical_address(a: &str, sender: bool, postmaster: &str) -> Result<String, 
     }
 }
 
+/// Whether `a` is the bare `postmaster` (RFC 5321 4.5.1), which the relay
+/// accepts for its own postmaster without asking a policy.
+fn is_bare_postmaster(a: &str) -> bool {
+    let t = a.trim();
+    let t = t
+        .strip_prefix('<')
+        .and_then(|x| x.strip_suffix('>'))
+        .unwrap_or(t);
+    t.eq_ignore_ascii_case("postmaster")
+}
+
 /// Runs the check and returns the report (no printing).
 pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
     if args.to.is_empty() {
@@ -205,18 +216,27 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
 
     let postmaster = &config.server.postmaster;
     let sender = canonical_address(&args.from, true, postmaster)?;
-    let recipients: Vec<String> = args
+    let recipients: Vec<(String, bool)> = args
         .to
         .iter()
-        .map(|to| canonical_address(to, false, postmaster))
+        .map(|to| {
+            let bare = is_bare_postmaster(to);
+            canonical_address(to, false, postmaster).map(|a| (a, bare))
+        })
         .collect::<Result<_, _>>()?;
     let (mail, _, mail_shadow) = judges.decide(&Stage::Mail(sender.clone()), &sender);
     let mail_ok = mail.action == Action::Accept;
     let recipients = recipients
         .into_iter()
-        .map(|rcpt| {
-            // As on the wire: a refused MAIL FROM leaves no transaction for RCPT TO.
-            let (v, shadow) = if mail_ok {
+        .map(|(rcpt, bare_postmaster)| {
+            // As on the wire: a refused MAIL FROM leaves no transaction for
+            // RCPT TO, and <postmaster> is accepted without asking a policy.
+            let (v, shadow) = if mail_ok && bare_postmaster {
+                (
+                    attrelay_policy::replies::recipient_ok(None, "postmaster"),
+                    None,
+                )
+            } else if mail_ok {
                 let (v, _, shadow) = judges.decide(&Stage::Rcpt(rcpt.clone()), &sender);
                 (v, shadow)
             } else {

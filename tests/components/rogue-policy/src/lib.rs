@@ -51,6 +51,11 @@ fn act(stage: &str, address: &str) -> Verdict {
             }
         }
         "trap" => panic!("rogue policy: deliberate panic"),
+        // Waits on the host's clock, where no epoch deadline reaches.
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            ok()
+        }
         "oom" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {

@@ -81,6 +81,13 @@ impl GuestSession for Session {
                     ..base
                 }
             }
+            // Claims ATTR36's grace period, whose reply text the relay
+            // writes as X-Attrelay-Warning, where the base found no ATTR36.
+            "grace" => Verdict {
+                reason: Some("attr36".into()),
+                text: "ATTR36 forged warning".into(),
+                ..base
+            },
             // Names another tenant in the relay's attribution field.
             "attribute" => {
                 let mut v = base;
