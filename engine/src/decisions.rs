@@ -2,12 +2,13 @@
 //! that `attrelay policy diff` can replay real traffic through two policies
 //! before an operator deploys one of them.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::throttle::Throttled;
 
@@ -57,66 +58,115 @@ pub const DEFAULT_MAX_MIB: u64 = 256;
 /// [`QUEUE_BYTES`] bytes are waiting, the record is dropped and counted,
 /// with a throttled warning.
 ///
-/// The writer holds the file it opened. A reload (file change, SIGHUP,
-/// `POST /reload`) opens the log again in a new `DecisionLog`, which is how
-/// external rotation (`logrotate` with `postrotate` sending SIGHUP) works;
-/// the old writer finishes what was queued for it, in the renamed file, and
-/// ends when the last session using it does. Besides, the writer rotates a
-/// regular file by size itself (`max_bytes`, 0 for never).
+/// One writer serves a path for as long as anything uses it. Opening the
+/// path again — a reload (file change, SIGHUP, `POST /reload`), which is
+/// how external rotation (`logrotate` with `postrotate` sending SIGHUP)
+/// works — hands that writer a newly opened file after the lines already
+/// queued: sessions from before and after the reload write through the
+/// same writer, so only one ever rotates the file, and a writer stuck on a
+/// dead disk is not joined by another one at every reload. Besides, the
+/// writer rotates a regular file by size itself (`max_bytes`, 0 for never).
 pub struct DecisionLog {
-    queue: SyncSender<Vec<u8>>,
+    shared: Arc<Shared>,
+}
+
+/// What every handle on one path's log shares.
+struct Shared {
+    queue: SyncSender<Item>,
     queued: Arc<AtomicUsize>,
     dropped: AtomicU64,
     warning: Mutex<Throttled>,
-    writer: std::thread::JoinHandle<()>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl DecisionLog {
-    /// Opens (creating) the log at `path` and starts its writer. Errors
-    /// opening the file are reported here, to the reload that asked.
-    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<DecisionLog> {
+/// What the writer is handed.
+enum Item {
+    Line(Vec<u8>),
+    /// The path opened again (a reload): write on in this file.
+    Reopen(OpenFile),
+}
+
+/// A log file as it was opened.
+struct OpenFile {
+    file: File,
+    size: u64,
+    regular: bool,
+    max_bytes: u64,
+}
+
+impl OpenFile {
+    fn open(path: &Path, max_bytes: u64) -> std::io::Result<OpenFile> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
         let file = open_append(path)?;
         let meta = file.metadata()?;
-        let (queue, lines) = sync_channel(QUEUE_RECORDS);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let writer = Writer {
-            path: path.to_path_buf(),
+        Ok(OpenFile {
             file,
             size: meta.len(),
             regular: meta.is_file(),
             max_bytes,
+        })
+    }
+}
+
+/// The live logs by path.
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
+    static LOGS: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+    LOGS.get_or_init(Default::default)
+}
+
+impl DecisionLog {
+    /// Opens (creating) the log at `path`: starts its writer, or hands the
+    /// writer already serving `path` the file opened anew. Errors opening
+    /// the file are reported here, to the reload that asked.
+    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<DecisionLog> {
+        let file = OpenFile::open(path, max_bytes)?;
+        let mut logs = registry().lock().unwrap_or_else(|e| e.into_inner());
+        logs.retain(|_, w| w.strong_count() > 0);
+        if let Some(shared) = logs.get(path).and_then(Weak::upgrade) {
+            // Behind a full queue (a stalled writer) the new file waits its
+            // turn or is dropped: the writer keeps the file it has.
+            let _ = shared.queue.try_send(Item::Reopen(file));
+            return Ok(DecisionLog { shared });
+        }
+        let (queue, items) = sync_channel(QUEUE_RECORDS);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = Writer {
+            path: path.to_path_buf(),
+            out: file,
             queued: queued.clone(),
         };
-        let writer = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("attrelay-decisions".into())
-            .spawn(move || writer.run(lines))?;
-        Ok(DecisionLog {
+            .spawn(move || writer.run(items))?;
+        let shared = Arc::new(Shared {
             queue,
             queued,
             dropped: AtomicU64::new(0),
             warning: Mutex::new(Throttled::default()),
-            writer,
-        })
+            writer: Mutex::new(Some(handle)),
+        });
+        logs.insert(path.to_path_buf(), Arc::downgrade(&shared));
+        Ok(DecisionLog { shared })
     }
 
     /// Hands one record to the writer; drops it (counted, with a throttled
     /// warning) when the writer is too far behind.
     pub fn append(&self, record: DecisionRecord) {
+        let shared = &self.shared;
         let Ok(mut line) = serde_json::to_vec(&record) else {
             return;
         };
         line.push(b'\n');
         let len = line.len();
-        let waiting = self.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if waiting <= QUEUE_BYTES && self.queue.try_send(line).is_ok() {
+        let waiting = shared.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if waiting <= QUEUE_BYTES && shared.queue.try_send(Item::Line(line)).is_ok() {
             return;
         }
-        self.queued.fetch_sub(len, Ordering::Relaxed);
-        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut w) = self.warning.try_lock() {
+        shared.queued.fetch_sub(len, Ordering::Relaxed);
+        let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut w) = shared.warning.try_lock() {
             w.warn(
                 "decision log: the writer is behind (a slow or stalled disk); records dropped",
                 &format_args!("{dropped} dropped so far"),
@@ -126,15 +176,26 @@ impl DecisionLog {
 
     /// Records dropped because the writer was behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Waits until every record handed over is written. Dropping the log
-    /// instead lets the writer finish on its own, which a relay prefers: a
-    /// stalled disk must not hold up a reload or a shutdown.
+    /// When this is the last handle on its path: waits until every record
+    /// handed over is written. Dropping the log instead lets the writer
+    /// finish on its own, which a relay prefers: a stalled disk must not
+    /// hold up a reload or a shutdown.
     pub fn close(self) {
-        drop(self.queue);
-        let _ = self.writer.join();
+        let Ok(shared) = Arc::try_unwrap(self.shared) else {
+            return;
+        };
+        let handle = shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(shared);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 }
 
@@ -142,28 +203,35 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// The writer thread's side: the open file, its size, and the bound at
-/// which it is rotated.
+/// The writer thread's side: the path and the file it writes.
 struct Writer {
     path: PathBuf,
-    file: File,
-    size: u64,
-    /// Only a regular file is rotated or repaired: a FIFO, `/dev/stdout`
-    /// or a socket is written as it is.
-    regular: bool,
-    max_bytes: u64,
+    out: OpenFile,
     queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
-    /// Writes lines as they come, in batches, until every sender is gone.
-    fn run(mut self, lines: Receiver<Vec<u8>>) {
+    /// Writes lines as they come, in batches, until every handle is gone.
+    fn run(mut self, items: Receiver<Item>) {
         let mut failed = Throttled::default();
-        while let Ok(first) = lines.recv() {
-            let mut batch = first;
+        let mut next = items.recv().ok();
+        while let Some(item) = next.take() {
+            let mut batch = match item {
+                Item::Reopen(file) => {
+                    self.out = file;
+                    next = items.recv().ok();
+                    continue;
+                }
+                Item::Line(l) => l,
+            };
             while batch.len() < BATCH_BYTES {
-                match lines.try_recv() {
-                    Ok(l) => batch.extend_from_slice(&l),
+                match items.try_recv() {
+                    Ok(Item::Line(l)) => batch.extend_from_slice(&l),
+                    // A reopen ends the batch: its lines go to the old file.
+                    Ok(reopen) => {
+                        next = Some(reopen);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
@@ -171,31 +239,35 @@ impl Writer {
                 failed.warn("cannot append to the decision log", &e);
             }
             self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            if next.is_none() {
+                next = items.recv().ok();
+            }
         }
     }
 
     fn write(&mut self, batch: &[u8]) -> std::io::Result<()> {
-        if self.regular
-            && self.max_bytes > 0
-            && self.size > 0
-            && self.size + batch.len() as u64 > self.max_bytes
+        let out = &self.out;
+        if out.regular
+            && out.max_bytes > 0
+            && out.size > 0
+            && out.size + batch.len() as u64 > out.max_bytes
             && let Err(e) = self.rotate()
         {
             // Keep appending to the file as it is: losing records is worse
             // than a log past its bound.
             tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the decision log");
         }
-        match self.file.write_all(batch) {
+        match self.out.file.write_all(batch) {
             Ok(()) => {
-                self.size += batch.len() as u64;
+                self.out.size += batch.len() as u64;
                 Ok(())
             }
             Err(e) => {
                 // A write cut short (a full disk) would leave half a line,
                 // and the next batch would run into it: cut the file back
                 // to its last whole line.
-                if self.regular {
-                    let _ = self.file.set_len(self.size);
+                if self.out.regular {
+                    let _ = self.out.file.set_len(self.out.size);
                 }
                 Err(e)
             }
@@ -208,8 +280,7 @@ impl Writer {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
         std::fs::rename(&self.path, &old)?;
-        self.file = open_append(&self.path)?;
-        self.size = 0;
+        self.out = OpenFile::open(&self.path, self.out.max_bytes)?;
         tracing::info!(path = %self.path.display(), "decision log rotated");
         Ok(())
     }
@@ -333,6 +404,38 @@ mod tests {
         assert_eq!(
             before.last().unwrap().session,
             format!("s{}", 19 - now.len())
+        );
+    }
+
+    #[test]
+    fn opening_the_path_again_reopens_it_in_the_same_writer() {
+        // logrotate renames the file, then a reload opens the path again:
+        // what was queued before goes to the renamed file, everything after
+        // (through old handles and new) to the new one, by one writer.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let before = DecisionLog::open(&path, 0).unwrap();
+        before.append(record(1));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::rename(&path, dir.path().join("decisions.jsonl.old")).unwrap();
+        let after = DecisionLog::open(&path, 0).unwrap();
+        assert!(
+            Arc::ptr_eq(&before.shared, &after.shared),
+            "one writer per path"
+        );
+        before.append(record(2));
+        after.append(record(3));
+        drop(before);
+        after.close();
+        let old = read(&dir.path().join("decisions.jsonl.old")).unwrap();
+        let new = read(&path).unwrap();
+        assert_eq!(
+            old.iter().map(|r| r.session.as_str()).collect::<Vec<_>>(),
+            ["s1"]
+        );
+        assert_eq!(
+            new.iter().map(|r| r.session.as_str()).collect::<Vec<_>>(),
+            ["s2", "s3"]
         );
     }
 
