@@ -614,3 +614,26 @@ fn check_runs_the_tenant_policies_and_the_shadow() {
         "{report}"
     );
 }
+
+#[test]
+fn check_accepts_the_bare_postmaster_as_the_relay_does() {
+    // RFC 5321 4.5.1: <postmaster> is accepted for the configured mailbox
+    // without asking a policy, whoever sends it, as on the wire.
+    let c = ctx();
+    let (code, report) = c.check(
+        UNKNOWN_IP,
+        None,
+        "a@internet.example",
+        &["postmaster", "x@internet.example"],
+        NOW,
+    );
+    assert_eq!(code, 1, "{report}");
+    let r = &report["recipients"][0];
+    assert_eq!(
+        (r["code"].as_u64(), r["reason"].as_str()),
+        (Some(250), Some("postmaster")),
+        "{report}"
+    );
+    assert_eq!(r["rcpt"], "postmaster@relay.example.test", "{report}");
+    assert_eq!(report["recipients"][1]["code"], 550, "{report}");
+}

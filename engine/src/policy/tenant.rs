@@ -12,7 +12,9 @@ use wasmtime::component::ResourceAny;
 use super::bindings::tenant::{TenantRules, TenantRulesPre};
 use super::bindings::{tenant_guest, types as wit};
 use super::cache::Provenance;
-use super::engine::{PolicyEngine, PolicyError, PolicySource, link_error, wit_settings};
+use super::engine::{
+    PolicyEngine, PolicyError, PolicySource, StartError, link_error, wit_settings,
+};
 use super::session::within_budget;
 use super::store::{SessionState, describe_error_with, facts_to_wit};
 use super::verdict::{check, policy_failure, vouches_for_sender};
@@ -99,8 +101,8 @@ impl PolicyEngine {
         store.set_epoch_deadline(policy.ticks());
         match policy.instantiate(&mut store) {
             Ok(_) => Ok(policy),
-            Err((true, message)) => Err(PolicyError::Settings { origin, message }),
-            Err((false, message)) => Err(PolicyError::Start { origin, message }),
+            Err(StartError::Settings(message)) => Err(PolicyError::Settings { origin, message }),
+            Err(StartError::Failed(message)) => Err(PolicyError::Start { origin, message }),
         }
     }
 }
@@ -143,21 +145,20 @@ impl TenantPolicy {
         )
     }
 
-    /// Instantiates and configures, within the deadline the caller set;
-    /// `Err((is_settings_error, message))`.
-    fn instantiate(&self, store: &mut Store<SessionState>) -> Result<TenantRules, (bool, String)> {
+    /// Instantiates and configures, within the deadline the caller set.
+    fn instantiate(&self, store: &mut Store<SessionState>) -> Result<TenantRules, StartError> {
         let bindings = self
             .inner
             .pre
             .instantiate(&mut *store)
-            .map_err(|e| (false, self.describe(store, e)))?;
+            .map_err(|e| StartError::Failed(self.describe(store, e)))?;
         match bindings
             .attrelay_policy_tenant_policy()
             .call_configure(&mut *store, &self.inner.settings)
         {
             Ok(Ok(())) => Ok(bindings),
-            Ok(Err(m)) => Err((true, super::verdict::one_line(&m))),
-            Err(e) => Err((false, self.describe(store, e))),
+            Ok(Err(m)) => Err(StartError::Settings(super::verdict::one_line(&m))),
+            Err(e) => Err(StartError::Failed(self.describe(store, e))),
         }
     }
 
@@ -167,7 +168,9 @@ impl TenantPolicy {
         store: &mut Store<SessionState>,
         facts: &wit::SessionFacts,
     ) -> Result<(TenantRules, ResourceAny), String> {
-        let bindings = self.instantiate(store).map_err(|(_, m)| m)?;
+        let bindings = self
+            .instantiate(store)
+            .map_err(|(StartError::Settings(m) | StartError::Failed(m))| m)?;
         let session = bindings
             .attrelay_policy_tenant_policy()
             .session()

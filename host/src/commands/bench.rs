@@ -17,10 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 
+use super::queue::terminal_safe;
 use super::{EXIT_OK, EXIT_REFUSED, UsageError};
+use crate::smtp::stream::Io;
 
 /// The arguments of `attrelay bench` (parsed by clap in the binary).
 #[derive(Debug, Clone, clap::Args)]
@@ -129,9 +131,6 @@ impl Record {
         }
     }
 }
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One session's connection.
 struct Conn {
@@ -347,7 +346,10 @@ impl Step<'_> {
         }
         self.record.error_count += 1;
         if self.record.errors.len() < MAX_LISTED_ERRORS {
-            self.record.errors.push(format!("{stage}: {text}"));
+            // The server's words, for an operator's terminal.
+            self.record
+                .errors
+                .push(format!("{stage}: {}", terminal_safe(&text)));
         }
         Ok(false)
     }

@@ -123,8 +123,14 @@ pub struct CheckReport {
 /// The address as the relay judges it: parsed as a MAIL FROM or RCPT TO
 /// path (angle brackets optional: `john@contoso.com`, `<>`) and written in
 /// the canonical form of [`crate::address`]. `<postmaster>` is the
-/// configured postmaster mailbox, as on the wire.
-fn canonical_address(a: &str, sender: bool, postmaster: &str) -> Result<String, UsageError> {
+/// configured postmaster mailbox, as on the wire; the flag says the
+/// recipient was that bare `postmaster` (RFC 5321 4.5.1), which the relay
+/// accepts without asking a policy.
+fn canonical_address(
+    a: &str,
+    sender: bool,
+    postmaster: &str,
+) -> Result<(String, bool), UsageError> {
     let t = a.trim();
     let path = if t.starts_with('<') {
         t.to_string()
@@ -135,26 +141,15 @@ fn canonical_address(a: &str, sender: bool, postmaster: &str) -> Result<String, 
     let invalid = |e: crate::address::ArgumentError| UsageError(format!("{which} {t:?}: {e}"));
     if sender {
         let m = crate::address::parse_mail(path.as_bytes()).map_err(invalid)?;
-        return Ok(m.path.text());
+        return Ok((m.path.text(), false));
     }
     match crate::address::parse_rcpt(path.as_bytes())
         .map_err(invalid)?
         .path
     {
-        crate::address::ForwardPath::Postmaster => Ok(postmaster.to_string()),
-        crate::address::ForwardPath::Mailbox(m) => Ok(m.to_string()),
+        crate::address::ForwardPath::Postmaster => Ok((postmaster.to_string(), true)),
+        crate::address::ForwardPath::Mailbox(m) => Ok((m.to_string(), false)),
     }
-}
-
-/// Whether `a` is the bare `postmaster` (RFC 5321 4.5.1), which the relay
-/// accepts for its own postmaster without asking a policy.
-fn is_bare_postmaster(a: &str) -> bool {
-    let t = a.trim();
-    let t = t
-        .strip_prefix('<')
-        .and_then(|x| x.strip_suffix('>'))
-        .unwrap_or(t);
-    t.eq_ignore_ascii_case("postmaster")
 }
 
 /// Runs the check and returns the report (no printing).
@@ -215,14 +210,11 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
     let mut judges = Arc::new(evaluation).session(facts, "check");
 
     let postmaster = &config.server.postmaster;
-    let sender = canonical_address(&args.from, true, postmaster)?;
+    let (sender, _) = canonical_address(&args.from, true, postmaster)?;
     let recipients: Vec<(String, bool)> = args
         .to
         .iter()
-        .map(|to| {
-            let bare = is_bare_postmaster(to);
-            canonical_address(to, false, postmaster).map(|a| (a, bare))
-        })
+        .map(|to| canonical_address(to, false, postmaster))
         .collect::<Result<_, _>>()?;
     let (mail, _, mail_shadow) = judges.decide(&Stage::Mail(sender.clone()), &sender);
     let mail_ok = mail.action == Action::Accept;
