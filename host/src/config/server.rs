@@ -24,6 +24,7 @@ pub(super) struct RawServer {
     #[serde(default)]
     client_ca: Vec<Spanned<PathBuf>>,
     max_message_size: Option<Spanned<u64>>,
+    max_header_size: Option<Spanned<u64>>,
     max_recipients: Option<Spanned<u32>>,
     max_sessions: Option<Spanned<u32>>,
     idle_timeout_secs: Option<Spanned<u64>>,
@@ -49,7 +50,7 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Trust anchors for client certificates, resolved against the config's directory.
     pub client_ca: Vec<PathBuf>,
-    /// The limits of each session (`max_message_size`, `max_recipients`,
+    /// The limits of each session (`max_message_size`, `max_header_size`, `max_recipients`,
     /// `idle_timeout_secs`, `max_errors`, `soft_error_limit`,
     /// `error_delay_ms`, `hopcount_limit`, `bare_line_endings`,
     /// `max_session_secs`, `pregreet_delay_ms`), whose defaults are
@@ -164,6 +165,13 @@ pub(super) fn parse(
             1024,
             1 << 31,
             defaults.max_message_size as u64,
+        )? as usize,
+        max_header_size: range(
+            &s.max_header_size,
+            "server.max_header_size",
+            1024,
+            64 << 20,
+            defaults.max_header_size as u64,
         )? as usize,
         max_recipients: range(
             &widen(&s.max_recipients),

@@ -317,6 +317,8 @@ mod tests {
             is_dsn: false,
             client: "203.0.113.5".into(),
             authenticated: true,
+            head: String::new(),
+            body: None,
             message_sha256: String::new(),
             message_len: 0,
         }

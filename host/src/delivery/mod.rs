@@ -431,18 +431,20 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
         .any(|r| matches!(r.state, RecipientState::Failed { .. }));
     if failed {
         match bounce(cfg, &envelope) {
-            Bounce::Send(returned) => match make_dsn(spool, cfg, &envelope, &message, returned) {
-                Ok(d) => next.push(d),
-                Err(e) => {
-                    // Keep the original until the bounce is safely spooled.
-                    // (The retry asks the limiter again: a disk failure can
-                    // spend a domain's allowance, never exceed it.)
-                    warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
-                    envelope.next_attempt = now() + cfg.retry_initial.as_secs() as i64;
-                    next.push(envelope);
-                    return next;
+            Bounce::Send(returned) => {
+                match make_dsn(spool, cfg, &envelope, &message, returned).await {
+                    Ok(d) => next.push(d),
+                    Err(e) => {
+                        // Keep the original until the bounce is safely spooled.
+                        // (The retry asks the limiter again: a disk failure can
+                        // spend a domain's allowance, never exceed it.)
+                        warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
+                        envelope.next_attempt = now() + cfg.retry_initial.as_secs() as i64;
+                        next.push(envelope);
+                        return next;
+                    }
                 }
-            },
+            }
             Bounce::Never => {
                 info!(target: "attrelay::delivery", queue_id = %envelope.id, "failed message with a null sender: no DSN");
             }
@@ -457,7 +459,7 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
             }
         }
     }
-    if let Err(e) = spool.remove(&envelope.id) {
+    if let Err(e) = spool.remove(&envelope) {
         warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot remove the delivered message");
     }
     next
@@ -493,7 +495,7 @@ fn bounce(cfg: &DeliveryConfig, envelope: &Envelope) -> Bounce {
     }
 }
 
-fn make_dsn(
+async fn make_dsn(
     spool: &Spool,
     cfg: &DeliveryConfig,
     original: &Envelope,
@@ -531,6 +533,8 @@ fn make_dsn(
         client: String::new(),
         // Ours, not the sender's; and a DSN is never bounced.
         authenticated: false,
+        head: String::new(),
+        body: None,
         message_sha256: String::new(),
         message_len: 0,
     };
@@ -538,14 +542,12 @@ fn make_dsn(
     crate::intake::accept(
         spool,
         crate::intake::Message {
-            copies: vec![crate::intake::Copy {
-                envelope,
-                head: String::new(),
-            }],
-            body: bytes,
+            envelopes: vec![envelope],
+            body: spool.body_of(&bytes),
         },
         |e| queued = Some(e),
-    )?;
+    )
+    .await?;
     let envelope = queued.expect("accept hands over every copy it stored");
     info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = ?original.sender, returned = ?returned, "DSN queued");
     Ok(envelope)
@@ -670,6 +672,8 @@ mod tests {
             is_dsn,
             client: "192.0.2.1".into(),
             authenticated,
+            head: String::new(),
+            body: None,
             message_sha256: String::new(),
             message_len: 0,
         }
@@ -742,7 +746,7 @@ mod tests {
         assert_eq!(forged.len(), 1, "one DSN: {forged:?}");
         assert!(forged[0].is_dsn);
         assert_eq!(forged[0].recipients[0].address, "victim@forged.example");
-        let text = String::from_utf8(spool.read_message(&forged[0].id).unwrap()).unwrap();
+        let text = String::from_utf8(spool.read_checked(&forged[0]).unwrap()).unwrap();
         assert!(text.contains("Status: 4.4.7"), "{text}");
         assert!(
             !text.contains("attacker"),
@@ -761,7 +765,7 @@ mod tests {
 
         let own = expire(&spool, &cfg, "john@contoso.com", true).await;
         assert_eq!(own.len(), 1);
-        let text = String::from_utf8(spool.read_message(&own[0].id).unwrap()).unwrap();
+        let text = String::from_utf8(spool.read_checked(&own[0]).unwrap()).unwrap();
         assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
         assert!(
             text.contains("Subject: BUY NOW at attacker.example"),

@@ -1,14 +1,18 @@
-//! The one way a message enters the queue. A message is one or more copies
-//! — each an envelope and the header fields the relay writes in front of it
-//! — and the body they share. [`Message::from_client`] composes a client's
-//! message: one copy per attributed tenant, each with its trace and trust
-//! fields ([`trace::compose`], the one place facts become header text),
-//! sharing the client's message without its copies of those fields; a DSN
-//! is composed by `delivery::dsn`. [`accept`] stores every copy durably, or
-//! none, and only then hands them to the queue: a client's retry after a
-//! failure is never a duplicate, and nothing is queued that is not on disk.
+//! The one way a message enters the queue. A message is one or more
+//! envelopes — each with the header fields the relay writes in front of the
+//! body — and the body they share, stored once. [`Incoming`] receives a
+//! client's message into its body as it arrives; [`Message::from_client`]
+//! composes its envelopes: one per attributed tenant, each with its trace
+//! and trust fields ([`trace::compose`], the one place facts become header
+//! text). A DSN is composed by `delivery::dsn`. [`accept`] commits the body
+//! and every envelope durably, or none, and only then hands them to the
+//! queue: a client's retry after a failure is never a duplicate, and
+//! nothing is queued that is not on disk.
 
+pub mod incoming;
 pub mod trace;
+
+pub use incoming::{DEFAULT_MAX_HEADER_SIZE, HeaderTooBig, Incoming, Received};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,7 +21,7 @@ use attrelay_policy::model::{HeaderField, TlsFacts};
 use tracing::info;
 
 use crate::policy::verdict::vouches_for_sender;
-use crate::spool::{Envelope, Recipient, RecipientState, Spool, SpoolError, now};
+use crate::spool::{Body, Envelope, Recipient, RecipientState, Spool, SpoolError, now};
 
 /// A recipient the policies accepted, with what its verdict asks the
 /// relay to write.
@@ -50,59 +54,50 @@ pub struct Origin<'a> {
     pub tls: Option<&'a TlsFacts>,
 }
 
-/// One copy of a message: its envelope and the relay's header fields.
-pub struct Copy {
-    pub envelope: Envelope,
-    /// Header lines (each ending in CRLF) written before the body.
-    pub head: String,
-}
-
 /// A message ready to be accepted.
 pub struct Message {
-    pub copies: Vec<Copy>,
+    /// One per copy, each with its head ([`Envelope::head`]).
+    pub envelopes: Vec<Envelope>,
     /// What every copy carries after its head: the client's message without
     /// its copies of the relay's fields, or a DSN.
-    pub body: Vec<u8>,
+    pub body: Body,
 }
 
 impl Message {
-    /// A client's message from `sender` to `recipients`: one copy per
-    /// attributed tenant, each with its own queue id and trace fields, and
-    /// `message` without the client's copies of the relay's fields.
+    /// A client's message from `sender` to `recipients`: one envelope per
+    /// attributed tenant, each with its own queue id and trace fields,
+    /// sharing `body` (received by [`Incoming`]).
     pub fn from_client(
         spool: &Spool,
         origin: &Origin<'_>,
         sender: &str,
         recipients: &[Accepted],
-        message: &[u8],
+        body: Body,
     ) -> Message {
         let mut groups: BTreeMap<Option<&str>, Vec<&Accepted>> = BTreeMap::new();
         for r in recipients {
             groups.entry(r.tenant.as_deref()).or_default().push(r);
         }
         let date = rfc2822_now();
-        let copies = groups
+        let envelopes = groups
             .into_iter()
             .map(|(tenant, recipients)| {
-                copy_for_tenant(spool, origin, sender, tenant, &recipients, &date)
+                envelope_for_tenant(spool, origin, sender, tenant, &recipients, &date)
             })
             .collect();
-        Message {
-            copies,
-            body: trace::strip_trusted(message),
-        }
+        Message { envelopes, body }
     }
 }
 
-/// The copy of a client's message for one tenant's `recipients`.
-fn copy_for_tenant(
+/// The envelope of a client's message for one tenant's `recipients`.
+fn envelope_for_tenant(
     spool: &Spool,
     origin: &Origin<'_>,
     sender: &str,
     tenant: Option<&str>,
     recipients: &[&Accepted],
     date: &str,
-) -> Copy {
+) -> Envelope {
     let id = spool.new_id();
     let mut policy_headers: Vec<HeaderField> = Vec::new();
     for h in recipients.iter().flat_map(|r| &r.headers) {
@@ -130,7 +125,7 @@ fn copy_for_tenant(
         warnings: &warnings,
         policy_headers: &policy_headers,
     });
-    let envelope = Envelope {
+    Envelope {
         id,
         sender: sender.to_string(),
         recipients: recipients
@@ -150,10 +145,11 @@ fn copy_for_tenant(
         last_error: None,
         is_dsn: false,
         client: origin.client_ip.to_string(),
+        head,
+        body: None,
         message_sha256: String::new(),
         message_len: 0,
-    };
-    Copy { envelope, head }
+    }
 }
 
 /// The current time in RFC 5322 form.
@@ -163,28 +159,16 @@ pub fn rfc2822_now() -> String {
         .unwrap_or_default()
 }
 
-/// Stores every copy (one in memory at a time, however many), or none when
-/// one fails (those already stored are removed), then hands each to
-/// `enqueue`. Returns the queue ids. Blocking: call it off the async
-/// runtime's threads.
-pub fn accept(
+/// Commits the body and every envelope durably, or none
+/// ([`Spool::commit`]), then hands each envelope to `enqueue`. Returns the
+/// queue ids.
+pub async fn accept(
     spool: &Spool,
     message: Message,
     mut enqueue: impl FnMut(Envelope),
 ) -> Result<Vec<String>, SpoolError> {
     let size = message.body.len();
-    let mut stored: Vec<Envelope> = Vec::with_capacity(message.copies.len());
-    for Copy { mut envelope, head } in message.copies {
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&message.body);
-        if let Err(e) = spool.store(&mut envelope, &bytes) {
-            for done in &stored {
-                let _ = spool.remove(&done.id);
-            }
-            return Err(e);
-        }
-        stored.push(envelope);
-    }
+    let stored = spool.commit(message.body, message.envelopes).await?;
     let ids = stored.iter().map(|e| e.id.clone()).collect();
     for e in stored {
         info!(

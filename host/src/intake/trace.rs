@@ -349,6 +349,23 @@ pub fn count_received(message: &[u8]) -> usize {
         .count()
 }
 
+/// Where the header section ends in a message that begins with `prefix`,
+/// when `prefix` already decides it: the offset of the empty line, or of
+/// the first line that is no well-formed field, once that line is
+/// complete. `None` while the section may still go on. Because the lines
+/// before that one are complete too, [`strip_trusted`] and
+/// [`count_received`] read the same header section in `prefix` as in the
+/// whole message: a message can be checked and stripped from its start
+/// while the rest of it streams to disk.
+pub fn header_end(prefix: &[u8]) -> Option<usize> {
+    let complete = prefix
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let header = split_header(&prefix[..complete]);
+    (!header.rest.is_empty()).then(|| complete - header.rest.len())
+}
+
 /// A message's header section as this module reads it.
 struct Header<'a> {
     /// The well-formed fields, each a line with its continuation lines,

@@ -8,6 +8,9 @@
 //! the DATA command); a CR or LF that is not part of a CR LF pair is
 //! *bare*: it never ends anything, it is recorded, and by default the
 //! message is refused. Dot-stuffing is undone (RFC 5321 4.5.2).
+//!
+//! The reader holds no message: each [`DataReader::feed`] hands what it
+//! decoded to the caller, which streams it to the spool.
 
 /// How a lone CR or LF in the data is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,7 +40,8 @@ enum State {
 #[derive(Debug)]
 pub struct DataReader {
     state: State,
-    out: Vec<u8>,
+    /// Bytes of message decoded so far (while within `max_size`).
+    len: usize,
     max_size: usize,
     mode: BareLineEndings,
     /// The message exceeded `max_size` (the rest was discarded).
@@ -50,7 +54,7 @@ impl DataReader {
     pub fn new(max_size: usize, mode: BareLineEndings) -> DataReader {
         DataReader {
             state: State::LineStart,
-            out: Vec::new(),
+            len: 0,
             max_size,
             mode,
             too_big: false,
@@ -58,73 +62,80 @@ impl DataReader {
         }
     }
 
-    fn emit(&mut self, bytes: &[u8]) {
+    /// Bytes of message decoded so far; 0 once it was too big.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         if self.too_big {
             return;
         }
-        if self.out.len() + bytes.len() > self.max_size {
+        if self.len + bytes.len() > self.max_size {
             self.too_big = true;
-            self.out = Vec::new();
+            self.len = 0;
             return;
         }
-        self.out.extend_from_slice(bytes);
+        self.len += bytes.len();
+        out.extend_from_slice(bytes);
     }
 
-    fn bare(&mut self, what: u8) {
+    fn bare(&mut self, out: &mut Vec<u8>, what: u8) {
         self.bare_line_ending = true;
         match self.mode {
-            BareLineEndings::Reject => self.emit(&[what]),
-            BareLineEndings::Normalize => self.emit(b"\r\n"),
+            BareLineEndings::Reject => self.emit(out, &[what]),
+            BareLineEndings::Normalize => self.emit(out, b"\r\n"),
         }
     }
 
-    /// Consumes input; returns `Some(n)` when the end of data was found after
+    /// Consumes input, appending the message bytes it decodes to `out`
+    /// (CRLF line endings, dot-stuffing undone; nothing once the message
+    /// is too big); returns `Some(n)` when the end of data was found after
     /// `n` bytes of `input` (the rest belongs to the next command).
-    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         for (i, &b) in input.iter().enumerate() {
             self.state = match (self.state, b) {
                 (State::LineStart, b'.') => State::Dot,
                 (State::LineStart | State::Text, b'\r') => State::Cr,
                 (State::LineStart | State::Text, b'\n') => {
-                    self.bare(b'\n');
+                    self.bare(out, b'\n');
                     State::Text
                 }
                 (State::LineStart | State::Text, _) => {
-                    self.emit(&[b]);
+                    self.emit(out, &[b]);
                     State::Text
                 }
                 (State::Dot, b'\r') => State::DotCr,
                 // A stuffed dot: drop it, keep the rest of the line.
                 (State::Dot, b'\n') => {
-                    self.bare(b'\n');
+                    self.bare(out, b'\n');
                     State::Text
                 }
                 (State::Dot, _) => {
-                    self.emit(&[b]);
+                    self.emit(out, &[b]);
                     State::Text
                 }
                 (State::DotCr, b'\n') => return Some(i + 1),
                 (State::DotCr | State::Cr, b'\r') => {
-                    self.bare(b'\r');
+                    self.bare(out, b'\r');
                     State::Cr
                 }
                 (State::Cr, b'\n') => {
-                    self.emit(b"\r\n");
+                    self.emit(out, b"\r\n");
                     State::LineStart
                 }
                 (State::DotCr | State::Cr, _) => {
-                    self.bare(b'\r');
-                    self.emit(&[b]);
+                    self.bare(out, b'\r');
+                    self.emit(out, &[b]);
                     State::Text
                 }
             };
         }
         None
-    }
-
-    /// The message, CRLF line endings, dot-stuffing undone.
-    pub fn into_message(self) -> Vec<u8> {
-        self.out
     }
 }
 
@@ -134,9 +145,9 @@ mod tests {
 
     fn read(input: &[u8]) -> (Option<usize>, Vec<u8>, bool) {
         let mut r = DataReader::new(1 << 20, BareLineEndings::Reject);
-        let end = r.feed(input);
-        let bare = r.bare_line_ending;
-        (end, r.into_message(), bare)
+        let mut out = Vec::new();
+        let end = r.feed(input, &mut out);
+        (end, out, r.bare_line_ending)
     }
 
     #[test]
@@ -181,18 +192,21 @@ mod tests {
     #[test]
     fn normalize_mode_repairs_bare_line_endings() {
         let mut r = DataReader::new(1 << 20, BareLineEndings::Normalize);
-        assert!(r.feed(b"a\nb\rc\r\n.\r\n").is_some());
+        let mut out = Vec::new();
+        assert!(r.feed(b"a\nb\rc\r\n.\r\n", &mut out).is_some());
         assert!(r.bare_line_ending);
-        assert_eq!(r.into_message(), b"a\r\nb\r\nc\r\n");
+        assert_eq!(out, b"a\r\nb\r\nc\r\n");
     }
 
     #[test]
     fn size_limit_discards_but_finds_the_end() {
         let mut r = DataReader::new(10, BareLineEndings::Reject);
-        assert_eq!(r.feed(b"0123456789abcdef\r\n"), None);
-        assert_eq!(r.feed(b".\r\n"), Some(3));
+        let mut out = Vec::new();
+        assert_eq!(r.feed(b"0123456789abcdef\r\n", &mut out), None);
+        assert_eq!(r.feed(b".\r\n", &mut out), Some(3));
         assert!(r.too_big);
-        assert!(r.into_message().is_empty());
+        assert_eq!(out.len(), 10, "what came before the limit was handed on");
+        assert!(r.is_empty());
     }
 
     #[test]
@@ -200,10 +214,11 @@ mod tests {
         let input = b"a\r\n..b\r\nc\r\n.\r\n";
         for split in 0..input.len() {
             let mut r = DataReader::new(1 << 20, BareLineEndings::Reject);
-            let first = r.feed(&input[..split]);
-            let end = first.or_else(|| r.feed(&input[split..]).map(|n| n + split));
+            let mut out = Vec::new();
+            let first = r.feed(&input[..split], &mut out);
+            let end = first.or_else(|| r.feed(&input[split..], &mut out).map(|n| n + split));
             assert_eq!(end, Some(input.len()), "split at {split}");
-            assert_eq!(r.into_message(), b"a\r\n.b\r\nc\r\n");
+            assert_eq!(out, b"a\r\n.b\r\nc\r\n");
         }
     }
 }

@@ -12,6 +12,10 @@ pub struct Limits {
     pub max_line: usize,
     /// The SIZE limit.
     pub max_message_size: usize,
+    /// Bytes a message's header section may take; more is refused with
+    /// `552 5.3.4` ([`crate::intake::incoming`] holds the section in
+    /// memory until it is decided).
+    pub max_header_size: usize,
     pub max_recipients: usize,
     /// Waiting for a command (RFC 5321 4.5.3.2.7 suggests 5 minutes).
     pub idle_timeout: Duration,
@@ -42,6 +46,7 @@ impl Default for Limits {
         Limits {
             max_line: 2048,
             max_message_size: 25 * 1024 * 1024,
+            max_header_size: crate::intake::DEFAULT_MAX_HEADER_SIZE,
             max_recipients: 100,
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),

@@ -1,6 +1,7 @@
-//! DATA: the message read up to `CRLF.CRLF` within its bounds, composed
-//! with the relay's trace and trust fields once per attributed tenant, and
-//! stored durably (all copies or none) before `250`.
+//! DATA: the message read up to `CRLF.CRLF` within its bounds and streamed
+//! to the spool as it arrives ([`Incoming`]), an envelope with the relay's
+//! trace and trust fields composed per attributed tenant, and the body and
+//! every envelope committed durably (all or none) before `250`.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use tokio::time::{Instant, timeout_at};
 use tracing::{info, warn};
 
 use super::{Flow, Session, reply};
-use crate::intake::{self, Message, Origin, trace};
+use crate::intake::{self, HeaderTooBig, Incoming, Message, Origin};
 use crate::smtp::context::ServerContext;
 use crate::smtp::data::{BareLineEndings, DataReader};
 use crate::smtp::stream::Io;
@@ -25,7 +26,8 @@ impl<S: Io> Session<S> {
         self.conn
             .queue("354 Start mail input; end with <CRLF>.<CRLF>\r\n");
         self.conn.flush().await?;
-        let Some(reader) = self.read_data().await? else {
+        let incoming = Incoming::new(self.ctx.spool.body(), self.ctx.limits.max_header_size);
+        let Some((reader, incoming)) = self.read_data(incoming).await? else {
             return Ok(Flow::Close);
         };
         let tx = self.tx.take().expect("checked above");
@@ -46,9 +48,16 @@ impl<S: Io> Session<S> {
                 )
                 .await;
         }
-        let message = reader.into_message();
-        let hops = trace::count_received(&message);
-        if hops > self.ctx.limits.max_hops {
+        let received = match incoming.finish().await {
+            Ok(r) => r,
+            Err(HeaderTooBig(limit)) => {
+                info!(client = %self.peer.ip(), limit, "message refused: header section too large");
+                let text = format!("Message header section exceeds the limit of {limit} bytes");
+                return self.error(552, "5.3.4", &text).await;
+            }
+        };
+        if received.hops > self.ctx.limits.max_hops {
+            let hops = received.hops;
             info!(client = %self.peer.ip(), hops, "message refused: mail loop (too many Received fields)");
             let text = format!("Too many hops ({hops} Received fields): mail loop?");
             return self.error(554, "5.4.6", &text).await;
@@ -72,25 +81,35 @@ impl<S: Io> Session<S> {
             &origin,
             &tx.sender,
             &tx.recipients,
-            &message,
+            received.body,
         );
-        drop(message);
         let line = store(self.ctx.clone(), self.peer.ip(), prepared).await;
         self.send(line).await?;
         Ok(Flow::Continue)
     }
 
-    /// Reads the message data up to `CRLF.CRLF`; `None` when the session
-    /// must end (client gone, data timeout or session deadline: 421).
-    pub(super) async fn read_data(&mut self) -> std::io::Result<Option<DataReader>> {
+    /// Reads the message data up to `CRLF.CRLF` into `incoming`, a chunk
+    /// at a time; `None` when the session must end (client gone, data
+    /// timeout or session deadline: 421), and the body is dropped.
+    pub(super) async fn read_data(
+        &mut self,
+        mut incoming: Incoming,
+    ) -> std::io::Result<Option<(DataReader, Incoming)>> {
         let mut reader = DataReader::new(
             self.ctx.limits.max_message_size,
             self.ctx.limits.bare_line_endings,
         );
+        let mut chunk = Vec::with_capacity(8192);
         loop {
-            if let Some(n) = reader.feed(&self.conn.rbuf) {
+            chunk.clear();
+            let end = reader.feed(&self.conn.rbuf, &mut chunk);
+            // Past the size limit the rest is only read, never stored.
+            if !reader.too_big {
+                incoming.write(&chunk).await;
+            }
+            if let Some(n) = end {
                 self.conn.rbuf.drain(..n);
-                return Ok(Some(reader));
+                return Ok(Some((reader, incoming)));
             }
             self.conn.rbuf.clear();
             let wait = (Instant::now() + self.ctx.limits.data_timeout).min(self.deadline);
@@ -108,29 +127,21 @@ impl<S: Io> Session<S> {
     }
 }
 
-/// Accepts the message ([`crate::intake::accept`]: every copy stored, then
+/// Accepts the message ([`crate::intake::accept`]: committed, then
 /// queued); returns the reply line. It runs as a task of its own: if the
 /// session is cut off meanwhile, a message that reached the spool is still
 /// queued, never left committed but undelivered until a restart.
 async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, message: Message) -> String {
     let task = tokio::spawn(async move {
-        let queue = ctx.clone();
-        let accepted = tokio::task::spawn_blocking(move || {
-            intake::accept(&ctx.spool, message, |e| queue.queue.enqueue(e))
-        })
-        .await;
+        let accepted = intake::accept(&ctx.spool, message, |e| ctx.queue.enqueue(e)).await;
         match accepted {
-            Ok(Ok(ids)) => reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" "))),
-            Ok(Err(e)) if e.is_full() => {
+            Ok(ids) => reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" "))),
+            Err(e) if e.is_full() => {
                 warn!(client = %client, error = %e, "spool full: message refused with 452");
                 reply(452, "4.3.1", "Insufficient system storage")
             }
-            Ok(Err(e)) => {
-                warn!(client = %client, error = %e, "spool write failed: message refused with 451");
-                reply(451, "4.3.0", "Local error in processing; try again later")
-            }
             Err(e) => {
-                warn!(client = %client, error = %e, "spool task failed: message refused with 451");
+                warn!(client = %client, error = %e, "spool write failed: message refused with 451");
                 reply(451, "4.3.0", "Local error in processing; try again later")
             }
         }

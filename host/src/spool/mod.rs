@@ -2,31 +2,45 @@
 //! delivered or bounced.
 //!
 //! Layout under `[spool] path`:
-//! - `msg/ID.eml`: the message as it will be sent (our headers prepended, CRLF);
-//! - `queue/ID.json`: its envelope and delivery state — **the commit record**;
-//! - `tmp/`: files being written.
+//! - `msg/BODY.eml`: a message's body as the client sent it (without the
+//!   client's copies of the relay's fields), stored once however many
+//!   tenants it was attributed to;
+//! - `queue/ID.json`: one envelope per tenant — recipients, delivery state,
+//!   the header fields the relay writes in front of the body, and the name
+//!   of the body — **the commit record**;
+//! - `tmp/`: envelope files being written.
 //!
-//! Every write goes to `tmp/`, is fsynced, renamed into place, and the target
-//! directory is fsynced, so that after a crash a file is either complete or
-//! absent. The message is written before its envelope and the envelope is the
-//! commit point: the SMTP `250` is sent only after the envelope is durable,
-//! and a message file without an envelope (a crash between the two writes,
-//! before any `250`) is removed at recovery.
+//! A body is streamed to its file as the client sends it ([`Body`]); the
+//! body and its envelopes become durable together through the group
+//! committer ([`Spool::commit`], `commit.rs`), and only then does SMTP
+//! answer `250`. A body no envelope names (a crash or a refusal before the
+//! commit) is removed at recovery; a body is removed with the last envelope
+//! that names it.
 //!
 //! A full disk is a temporary condition, never a lasting one: a write that
-//! fails removes what it had written (a leftover in `tmp/` would keep the
-//! disk full until a restart), and new mail is refused while less than
-//! `[spool] min_free_bytes` would remain free ([`Spool::ensure_room`]), so
-//! that the envelope rewrites of delivery and the DSNs for mail already
-//! accepted still find room.
+//! fails removes what it had written, and new mail is refused while less
+//! than `[spool] min_free_bytes` would remain free (`room.rs`), so that the
+//! envelope rewrites of delivery and the DSNs for mail already accepted
+//! still find room.
 
+mod body;
+mod commit;
+mod envelope;
+mod room;
+
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+pub use body::{BUFFER, Body};
+pub use envelope::{Envelope, QueueEntry, Recipient, RecipientState};
+
+use commit::{Committer, Job, Layout};
+use room::Room;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -80,104 +94,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-/// Where one recipient stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum RecipientState {
-    Pending,
-    Delivered { reply: String },
-    Failed { reply: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Recipient {
-    pub address: String,
-    #[serde(flatten)]
-    pub state: RecipientState,
-}
-
-/// A queued message's envelope and delivery state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub id: String,
-    /// Reverse-path; empty for the null sender.
-    pub sender: String,
-    pub recipients: Vec<Recipient>,
-    /// The attributed tenant.
-    pub tenant: Option<String>,
-    /// Unix seconds.
-    pub received_at: i64,
-    pub attempts: u32,
-    /// Unix seconds of the next delivery attempt.
-    pub next_attempt: i64,
-    pub last_error: Option<String>,
-    /// A delivery status notification we generated (never bounced itself).
-    #[serde(default)]
-    pub is_dsn: bool,
-    /// The client that sent it, for logs and DSNs.
-    #[serde(default)]
-    pub client: String,
-    /// Whether a connector authenticated the sender: the mail originated at
-    /// a tenant's server (by certificate or IP). Otherwise the reverse-path
-    /// may be forged, so a DSN returns none of the message and DSNs are
-    /// rate-limited per sender domain (backscatter, `delivery::dsn`).
-    /// Envelopes spooled before this field existed read as `false`, the
-    /// cautious side.
-    #[serde(default)]
-    pub authenticated: bool,
-    /// SHA-256 and length of the message file, set by [`Spool::store`]: a
-    /// file torn by a crash or a bad disk is detected, never delivered.
-    #[serde(default)]
-    pub message_sha256: String,
-    #[serde(default)]
-    pub message_len: u64,
-}
-
-impl Envelope {
-    pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
-        self.recipients
-            .iter()
-            .filter(|r| r.state == RecipientState::Pending)
-    }
-}
-
-/// One queued message as `GET /queue` and `attrelay queue list` show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct QueueEntry {
-    pub id: String,
-    /// Empty for the null sender.
-    pub sender: String,
-    pub tenant: Option<String>,
-    /// Recipients still to deliver.
-    pub pending: Vec<String>,
-    pub received_at: i64,
-    pub attempts: u32,
-    pub next_attempt: i64,
-    pub last_error: Option<String>,
-    pub is_dsn: bool,
-    /// Bytes of the message file.
-    pub size: u64,
-}
-
 /// Every message in the spool's queue, oldest first. Reads each envelope:
 /// meant for an operator's look at the queue, not for periodic scraping.
 pub fn listing(spool: &Spool) -> Vec<QueueEntry> {
     let (envelopes, _) = spool.recover_list();
-    let mut out: Vec<QueueEntry> = envelopes
-        .into_iter()
-        .map(|e| QueueEntry {
-            pending: e.pending().map(|r| r.address.clone()).collect(),
-            id: e.id,
-            sender: e.sender,
-            tenant: e.tenant,
-            received_at: e.received_at,
-            attempts: e.attempts,
-            next_attempt: e.next_attempt,
-            last_error: e.last_error,
-            is_dsn: e.is_dsn,
-            size: e.message_len,
-        })
-        .collect();
+    let mut out: Vec<QueueEntry> = envelopes.into_iter().map(QueueEntry::from).collect();
     out.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
     out
 }
@@ -194,28 +115,13 @@ pub fn now() -> i64 {
 #[derive(Debug)]
 pub struct Spool {
     root: PathBuf,
-    counter: AtomicU64,
-    /// Bytes that new mail must leave free on the spool's filesystem; 0
-    /// turns the check off (a full disk is then met at `ENOSPC` only).
-    min_free_bytes: u64,
-    /// Bytes of new messages being written right now: not yet visible in
-    /// the filesystem's free space, so that sessions storing at the same
-    /// time cannot each pass the check and together eat the reserve.
-    writing: AtomicU64,
-}
-
-/// Bytes of a message being written, counted in [`Spool`]'s `writing`
-/// until the write has ended (then the filesystem counts them).
-#[derive(Debug)]
-struct Reservation<'a> {
-    writing: &'a AtomicU64,
-    bytes: u64,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.writing.fetch_sub(self.bytes, Ordering::SeqCst);
-    }
+    layout: Layout,
+    counter: Arc<AtomicU64>,
+    room: Arc<Room>,
+    /// How many queued envelopes name each shared body: the last one
+    /// removed removes the body. Rebuilt by [`Spool::recover`].
+    bodies: Mutex<HashMap<String, usize>>,
+    committer: Committer,
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -252,7 +158,7 @@ impl From<WriteError> for SpoolError {
 /// written to `tmp` (on the same filesystem), fsynced, renamed over
 /// `target`, and `target`'s directory fsynced. A failure before the rename
 /// removes `tmp`, because on a full disk a partial file would keep the disk
-/// full. The spool and directory delivery both write this way.
+/// full. Envelope rewrites and directory delivery write this way.
 pub fn replace_durably(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let placed = write_synced(tmp, bytes)
         .map_err(WriteError::at(tmp))
@@ -278,14 +184,23 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Removes a file a failed write left behind. Best effort: if even that
-/// fails, the spool's recovery empties `tmp/` at the next start, and a
-/// retried directory delivery writes the same temporary name again.
+/// fails, the spool's recovery empties `tmp/` and removes unnamed bodies at
+/// the next start, and a retried directory delivery writes the same
+/// temporary name again.
 pub fn discard(path: &Path) {
     if let Err(e) = fs::remove_file(path)
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove a partly written file");
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Spool {
@@ -296,59 +211,48 @@ impl Spool {
     }
 
     /// Opens (creating if needed) the spool at `root`; new mail must leave
-    /// `min_free_bytes` free on its filesystem (0: no reserve).
+    /// `min_free_bytes` free on its filesystem (0: no reserve). Starts the
+    /// spool's committer thread.
     pub fn open_with(root: &Path, min_free_bytes: u64) -> Result<Spool, SpoolError> {
         for sub in ["msg", "queue", "tmp"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io(&d))?;
         }
+        let layout = Layout {
+            msg: root.join("msg"),
+            queue: root.join("queue"),
+            tmp: root.join("tmp"),
+        };
+        let counter = Arc::new(AtomicU64::new(0));
+        let committer = Committer::start(layout.clone(), counter.clone()).map_err(io(root))?;
         Ok(Spool {
             root: root.to_path_buf(),
-            counter: AtomicU64::new(0),
-            min_free_bytes,
-            writing: AtomicU64::new(0),
+            layout,
+            counter,
+            room: Arc::new(Room::new(root, min_free_bytes)),
+            bodies: Mutex::new(HashMap::new()),
+            committer,
         })
     }
 
     /// The free-space reserve new mail must leave, in bytes.
     pub fn min_free_bytes(&self) -> u64 {
-        self.min_free_bytes
+        self.room.min_free_bytes
     }
 
     /// Bytes the relay may still write on the spool's filesystem (blocks
-    /// available to unprivileged users: the root-only reserve of ext4 is not
-    /// counted, so a relay running as root still stops before it).
+    /// available to unprivileged users).
     pub fn available(&self) -> Result<u64, SpoolError> {
-        let st =
-            rustix::fs::statvfs(&self.root).map_err(|e| io(&self.root)(std::io::Error::from(e)))?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+        self.room.available()
     }
 
     /// Refuses new mail of `incoming` bytes that would leave less than the
     /// reserve free ([`SpoolError::Full`]). Asked at `MAIL FROM` with the
-    /// declared `SIZE` and by [`Spool::store`] with the actual length, so a
-    /// client hears "come back later" before it sends a message the disk
-    /// cannot hold. With no reserve (0) it never refuses.
+    /// declared `SIZE`; a [`Body`] asks again as it is written, so a client
+    /// hears "come back later" before it sends a message the disk cannot
+    /// hold. With no reserve (0) it never refuses.
     pub fn ensure_room(&self, incoming: u64) -> Result<(), SpoolError> {
-        let in_flight = self.writing.load(Ordering::SeqCst);
-        self.check_room(incoming.saturating_add(in_flight))
-    }
-
-    /// Whether `bytes` more (in flight included) leave the reserve free.
-    fn check_room(&self, bytes: u64) -> Result<(), SpoolError> {
-        if self.min_free_bytes == 0 {
-            return Ok(());
-        }
-        let available = self.available()?;
-        let needed = self.min_free_bytes.saturating_add(bytes);
-        if available < needed {
-            return Err(SpoolError::Full {
-                path: self.root.clone(),
-                available,
-                needed,
-            });
-        }
-        Ok(())
+        self.room.ensure(incoming)
     }
 
     pub fn root(&self) -> &Path {
@@ -369,128 +273,162 @@ impl Spool {
         )
     }
 
-    fn message_path(&self, id: &str) -> PathBuf {
-        self.root.join("msg").join(format!("{id}.eml"))
+    fn body_path(&self, body: &str) -> PathBuf {
+        self.layout.msg.join(format!("{body}.eml"))
     }
 
     fn envelope_path(&self, id: &str) -> PathBuf {
-        self.root.join("queue").join(format!("{id}.json"))
+        self.layout.envelope_path(id)
     }
 
-    /// Writes `bytes` to `target` durably, through a file in `tmp/`
-    /// ([`replace_durably`]: nothing stays in `tmp/` when it fails).
-    fn write_durably(&self, target: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = self.root.join("tmp").join(format!(
-            "{name}.{}",
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        ));
-        replace_durably(&tmp, target, bytes).map_err(SpoolError::from)
+    /// A new body for a client's message, held to the free-space reserve
+    /// as it is written.
+    pub fn body(&self) -> Body {
+        let id = self.new_id();
+        Body::new(id.clone(), self.body_path(&id), self.room.clone(), true)
     }
 
-    /// Stores a new message durably; when this returns `Ok`, the relay may
-    /// answer `250`. When it fails, nothing of the message stays in the spool.
-    ///
-    /// Mail from clients must leave the free-space reserve
-    /// ([`Spool::ensure_room`]); a DSN (`is_dsn`) may use it, because it
+    /// A body known whole (a DSN): not held to the reserve, because it
     /// reports on mail already accepted and the original stays queued until
-    /// its DSN is stored: refusing the DSN would hold both.
+    /// its DSN is stored; refusing the DSN would hold both.
+    pub fn body_of(&self, bytes: &[u8]) -> Body {
+        let id = self.new_id();
+        let mut body = Body::new(id.clone(), self.body_path(&id), self.room.clone(), false);
+        body.append(bytes);
+        body
+    }
+
+    /// Makes `body` and its `envelopes` durable together, through the
+    /// group committer (see `commit.rs`); when this returns `Ok`, the relay
+    /// may answer `250`. Returns the envelopes with the body's name, length
+    /// and SHA-256. When it fails, nothing of the message stays in the spool.
+    pub async fn commit(
+        &self,
+        body: Body,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<Envelope>, SpoolError> {
+        let outcome = self.committer.submit(Job { body, envelopes }).await;
+        let outcome = outcome.unwrap_or_else(|_| {
+            Err(SpoolError::Io {
+                path: self.root.clone(),
+                source: std::io::Error::other("the spool's committer stopped"),
+            })
+        });
+        self.retain(&outcome);
+        outcome
+    }
+
+    /// [`Spool::commit`] on the calling thread, for callers outside the
+    /// async runtime: the same steps, in a batch of one.
+    pub fn commit_blocking(
+        &self,
+        body: Body,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<Envelope>, SpoolError> {
+        let outcome =
+            commit::write_batch(&self.layout, &self.counter, vec![Job { body, envelopes }])
+                .pop()
+                .expect("one outcome per job");
+        self.retain(&outcome);
+        outcome
+    }
+
+    /// Counts the envelopes of a committed body.
+    fn retain(&self, outcome: &Result<Vec<Envelope>, SpoolError>) {
+        if let Ok(envelopes) = outcome
+            && let Some(body) = envelopes.first().and_then(|e| e.body.clone())
+        {
+            *self
+                .bodies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(body)
+                .or_default() += envelopes.len();
+        }
+    }
+
+    /// Stores a whole message with one envelope, on the calling thread
+    /// ([`Spool::commit_blocking`]); fills in the envelope's body fields.
     pub fn store(&self, envelope: &mut Envelope, message: &[u8]) -> Result<(), SpoolError> {
-        use sha2::Digest;
-        let _reservation = if envelope.is_dsn {
-            None
+        let body = if envelope.is_dsn {
+            self.body_of(message)
         } else {
-            Some(self.reserve(message.len() as u64)?)
+            let mut body = self.body();
+            body.append(message);
+            body
         };
-        envelope.message_sha256 = sha2::Sha256::digest(message)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        envelope.message_len = message.len() as u64;
-        let stored = self
-            .write_durably(&self.message_path(&envelope.id), message)
-            .and_then(|()| self.update(envelope));
-        if stored.is_err() {
-            self.discard_stored(&envelope.id);
-        }
-        stored
+        let mut stored = self.commit_blocking(body, vec![envelope.clone()])?;
+        *envelope = stored.pop().expect("one envelope in, one out");
+        Ok(())
     }
 
-    /// Counts `bytes` as being written, if they leave the reserve free with
-    /// everything else being written: counted first and checked after, so
-    /// that two stores racing each see the other.
-    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, SpoolError> {
-        let in_flight = self.writing.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        let reservation = Reservation {
-            writing: &self.writing,
-            bytes,
-        };
-        self.check_room(in_flight)?;
-        Ok(reservation)
-    }
-
-    /// Undoes a [`Spool::store`] that failed part way (a full disk while
-    /// writing the envelope, a failed directory fsync): the client is told
-    /// to try again, so neither file may stay to be delivered or to take
-    /// space. Best effort; recovery removes an orphan message file anyway.
-    fn discard_stored(&self, id: &str) {
-        let removed = self
-            .remove(id)
-            .and_then(|()| fsync_dir(&self.root.join("msg")));
-        if let Err(e) = removed {
-            discard(&self.message_path(id));
-            tracing::warn!(queue_id = %id, error = %e, "cannot remove a message whose storing failed");
-        }
-    }
-
-    /// The message of `envelope`, checked against the length and SHA-256
-    /// recorded when it was stored. A mismatch moves both files to
-    /// `corrupt/` for the operator and is an error.
+    /// The message of `envelope` as it will be sent — its head, then its
+    /// body — with the body checked against the length and SHA-256
+    /// recorded at the commit. A mismatch or a missing body moves the
+    /// envelope (and the body) to `corrupt/` for the operator and is an
+    /// error: such a message is never delivered.
     pub fn read_checked(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
-        use sha2::Digest;
-        let bytes = self.read_message(&envelope.id)?;
-        if envelope.message_sha256.is_empty() {
-            return Ok(bytes);
+        let path = self.body_path(envelope.body_id());
+        let body = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.set_aside(envelope, false);
+                return Err(SpoolError::Corrupt {
+                    path,
+                    detail: "message body missing: envelope moved to corrupt/, not delivered"
+                        .into(),
+                });
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if !envelope.message_sha256.is_empty() {
+            let sha = sha256_hex(&body);
+            if body.len() as u64 != envelope.message_len || sha != envelope.message_sha256 {
+                self.set_aside(envelope, true);
+                return Err(SpoolError::Corrupt {
+                    path,
+                    detail: format!(
+                        "message file is {} bytes with SHA-256 {sha}, expected {} bytes with {}: moved to corrupt/, not delivered",
+                        body.len(),
+                        envelope.message_len,
+                        envelope.message_sha256
+                    ),
+                });
+            }
         }
-        let sha: String = sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if bytes.len() as u64 == envelope.message_len && sha == envelope.message_sha256 {
-            return Ok(bytes);
-        }
+        let mut message = Vec::with_capacity(envelope.head.len() + body.len());
+        message.extend_from_slice(envelope.head.as_bytes());
+        message.extend_from_slice(&body);
+        Ok(message)
+    }
+
+    /// Moves `envelope` (and its body, when `with_body`) to `corrupt/`.
+    /// Other envelopes of a body moved aside then find it missing and
+    /// follow it there.
+    fn set_aside(&self, envelope: &Envelope, with_body: bool) {
         let aside = self.root.join("corrupt");
         let _ = fs::create_dir_all(&aside);
-        for p in [
-            self.message_path(&envelope.id),
-            self.envelope_path(&envelope.id),
-        ] {
+        let mut paths = vec![self.envelope_path(&envelope.id)];
+        if with_body {
+            paths.push(self.body_path(envelope.body_id()));
+        }
+        for p in paths {
             let _ = fs::rename(&p, aside.join(p.file_name().unwrap_or_default()));
         }
-        Err(SpoolError::Corrupt {
-            path: self.message_path(&envelope.id),
-            detail: format!(
-                "message file is {} bytes with SHA-256 {sha}, expected {} bytes with {}: moved to corrupt/, not delivered",
-                bytes.len(),
-                envelope.message_len,
-                envelope.message_sha256
-            ),
-        })
+        self.release(envelope);
     }
 
     /// Rewrites an envelope (delivery progress) atomically. Never held to
     /// the free-space reserve: the reserve exists for this bookkeeping.
     pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
         let json = serde_json::to_vec_pretty(envelope).expect("envelopes serialize");
-        self.write_durably(&self.envelope_path(&envelope.id), &json)
-    }
-
-    pub fn read_message(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
-        let p = self.message_path(id);
-        fs::read(&p).map_err(io(&p))
+        let target = self.envelope_path(&envelope.id);
+        let tmp = self.layout.tmp.join(format!(
+            "{}.json.{}",
+            envelope.id,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        replace_durably(&tmp, &target, &json).map_err(SpoolError::from)
     }
 
     pub fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
@@ -502,39 +440,69 @@ impl Spool {
         })
     }
 
-    /// Removes a finished message: the envelope first, so that a crash in
-    /// between leaves an orphan message file, not a dangling envelope.
-    pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
-        let env = self.envelope_path(id);
+    /// Removes a finished envelope, and its body when no other envelope
+    /// names it: the envelope first, so that a crash in between leaves an
+    /// orphan body (removed at recovery), never an envelope without one.
+    pub fn remove(&self, envelope: &Envelope) -> Result<(), SpoolError> {
+        let env = self.envelope_path(&envelope.id);
         match fs::remove_file(&env) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&env)(e)),
         }
-        fsync_dir(&self.root.join("queue"))?;
-        let msg = self.message_path(id);
-        match fs::remove_file(&msg) {
+        fsync_dir(&self.layout.queue)?;
+        if !self.release(envelope) {
+            return Ok(());
+        }
+        let body = self.body_path(envelope.body_id());
+        match fs::remove_file(&body) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&msg)(e)),
+            Err(e) => Err(io(&body)(e)),
         }
     }
 
-    /// Everything queued, after a restart: envelopes whose message exists.
-    /// Removes leftovers of interrupted writes (tmp files, orphan messages).
-    /// A corrupt envelope is moved aside to `corrupt/` and reported, never
-    /// silently dropped.
+    /// Forgets `envelope`'s claim on its body; whether it was the last.
+    /// A body this spool never counted (an envelope from before bodies
+    /// were shared owns its file alone) is the envelope's own; a shared
+    /// one it does not know of is kept, for recovery to judge.
+    fn release(&self, envelope: &Envelope) -> bool {
+        let Some(body) = &envelope.body else {
+            return true;
+        };
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        match bodies.get_mut(body) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                bodies.remove(body);
+                true
+            }
+            None => {
+                tracing::warn!(queue_id = %envelope.id, body = %body, "a body the spool does not count: kept until the next start");
+                false
+            }
+        }
+    }
+
+    /// Everything queued, after a restart: envelopes whose body exists.
+    /// Removes leftovers of interrupted writes (`tmp/`, bodies no envelope
+    /// names) and counts each body's envelopes. A corrupt envelope is moved
+    /// aside to `corrupt/` and reported, never silently dropped; while there
+    /// is one, unnamed bodies go there too (one may be its body).
     pub fn recover(&self) -> Result<(Vec<Envelope>, Vec<SpoolError>), SpoolError> {
-        let tmp = self.root.join("tmp");
-        for entry in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+        let tmp = &self.layout.tmp;
+        for entry in fs::read_dir(tmp).map_err(io(tmp))?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
         let mut envelopes = Vec::new();
         let mut problems = Vec::new();
-        let mut corrupt = std::collections::HashSet::new();
+        let mut corrupt = HashSet::new();
         let aside = self.root.join("corrupt");
-        let queue = self.root.join("queue");
-        for entry in fs::read_dir(&queue).map_err(io(&queue))?.flatten() {
+        let queue = &self.layout.queue;
+        for entry in fs::read_dir(queue).map_err(io(queue))?.flatten() {
             let path = entry.path();
             let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
                 continue;
@@ -543,7 +511,7 @@ impl Spool {
                 continue;
             }
             match self.read_envelope(&id) {
-                Ok(e) if self.message_path(&id).exists() => envelopes.push(e),
+                Ok(e) if self.body_path(e.body_id()).exists() => envelopes.push(e),
                 Ok(_) => problems.push(SpoolError::Corrupt {
                     path: path.clone(),
                     detail: "message file missing".into(),
@@ -556,23 +524,36 @@ impl Spool {
                 }
             }
         }
-        let ids: std::collections::HashSet<String> =
-            envelopes.iter().map(|e| e.id.clone()).collect();
-        let msg = self.root.join("msg");
-        for entry in fs::read_dir(&msg).map_err(io(&msg))?.flatten() {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for e in &envelopes {
+            *counts.entry(e.body_id().to_string()).or_default() += 1;
+        }
+        let msg = &self.layout.msg;
+        for entry in fs::read_dir(msg).map_err(io(msg))?.flatten() {
             let p = entry.path();
             let id = p
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if corrupt.contains(&id) {
-                // Kept beside its envelope for an operator to inspect.
+            if counts.contains_key(&id) {
+                continue;
+            }
+            if !corrupt.is_empty() {
+                // Kept for an operator to inspect beside the envelopes.
                 let _ = fs::rename(&p, aside.join(p.file_name().unwrap_or_default()));
-            } else if !ids.contains(&id) && !self.envelope_path(&id).exists() {
+            } else {
                 // Never acknowledged: the envelope is the commit record.
                 let _ = fs::remove_file(&p);
             }
         }
+        // Old envelopes own their file alone; only shared bodies are counted.
+        *self.bodies.lock().unwrap_or_else(|e| e.into_inner()) = envelopes
+            .iter()
+            .filter_map(|e| e.body.clone())
+            .fold(HashMap::new(), |mut m, b| {
+                *m.entry(b).or_default() += 1;
+                m
+            });
         envelopes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((envelopes, problems))
     }
@@ -581,7 +562,7 @@ impl Spool {
     pub fn recover_list(&self) -> (Vec<Envelope>, usize) {
         let mut out = Vec::new();
         let mut bad = 0;
-        if let Ok(dir) = fs::read_dir(self.root.join("queue")) {
+        if let Ok(dir) = fs::read_dir(&self.layout.queue) {
             for entry in dir.flatten() {
                 let id = entry
                     .path()
@@ -599,7 +580,7 @@ impl Spool {
 
     /// Number of queued messages (for status and metrics).
     pub fn len(&self) -> usize {
-        fs::read_dir(self.root.join("queue"))
+        fs::read_dir(&self.layout.queue)
             .map(|d| d.count())
             .unwrap_or(0)
     }
@@ -629,6 +610,8 @@ mod tests {
             is_dsn: false,
             client: "203.0.113.5".into(),
             authenticated: true,
+            head: String::new(),
+            body: None,
             message_sha256: String::new(),
             message_len: 0,
         }
@@ -650,10 +633,11 @@ mod tests {
         assert!(!dir.path().join("tmp/junk").exists());
         assert!(!dir.path().join("msg/ORPHAN.eml").exists());
         assert_eq!(
-            reopened.read_message(&e.id).unwrap(),
+            reopened.read_checked(&e).unwrap(),
             b"Subject: x\r\n\r\nbody\r\n"
         );
-        reopened.remove(&e.id).unwrap();
+        reopened.remove(&e).unwrap();
+        assert_eq!(names(&dir.path().join("msg")), Vec::<String>::new());
         assert!(reopened.recover().unwrap().0.is_empty());
     }
 
@@ -670,7 +654,7 @@ mod tests {
             .unwrap();
         assert!(spool.read_checked(&e).is_ok());
         // Cut the file in half, as a crash on a filesystem without ordered writes could.
-        let path = dir.path().join("msg").join(format!("{}.eml", e.id));
+        let path = dir.path().join("msg").join(format!("{}.eml", e.body_id()));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let (found, _) = spool.recover().unwrap();
@@ -679,7 +663,7 @@ mod tests {
         assert!(
             dir.path()
                 .join("corrupt")
-                .join(format!("{}.eml", e.id))
+                .join(format!("{}.eml", e.body_id()))
                 .exists()
         );
         assert!(spool.recover().unwrap().0.is_empty());
@@ -756,11 +740,13 @@ mod tests {
         let available = probe.available().unwrap();
         // A reserve that leaves room for one half of the free space.
         let spool = Spool::open_with(dir.path(), available / 2).unwrap();
-        let first = spool.reserve(available / 3).unwrap();
+        let mut first = room::Reservation::new(spool.room.clone(), true);
+        first.grow(available / 3).unwrap();
         // Another session's message of the same size now no longer fits,
         // although the disk has not seen a byte of the first yet.
         assert!(spool.ensure_room(available / 3).unwrap_err().is_full());
-        assert!(spool.reserve(available / 3).unwrap_err().is_full());
+        let mut second = room::Reservation::new(spool.room.clone(), true);
+        assert!(second.grow(available / 3).unwrap_err().is_full());
         drop(first);
         assert!(spool.ensure_room(available / 3).is_ok());
     }

@@ -1,0 +1,343 @@
+//! Group commit: the one way a message becomes part of the queue.
+//!
+//! Sessions hand their finished bodies and envelopes to one committer
+//! thread. It takes every job waiting when it wakes — no fixed wait, so a
+//! lone message is committed at once, and messages that arrive while a
+//! batch is being synced form the next batch (RocksDB's write group) — and
+//! makes the whole batch durable together:
+//!
+//! 1. each body's buffered rest is written to `msg/BODY.eml`, each envelope
+//!    to a file in `tmp/`;
+//! 2. writeback of every file is started (`sync_file_range`), then each is
+//!    `fdatasync`ed: the first sync commits the filesystem's journal for
+//!    all of them, the others only wait for their own data;
+//! 3. `msg/` is fsynced once, so every body's name is durable before any
+//!    envelope names it;
+//! 4. the envelopes are renamed into `queue/` — the commit point — and
+//!    `queue/` is fsynced once.
+//!
+//! Only then is each job answered, and only then does SMTP send `250`.
+//! A crash before step 4 leaves bodies no envelope names (removed at
+//! recovery) and files in `tmp/` (emptied at recovery); after it, the
+//! message is complete. See `docs/ARCHITECTURE.md` for why not a log.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::body::Body;
+use super::{Envelope, SpoolError};
+
+/// Where the committer writes.
+#[derive(Debug, Clone)]
+pub(super) struct Layout {
+    pub(super) msg: PathBuf,
+    pub(super) queue: PathBuf,
+    pub(super) tmp: PathBuf,
+}
+
+impl Layout {
+    pub(super) fn envelope_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.json"))
+    }
+}
+
+/// One message to commit: its body and the envelopes that share it.
+pub(super) struct Job {
+    pub(super) body: Body,
+    pub(super) envelopes: Vec<Envelope>,
+}
+
+/// What a committed job hands back: its envelopes with the body's name,
+/// length and SHA-256 filled in.
+pub(super) type Outcome = Result<Vec<Envelope>, SpoolError>;
+
+struct Waiting {
+    job: Job,
+    done: oneshot::Sender<Outcome>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Waiting>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// The committer thread of one spool; stopped (after the jobs already
+/// handed to it) when dropped.
+pub(super) struct Committer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Committer")
+    }
+}
+
+impl Committer {
+    pub(super) fn start(layout: Layout, counter: Arc<AtomicU64>) -> std::io::Result<Committer> {
+        let shared = Arc::new(Shared::default());
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || run(&worker, &layout, &counter))?;
+        Ok(Committer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `job` to the committer; the receiver gets its outcome.
+    pub(super) fn submit(&self, job: Job) -> oneshot::Receiver<Outcome> {
+        let (done, outcome) = oneshot::channel();
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.jobs.push(Waiting { job, done });
+        drop(queue);
+        self.shared.ready.notify_one();
+        outcome
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.shared.ready.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, layout: &Layout, counter: &AtomicU64) {
+    loop {
+        let batch = {
+            let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            while queue.jobs.is_empty() && !queue.closed {
+                queue = shared.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+            if queue.jobs.is_empty() {
+                return;
+            }
+            std::mem::take(&mut queue.jobs)
+        };
+        let (jobs, senders): (Vec<Job>, Vec<_>) =
+            batch.into_iter().map(|w| (w.job, w.done)).unzip();
+        for (outcome, done) in write_batch(layout, counter, jobs).into_iter().zip(senders) {
+            // A session that went away still has its message queued: the
+            // caller's task, not the session, waits for this.
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// A job on its way through [`write_batch`].
+struct Staged {
+    job: Job,
+    /// Envelope files in `tmp/`, with their final names.
+    envelope_files: Vec<(File, PathBuf, PathBuf)>,
+    /// Envelopes renamed into `queue/`.
+    placed: Vec<PathBuf>,
+    error: Option<SpoolError>,
+}
+
+impl Staged {
+    fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    fn fail(&mut self, e: SpoolError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Undoes what was written of a failed job: its envelopes, here and in
+    /// `tmp/`; its body goes when the job is dropped.
+    fn undo(&mut self) {
+        for (_, tmp, _) in self.envelope_files.drain(..) {
+            super::discard(&tmp);
+        }
+        for placed in self.placed.drain(..) {
+            super::discard(&placed);
+        }
+    }
+}
+
+/// Commits `jobs` together (the steps in the module's documentation);
+/// returns each job's outcome, in order. A failure that touches one job
+/// (its body's write, its envelope's) fails only that job; one that
+/// touches the batch (a directory sync) fails every job in it.
+pub(super) fn write_batch(layout: &Layout, counter: &AtomicU64, jobs: Vec<Job>) -> Vec<Outcome> {
+    let mut staged: Vec<Staged> = jobs
+        .into_iter()
+        .map(|job| stage(layout, counter, job))
+        .collect();
+    for s in staged.iter().filter(|s| s.ok()) {
+        for fd in s.files() {
+            start_writeback(fd);
+        }
+    }
+    for s in staged.iter_mut().filter(|s| s.ok()) {
+        let synced = s
+            .files()
+            .try_for_each(|f| rustix::fs::fdatasync(f).map_err(std::io::Error::from));
+        if let Err(e) = synced {
+            s.fail(SpoolError::Io {
+                path: s.job.body.path.clone(),
+                source: e,
+            });
+        }
+    }
+    if staged.iter().any(Staged::ok)
+        && let Err(e) = super::fsync_dir(&layout.msg)
+    {
+        fail_all(&mut staged, &e);
+    }
+    for s in staged.iter_mut().filter(|s| s.ok()) {
+        place(s);
+    }
+    if staged.iter().any(|s| !s.placed.is_empty())
+        && let Err(e) = super::fsync_dir(&layout.queue)
+    {
+        fail_all(&mut staged, &e);
+    }
+    staged
+        .into_iter()
+        .map(|mut s| match s.error.take() {
+            Some(e) => {
+                s.undo();
+                Err(e)
+            }
+            None => {
+                s.job.body.kept = true;
+                Ok(std::mem::take(&mut s.job.envelopes))
+            }
+        })
+        .collect()
+}
+
+fn fail_all(staged: &mut [Staged], e: &SpoolError) {
+    for s in staged.iter_mut() {
+        s.fail(copy_of(e));
+    }
+}
+
+/// The same error again, for every job of a batch that one failure ends.
+fn copy_of(e: &SpoolError) -> SpoolError {
+    match e {
+        SpoolError::Io { path, source } => SpoolError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => SpoolError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+impl Staged {
+    fn files(&self) -> impl Iterator<Item = &File> {
+        self.job
+            .body
+            .file
+            .iter()
+            .chain(self.envelope_files.iter().map(|(f, _, _)| f))
+    }
+}
+
+/// Step 1 for one job: the body's rest and the envelopes' files.
+fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Staged {
+    let written = job.body.write_rest();
+    let (sha, len, id) = (job.body.sha256(), job.body.len, job.body.id.clone());
+    for e in &mut job.envelopes {
+        e.body = Some(id.clone());
+        e.message_sha256 = sha.clone();
+        e.message_len = len;
+    }
+    let mut staged = Staged {
+        job,
+        envelope_files: Vec::new(),
+        placed: Vec::new(),
+        error: None,
+    };
+    if let Err(e) = written {
+        staged.fail(e);
+        return staged;
+    }
+    for i in 0..staged.job.envelopes.len() {
+        let e = &staged.job.envelopes[i];
+        let target = layout.envelope_path(&e.id);
+        let tmp = layout.tmp.join(format!(
+            "{}.json.{}",
+            e.id,
+            counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let json = serde_json::to_vec_pretty(e).expect("envelopes serialize");
+        match create_with(&tmp, &json) {
+            Ok(f) => staged.envelope_files.push((f, tmp, target)),
+            Err(source) => {
+                super::discard(&tmp);
+                staged.fail(SpoolError::Io { path: tmp, source });
+                return staged;
+            }
+        }
+    }
+    staged
+}
+
+/// Step 4 for one job: its envelopes into `queue/`.
+fn place(s: &mut Staged) {
+    let files = std::mem::take(&mut s.envelope_files);
+    let mut rest = files.into_iter();
+    for (file, tmp, target) in rest.by_ref() {
+        drop(file);
+        if let Err(source) = fs::rename(&tmp, &target) {
+            super::discard(&tmp);
+            s.fail(SpoolError::Io {
+                path: target,
+                source,
+            });
+            break;
+        }
+        s.placed.push(target);
+    }
+    s.envelope_files.extend(rest);
+}
+
+fn create_with(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    let mut f = File::options().write(true).create_new(true).open(path)?;
+    f.write_all(bytes)?;
+    Ok(f)
+}
+
+/// Starts writing `file`'s dirty pages without waiting (Linux's
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that the `fdatasync`s
+/// that follow find the data of the whole batch on its way at once. Only a
+/// hint: the `fdatasync` is what makes the data durable, so a failure here
+/// is ignored.
+fn start_writeback(file: &File) {
+    // SAFETY: sync_file_range reads no memory of ours; it is given an open
+    // descriptor that `file` keeps alive for the call.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
