@@ -16,7 +16,17 @@ use tokio::process::{Child, Command};
 
 /// Starts `attrelay serve` and returns it with the address it listens on.
 async fn serve(config: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
+    serve_crashing_at(config, None).await
+}
+
+/// [`serve`], killing itself with SIGKILL at the spool's step `crash_at`
+/// (`ATTRELAY_CRASH_AT`, honoured by debug builds: see `spool/crash.rs`).
+async fn serve_crashing_at(config: &Path, crash_at: Option<&str>) -> (Child, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_attrelay"));
+    if let Some(step) = crash_at {
+        command.env("ATTRELAY_CRASH_AT", step);
+    }
+    let mut child = command
         .args(["serve", "--config", config.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -394,4 +404,295 @@ async fn sigkill_while_clients_send_loses_nothing_answered_250() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("messages answered 250 were lost");
+}
+
+/// Files in a spool directory.
+fn files(spool: &Path, sub: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(spool.join(sub))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits until `sub` of the spool is empty.
+async fn drained(spool: &Path, sub: &str) {
+    for _ in 0..100 {
+        if files(spool, sub).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("spool/{sub} still holds {:?}", files(spool, sub));
+}
+
+/// The tenants' domains one message from the Internet is addressed to: an
+/// envelope each, one body.
+const TENANT_DOMAINS: [&str; 3] = ["contoso.com", "fabrikam.com", "tailspintoys.com"];
+
+/// A relay that delivers to `sink`, in `pki`'s directory.
+fn crash_config(pki: &Pki, sink: SocketAddr) -> std::path::PathBuf {
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{sink}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n"
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Sends one message from the Internet to a recipient at each of
+/// [`TENANT_DOMAINS`] with a body of `body_len` bytes; the reply to DATA.
+async fn send_to_three_tenants(addr: SocketAddr, body_len: usize) -> support::smtp::Reply {
+    let (mut c, greeting) = Client::connect_from(addr, "127.0.2.77".parse().unwrap()).await;
+    assert_eq!(greeting.code, 220);
+    assert_eq!(c.cmd("EHLO mx.internet.example").await.code, 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@internet.example>").await.code, 250);
+    for d in TENANT_DOMAINS {
+        assert_eq!(c.cmd(&format!("RCPT TO:<kate@{d}>")).await.code, 250);
+    }
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstu\r\n";
+    let mut wire = b"Subject: crash\r\n\r\n".to_vec();
+    while wire.len() < body_len {
+        wire.extend_from_slice(line.as_bytes());
+    }
+    wire.extend_from_slice(b".\r\n");
+    c.data(&wire).await
+}
+
+/// Checks what a restarted relay delivered: each recipient's copy whole,
+/// every spool directory empty after.
+async fn check_delivered(sink: &Sink, spool: &Path, expected: &[String], body_len: usize) {
+    let got = sink.wait_for(expected.len()).await;
+    let mut recipients: Vec<String> = got.iter().flat_map(|m| m.recipients.clone()).collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(recipients, expected);
+    for m in &got {
+        let text = String::from_utf8_lossy(&m.data);
+        assert!(text.contains("\r\nSubject: crash\r\n"), "{text}");
+        assert!(
+            m.data.len() >= body_len,
+            "a whole copy: {} bytes",
+            m.data.len()
+        );
+    }
+    for sub in ["queue", "msg", "tmp"] {
+        drained(spool, sub).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_of_a_commit_neither_loses_nor_duplicates_a_body() {
+    // (step, the body is large enough to be written while it arrives,
+    //  envelopes the spool may hold after the crash)
+    let steps: [(&str, usize, &[usize]); 7] = [
+        ("body:flushed", 200_000, &[0]),
+        ("commit:staged", 4_000, &[0]),
+        ("commit:synced", 200_000, &[0]),
+        ("commit:bodies-named", 4_000, &[0]),
+        ("commit:placed-one", 4_000, &[1]),
+        ("commit:placed", 200_000, &[3]),
+        ("commit:durable", 4_000, &[3]),
+    ];
+    for (step, body_len, after) in steps {
+        let pki = Pki::new();
+        let sink = Sink::start().await;
+        let config = crash_config(&pki, sink.addr);
+        let spool = pki.path("spool");
+        let (mut relay, addr) = serve_crashing_at(&config, Some(step)).await;
+        let r = send_to_three_tenants(addr, body_len).await;
+        // The relay died before it could answer: no 250, the client retries.
+        assert_eq!(r.code, 0, "{step}: {r:?}");
+        let status = tokio::time::timeout(Duration::from_secs(30), relay.wait())
+            .await
+            .expect("the relay died")
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{step}: killed at the step");
+        let envelopes = files(&spool, "queue").len();
+        assert!(after.contains(&envelopes), "{step}: {envelopes} envelopes");
+        let bodies = files(&spool, "msg");
+        assert!(bodies.len() <= 1, "{step}: one body at most: {bodies:?}");
+
+        // Restarted, the relay delivers what was committed, once, and
+        // leaves no body, envelope or temporary file behind.
+        let (_relay, _) = serve(&config).await;
+        let mut expected: Vec<String> =
+            TENANT_DOMAINS.iter().map(|d| format!("kate@{d}")).collect();
+        expected.sort();
+        let delivered: Vec<String> = if envelopes == 0 {
+            Vec::new()
+        } else if envelopes == TENANT_DOMAINS.len() {
+            expected
+        } else {
+            vec![expected[0].clone()]
+        };
+        if delivered.is_empty() {
+            for sub in ["queue", "msg", "tmp"] {
+                drained(&spool, sub).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(sink.received.lock().unwrap().is_empty(), "{step}");
+        } else {
+            check_delivered(&sink, &spool, &delivered, body_len).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(
+                sink.received.lock().unwrap().len(),
+                delivered.len(),
+                "{step}: once each"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_an_envelope_and_its_shared_body_delivers_the_rest_once() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let config = crash_config(&pki, sink.addr);
+    let spool = pki.path("spool");
+    let (mut relay, addr) = serve_crashing_at(&config, Some("remove:envelope")).await;
+    let r = send_to_three_tenants(addr, 100_000).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // The first copy delivered, its envelope removed: the relay dies there.
+    let status = tokio::time::timeout(Duration::from_secs(30), relay.wait())
+        .await
+        .expect("the relay died at the first removal")
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    let left = files(&spool, "queue").len();
+    assert!(left < 3, "one envelope went: {left} left");
+    assert_eq!(
+        files(&spool, "msg").len(),
+        1,
+        "the body stays for the others"
+    );
+    let (_relay, _) = serve(&config).await;
+    let mut expected: Vec<String> = TENANT_DOMAINS.iter().map(|d| format!("kate@{d}")).collect();
+    expected.sort();
+    // Delivered before the kill and after the restart: every recipient,
+    // and the body removed with the last envelope.
+    check_delivered(&sink, &spool, &expected, 100_000).await;
+}
+
+/// Total bytes of the files in a spool directory.
+fn bytes_in(spool: &Path, sub: &str) -> u64 {
+    std::fs::read_dir(spool.join(sub))
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A session's memory does not grow with its message: 100 sessions in the
+/// middle of DATA hold about as much after 4 MiB each as after 1 KiB,
+/// because the body goes to the spool as it arrives. (The figures for
+/// 100 × 20 MB on a release build are in `docs/BENCHMARKS.md`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_memory_is_the_same_whatever_its_messages_size() {
+    const SESSIONS: usize = 100;
+    const BIG: usize = 4 << 20;
+    let pki = Pki::new();
+    let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hop_addr = hop.local_addr().unwrap();
+    drop(hop);
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\nmax_sessions_per_ip = 200\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop_addr}\"\n"
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let (child, addr) = serve(&config).await;
+    let pid = child.id().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..SESSIONS {
+        let (mut c, g) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
+        assert_eq!(g.code, 220);
+        assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+        assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+        assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
+        assert_eq!(c.cmd("DATA").await.code, 354);
+        c.send_raw(b"Subject: big\r\n\r\n").await;
+        c.send_raw(&[b'x'; 1022]).await;
+        c.send_raw(b"\r\n").await;
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let small = rss_kib(pid);
+    let line = [b"y".repeat(1022).as_slice(), b"\r\n"].concat();
+    let chunk = line.repeat(64);
+    for c in &mut clients {
+        for _ in 0..BIG / chunk.len() {
+            c.send_raw(&chunk).await;
+        }
+    }
+    let spool = pki.path("spool");
+    let arrived = (SESSIONS * (BIG - 128 * 1024)) as u64;
+    for _ in 0..600 {
+        if bytes_in(&spool, "msg") >= arrived {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        bytes_in(&spool, "msg") >= arrived,
+        "the bodies reach the disk as they arrive"
+    );
+    let big = rss_kib(pid);
+    eprintln!(
+        "{SESSIONS} sessions in DATA: RSS {small} KiB after 1 KiB each, {big} KiB after 4 MiB each"
+    );
+    assert!(
+        big < small + 32 * 1024,
+        "RSS grew by {} KiB for {} MiB of message data",
+        big.saturating_sub(small),
+        SESSIONS * BIG >> 20
+    );
+    for c in &mut clients {
+        c.send_raw(b".\r\n").await;
+        let r = c.read().await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    assert_eq!(files(&spool, "queue").len(), SESSIONS);
+    assert_eq!(files(&spool, "msg").len(), SESSIONS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_three_tenants_is_stored_once() {
+    let pki = Pki::new();
+    let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hop_addr = hop.local_addr().unwrap();
+    drop(hop);
+    let config = crash_config(&pki, hop_addr);
+    let (_relay, addr) = serve(&config).await;
+    let r = send_to_three_tenants(addr, 2_000_000).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let spool = pki.path("spool");
+    let bodies = files(&spool, "msg");
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let body_len = std::fs::metadata(spool.join("msg").join(&bodies[0]))
+        .unwrap()
+        .len();
+    assert!((2_000_000..2_001_000).contains(&body_len), "{body_len}");
+    let envelopes = files(&spool, "queue");
+    assert_eq!(envelopes.len(), 3);
+    let mut tenants = Vec::new();
+    for name in envelopes {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(spool.join("queue").join(name)).unwrap())
+                .unwrap();
+        assert_eq!(format!("{}.eml", json["body"].as_str().unwrap()), bodies[0]);
+        let head = json["head"].as_str().unwrap();
+        let tenant = json["tenant"].as_str().unwrap();
+        assert!(
+            head.contains(&format!("X-Attributed-Tenant: {tenant}\r\n")),
+            "{head}"
+        );
+        tenants.push(tenant.to_string());
+    }
+    tenants.sort();
+    assert_eq!(tenants, ["contoso", "fabrikam", "tailspintoys"]);
 }

@@ -130,4 +130,15 @@ fuzz_target!(|data: &[u8]| {
             "mail-parser still reads a trust field"
         );
     }
+    // Streaming: wherever the start of the message already decides its
+    // header section, stripping that start and appending the rest gives the
+    // same message as stripping the whole.
+    let cut = data.len() / 2;
+    if let Some(end) = trace::header_end(&data[..cut]) {
+        assert_eq!(trace::header_end(data), Some(end));
+        let mut streamed = trace::strip_trusted(&data[..cut]);
+        streamed.extend_from_slice(&data[cut..]);
+        assert_eq!(streamed, stripped);
+        assert_eq!(trace::count_received(&data[..cut]), trace::count_received(data));
+    }
 });

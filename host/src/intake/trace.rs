@@ -856,4 +856,31 @@ X-Attributed-Tenant : body\r\n";
         let head = compose(&facts(None, Some("contoso")));
         assert_eq!(count_received(head.as_bytes()), 1);
     }
+
+    #[test]
+    fn a_decided_prefix_strips_and_counts_as_the_whole_message() {
+        let messages: [&[u8]; 8] = [
+            b"Received: a\r\nX-Attributed-Tenant: x\r\nSubject: s\r\n\r\nbody\r\nX-Attributed-Tenant: y\r\n",
+            b"Subject: s\r\n folded\r\nReceived: b\r\n\tmore\r\n\r\n",
+            b"Subject: s\r\nno colon here\r\nX-Attributed-Tenant: x\r\n",
+            b"X-Attributed-Tenant: x\r\n",
+            b"Subject: s\r\nX-Attrelay-Warning: w\r\n continued\r\n",
+            b"\r\nX-Attributed-Tenant: x\r\n",
+            b" orphan\r\nX-Attributed-Tenant: x\r\nSubject: a\rb\r\n\r\n",
+            b":bad\r\nReceived: a\r\n\r\nx",
+        ];
+        for m in messages {
+            let whole = strip_trusted(m);
+            for k in 0..=m.len() {
+                let Some(end) = header_end(&m[..k]) else {
+                    continue;
+                };
+                assert_eq!(header_end(m), Some(end), "{m:?} at {k}");
+                let mut streamed = strip_trusted(&m[..k]);
+                streamed.extend_from_slice(&m[k..]);
+                assert_eq!(streamed, whole, "{m:?} decided at {k}");
+                assert_eq!(count_received(&m[..k]), count_received(m), "{m:?} at {k}");
+            }
+        }
+    }
 }

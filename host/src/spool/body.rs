@@ -112,6 +112,7 @@ impl Body {
                 if let Err(e) = r {
                     self.fail(e);
                 }
+                super::crash::point("body:flushed");
             }
             Err(e) => self.fail(SpoolError::Io {
                 path: self.path.clone(),

@@ -190,6 +190,7 @@ pub(super) fn write_batch(layout: &Layout, counter: &AtomicU64, jobs: Vec<Job>) 
         .into_iter()
         .map(|job| stage(layout, counter, job))
         .collect();
+    super::crash::point("commit:staged");
     for s in staged.iter().filter(|s| s.ok()) {
         for fd in s.files() {
             start_writeback(fd);
@@ -206,19 +207,23 @@ pub(super) fn write_batch(layout: &Layout, counter: &AtomicU64, jobs: Vec<Job>) 
             });
         }
     }
+    super::crash::point("commit:synced");
     if staged.iter().any(Staged::ok)
         && let Err(e) = super::fsync_dir(&layout.msg)
     {
         fail_all(&mut staged, &e);
     }
+    super::crash::point("commit:bodies-named");
     for s in staged.iter_mut().filter(|s| s.ok()) {
         place(s);
     }
+    super::crash::point("commit:placed");
     if staged.iter().any(|s| !s.placed.is_empty())
         && let Err(e) = super::fsync_dir(&layout.queue)
     {
         fail_all(&mut staged, &e);
     }
+    super::crash::point("commit:durable");
     staged
         .into_iter()
         .map(|mut s| match s.error.take() {
@@ -319,6 +324,7 @@ fn place(s: &mut Staged) {
             break;
         }
         s.placed.push(target);
+        super::crash::point("commit:placed-one");
     }
     s.envelope_files.extend(rest);
 }

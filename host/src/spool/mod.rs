@@ -25,6 +25,7 @@
 
 mod body;
 mod commit;
+mod crash;
 mod envelope;
 mod room;
 
@@ -451,6 +452,7 @@ impl Spool {
             Err(e) => return Err(io(&env)(e)),
         }
         fsync_dir(&self.layout.queue)?;
+        crash::point("remove:envelope");
         if !self.release(envelope) {
             return Ok(());
         }
