@@ -649,7 +649,7 @@ async fn a_sessions_memory_is_the_same_whatever_its_messages_size() {
         big < small + 32 * 1024,
         "RSS grew by {} KiB for {} MiB of message data",
         big.saturating_sub(small),
-        SESSIONS * BIG >> 20
+        (SESSIONS * BIG) >> 20
     );
     for c in &mut clients {
         c.send_raw(b".\r\n").await;
