@@ -89,12 +89,20 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Log lines go through a queue to a writer thread, so that a session
+    // or the committer never waits for a write to stderr (one syscall per
+    // line, several lines per message). Not lossy: when the queue is full
+    // the logger waits rather than drop a line; the guard flushes it when
+    // main returns.
+    let (stderr, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "attrelay=info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let mut stdout = std::io::stdout().lock();

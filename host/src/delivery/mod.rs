@@ -459,9 +459,7 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
             }
         }
     }
-    if let Err(e) = spool.remove(&envelope) {
-        warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot remove the delivered message");
-    }
+    spool.remove(&envelope).await;
     next
 }
 

@@ -6,12 +6,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::Digest;
 
 use super::SpoolError;
+use super::pool::Pool;
 use super::room::{Reservation, Room};
 
 /// Bytes a body buffers before they go to its file. 64 KiB: large enough
@@ -24,8 +25,12 @@ pub const BUFFER: usize = 64 * 1024;
 pub struct Body {
     pub(super) id: String,
     pub(super) path: PathBuf,
-    /// Created at the first flush, or by the committer.
+    /// Created at the first flush, or when the body is staged.
     pub(super) file: Option<File>,
+    /// The file came from the pool: what it held past `len` is cut off
+    /// when the body is staged.
+    recycled: bool,
+    pool: Arc<Pool>,
     /// Bytes not yet written to `file`.
     pub(super) tail: Vec<u8>,
     pub(super) len: u64,
@@ -40,11 +45,19 @@ pub struct Body {
 }
 
 impl Body {
-    pub(super) fn new(id: String, path: PathBuf, room: Arc<Room>, checked: bool) -> Body {
+    pub(super) fn new(
+        id: String,
+        path: PathBuf,
+        room: Arc<Room>,
+        pool: Arc<Pool>,
+        checked: bool,
+    ) -> Body {
         Body {
             id,
             path,
             file: None,
+            recycled: false,
+            pool,
             tail: Vec::new(),
             len: 0,
             hasher: sha2::Sha256::new(),
@@ -95,18 +108,20 @@ impl Body {
             self.fail(e);
             return;
         }
-        let path = self.path.clone();
+        let (path, pool) = (self.path.clone(), self.pool.clone());
         let file = self.file.take();
         let tail = std::mem::take(&mut self.tail);
+        let mut recycled = self.recycled;
         let written = tokio::task::spawn_blocking(move || {
             let mut file = file;
-            let r = write_to(&path, &mut file, &tail);
-            (file, tail, r)
+            let r = write_to(&pool, &path, &mut file, &mut recycled, &tail);
+            (file, recycled, tail, r)
         })
         .await;
         match written {
-            Ok((file, mut tail, r)) => {
+            Ok((file, recycled, mut tail, r)) => {
                 self.file = file;
+                self.recycled = recycled;
                 tail.clear();
                 self.tail = tail;
                 if let Err(e) = r {
@@ -134,7 +149,22 @@ impl Body {
         }
         self.reservation.grow(self.tail.len() as u64)?;
         let tail = std::mem::take(&mut self.tail);
-        write_to(&self.path, &mut self.file, &tail)
+        write_to(
+            &self.pool,
+            &self.path,
+            &mut self.file,
+            &mut self.recycled,
+            &tail,
+        )?;
+        if self.recycled
+            && let Some(f) = &self.file
+        {
+            f.set_len(self.len).map_err(|source| SpoolError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// The SHA-256 of the body, in hex.
@@ -148,21 +178,24 @@ impl Body {
     }
 }
 
-/// Writes `bytes` to `file`, creating it at `path` first if needed (never
-/// over an existing file: ids are unique, so one would be another body).
-fn write_to(path: &PathBuf, file: &mut Option<File>, bytes: &[u8]) -> Result<(), SpoolError> {
+/// Writes `bytes` to `file`, first creating it at `path` from the pool if
+/// needed (never over an existing file: ids are unique, so one would be
+/// another body).
+fn write_to(
+    pool: &Pool,
+    path: &Path,
+    file: &mut Option<File>,
+    recycled: &mut bool,
+    bytes: &[u8],
+) -> Result<(), SpoolError> {
     let at = |source| SpoolError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     if file.is_none() {
-        *file = Some(
-            File::options()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(at)?,
-        );
+        let opened = pool.create(path).map_err(at)?;
+        *recycled = opened.recycled;
+        *file = Some(opened.file);
     }
     let f = file.as_mut().expect("created above");
     f.write_all(bytes).map_err(at)

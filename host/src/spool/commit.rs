@@ -32,17 +32,43 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use super::body::Body;
+use super::pool::Pool;
 use super::{Envelope, SpoolError};
 
-/// Where the committer writes.
+/// Where the committer writes, with the two directories it syncs kept
+/// open (one `open` fewer per sync).
 #[derive(Debug, Clone)]
 pub(super) struct Layout {
     pub(super) msg: PathBuf,
     pub(super) queue: PathBuf,
     pub(super) tmp: PathBuf,
+    pub(super) msg_dir: Arc<File>,
+    pub(super) queue_dir: Arc<File>,
+    /// Files to recycle (`free/`).
+    pub(super) pool: Arc<Pool>,
 }
 
 impl Layout {
+    pub(super) fn open(root: &Path) -> std::io::Result<Layout> {
+        let msg = root.join("msg");
+        let queue = root.join("queue");
+        Ok(Layout {
+            pool: Arc::new(Pool::open(&root.join("free"))?),
+            msg_dir: Arc::new(File::open(&msg)?),
+            queue_dir: Arc::new(File::open(&queue)?),
+            msg,
+            queue,
+            tmp: root.join("tmp"),
+        })
+    }
+
+    fn sync(dir: &File, path: &Path) -> Result<(), SpoolError> {
+        dir.sync_all().map_err(|source| SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     pub(super) fn envelope_path(&self, id: &str) -> PathBuf {
         self.queue.join(format!("{id}.json"))
     }
@@ -59,13 +85,15 @@ pub(super) struct Job {
 pub(super) type Outcome = Result<Vec<Envelope>, SpoolError>;
 
 struct Waiting {
-    job: Job,
+    staged: Staged,
     done: oneshot::Sender<Outcome>,
 }
 
 #[derive(Default)]
 struct Queue {
     jobs: Vec<Waiting>,
+    /// Removals waiting for their envelope's unlink to be durable.
+    syncs: Vec<oneshot::Sender<Result<(), SpoolError>>>,
     closed: bool,
 }
 
@@ -89,26 +117,53 @@ impl std::fmt::Debug for Committer {
 }
 
 impl Committer {
-    pub(super) fn start(layout: Layout, counter: Arc<AtomicU64>) -> std::io::Result<Committer> {
+    pub(super) fn start(layout: Layout) -> std::io::Result<Committer> {
         let shared = Arc::new(Shared::default());
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run(&worker, &layout, &counter))?;
+            .spawn(move || run(&worker, &layout))?;
         Ok(Committer {
             shared,
             thread: Some(thread),
         })
     }
 
-    /// Hands `job` to the committer; the receiver gets its outcome.
-    pub(super) fn submit(&self, job: Job) -> oneshot::Receiver<Outcome> {
+    /// Hands a job, written by [`stage`], to the committer; the receiver
+    /// gets its outcome.
+    pub(super) fn submit(&self, staged: Staged) -> oneshot::Receiver<Outcome> {
         let (done, outcome) = oneshot::channel();
         let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.jobs.push(Waiting { job, done });
+        queue.jobs.push(Waiting { staged, done });
         drop(queue);
         self.shared.ready.notify_one();
         outcome
+    }
+
+    /// A handle that asks for `queue/` syncs, for a blocking thread.
+    pub(super) fn queue_syncer(&self) -> QueueSyncer {
+        QueueSyncer(self.shared.clone())
+    }
+}
+
+/// Asks the committer for a `queue/` sync.
+pub(super) struct QueueSyncer(Arc<Shared>);
+
+impl QueueSyncer {
+    /// Waits until `queue/` has been synced in a batch that started after
+    /// this call (an envelope was unlinked before it).
+    pub(super) fn sync(&self) -> Result<(), SpoolError> {
+        let (done, synced) = oneshot::channel();
+        let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.syncs.push(done);
+        drop(queue);
+        self.0.ready.notify_one();
+        synced.blocking_recv().unwrap_or_else(|_| {
+            Err(SpoolError::Io {
+                path: PathBuf::from("queue"),
+                source: std::io::Error::other("the spool's committer stopped"),
+            })
+        })
     }
 }
 
@@ -126,21 +181,28 @@ impl Drop for Committer {
     }
 }
 
-fn run(shared: &Shared, layout: &Layout, counter: &AtomicU64) {
+fn run(shared: &Shared, layout: &Layout) {
     loop {
-        let batch = {
+        let (batch, syncs) = {
             let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            while queue.jobs.is_empty() && !queue.closed {
+            while queue.jobs.is_empty() && queue.syncs.is_empty() && !queue.closed {
                 queue = shared.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
             }
-            if queue.jobs.is_empty() {
+            if queue.jobs.is_empty() && queue.syncs.is_empty() {
                 return;
             }
-            std::mem::take(&mut queue.jobs)
+            (
+                std::mem::take(&mut queue.jobs),
+                std::mem::take(&mut queue.syncs),
+            )
         };
-        let (jobs, senders): (Vec<Job>, Vec<_>) =
-            batch.into_iter().map(|w| (w.job, w.done)).unzip();
-        for (outcome, done) in write_batch(layout, counter, jobs).into_iter().zip(senders) {
+        let (jobs, senders): (Vec<Staged>, Vec<_>) =
+            batch.into_iter().map(|w| (w.staged, w.done)).unzip();
+        let (outcomes, synced) = write_batch(layout, jobs, !syncs.is_empty());
+        for done in syncs {
+            let _ = done.send(synced.as_ref().map(|_| ()).map_err(copy_of));
+        }
+        for (outcome, done) in outcomes.into_iter().zip(senders) {
             // A session that went away still has its message queued: the
             // caller's task, not the session, waits for this.
             let _ = done.send(outcome);
@@ -148,8 +210,8 @@ fn run(shared: &Shared, layout: &Layout, counter: &AtomicU64) {
     }
 }
 
-/// A job on its way through [`write_batch`].
-struct Staged {
+/// A job written by [`stage`], on its way through [`write_batch`].
+pub(super) struct Staged {
     job: Job,
     /// Envelope files in `tmp/`, with their final names.
     envelope_files: Vec<(File, PathBuf, PathBuf)>,
@@ -181,35 +243,20 @@ impl Staged {
     }
 }
 
-/// Commits `jobs` together (the steps in the module's documentation);
-/// returns each job's outcome, in order. A failure that touches one job
-/// (its body's write, its envelope's) fails only that job; one that
-/// touches the batch (a directory sync) fails every job in it.
-pub(super) fn write_batch(layout: &Layout, counter: &AtomicU64, jobs: Vec<Job>) -> Vec<Outcome> {
-    let mut staged: Vec<Staged> = jobs
-        .into_iter()
-        .map(|job| stage(layout, counter, job))
-        .collect();
-    super::crash::point("commit:staged");
-    for s in staged.iter().filter(|s| s.ok()) {
-        for fd in s.files() {
-            start_writeback(fd);
-        }
-    }
-    for s in staged.iter_mut().filter(|s| s.ok()) {
-        let synced = s
-            .files()
-            .try_for_each(|f| rustix::fs::fdatasync(f).map_err(std::io::Error::from));
-        if let Err(e) = synced {
-            s.fail(SpoolError::Io {
-                path: s.job.body.path.clone(),
-                source: e,
-            });
-        }
-    }
+/// Commits jobs written and synced by [`stage`] together (steps 3 and 4
+/// in the module's documentation). When `sync_queue` (a removal waits for
+/// it) `queue/` is synced even if no job placed an envelope. Returns each
+/// job's outcome, in order, and how the `queue/` sync went. A failure that
+/// touches one job (its rename) fails only that job; one that touches the
+/// batch (a directory sync) fails every job in it.
+pub(super) fn write_batch(
+    layout: &Layout,
+    mut staged: Vec<Staged>,
+    sync_queue: bool,
+) -> (Vec<Outcome>, Result<(), SpoolError>) {
     super::crash::point("commit:synced");
     if staged.iter().any(Staged::ok)
-        && let Err(e) = super::fsync_dir(&layout.msg)
+        && let Err(e) = Layout::sync(&layout.msg_dir, &layout.msg)
     {
         fail_all(&mut staged, &e);
     }
@@ -218,13 +265,16 @@ pub(super) fn write_batch(layout: &Layout, counter: &AtomicU64, jobs: Vec<Job>) 
         place(s);
     }
     super::crash::point("commit:placed");
-    if staged.iter().any(|s| !s.placed.is_empty())
-        && let Err(e) = super::fsync_dir(&layout.queue)
-    {
-        fail_all(&mut staged, &e);
+    let queue_synced = if sync_queue || staged.iter().any(|s| !s.placed.is_empty()) {
+        Layout::sync(&layout.queue_dir, &layout.queue)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = &queue_synced {
+        fail_all(&mut staged, e);
     }
     super::crash::point("commit:durable");
-    staged
+    let outcomes = staged
         .into_iter()
         .map(|mut s| match s.error.take() {
             Some(e) => {
@@ -236,7 +286,8 @@ pub(super) fn write_batch(layout: &Layout, counter: &AtomicU64, jobs: Vec<Job>) 
                 Ok(std::mem::take(&mut s.job.envelopes))
             }
         })
-        .collect()
+        .collect();
+    (outcomes, queue_synced)
 }
 
 fn fail_all(staged: &mut [Staged], e: &SpoolError) {
@@ -269,8 +320,13 @@ impl Staged {
     }
 }
 
-/// Step 1 for one job: the body's rest and the envelopes' files.
-fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Staged {
+/// Steps 1 and 2 for one job: the body's rest and the envelopes' files
+/// written and their data synced. Done by the caller, on a blocking thread
+/// of its own, so that jobs write and sync in parallel (the disk queues
+/// their writes; a journalling filesystem joins their syncs into one
+/// commit) and the committer's serial part holds only what must be in
+/// order: the directory syncs and the renames.
+pub(super) fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Staged {
     let written = job.body.write_rest();
     let (sha, len, id) = (job.body.sha256(), job.body.len, job.body.id.clone());
     for e in &mut job.envelopes {
@@ -297,7 +353,7 @@ fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Staged {
             counter.fetch_add(1, Ordering::Relaxed)
         ));
         let json = serde_json::to_vec_pretty(e).expect("envelopes serialize");
-        match create_with(&tmp, &json) {
+        match create_with(&layout.pool, &tmp, &json) {
             Ok(f) => staged.envelope_files.push((f, tmp, target)),
             Err(source) => {
                 super::discard(&tmp);
@@ -305,6 +361,17 @@ fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Staged {
                 return staged;
             }
         }
+    }
+    super::crash::point("commit:staged");
+    for f in staged.files() {
+        start_writeback(f);
+    }
+    let synced = staged
+        .files()
+        .try_for_each(|f| rustix::fs::fdatasync(f).map_err(std::io::Error::from));
+    if let Err(source) = synced {
+        let path = staged.job.body.path.clone();
+        staged.fail(SpoolError::Io { path, source });
     }
     staged
 }
@@ -329,10 +396,14 @@ fn place(s: &mut Staged) {
     s.envelope_files.extend(rest);
 }
 
-fn create_with(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
-    let mut f = File::options().write(true).create_new(true).open(path)?;
-    f.write_all(bytes)?;
-    Ok(f)
+/// A file at `path` holding `bytes` (recycled from the pool if it can be).
+fn create_with(pool: &Pool, path: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    let mut opened = pool.create(path)?;
+    opened.file.write_all(bytes)?;
+    if opened.recycled {
+        opened.file.set_len(bytes.len() as u64)?;
+    }
+    Ok(opened.file)
 }
 
 /// Starts writing `file`'s dirty pages without waiting (Linux's

@@ -27,6 +27,7 @@ mod body;
 mod commit;
 mod crash;
 mod envelope;
+mod pool;
 mod room;
 
 use std::collections::{HashMap, HashSet};
@@ -125,10 +126,6 @@ pub struct Spool {
     committer: Committer,
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
-
 /// A durable write that failed: the path it failed on, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {source}", path.display())]
@@ -219,13 +216,9 @@ impl Spool {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        let layout = Layout {
-            msg: root.join("msg"),
-            queue: root.join("queue"),
-            tmp: root.join("tmp"),
-        };
+        let layout = Layout::open(root).map_err(io(root))?;
         let counter = Arc::new(AtomicU64::new(0));
-        let committer = Committer::start(layout.clone(), counter.clone()).map_err(io(root))?;
+        let committer = Committer::start(layout.clone()).map_err(io(root))?;
         Ok(Spool {
             root: root.to_path_buf(),
             layout,
@@ -286,7 +279,13 @@ impl Spool {
     /// as it is written.
     pub fn body(&self) -> Body {
         let id = self.new_id();
-        Body::new(id.clone(), self.body_path(&id), self.room.clone(), true)
+        Body::new(
+            id.clone(),
+            self.body_path(&id),
+            self.room.clone(),
+            self.layout.pool.clone(),
+            true,
+        )
     }
 
     /// A body known whole (a DSN): not held to the reserve, because it
@@ -294,7 +293,13 @@ impl Spool {
     /// its DSN is stored; refusing the DSN would hold both.
     pub fn body_of(&self, bytes: &[u8]) -> Body {
         let id = self.new_id();
-        let mut body = Body::new(id.clone(), self.body_path(&id), self.room.clone(), false);
+        let mut body = Body::new(
+            id.clone(),
+            self.body_path(&id),
+            self.room.clone(),
+            self.layout.pool.clone(),
+            false,
+        );
         body.append(bytes);
         body
     }
@@ -308,7 +313,16 @@ impl Spool {
         body: Body,
         envelopes: Vec<Envelope>,
     ) -> Result<Vec<Envelope>, SpoolError> {
-        let outcome = self.committer.submit(Job { body, envelopes }).await;
+        let (layout, counter) = (self.layout.clone(), self.counter.clone());
+        let staged = tokio::task::spawn_blocking(move || {
+            commit::stage(&layout, &counter, Job { body, envelopes })
+        })
+        .await
+        .map_err(|e| SpoolError::Io {
+            path: self.root.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let outcome = self.committer.submit(staged).await;
         let outcome = outcome.unwrap_or_else(|_| {
             Err(SpoolError::Io {
                 path: self.root.clone(),
@@ -326,10 +340,11 @@ impl Spool {
         body: Body,
         envelopes: Vec<Envelope>,
     ) -> Result<Vec<Envelope>, SpoolError> {
-        let outcome =
-            commit::write_batch(&self.layout, &self.counter, vec![Job { body, envelopes }])
-                .pop()
-                .expect("one outcome per job");
+        let staged = commit::stage(&self.layout, &self.counter, Job { body, envelopes });
+        let outcome = commit::write_batch(&self.layout, vec![staged], false)
+            .0
+            .pop()
+            .expect("one outcome per job");
         self.retain(&outcome);
         outcome
     }
@@ -442,25 +457,41 @@ impl Spool {
     }
 
     /// Removes a finished envelope, and its body when no other envelope
-    /// names it: the envelope first, so that a crash in between leaves an
-    /// orphan body (removed at recovery), never an envelope without one.
-    pub fn remove(&self, envelope: &Envelope) -> Result<(), SpoolError> {
-        let env = self.envelope_path(&envelope.id);
-        match fs::remove_file(&env) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&env)(e)),
+    /// names it (into the pool of recycled files, `pool.rs`): the envelope
+    /// first, and the body only once the envelope's
+    /// removal is durable (the `queue/` sync is shared with the
+    /// committer's batch), so that a crash in between leaves an orphan body
+    /// (removed at recovery), never an envelope without one. A failure is
+    /// logged: the message was delivered, and recovery removes what is
+    /// left. (A crash before the sync may deliver the message again:
+    /// at-least-once, as with any MTA.)
+    pub async fn remove(&self, envelope: &Envelope) {
+        let (pool, path) = (self.layout.pool.clone(), self.envelope_path(&envelope.id));
+        // One trip to a blocking thread: the envelope out, the wait for
+        // the committer's next `queue/` sync, and the body out.
+        let syncer = self.committer.queue_syncer();
+        let recycled =
+            tokio::task::spawn_blocking(move || pool.recycle(&path) && syncer.sync().is_ok());
+        if !matches!(recycled.await, Ok(true)) {
+            tracing::warn!(queue_id = %envelope.id, "a delivered envelope's removal is not durable; its body stays until the next start");
+            return;
         }
-        fsync_dir(&self.layout.queue)?;
         crash::point("remove:envelope");
-        if !self.release(envelope) {
-            return Ok(());
+        if self.release(envelope) {
+            let (pool, body) = (self.layout.pool.clone(), self.body_path(envelope.body_id()));
+            // Nobody waits for this one.
+            tokio::task::spawn_blocking(move || pool.recycle(&body));
         }
-        let body = self.body_path(envelope.body_id());
-        match fs::remove_file(&body) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&body)(e)),
+    }
+
+    /// [`Spool::remove`] on the calling thread.
+    pub fn remove_blocking(&self, envelope: &Envelope) {
+        let pool = &self.layout.pool;
+        if pool.recycle(&self.envelope_path(&envelope.id))
+            && self.layout.queue_dir.sync_all().is_ok()
+            && self.release(envelope)
+        {
+            pool.recycle(&self.body_path(envelope.body_id()));
         }
     }
 
@@ -638,7 +669,7 @@ mod tests {
             reopened.read_checked(&e).unwrap(),
             b"Subject: x\r\n\r\nbody\r\n"
         );
-        reopened.remove(&e).unwrap();
+        reopened.remove_blocking(&e);
         assert_eq!(names(&dir.path().join("msg")), Vec::<String>::new());
         assert!(reopened.recover().unwrap().0.is_empty());
     }
