@@ -997,7 +997,7 @@ async fn deliveries_reuse_the_connection_to_the_next_hop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_connection_the_next_hop_closed_is_replaced_at_once() {
     let sink = Sink::start().await;
-    sink.hang_up_after_rset
+    sink.hang_up_after_message
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let (handle, _pki) = relay_without_quick_retries(&sink).await;
     // Each delivery leaves a connection the sink has silently closed; the

@@ -247,9 +247,10 @@ pub struct Sink {
     pub envelope_lines: Arc<Mutex<Vec<String>>>,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    /// When set, the sink answers RSET and then hangs up, like a server
-    /// whose idle timeout closes a connection a client has cached.
-    pub hang_up_after_rset: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, the sink answers the end of each message (or RSET) and
+    /// then hangs up, like a server whose idle timeout closes a connection
+    /// a client has cached.
+    pub hang_up_after_message: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sink {
@@ -264,7 +265,7 @@ impl Sink {
             rcpt_attempts: Arc::default(),
             envelope_lines: Arc::default(),
             connections: Arc::default(),
-            hang_up_after_rset: Arc::default(),
+            hang_up_after_message: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -361,9 +362,9 @@ impl Sink {
             if io.get_mut().write_all(reply.as_bytes()).await.is_err() {
                 return;
             }
-            if upper.starts_with("RSET")
+            if (upper.starts_with("RSET") || upper.starts_with("DATA"))
                 && self
-                    .hang_up_after_rset
+                    .hang_up_after_message
                     .load(std::sync::atomic::Ordering::SeqCst)
             {
                 return;

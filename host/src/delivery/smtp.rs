@@ -146,6 +146,11 @@ async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr,
 struct Connection {
     client: Client,
     uses: u32,
+    /// The last transaction ended with a reply from the next hop (to the
+    /// end of data, or to RSET): the connection may carry another at once,
+    /// without a RSET round trip. Not after an I/O error or a timeout,
+    /// where the next hop's state is unknown.
+    clean: bool,
 }
 
 enum Client {
@@ -179,6 +184,7 @@ impl Connection {
             Ok(Connection {
                 client: Client::Tls(Box::new(tls)),
                 uses: 0,
+                clean: true,
             })
         } else if cfg.tls_policy.requires_tls() {
             // Nothing goes in clear text to a hop the operator wants
@@ -189,6 +195,7 @@ impl Connection {
             Ok(Connection {
                 client: Client::Plain(client),
                 uses: 0,
+                clean: true,
             })
         }
     }
@@ -200,10 +207,13 @@ impl Connection {
         message: &[u8],
     ) -> Result<Vec<(String, Outcome)>, SendError> {
         self.uses += 1;
-        match &mut self.client {
-            Client::Plain(c) => transaction(c, sender, recipients, message).await,
-            Client::Tls(c) => transaction(c.as_mut(), sender, recipients, message).await,
-        }
+        self.clean = false;
+        let (results, clean) = match &mut self.client {
+            Client::Plain(c) => transaction(c, sender, recipients, message).await?,
+            Client::Tls(c) => transaction(c.as_mut(), sender, recipients, message).await?,
+        };
+        self.clean = clean;
+        Ok(results)
     }
 
     /// RSET, so that the connection can carry another transaction.
@@ -256,7 +266,7 @@ impl ConnectionCache {
     }
 
     async fn put_back(&self, key: (String, SocketAddr), mut conn: Connection) {
-        if conn.uses >= Self::MAX_USES || !conn.reset().await {
+        if conn.uses >= Self::MAX_USES || !(conn.clean || conn.reset().await) {
             conn.quit().await;
             return;
         }
@@ -278,13 +288,16 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     sender: &str,
     recipients: &[String],
     message: &[u8],
-) -> Result<Vec<(String, Outcome)>, SendError> {
+) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
     // No parameters: none the client gave can reach the next hop.
     let params = Parameters::default();
     if !sender.is_empty() && crate::address::canonical(sender).is_err() {
-        return Ok(all(
-            recipients,
-            Outcome::Permanent("553 5.1.7 the queued sender is not a canonical mailbox".into()),
+        return Ok((
+            all(
+                recipients,
+                Outcome::Permanent("553 5.1.7 the queued sender is not a canonical mailbox".into()),
+            ),
+            true,
         ));
     }
     client.mail_from(sender, &params).await?;
@@ -308,20 +321,25 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if accepted.is_empty() {
-        let _ = client.rset().await;
-        return Ok(out);
+        let reset = client.rset().await.is_ok();
+        return Ok((out, reset));
     }
     // mail-send ends the data with CRLF . CRLF itself; the message's own
     // final CRLF is that first CRLF, so it must not be sent twice.
     let body = message.strip_suffix(b"\r\n").unwrap_or(message);
-    match client.data(body).await {
-        Ok(()) => out.extend(all(
-            &accepted,
-            Outcome::Delivered("250 2.0.0 accepted by the next hop".into()),
-        )),
+    let clean = match client.data(body).await {
+        Ok(()) => {
+            out.extend(all(
+                &accepted,
+                Outcome::Delivered("250 2.0.0 accepted by the next hop".into()),
+            ));
+            true
+        }
         Err(e) => {
             out.extend(all(&accepted, outcome_of(&e)));
+            // A reply ends the transaction; anything else leaves it unknown.
+            matches!(e, SendError::UnexpectedReply(_))
         }
-    }
-    Ok(out)
+    };
+    Ok((out, clean))
 }
