@@ -1,25 +1,21 @@
 //! Group commit: the one way a message becomes part of the queue.
 //!
-//! Sessions hand their finished bodies and envelopes to one committer
-//! thread. It takes every job waiting when it wakes — no fixed wait, so a
-//! lone message is committed at once, and messages that arrive while a
-//! batch is being synced form the next batch (RocksDB's write group) — and
-//! makes the whole batch durable together:
-//!
-//! 1. each body's buffered rest is written to `msg/BODY.eml`, each envelope
-//!    to a file in `tmp/`;
-//! 2. writeback of every file is started (`sync_file_range`), then each is
-//!    `fdatasync`ed: the first sync commits the filesystem's journal for
-//!    all of them, the others only wait for their own data;
-//! 3. `msg/` is fsynced once, so every body's name is durable before any
+//! 1. [`stage`] writes a job's body rest to `msg/BODY.eml` and each
+//!    envelope to a file in `tmp/`, and syncs their data — run by the
+//!    session on the blocking pool, so that jobs write and sync in parallel;
+//! 2. the job goes to the spool's one committer thread, which takes every
+//!    job waiting when it wakes — no fixed wait, so a lone message commits at
+//!    once, and messages that arrive while a batch is synced form the next
+//!    batch (RocksDB's write group) — and for the whole batch:
+//! 3. syncs `msg/` once, so every body's name is durable before any
 //!    envelope names it;
-//! 4. the envelopes are renamed into `queue/` — the commit point — and
-//!    `queue/` is fsynced once.
+//! 4. renames the envelopes into `queue/` — the commit point — and syncs
+//!    `queue/` once (covering the removals waiting for it too).
 //!
 //! Only then is each job answered, and only then does SMTP send `250`.
 //! A crash before step 4 leaves bodies no envelope names (removed at
 //! recovery) and files in `tmp/` (emptied at recovery); after it, the
-//! message is complete. See `docs/ARCHITECTURE.md` for why not a log.
+//! message is complete. `docs/ARCHITECTURE.md` says why files and not a log.
 
 use std::fs::{self, File};
 use std::io::Write;
