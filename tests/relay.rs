@@ -995,6 +995,53 @@ async fn deliveries_reuse_the_connection_to_the_next_hop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_hop_offering_pipelining_gets_each_transaction_in_two_round_trips() {
+    let sink = Sink::start().await;
+    sink.pipelining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (handle, _pki) = relay_without_quick_retries(&sink).await;
+    let (mut c, _) = Client::connect_from(handle.addrs[0], CONTOSO_IP.parse().unwrap()).await;
+    assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+    for i in 0..3 {
+        assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+        for r in [
+            format!("r{i}@internet.example"),
+            format!("reject{i}@internet.example"),
+        ] {
+            assert_eq!(c.cmd(&format!("RCPT TO:<{r}>")).await.code, 250);
+        }
+        let (wire, _) = body(&format!("message {i}"));
+        assert_eq!(c.data(&wire).await.code, 250);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each message reaches the hop for the recipient it takes; the one it
+    // refuses in the same pipelined batch gets its own outcome (a DSN to
+    // the sender, delivered through the same hop).
+    let got = sink.wait_for(6).await;
+    let mut delivered: Vec<String> = got
+        .iter()
+        .flat_map(|m| m.recipients.clone())
+        .filter(|r| r.starts_with('r'))
+        .collect();
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        [
+            "r0@internet.example",
+            "r1@internet.example",
+            "r2@internet.example"
+        ]
+    );
+    let dsns = got.iter().filter(|m| m.sender.is_empty()).count();
+    assert_eq!(dsns, 3, "one DSN per refused recipient");
+    assert!(
+        sink.pipelined.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "MAIL, RCPT and DATA arrived together"
+    );
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_connection_the_next_hop_closed_is_replaced_at_once() {
     let sink = Sink::start().await;
     sink.hang_up_after_message

@@ -19,6 +19,7 @@ pub mod config;
 pub mod delivery;
 pub mod intake;
 pub mod judges;
+pub mod logs;
 pub mod metrics;
 pub mod policyd;
 pub mod relay;

@@ -89,14 +89,9 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Log lines go through a queue to a writer thread, so that a session
-    // or the committer never waits for a write to stderr (one syscall per
-    // line, several lines per message). Not lossy: when the queue is full
-    // the logger waits rather than drop a line; the guard flushes it when
-    // main returns.
-    let (stderr, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    // Log lines are buffered and written out by a thread of their own
+    // (`attrelay::logs`); the flusher writes the rest when main returns.
+    let (stderr, _flush_on_exit) = attrelay::logs::buffered_stderr();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -251,6 +251,11 @@ pub struct Sink {
     /// then hangs up, like a server whose idle timeout closes a connection
     /// a client has cached.
     pub hang_up_after_message: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, EHLO offers PIPELINING (RFC 2920).
+    pub pipelining: Arc<std::sync::atomic::AtomicBool>,
+    /// MAIL commands that arrived with the next command already behind
+    /// them: pipelined transactions.
+    pub pipelined: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sink {
@@ -266,6 +271,8 @@ impl Sink {
             envelope_lines: Arc::default(),
             connections: Arc::default(),
             hang_up_after_message: Arc::default(),
+            pipelining: Arc::default(),
+            pipelined: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -305,8 +312,16 @@ impl Sink {
                     .unwrap_or_default()
             };
             let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                "250-sink.test\r\n250 8BITMIME\r\n".into()
+                if self.pipelining.load(std::sync::atomic::Ordering::SeqCst) {
+                    "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
+                } else {
+                    "250-sink.test\r\n250 8BITMIME\r\n".into()
+                }
             } else if upper.starts_with("MAIL") {
+                if !io.buffer().is_empty() {
+                    self.pipelined
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 sender = addr();
                 rcpts.clear();
                 "250 2.1.0 ok\r\n".into()

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use mail_send::smtp::AssertReply;
 use mail_send::smtp::message::Parameters;
 use mail_send::{Error as SendError, SmtpClient};
-use smtp_proto::EXT_START_TLS;
+use smtp_proto::{EXT_PIPELINING, EXT_START_TLS};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -151,6 +152,9 @@ struct Connection {
     /// without a RSET round trip. Not after an I/O error or a timeout,
     /// where the next hop's state is unknown.
     clean: bool,
+    /// The next hop offered PIPELINING (RFC 2920): MAIL, RCPT and DATA go
+    /// in one write, their replies come back together.
+    pipelining: bool,
 }
 
 enum Client {
@@ -180,11 +184,13 @@ impl Connection {
         if ehlo.has_capability(EXT_START_TLS) {
             let connector = TlsConnector::from(cfg.tls.clone());
             let mut tls = within(cfg.timeout, client.start_tls(&connector, host)).await?;
-            tls.ehlo(&cfg.hostname).await?;
+            // Only what the hop says after STARTTLS counts (RFC 3207).
+            let ehlo = tls.ehlo(&cfg.hostname).await?;
             Ok(Connection {
                 client: Client::Tls(Box::new(tls)),
                 uses: 0,
                 clean: true,
+                pipelining: ehlo.has_capability(EXT_PIPELINING),
             })
         } else if cfg.tls_policy.requires_tls() {
             // Nothing goes in clear text to a hop the operator wants
@@ -196,6 +202,7 @@ impl Connection {
                 client: Client::Plain(client),
                 uses: 0,
                 clean: true,
+                pipelining: ehlo.has_capability(EXT_PIPELINING),
             })
         }
     }
@@ -208,9 +215,12 @@ impl Connection {
     ) -> Result<Vec<(String, Outcome)>, SendError> {
         self.uses += 1;
         self.clean = false;
+        let pipelining = self.pipelining;
         let (results, clean) = match &mut self.client {
-            Client::Plain(c) => transaction(c, sender, recipients, message).await?,
-            Client::Tls(c) => transaction(c.as_mut(), sender, recipients, message).await?,
+            Client::Plain(c) => transaction(c, pipelining, sender, recipients, message).await?,
+            Client::Tls(c) => {
+                transaction(c.as_mut(), pipelining, sender, recipients, message).await?
+            }
         };
         self.clean = clean;
         Ok(results)
@@ -283,14 +293,16 @@ impl ConnectionCache {
     }
 }
 
+/// One transaction: MAIL, RCPT for each recipient, DATA and the message.
+/// Returns each recipient's outcome and whether the transaction ended with
+/// a reply (the connection can carry another at once).
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
+    pipelining: bool,
     sender: &str,
     recipients: &[String],
     message: &[u8],
 ) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
-    // No parameters: none the client gave can reach the next hop.
-    let params = Parameters::default();
     if !sender.is_empty() && crate::address::canonical(sender).is_err() {
         return Ok((
             all(
@@ -300,9 +312,8 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
             true,
         ));
     }
-    client.mail_from(sender, &params).await?;
     let mut out = Vec::new();
-    let mut accepted = Vec::new();
+    let mut valid = Vec::new();
     for r in recipients {
         if crate::address::canonical(r).is_err() {
             out.push((
@@ -311,35 +322,135 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
                     "553 5.1.3 the queued recipient is not a canonical mailbox".into(),
                 ),
             ));
-            continue;
+        } else {
+            valid.push(r.clone());
         }
+    }
+    if valid.is_empty() {
+        return Ok((out, true));
+    }
+    let (mut results, clean) = if pipelining {
+        pipelined(client, sender, &valid, message).await?
+    } else {
+        one_by_one(client, sender, &valid, message).await?
+    };
+    out.append(&mut results);
+    Ok((out, clean))
+}
+
+/// The end of a transaction whose recipients in `accepted` the next hop
+/// took: the message after DATA's 354, and its reply.
+async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    accepted: &[String],
+    message: &[u8],
+    out: &mut Vec<(String, Outcome)>,
+) -> bool {
+    // mail-send ends the data with CRLF . CRLF itself; the message's own
+    // final CRLF is that first CRLF, so it must not be sent twice.
+    let body = message.strip_suffix(b"\r\n").unwrap_or(message);
+    let timeout = client.timeout;
+    let sent = tokio::time::timeout(timeout, async {
+        client.write_message(body).await?;
+        client.read().await
+    })
+    .await
+    .map_err(|_| SendError::Timeout)
+    .and_then(|r| r)
+    .and_then(|r| r.assert_positive_completion());
+    match sent {
+        Ok(()) => {
+            out.extend(all(
+                accepted,
+                Outcome::Delivered("250 2.0.0 accepted by the next hop".into()),
+            ));
+            true
+        }
+        Err(e) => {
+            out.extend(all(accepted, outcome_of(&e)));
+            // A reply ends the transaction; anything else leaves it unknown.
+            matches!(e, SendError::UnexpectedReply(_))
+        }
+    }
+}
+
+/// MAIL, each RCPT and DATA in one write (RFC 2920), then the message:
+/// two round trips whatever the number of recipients.
+async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
+    // No parameters: none the client gave can reach the next hop.
+    let mut cmds = vec![format!("MAIL FROM:<{sender}>\r\n")];
+    cmds.extend(recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
+    cmds.push("DATA\r\n".to_string());
+    let mut replies = client.cmds(cmds).await?.into_iter();
+    let (Some(mail), Some(data)) = (replies.next(), replies.next_back()) else {
+        return Err(SendError::UnparseableReply);
+    };
+    if !mail.is_positive_completion() {
+        // As without pipelining: the answer to MAIL is everyone's.
+        return Err(SendError::UnexpectedReply(mail));
+    }
+    let mut out = Vec::new();
+    let mut accepted = Vec::new();
+    for (r, reply) in recipients.iter().zip(replies) {
+        if reply.is_positive_completion() {
+            accepted.push(r.clone());
+        } else {
+            out.push((r.clone(), outcome_of(&SendError::UnexpectedReply(reply))));
+        }
+    }
+    if data.code() != 354 {
+        // No recipient taken (the hop refuses DATA then), or DATA refused.
+        out.extend(all(
+            &accepted,
+            outcome_of(&SendError::UnexpectedReply(data)),
+        ));
+        return Ok((out, true));
+    }
+    if accepted.is_empty() {
+        // A hop that says 354 with no recipient: end the empty message and
+        // start afresh next time.
+        return Ok((out, false));
+    }
+    let clean = send_data(client, &accepted, message, &mut out).await;
+    Ok((out, clean))
+}
+
+/// MAIL, each RCPT and DATA, each waiting for its reply: for a next hop
+/// without PIPELINING.
+async fn one_by_one<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
+    // No parameters: none the client gave can reach the next hop.
+    let params = Parameters::default();
+    client.mail_from(sender, &params).await?;
+    let mut out = Vec::new();
+    let mut accepted = Vec::new();
+    for r in recipients {
         match client.rcpt_to(r, &params).await {
             Ok(()) => accepted.push(r.clone()),
-            Err(e) => {
-                out.push((r.clone(), outcome_of(&e)));
-            }
+            Err(e) => out.push((r.clone(), outcome_of(&e))),
         }
     }
     if accepted.is_empty() {
         let reset = client.rset().await.is_ok();
         return Ok((out, reset));
     }
-    // mail-send ends the data with CRLF . CRLF itself; the message's own
-    // final CRLF is that first CRLF, so it must not be sent twice.
-    let body = message.strip_suffix(b"\r\n").unwrap_or(message);
-    let clean = match client.data(body).await {
-        Ok(()) => {
-            out.extend(all(
-                &accepted,
-                Outcome::Delivered("250 2.0.0 accepted by the next hop".into()),
-            ));
-            true
-        }
-        Err(e) => {
-            out.extend(all(&accepted, outcome_of(&e)));
-            // A reply ends the transaction; anything else leaves it unknown.
-            matches!(e, SendError::UnexpectedReply(_))
-        }
-    };
+    if let Err(e) = client
+        .cmd(b"DATA\r\n")
+        .await
+        .and_then(|r| r.assert_code(354))
+    {
+        out.extend(all(&accepted, outcome_of(&e)));
+        return Ok((out, matches!(e, SendError::UnexpectedReply(_))));
+    }
+    let clean = send_data(client, &accepted, message, &mut out).await;
     Ok((out, clean))
 }

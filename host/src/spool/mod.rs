@@ -122,7 +122,7 @@ pub struct Spool {
     room: Arc<Room>,
     /// How many queued envelopes name each shared body: the last one
     /// removed removes the body. Rebuilt by [`Spool::recover`].
-    bodies: Mutex<HashMap<String, usize>>,
+    bodies: Arc<Mutex<HashMap<String, usize>>>,
     committer: Committer,
 }
 
@@ -193,6 +193,31 @@ pub fn discard(path: &Path) {
     }
 }
 
+/// Forgets envelope `id`'s claim on `body`; whether it was the last. A
+/// body the spool never counted (an envelope from before bodies were
+/// shared, `None`, owns its file alone) is the envelope's own; a shared one
+/// it does not know of is kept, for recovery to judge.
+fn release(bodies: &Mutex<HashMap<String, usize>>, id: &str, body: Option<&str>) -> bool {
+    let Some(body) = body else {
+        return true;
+    };
+    let mut bodies = bodies.lock().unwrap_or_else(|e| e.into_inner());
+    match bodies.get_mut(body) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            bodies.remove(body);
+            true
+        }
+        None => {
+            tracing::warn!(queue_id = %id, body = %body, "a body the spool does not count: kept until the next start");
+            false
+        }
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
@@ -224,7 +249,7 @@ impl Spool {
             layout,
             counter,
             room: Arc::new(Room::new(root, min_free_bytes)),
-            bodies: Mutex::new(HashMap::new()),
+            bodies: Arc::default(),
             committer,
         })
     }
@@ -466,21 +491,29 @@ impl Spool {
     /// left. (A crash before the sync may deliver the message again:
     /// at-least-once, as with any MTA.)
     pub async fn remove(&self, envelope: &Envelope) {
-        let (pool, path) = (self.layout.pool.clone(), self.envelope_path(&envelope.id));
-        // One trip to a blocking thread: the envelope out, the wait for
-        // the committer's next `queue/` sync, and the body out.
+        let pool = self.layout.pool.clone();
         let syncer = self.committer.queue_syncer();
-        let recycled =
-            tokio::task::spawn_blocking(move || pool.recycle(&path) && syncer.sync().is_ok());
-        if !matches!(recycled.await, Ok(true)) {
+        let bodies = self.bodies.clone();
+        let (id, body) = (envelope.id.clone(), envelope.body.clone());
+        let (path, body_path) = (
+            self.envelope_path(&envelope.id),
+            self.body_path(envelope.body_id()),
+        );
+        // One trip to a blocking thread: the envelope out, the wait for
+        // the committer's next `queue/` sync, and the body out if it was
+        // the last envelope naming it.
+        let removed = tokio::task::spawn_blocking(move || {
+            if !(pool.recycle(&path) && syncer.sync().is_ok()) {
+                return false;
+            }
+            crash::point("remove:envelope");
+            if release(&bodies, &id, body.as_deref()) {
+                pool.recycle(&body_path);
+            }
+            true
+        });
+        if !matches!(removed.await, Ok(true)) {
             tracing::warn!(queue_id = %envelope.id, "a delivered envelope's removal is not durable; its body stays until the next start");
-            return;
-        }
-        crash::point("remove:envelope");
-        if self.release(envelope) {
-            let (pool, body) = (self.layout.pool.clone(), self.body_path(envelope.body_id()));
-            // Nobody waits for this one.
-            tokio::task::spawn_blocking(move || pool.recycle(&body));
         }
     }
 
@@ -495,29 +528,9 @@ impl Spool {
         }
     }
 
-    /// Forgets `envelope`'s claim on its body; whether it was the last.
-    /// A body this spool never counted (an envelope from before bodies
-    /// were shared owns its file alone) is the envelope's own; a shared
-    /// one it does not know of is kept, for recovery to judge.
+    /// Forgets `envelope`'s claim on its body ([`release`]).
     fn release(&self, envelope: &Envelope) -> bool {
-        let Some(body) = &envelope.body else {
-            return true;
-        };
-        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
-        match bodies.get_mut(body) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                bodies.remove(body);
-                true
-            }
-            None => {
-                tracing::warn!(queue_id = %envelope.id, body = %body, "a body the spool does not count: kept until the next start");
-                false
-            }
-        }
+        release(&self.bodies, &envelope.id, envelope.body.as_deref())
     }
 
     /// Everything queued, after a restart: envelopes whose body exists.
