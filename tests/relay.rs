@@ -1041,6 +1041,54 @@ async fn a_next_hop_offering_pipelining_gets_each_transaction_in_two_round_trips
     handle.stop().await;
 }
 
+/// A next hop that refuses DATA keeps its transaction open (RFC 5321): the
+/// cached connection must be reset before it carries the next message, or
+/// that message meets `503 nested MAIL` and would bounce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_data_leaves_no_transaction_open_for_the_next_message() {
+    for pipelining in [false, true] {
+        let sink = Sink::start().await;
+        sink.pipelining
+            .store(pipelining, std::sync::atomic::Ordering::SeqCst);
+        let (handle, _pki) = relay_without_quick_retries(&sink).await;
+        let (mut c, _) = Client::connect_from(handle.addrs[0], CONTOSO_IP.parse().unwrap()).await;
+        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+        for (i, rcpt) in [
+            "nodata@internet.example",
+            "reject@internet.example",
+            "ok@internet.example",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+            assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).await.code, 250);
+            let (wire, _) = body(&format!("message {i}"));
+            assert_eq!(c.data(&wire).await.code, 250);
+            // One at a time: each delivery finds the previous connection.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Delivered: the good message, and a DSN for each refused one.
+        let got = sink.wait_for(3).await;
+        let ok = got
+            .iter()
+            .filter(|m| m.recipients == ["ok@internet.example"])
+            .count();
+        assert_eq!(ok, 1, "pipelining {pipelining}: {got:?}");
+        let dsns: Vec<String> = got
+            .iter()
+            .filter(|m| m.sender.is_empty())
+            .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+            .collect();
+        assert_eq!(dsns.len(), 2, "pipelining {pipelining}");
+        assert!(
+            dsns.iter().all(|d| !d.contains("ok@internet.example")),
+            "the good message never bounced"
+        );
+        handle.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_connection_the_next_hop_closed_is_replaced_at_once() {
     let sink = Sink::start().await;

@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Log lines are buffered and written out by a thread of their own
     // (`attrelay::logs`); the flusher writes the rest when main returns.
-    let (stderr, _flush_on_exit) = attrelay::logs::buffered_stderr();
+    let (stderr, flush_on_exit) = attrelay::logs::buffered_stderr();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -125,6 +125,8 @@ fn main() -> ExitCode {
         } => commands::queue::list(config.as_ref(), json, &mut stdout),
     };
     let _ = stdout.flush();
+    // The log lines before the outcome, in order.
+    drop(flush_on_exit);
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

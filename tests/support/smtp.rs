@@ -293,6 +293,9 @@ impl Sink {
         let mut io = BufReader::new(tcp);
         let _ = io.get_mut().write_all(b"220 sink.test ESMTP\r\n").await;
         let (mut sender, mut rcpts) = (String::new(), Vec::new());
+        // A transaction runs from MAIL to the reply to the end of data or
+        // to RSET (RFC 5321): a refused DATA leaves it open.
+        let mut in_transaction = false;
         loop {
             let mut line = String::new();
             if io.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -322,9 +325,14 @@ impl Sink {
                     self.pipelined
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
-                sender = addr();
-                rcpts.clear();
-                "250 2.1.0 ok\r\n".into()
+                if in_transaction {
+                    "503 5.5.1 nested MAIL command\r\n".into()
+                } else {
+                    in_transaction = true;
+                    sender = addr();
+                    rcpts.clear();
+                    "250 2.1.0 ok\r\n".into()
+                }
             } else if upper.starts_with("RCPT") {
                 let a = addr();
                 let tries = {
@@ -342,7 +350,14 @@ impl Sink {
                     rcpts.push(a);
                     "250 2.1.5 ok\r\n".into()
                 }
+            } else if upper.starts_with("DATA") && rcpts.is_empty() {
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else if upper.starts_with("DATA")
+                && rcpts.iter().any(|r: &String| r.starts_with("nodata"))
+            {
+                "554 5.6.0 no data for these recipients\r\n".into()
             } else if upper.starts_with("DATA") {
+                in_transaction = false;
                 let _ = io.get_mut().write_all(b"354 go ahead\r\n").await;
                 let mut data = Vec::new();
                 loop {
@@ -369,7 +384,10 @@ impl Sink {
             } else if upper.starts_with("QUIT") {
                 let _ = io.get_mut().write_all(b"221 2.0.0 bye\r\n").await;
                 return;
-            } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+            } else if upper.starts_with("RSET") {
+                in_transaction = false;
+                "250 2.0.0 ok\r\n".into()
+            } else if upper.starts_with("NOOP") {
                 "250 2.0.0 ok\r\n".into()
             } else {
                 "502 5.5.1 not here\r\n".into()

@@ -160,8 +160,10 @@ impl PolicyEngine {
             // 6 % of the relay's time at one message per connection. Pages
             // the instance touched, up to 1 MiB (a typical policy's stack
             // and heap), are zeroed in place instead, found with Linux's
-            // PAGEMAP_SCAN where the kernel has it (6.7+). At most 1 MiB per
-            // slot in use stays resident.
+            // PAGEMAP_SCAN where the kernel has it (6.7+; before, the whole
+            // 1 MiB is zeroed). At most 1 MiB per slot stays resident: the
+            // slots of the most instances alive at once, plus the warm
+            // slots the pool keeps (wasmtime's default, 100).
             .linear_memory_keep_resident(1 << 20)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);

@@ -93,10 +93,11 @@ pub async fn deliver_at(
                 return results;
             }
             // The next hop closed the idle connection (its timeout, a
-            // restart; or said so with 421): nothing was accepted, so a fresh
+            // restart; or said so with 421), or still holds a transaction
+            // open (503 to MAIL): nothing was accepted, so a fresh
             // connection is no duplicate. Any other reply to MAIL FROM is an
             // answer, not staleness.
-            Err(SendError::UnexpectedReply(r)) if r.code != 421 => {
+            Err(SendError::UnexpectedReply(r)) if r.code != 421 && r.code != 503 => {
                 conn.quit().await;
                 return all(recipients, outcome_of(&SendError::UnexpectedReply(r)));
             }
@@ -226,14 +227,6 @@ impl Connection {
         Ok(results)
     }
 
-    /// RSET, so that the connection can carry another transaction.
-    async fn reset(&mut self) -> bool {
-        match &mut self.client {
-            Client::Plain(c) => c.rset().await.is_ok(),
-            Client::Tls(c) => c.rset().await.is_ok(),
-        }
-    }
-
     async fn quit(self) {
         let _ = match self.client {
             Client::Plain(mut c) => c.cmd(b"QUIT\r\n").await,
@@ -275,9 +268,18 @@ impl ConnectionCache {
         list.pop().map(|i| i.conn)
     }
 
-    async fn put_back(&self, key: (String, SocketAddr), mut conn: Connection) {
-        if conn.uses >= Self::MAX_USES || !(conn.clean || conn.reset().await) {
-            conn.quit().await;
+    /// Keeps `conn` for the next message to the same hop, if it can carry
+    /// one. No network I/O here (it would run inside the attempt's deadline
+    /// and could turn a delivered message into a timed-out one): a
+    /// connection in an unknown state is dropped without a word — a RSET
+    /// there could read a late reply as its own and shift every reply
+    /// after it — and one that is used up says QUIT from a task of its own.
+    async fn put_back(&self, key: (String, SocketAddr), conn: Connection) {
+        if !conn.clean {
+            return;
+        }
+        if conn.uses >= Self::MAX_USES {
+            tokio::spawn(conn.quit());
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
@@ -404,16 +406,20 @@ async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if data.code() != 354 {
-        // No recipient taken (the hop refuses DATA then), or DATA refused.
+        // No recipient taken (the hop refuses DATA then), or DATA refused:
+        // the transaction is still open at the hop (RFC 5321 ends it only
+        // with the reply to the end of data), so it is reset before the
+        // connection carries another.
         out.extend(all(
             &accepted,
             outcome_of(&SendError::UnexpectedReply(data)),
         ));
-        return Ok((out, true));
+        let reset = client.rset().await.is_ok();
+        return Ok((out, reset));
     }
     if accepted.is_empty() {
-        // A hop that says 354 with no recipient: end the empty message and
-        // start afresh next time.
+        // A hop that says 354 with no recipient: the connection is in the
+        // middle of a message nobody wants, and is dropped.
         return Ok((out, false));
     }
     let clean = send_data(client, &accepted, message, &mut out).await;

@@ -205,7 +205,9 @@ impl Drop for Body {
     /// A body that was not committed (the message was refused, the client
     /// left, the commit failed) leaves no file behind.
     fn drop(&mut self) {
-        if !self.kept && self.file.is_some() {
+        // Whether or not this body holds the file now: a flush cancelled
+        // half way may have created it on a blocking thread.
+        if !self.kept {
             super::discard(&self.path);
         }
     }

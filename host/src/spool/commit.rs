@@ -261,6 +261,11 @@ pub(super) fn write_batch(
         place(s);
     }
     super::crash::point("commit:placed");
+    // A job that failed part way is undone before the sync, so that no
+    // envelope of it is made durable and then removed unsynced.
+    for s in staged.iter_mut().filter(|s| !s.ok()) {
+        s.undo();
+    }
     let queue_synced = if sync_queue || staged.iter().any(|s| !s.placed.is_empty()) {
         Layout::sync(&layout.queue_dir, &layout.queue)
     } else {
@@ -279,6 +284,7 @@ pub(super) fn write_batch(
             }
             None => {
                 s.job.body.kept = true;
+                s.placed.clear();
                 Ok(std::mem::take(&mut s.job.envelopes))
             }
         })
@@ -303,6 +309,15 @@ fn copy_of(e: &SpoolError) -> SpoolError {
             path: PathBuf::new(),
             source: std::io::Error::other(other.to_string()),
         },
+    }
+}
+
+impl Drop for Staged {
+    /// A job dropped before it was committed (its caller cancelled, the
+    /// committer gone) leaves none of its files; a committed one has none
+    /// left to undo.
+    fn drop(&mut self) {
+        self.undo();
     }
 }
 

@@ -503,9 +503,14 @@ impl Spool {
         // the committer's next `queue/` sync, and the body out if it was
         // the last envelope naming it.
         let removed = tokio::task::spawn_blocking(move || {
-            if !(pool.recycle(&path) && syncer.sync().is_ok()) {
+            let Ok(retired) = pool.retire(&path) else {
+                return false;
+            };
+            if syncer.sync().is_err() {
                 return false;
             }
+            // Reused only now that its old name cannot come back.
+            pool.offer(retired);
             crash::point("remove:envelope");
             if release(&bodies, &id, body.as_deref()) {
                 pool.recycle(&body_path);
@@ -520,11 +525,14 @@ impl Spool {
     /// [`Spool::remove`] on the calling thread.
     pub fn remove_blocking(&self, envelope: &Envelope) {
         let pool = &self.layout.pool;
-        if pool.recycle(&self.envelope_path(&envelope.id))
-            && self.layout.queue_dir.sync_all().is_ok()
-            && self.release(envelope)
-        {
-            pool.recycle(&self.body_path(envelope.body_id()));
+        let Ok(retired) = pool.retire(&self.envelope_path(&envelope.id)) else {
+            return;
+        };
+        if self.layout.queue_dir.sync_all().is_ok() {
+            pool.offer(retired);
+            if self.release(envelope) {
+                pool.recycle(&self.body_path(envelope.body_id()));
+            }
         }
     }
 
@@ -556,7 +564,20 @@ impl Spool {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            match self.read_envelope(&id) {
+            let read = self.read_envelope(&id).and_then(|e| {
+                // A file that does not hold its own envelope (a crash
+                // reusing a file, an operator's copy) would be delivered
+                // and never removed.
+                if e.id == id {
+                    Ok(e)
+                } else {
+                    Err(SpoolError::Corrupt {
+                        path: path.clone(),
+                        detail: format!("holds the envelope of {}", e.id),
+                    })
+                }
+            });
+            match read {
                 Ok(e) if self.body_path(e.body_id()).exists() => envelopes.push(e),
                 Ok(_) => problems.push(SpoolError::Corrupt {
                     path: path.clone(),
@@ -843,5 +864,28 @@ mod tests {
             dir.path().join("corrupt/BAD.eml").exists(),
             "the message is kept for the operator"
         );
+    }
+
+    #[test]
+    fn an_envelope_file_holding_another_envelope_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut e = envelope(&spool);
+        spool.store(&mut e, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        // Its envelope under another name, as a reused file could leave it.
+        std::fs::copy(
+            dir.path().join("queue").join(format!("{}.json", e.id)),
+            dir.path().join("queue/ELSEWHERE.json"),
+        )
+        .unwrap();
+        let (found, problems) = spool.recover().unwrap();
+        assert_eq!(found, vec![e.clone()], "the true one is kept");
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].to_string().contains("holds the envelope of"),
+            "{}",
+            problems[0]
+        );
+        assert!(dir.path().join("corrupt/ELSEWHERE.json").exists());
     }
 }

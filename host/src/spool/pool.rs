@@ -7,8 +7,17 @@
 //! for new ones, and overwritten there (their blocks reused too). Only
 //! small files are kept, and at most [`CAP`], so the pool holds at most
 //! `CAP` × [`MAX_SIZE`] bytes of disk.
+//!
+//! `free/` is never synced, so after a crash a file may have both its new
+//! name (made durable by the `msg/` or `queue/` sync) and its old one in
+//! `free/`: a file with more than one link is never handed out (its
+//! `free/` name is removed). And an envelope's file joins the pool only
+//! once its removal from `queue/` is durable ([`Pool::retire`], then
+//! [`Pool::offer`]), so that no new message can overwrite it while a crash
+//! could still bring its old name back.
 
 use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,16 +50,22 @@ impl Pool {
         let mut free = Vec::new();
         for entry in fs::read_dir(dir)?.flatten() {
             let path = entry.path();
-            let small = entry
+            // A file also named elsewhere belongs to a message (see above).
+            let usable = entry
                 .metadata()
-                .is_ok_and(|m| m.is_file() && m.len() <= MAX_SIZE);
-            if small && free.len() < CAP {
+                .is_ok_and(|m| m.is_file() && m.len() <= MAX_SIZE && m.nlink() == 1);
+            if usable && free.len() < CAP {
                 free.push(path);
             } else {
                 let _ = fs::remove_file(&path);
             }
         }
-        let counter = AtomicU64::new(free.len() as u64);
+        let next = free
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.parse::<u64>().ok())
+            .max()
+            .map_or(0, |n| n + 1);
+        let counter = AtomicU64::new(next);
         Ok(Pool {
             dir: dir.to_path_buf(),
             free: Mutex::new(free),
@@ -66,6 +81,12 @@ impl Pool {
     /// one, else new.
     pub(super) fn create(&self, path: &Path) -> std::io::Result<Opened> {
         while let Some(free) = self.take() {
+            // A file still named elsewhere (see the module's documentation)
+            // belongs to a message: only its name here goes.
+            if !fs::metadata(&free).is_ok_and(|m| m.nlink() == 1) {
+                let _ = fs::remove_file(&free);
+                continue;
+            }
             if fs::rename(&free, path).is_ok() {
                 match File::options().write(true).open(path) {
                     Ok(file) => {
@@ -87,10 +108,25 @@ impl Pool {
         })
     }
 
-    /// Takes the file at `path` out of the spool: into the pool when it is
-    /// small and the pool has room, else removed. Whether it is gone from
-    /// `path` (false: a failure, already logged).
+    /// Takes the file at `path` out of the spool and into the pool at
+    /// once ([`Pool::retire`] and [`Pool::offer`]): for a file whose
+    /// removal needs no sync first (a body, once its last envelope's
+    /// removal is durable). Whether it is gone from `path`.
     pub(super) fn recycle(&self, path: &Path) -> bool {
+        match self.retire(path) {
+            Ok(kept) => {
+                self.offer(kept);
+                true
+            }
+            Err(()) => false,
+        }
+    }
+
+    /// Takes the file at `path` out of the spool: renamed into `free/`
+    /// when it is small and the pool has room (returned, not yet offered
+    /// for reuse), else removed. `Err` when it is still there (logged).
+    #[allow(clippy::result_unit_err)]
+    pub(super) fn retire(&self, path: &Path) -> Result<Option<PathBuf>, ()> {
         let small = fs::metadata(path).is_ok_and(|m| m.len() <= MAX_SIZE);
         let room = self.free.lock().unwrap_or_else(|e| e.into_inner()).len() < CAP;
         if small && room {
@@ -98,17 +134,26 @@ impl Pool {
                 .dir
                 .join(self.counter.fetch_add(1, Ordering::Relaxed).to_string());
             if fs::rename(path, &to).is_ok() {
-                self.free.lock().unwrap_or_else(|e| e.into_inner()).push(to);
-                return true;
+                return Ok(Some(to));
             }
         }
         match fs::remove_file(path) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Ok(()) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove a delivered message's file");
-                false
+                Err(())
             }
+        }
+    }
+
+    /// Makes a retired file available for new messages.
+    pub(super) fn offer(&self, retired: Option<PathBuf>) {
+        if let Some(path) = retired {
+            self.free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(path);
         }
     }
 
@@ -153,5 +198,39 @@ mod tests {
         assert!(pool.recycle(&b));
         let reopened = Pool::open(&dir.path().join("free")).unwrap();
         assert_eq!(reopened.len(), 1);
+    }
+
+    #[test]
+    fn a_file_still_named_in_the_spool_is_never_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = dir.path().join("free");
+        let pool = Pool::open(&free).unwrap();
+        // As a crash can leave it: a committed body also named in free/.
+        let body = dir.path().join("body.eml");
+        std::fs::write(&body, b"a committed body").unwrap();
+        assert!(pool.recycle(&body));
+        let kept = std::fs::read_dir(&free)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::hard_link(&kept, &body).unwrap();
+        let mut fresh = pool.create(&dir.path().join("new.eml")).unwrap();
+        assert!(!fresh.recycled, "the doubly named file is not reused");
+        fresh.file.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read(&body).unwrap(), b"a committed body");
+        assert!(!kept.exists(), "only its free/ name went");
+        // And at the next start too.
+        assert!(pool.recycle(&dir.path().join("new.eml")));
+        let other = std::fs::read_dir(&free)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::hard_link(&other, dir.path().join("again.eml")).unwrap();
+        assert_eq!(Pool::open(&free).unwrap().len(), 0);
+        assert!(dir.path().join("again.eml").exists());
     }
 }
