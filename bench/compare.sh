@@ -286,27 +286,8 @@ EOF
   -o smtpd_tls_cert_file=$PKI/server-chain.pem
   -o smtpd_tls_key_file=$PKI/server.key
   -o smtpd_relay_restrictions=\$policy_relay_restrictions
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
+  cat "$REPO/tests/support/postfix-services.cf" >>"$PF/etc/master.cf"
   PF_STARTED=1
   postfix -c "$PF/etc" start >"$PF/start.log" 2>&1 || die "postfix start failed: $(cat "$PF/start.log") (its maillog follows)"
   wait_listen "$PF_PORT" Postfix
