@@ -110,12 +110,17 @@ trap 'exit 143' TERM
 
 # ---- helpers ----------------------------------------------------------------
 USED_PORTS=" "
-free_port() {                    # free_port VAR: a loopback TCP port nobody listens on
+# Ports below the kernel's ephemeral range, which outgoing connections (the
+# relays' own, to their sinks) take their ports from: a port picked there
+# could be taken by one of them before Postfix binds it.
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$EPHEMERAL_LOW" -gt 11000 ] || EPHEMERAL_LOW=32768
+free_port() {                    # free_port VAR: a loopback TCP port nobody uses
   local p
   while :; do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
     [[ $USED_PORTS == *" $p "* ]] && continue
-    [ -z "$(ss -Htln "sport = :$p")" ] || continue
+    [ -z "$(ss -Htan "sport = :$p")" ] || continue
     USED_PORTS+="$p "; printf -v "$1" %s "$p"; return
   done
 }
