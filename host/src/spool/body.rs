@@ -169,12 +169,7 @@ impl Body {
 
     /// The SHA-256 of the body, in hex.
     pub(super) fn sha256(&self) -> String {
-        self.hasher
-            .clone()
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        super::hex(&self.hasher.clone().finalize())
     }
 }
 

@@ -218,12 +218,14 @@ fn release(bodies: &Mutex<HashMap<String, usize>>, id: &str, body: Option<&str>)
     }
 }
 
+/// A digest as the envelope records it: lowercase hex.
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha2::Sha256::digest(bytes))
 }
 
 impl Spool {
