@@ -660,6 +660,88 @@ async fn a_sessions_memory_is_the_same_whatever_its_messages_size() {
     assert_eq!(files(&spool, "msg").len(), SESSIONS);
 }
 
+/// A next hop that takes every command and then, after `354`, reads no
+/// more: each delivery stalls in the middle of its message, as over a slow
+/// link, until the test ends.
+async fn stalling_hop() -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 hop ESMTP\r\n").await.unwrap();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = match line.to_ascii_uppercase().get(..4) {
+                        Some("EHLO") => b"250 hop\r\n",
+                        Some("DATA") => b"354 go ahead\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    write.write_all(reply).await.unwrap();
+                    if reply.starts_with(b"354") {
+                        // Hold the connection; read nothing more.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Delivery's memory does not grow with the messages it sends: eight
+/// deliveries (the default concurrency) each stalled in the middle of a
+/// 16 MiB message hold a chunk each, not their messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliverys_memory_is_the_same_whatever_its_messages_size() {
+    const MESSAGES: usize = 8;
+    const BIG: usize = 16 << 20;
+    let pki = Pki::new();
+    let hop = stalling_hop().await;
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\nmax_message_size = 33554432\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop}\"\n"
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let (child, addr) = serve(&config).await;
+    let pid = child.id().unwrap();
+    let before = rss_kib(pid);
+    let line = [b"z".repeat(1022).as_slice(), b"\r\n"].concat();
+    let chunk = line.repeat(64);
+    for _ in 0..MESSAGES {
+        let (mut c, g) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
+        assert_eq!(g.code, 220);
+        assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+        assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+        assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
+        assert_eq!(c.cmd("DATA").await.code, 354);
+        c.send_raw(b"Subject: big\r\n\r\n").await;
+        for _ in 0..BIG / chunk.len() {
+            c.send_raw(&chunk).await;
+        }
+        c.send_raw(b".\r\n").await;
+        let r = c.read().await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    // Every delivery is under way and stuck once the loopback's buffers
+    // are full.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = rss_kib(pid);
+    eprintln!(
+        "{MESSAGES} deliveries of {} MiB stalled: RSS {before} KiB before, {during} KiB during",
+        BIG >> 20
+    );
+    assert!(
+        during < before + 48 * 1024,
+        "RSS grew by {} KiB with {} MiB of messages in delivery",
+        during.saturating_sub(before),
+        (MESSAGES * BIG) >> 20
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_for_three_tenants_is_stored_once() {
     let pki = Pki::new();

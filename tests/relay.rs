@@ -1109,3 +1109,55 @@ async fn a_cached_connection_the_next_hop_closed_is_replaced_at_once() {
     );
     handle.stop().await;
 }
+
+/// A message larger than the spool's read chunk goes to the next hop in
+/// pieces: dot-stuffing must hold across every piece's edge, and what
+/// arrives is the body byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_reaches_the_next_hop_byte_for_byte() {
+    let sink = Sink::start().await;
+    sink.pipelining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (handle, _pki) = relay_without_quick_retries(&sink).await;
+    // Lines of every length from 1 to 97 bytes (CRLF included), half of
+    // them starting with a dot, so that line starts (and dots) fall on
+    // every offset of a 64 KiB chunk's edge; about 1.2 MiB in all.
+    let mut original = b"Subject: large\r\nFrom: someone@example.test\r\n\r\n".to_vec();
+    let mut i = 0usize;
+    while original.len() < 1_200_000 {
+        let len = 1 + i % 97;
+        let mut line = vec![b'a' + (i % 26) as u8; len.saturating_sub(2)];
+        if i.is_multiple_of(2) && !line.is_empty() {
+            line[0] = b'.';
+        }
+        original.extend_from_slice(&line);
+        original.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    let mut wire = Vec::new();
+    for line in original.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    wire.extend_from_slice(b".\r\n");
+    let (mut c, _) = Client::connect_from(handle.addrs[0], CONTOSO_IP.parse().unwrap()).await;
+    assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<r@internet.example>").await.code, 250);
+    assert_eq!(c.data(&wire).await.code, 250);
+    let got = sink.wait_for(1).await;
+    assert!(
+        got[0].data.ends_with(&original),
+        "the body arrived changed ({} bytes for {})",
+        got[0].data.len(),
+        original.len()
+    );
+    assert!(
+        got[0]
+            .data
+            .starts_with(b"Received: from client.example.test")
+    );
+    handle.stop().await;
+}

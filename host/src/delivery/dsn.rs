@@ -182,13 +182,29 @@ pub fn status_of(reply: &str) -> String {
     }
 }
 
+/// The most of an original's header section a DSN carries back: its whole
+/// lines up to this length. `[server] max_header_size` may allow more, and a
+/// report has no use for megabytes of someone's header fields.
+pub const MAX_RETURNED_HEADERS: usize = 256 * 1024;
+
+/// The header section of `message` (given whole or as a prefix of at least
+/// [`MAX_RETURNED_HEADERS`] + 4 bytes), cut to whole lines within
+/// [`MAX_RETURNED_HEADERS`].
 fn header_section(message: &[u8]) -> &[u8] {
     let end = message
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(message.len());
-    &message[..end]
+    if end <= MAX_RETURNED_HEADERS {
+        return &message[..end];
+    }
+    let cut = &message[..MAX_RETURNED_HEADERS];
+    let lines = cut
+        .windows(2)
+        .rposition(|w| w == b"\r\n")
+        .map_or(0, |i| i + 2);
+    &message[..lines]
 }
 
 /// Builds the DSN message for the failed recipients of `original`,
@@ -351,6 +367,21 @@ mod tests {
             "only the header section is returned"
         );
         assert!(dsn.ends_with("--D1/relay.test--\r\n"));
+    }
+
+    #[test]
+    fn a_returned_header_section_is_whole_lines_within_the_bound() {
+        let short = b"Subject: a\r\nFrom: b\r\n\r\nbody\r\n";
+        assert_eq!(header_section(short), b"Subject: a\r\nFrom: b\r\n");
+        assert_eq!(header_section(b"Subject: a\r\n"), b"Subject: a\r\n");
+        // A header section longer than the bound (as a prefix of a longer
+        // message hands it over): cut after the last whole line within it.
+        let line = b"X-Filler: 0123456789012345678901234567890123456789\r\n";
+        let mut long = line.repeat(MAX_RETURNED_HEADERS / line.len() + 10);
+        long.truncate(MAX_RETURNED_HEADERS + 4);
+        let cut = header_section(&long);
+        assert!(cut.len() <= MAX_RETURNED_HEADERS && cut.len() > MAX_RETURNED_HEADERS - line.len());
+        assert_eq!(cut.len() % line.len(), 0);
     }
 
     #[test]

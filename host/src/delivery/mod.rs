@@ -324,7 +324,7 @@ async fn run(
 /// One delivery attempt. Returns the envelopes to queue again: this one if
 /// recipients remain, and any DSN it generated.
 pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope) -> Vec<Envelope> {
-    let message = match spool.read_checked(&envelope) {
+    let message = match spool.open_checked(&envelope).await {
         Ok(m) => m,
         Err(e @ crate::spool::SpoolError::Corrupt { .. }) => {
             tracing::error!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "spooled message is damaged");
@@ -432,7 +432,15 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
     if failed {
         match bounce(cfg, &envelope) {
             Bounce::Send(returned) => {
-                match make_dsn(spool, cfg, &envelope, &message, returned).await {
+                // What a DSN can carry back: the header section, bounded.
+                let returned_part = message.prefix(dsn::MAX_RETURNED_HEADERS + 4).await;
+                let queued = match returned_part {
+                    Ok(original) => make_dsn(spool, cfg, &envelope, &original, returned)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("the spooled message could not be read: {e}")),
+                };
+                match queued {
                     Ok(d) => next.push(d),
                     Err(e) => {
                         // Keep the original until the bounce is safely spooled.
@@ -560,7 +568,7 @@ async fn make_dsn(
 async fn directory_deliver(
     dir: &std::path::Path,
     envelope: &Envelope,
-    message: &[u8],
+    message: &crate::spool::Stored,
 ) -> Vec<(String, Outcome)> {
     let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
     let meta = serde_json::json!({
@@ -570,12 +578,19 @@ async fn directory_deliver(
         "tenant": envelope.tenant,
     });
     let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-    let (to, id, message) = (dir.to_path_buf(), envelope.id.clone(), message.to_vec());
-    let written = tokio::task::spawn_blocking(move || {
-        write_to_directory(&to, &id, &message, &json).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    // The directory target (tests, a pickup directory) takes the message
+    // whole; SMTP delivery streams it.
+    let written = match message.to_vec().await {
+        Ok(message) => {
+            let (to, id) = (dir.to_path_buf(), envelope.id.clone());
+            tokio::task::spawn_blocking(move || {
+                write_to_directory(&to, &id, &message, &json).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        Err(e) => Err(format!("the spooled message could not be read: {e}")),
+    };
     let outcome = match written {
         Ok(path) => Outcome::Delivered(format!("250 2.0.0 written to {}", path.display())),
         Err(e) => Outcome::Temporary(format!("451 4.3.0 cannot write to {}: {e}", dir.display())),

@@ -137,7 +137,7 @@ pub async fn deliver(
     cfg: &DeliveryConfig,
     sender: &str,
     recipients: &[String],
-    message: &[u8],
+    message: &crate::spool::Stored,
     deadline: tokio::time::Instant,
 ) -> Vec<(String, Outcome, String)> {
     let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -179,7 +179,7 @@ async fn deliver_domain(
     domain: &str,
     sender: &str,
     rcpts: &[String],
-    message: &[u8],
+    message: &crate::spool::Stored,
 ) -> Vec<(String, Outcome, String)> {
     let hosts = match route(resolver, domain).await {
         Route::Hosts(h) => h,

@@ -10,12 +10,13 @@ use mail_send::smtp::AssertReply;
 use mail_send::smtp::message::Parameters;
 use mail_send::{Error as SendError, SmtpClient};
 use smtp_proto::{EXT_PIPELINING, EXT_START_TLS};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{DeliveryConfig, Outcome};
+use crate::spool::Stored;
 
 /// The outcome an error means for a recipient: a 5xx reply is permanent,
 /// anything else (4xx, timeouts, connection failures) temporary.
@@ -65,7 +66,7 @@ pub async fn deliver(
     port: u16,
     sender: &str,
     recipients: &[String],
-    message: &[u8],
+    message: &Stored,
 ) -> Vec<(String, Outcome)> {
     match resolve(host, port, cfg.timeout).await {
         Ok(addr) => deliver_at(cfg, host, addr, sender, recipients, message).await,
@@ -83,7 +84,7 @@ pub async fn deliver_at(
     addr: SocketAddr,
     sender: &str,
     recipients: &[String],
-    message: &[u8],
+    message: &Stored,
 ) -> Vec<(String, Outcome)> {
     let key = (host.to_ascii_lowercase(), addr);
     if let Some(mut conn) = cfg.connections.take(&key) {
@@ -212,7 +213,7 @@ impl Connection {
         &mut self,
         sender: &str,
         recipients: &[String],
-        message: &[u8],
+        message: &Stored,
     ) -> Result<Vec<(String, Outcome)>, SendError> {
         self.uses += 1;
         self.clean = false;
@@ -303,7 +304,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     pipelining: bool,
     sender: &str,
     recipients: &[String],
-    message: &[u8],
+    message: &Stored,
 ) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
     if !sender.is_empty() && crate::address::canonical(sender).is_err() {
         return Ok((
@@ -345,21 +346,17 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
 async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     accepted: &[String],
-    message: &[u8],
+    message: &Stored,
     out: &mut Vec<(String, Outcome)>,
 ) -> bool {
-    // mail-send ends the data with CRLF . CRLF itself; the message's own
-    // final CRLF is that first CRLF, so it must not be sent twice.
-    let body = message.strip_suffix(b"\r\n").unwrap_or(message);
     let timeout = client.timeout;
     let sent = tokio::time::timeout(timeout, async {
-        client.write_message(body).await?;
-        client.read().await
+        write_message(&mut client.stream, message).await?;
+        let reply = client.read().await.map_err(Unsent::Hop)?;
+        reply.assert_positive_completion().map_err(Unsent::Hop)
     })
     .await
-    .map_err(|_| SendError::Timeout)
-    .and_then(|r| r)
-    .and_then(|r| r.assert_positive_completion());
+    .unwrap_or(Err(Unsent::Hop(SendError::Timeout)));
     match sent {
         Ok(()) => {
             out.extend(all(
@@ -368,10 +365,95 @@ async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
             ));
             true
         }
-        Err(e) => {
+        Err(Unsent::Spool(e)) => {
+            out.extend(all(
+                accepted,
+                Outcome::Temporary(format!(
+                    "451 4.3.0 the spooled message could not be read: {e}"
+                )),
+            ));
+            // The hop waits for the rest of a message that never ends.
+            false
+        }
+        Err(Unsent::Hop(e)) => {
             out.extend(all(accepted, outcome_of(&e)));
             // A reply ends the transaction; anything else leaves it unknown.
             matches!(e, SendError::UnexpectedReply(_))
+        }
+    }
+}
+
+/// Why a message's content did not reach the next hop.
+enum Unsent {
+    /// Reading it from the spool failed (or found it changed).
+    Spool(std::io::Error),
+    /// The next hop's connection or reply.
+    Hop(SendError),
+}
+
+/// Writes `message` as DATA's content, chunk by chunk, then the end of data.
+/// The spool hands out each chunk once it is read (and a body that changed
+/// since it was checked as an error before its last chunk), so a failure
+/// leaves the transaction without its final `.`: the next hop discards it.
+async fn write_message<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    message: &Stored,
+) -> Result<(), Unsent> {
+    let hop = |e: std::io::Error| Unsent::Hop(SendError::Io(e));
+    let mut reader = message.reader();
+    let mut stuffer = DotStuffer::default();
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next().await.map_err(Unsent::Spool)? {
+        out.clear();
+        stuffer.stuff(&chunk, &mut out);
+        stream.write_all(&out).await.map_err(hop)?;
+    }
+    stream.write_all(stuffer.end()).await.map_err(hop)?;
+    stream.flush().await.map_err(hop)
+}
+
+/// SMTP's transparency (RFC 5321 4.5.2) over a message sent in pieces: a
+/// `.` that begins a line is doubled. A line begins at the message's start
+/// and after a CR or an LF (a bare one as well: some servers end lines
+/// there, and a stuffed dot is removed again by the hop in any case).
+struct DotStuffer {
+    at_line_start: bool,
+    /// The message so far ends with CRLF (or is empty).
+    ends_with_crlf: bool,
+    last: u8,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            at_line_start: true,
+            ends_with_crlf: true,
+            last: 0,
+        }
+    }
+}
+
+impl DotStuffer {
+    fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        out.reserve(chunk.len() + chunk.len() / 64);
+        for &b in chunk {
+            if b == b'.' && self.at_line_start {
+                out.push(b'.');
+            }
+            out.push(b);
+            self.at_line_start = b == b'\r' || b == b'\n';
+            self.ends_with_crlf = self.last == b'\r' && b == b'\n';
+            self.last = b;
+        }
+    }
+
+    /// The end of data: CRLF . CRLF, whose first CRLF is the message's own
+    /// last line end when it has one.
+    fn end(&self) -> &'static [u8] {
+        if self.ends_with_crlf {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
         }
     }
 }
@@ -382,7 +464,7 @@ async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     sender: &str,
     recipients: &[String],
-    message: &[u8],
+    message: &Stored,
 ) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
     // No parameters: none the client gave can reach the next hop.
     let mut cmds = vec![format!("MAIL FROM:<{sender}>\r\n")];
@@ -432,7 +514,7 @@ async fn one_by_one<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     sender: &str,
     recipients: &[String],
-    message: &[u8],
+    message: &Stored,
 ) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
     // No parameters: none the client gave can reach the next hop.
     let params = Parameters::default();
@@ -459,4 +541,38 @@ async fn one_by_one<T: AsyncRead + AsyncWrite + Unpin>(
     }
     let clean = send_data(client, &accepted, message, &mut out).await;
     Ok((out, clean))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuffed(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            stuffer.stuff(c, &mut out);
+        }
+        out.extend_from_slice(stuffer.end());
+        out
+    }
+
+    #[test]
+    fn dots_at_line_starts_are_doubled_wherever_the_chunks_split() {
+        let message: &[u8] = b".first\r\nmiddle.\r\n.\r\n..two\r\nbare\n.lf\r\nend\r\n";
+        let expected: &[u8] = b"..first\r\nmiddle.\r\n..\r\n...two\r\nbare\n..lf\r\nend\r\n.\r\n";
+        assert_eq!(stuffed(&[message]), expected);
+        for split in 0..=message.len() {
+            let (a, b) = message.split_at(split);
+            assert_eq!(stuffed(&[a, b]), expected, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn the_end_of_data_adds_a_line_end_only_when_the_message_lacks_one() {
+        assert_eq!(stuffed(&[b"x\r\n"]), b"x\r\n.\r\n");
+        assert_eq!(stuffed(&[b"x\r", b"\n"]), b"x\r\n.\r\n");
+        assert_eq!(stuffed(&[b"x"]), b"x\r\n.\r\n");
+        assert_eq!(stuffed(&[b"x\n"]), b"x\n\r\n.\r\n");
+    }
 }

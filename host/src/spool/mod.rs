@@ -29,6 +29,7 @@ mod crash;
 mod envelope;
 mod pool;
 mod room;
+mod stored;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -40,9 +41,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use body::{BUFFER, Body};
 pub use envelope::{Envelope, QueueEntry, Recipient, RecipientState};
+pub use stored::{Reader, Stored};
 
 use commit::{Committer, Job, Layout};
 use room::Room;
+use stored::OpenError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -223,11 +226,6 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(bytes))
-}
-
 impl Spool {
     /// Opens (creating if needed) the spool at `root`, with the default
     /// free-space reserve ([`DEFAULT_MIN_FREE_BYTES`]).
@@ -405,44 +403,63 @@ impl Spool {
         Ok(())
     }
 
-    /// The message of `envelope` as it will be sent — its head, then its
-    /// body — with the body checked against the length and SHA-256
-    /// recorded at the commit. A mismatch or a missing body moves the
-    /// envelope (and the body) to `corrupt/` for the operator and is an
-    /// error: such a message is never delivered.
-    pub fn read_checked(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
+    /// Opens `envelope`'s message for delivery, checked against the
+    /// length and SHA-256 its envelope records ([`Stored`]). A missing or
+    /// damaged body is never delivered: the envelope (and a damaged body)
+    /// is moved to `corrupt/` and the error says so.
+    pub async fn open_checked(&self, envelope: &Envelope) -> Result<Stored, SpoolError> {
         let path = self.body_path(envelope.body_id());
-        let body = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let (p, e) = (path.clone(), envelope.clone());
+        let opened = tokio::task::spawn_blocking(move || Stored::open(&p, &e))
+            .await
+            .map_err(|e| io(&path)(std::io::Error::other(e)))?;
+        self.checked(envelope, path, opened)
+    }
+
+    /// [`Self::open_checked`] on the calling thread.
+    pub fn open_checked_blocking(&self, envelope: &Envelope) -> Result<Stored, SpoolError> {
+        let path = self.body_path(envelope.body_id());
+        let opened = Stored::open(&path, envelope);
+        self.checked(envelope, path, opened)
+    }
+
+    fn checked(
+        &self,
+        envelope: &Envelope,
+        path: PathBuf,
+        opened: Result<Stored, OpenError>,
+    ) -> Result<Stored, SpoolError> {
+        match opened {
+            Ok(stored) => Ok(stored),
+            Err(OpenError::Missing) => {
                 self.set_aside(envelope, false);
-                return Err(SpoolError::Corrupt {
+                Err(SpoolError::Corrupt {
                     path,
                     detail: "message body missing: envelope moved to corrupt/, not delivered"
                         .into(),
-                });
+                })
             }
-            Err(e) => return Err(io(&path)(e)),
-        };
-        if !envelope.message_sha256.is_empty() {
-            let sha = sha256_hex(&body);
-            if body.len() as u64 != envelope.message_len || sha != envelope.message_sha256 {
+            Err(OpenError::Mismatch { len, sha256 }) => {
                 self.set_aside(envelope, true);
-                return Err(SpoolError::Corrupt {
+                Err(SpoolError::Corrupt {
                     path,
                     detail: format!(
-                        "message file is {} bytes with SHA-256 {sha}, expected {} bytes with {}: moved to corrupt/, not delivered",
-                        body.len(),
-                        envelope.message_len,
-                        envelope.message_sha256
+                        "message file is {len} bytes with SHA-256 {sha256}, expected {} bytes with {}: moved to corrupt/, not delivered",
+                        envelope.message_len, envelope.message_sha256
                     ),
-                });
+                })
             }
+            Err(OpenError::Io(e)) => Err(io(&path)(e)),
         }
-        let mut message = Vec::with_capacity(envelope.head.len() + body.len());
-        message.extend_from_slice(envelope.head.as_bytes());
-        message.extend_from_slice(&body);
-        Ok(message)
+    }
+
+    /// The whole message, checked: for tests.
+    #[cfg(test)]
+    pub fn read_checked(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
+        let stored = self.open_checked_blocking(envelope)?;
+        stored
+            .to_vec_blocking()
+            .map_err(io(&self.body_path(envelope.body_id())))
     }
 
     /// Moves `envelope` (and its body, when `with_body`) to `corrupt/`.
@@ -708,6 +725,46 @@ mod tests {
         reopened.remove_blocking(&e);
         assert_eq!(names(&dir.path().join("msg")), Vec::<String>::new());
         assert!(reopened.recover().unwrap().0.is_empty());
+    }
+
+    /// Every chunk a delivery reads, in order.
+    async fn read_all(stored: &Stored) -> std::io::Result<Vec<u8>> {
+        let mut reader = stored.reader();
+        let mut out = Vec::new();
+        while let Some(chunk) = reader.next().await? {
+            assert!(chunk.len() <= BUFFER.max(stored.len() as usize - out.len()));
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_in_chunks_and_checked_again_as_it_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut e = envelope(&spool);
+        let mut message = b"Subject: big\r\n\r\n".to_vec();
+        message.extend((0..300_000u32).map(|i| b'a' + (i % 26) as u8));
+        message.extend_from_slice(b"\r\n");
+        spool.store(&mut e, &message).unwrap();
+        let stored = spool.open_checked(&e).await.unwrap();
+        assert_eq!(stored.len(), (e.head.len() + message.len()) as u64);
+        let mut expected = e.head.as_bytes().to_vec();
+        expected.extend_from_slice(&message);
+        assert_eq!(read_all(&stored).await.unwrap(), expected);
+        // Changed in place after the check: the reader refuses to hand out
+        // the end of the message.
+        let path = dir.path().join("msg").join(format!("{}.eml", e.body_id()));
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"EVIL", 100_000).unwrap();
+        let err = read_all(&stored).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        // Cut short after the check: an error too, not a shorter message.
+        file.set_len(200_000).unwrap();
+        assert!(read_all(&stored).await.is_err());
+        // And the next attempt's check sets it aside.
+        let err = spool.open_checked(&e).await.unwrap_err().to_string();
+        assert!(err.contains("moved to corrupt/, not delivered"), "{err}");
     }
 
     #[test]

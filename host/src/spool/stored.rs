@@ -1,0 +1,263 @@
+//! A spooled message opened for delivery: the relay's header fields, then
+//! the body, read in chunks of [`BUFFER`] bytes.
+//!
+//! Delivery used to read the whole message into memory for each attempt, so
+//! its memory was the delivery concurrency times the largest message. Here
+//! only a body that fits one chunk is held (every body the free-file pool
+//! could recycle is one); a larger one is read from its open file as it is
+//! sent, so an attempt holds a chunk whatever the message's size.
+//!
+//! The body is checked against its envelope's length and SHA-256 when it is
+//! opened (a damaged body is never sent: the spool sets it aside). A body
+//! read from its file is hashed again as it is sent, and a [`Reader`]
+//! reports a body that changed in between as an error before it hands out
+//! the end of the message, so that the sender never ends the transaction
+//! with bytes that were not the ones checked.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::Digest;
+
+use super::{BUFFER, Envelope};
+
+/// A message ready to be sent, checked against its envelope.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    head: Arc<[u8]>,
+    body: Source,
+    body_len: u64,
+    /// The digest the envelope records; empty for envelopes from before
+    /// digests, which are not checked.
+    sha256: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// A body of at most one chunk, read whole when it was checked.
+    Held(Arc<[u8]>),
+    /// A larger body, read from its file (by offset: readers share it).
+    File(Arc<File>),
+}
+
+/// Why a body could not be opened for delivery.
+#[derive(Debug)]
+pub(super) enum OpenError {
+    /// No file: the body is gone.
+    Missing,
+    /// The file is not the body the envelope recorded.
+    Mismatch {
+        len: u64,
+        sha256: String,
+    },
+    Io(io::Error),
+}
+
+impl Stored {
+    /// Opens the body at `path` for `envelope` and checks it (reads it once
+    /// through; blocking).
+    pub(super) fn open(path: &Path, envelope: &Envelope) -> Result<Stored, OpenError> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(OpenError::Missing),
+            Err(e) => return Err(OpenError::Io(e)),
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut held = Vec::new();
+        let mut buf = vec![0; BUFFER];
+        let mut len = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(OpenError::Io(e)),
+            };
+            hasher.update(&buf[..n]);
+            if len + n as u64 <= BUFFER as u64 {
+                held.extend_from_slice(&buf[..n]);
+            }
+            len += n as u64;
+        }
+        if !envelope.message_sha256.is_empty() {
+            let sha256 = super::hex(&hasher.finalize());
+            if len != envelope.message_len || sha256 != envelope.message_sha256 {
+                return Err(OpenError::Mismatch { len, sha256 });
+            }
+        }
+        let body = if len <= BUFFER as u64 {
+            Source::Held(held.into())
+        } else {
+            Source::File(Arc::new(file))
+        };
+        Ok(Stored {
+            head: envelope.head.as_bytes().into(),
+            body,
+            body_len: len,
+            sha256: envelope.message_sha256.as_str().into(),
+        })
+    }
+
+    /// A message held in memory (a DSN being built, a test).
+    pub fn from_bytes(bytes: &[u8]) -> Stored {
+        Stored {
+            head: Arc::from(&[][..]),
+            body: Source::Held(bytes.into()),
+            body_len: bytes.len() as u64,
+            sha256: "".into(),
+        }
+    }
+
+    /// The whole message's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.head.len() as u64 + self.body_len
+    }
+
+    /// Whether the message has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the message from its start.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            stored: self,
+            head_sent: false,
+            offset: 0,
+            hasher: sha2::Sha256::new(),
+        }
+    }
+
+    /// The first `max` bytes of the message at most (a DSN's copy of the
+    /// header section), or all of it.
+    pub async fn prefix(&self, max: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut reader = self.reader();
+        while out.len() < max {
+            match reader.next().await? {
+                Some(chunk) => out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole message in memory: for the directory target and tests,
+    /// never for delivery over SMTP.
+    pub async fn to_vec(&self) -> io::Result<Vec<u8>> {
+        self.prefix(usize::try_from(self.len()).unwrap_or(usize::MAX))
+            .await
+    }
+
+    /// [`Self::to_vec`] on the calling thread.
+    #[cfg(test)]
+    pub(super) fn to_vec_blocking(&self) -> io::Result<Vec<u8>> {
+        let mut out = self.head.to_vec();
+        match &self.body {
+            Source::Held(bytes) => out.extend_from_slice(bytes),
+            Source::File(file) => {
+                let mut body = vec![0; self.body_len as usize];
+                file.read_exact_at(&mut body, 0)?;
+                out.extend_from_slice(&body);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a [`Stored`] message chunk by chunk, checking as it goes.
+pub struct Reader<'a> {
+    stored: &'a Stored,
+    head_sent: bool,
+    /// The next offset in the body.
+    offset: u64,
+    hasher: sha2::Sha256,
+}
+
+impl Reader<'_> {
+    /// The next chunk of the message, or `None` at its end. A body that no
+    /// longer matches what was checked when it was opened is an error
+    /// (`InvalidData`), returned instead of its last chunk.
+    pub async fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if !self.head_sent {
+            self.head_sent = true;
+            if !self.stored.head.is_empty() {
+                return Ok(Some(self.stored.head.to_vec()));
+            }
+        }
+        let remaining = self.stored.body_len - self.offset;
+        if remaining == 0 {
+            return Ok(None);
+        }
+        let chunk = match &self.stored.body {
+            Source::Held(bytes) => bytes.to_vec(),
+            Source::File(file) => {
+                let want = remaining.min(BUFFER as u64) as usize;
+                let chunk = read_at(file.clone(), self.offset, want).await?;
+                self.hasher.update(&chunk);
+                chunk
+            }
+        };
+        self.offset += chunk.len() as u64;
+        if self.offset == self.stored.body_len {
+            self.check()?;
+        }
+        Ok(Some(chunk))
+    }
+
+    /// At the body's end: the bytes read are the bytes checked.
+    fn check(&mut self) -> io::Result<()> {
+        if matches!(self.stored.body, Source::Held(_)) || self.stored.sha256.is_empty() {
+            return Ok(());
+        }
+        let sha256 = super::hex(&std::mem::take(&mut self.hasher).finalize());
+        if sha256 == *self.stored.sha256 {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the spooled body changed while it was being sent",
+            ))
+        }
+    }
+}
+
+/// Exactly `len` bytes at `offset`, on the blocking pool; a file that ends
+/// sooner (truncated since it was checked) is an error.
+async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn chunks(stored: &Stored) -> io::Result<Vec<Vec<u8>>> {
+        let mut reader = stored.reader();
+        let mut out = Vec::new();
+        while let Some(c) = reader.next().await? {
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_message_held_in_memory_reads_back_whole() {
+        let stored = Stored::from_bytes(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(stored.len(), 20);
+        assert_eq!(
+            chunks(&stored).await.unwrap(),
+            vec![b"Subject: x\r\n\r\nbody\r\n".to_vec()]
+        );
+        assert_eq!(stored.prefix(7).await.unwrap(), b"Subject");
+    }
+}
