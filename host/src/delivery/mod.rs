@@ -580,20 +580,24 @@ async fn directory_deliver(
     let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
     // The directory target (tests, a pickup directory) takes the message
     // whole; SMTP delivery streams it.
-    let written = match message.to_vec().await {
+    let outcome = match message.to_vec().await {
         Ok(message) => {
             let (to, id) = (dir.to_path_buf(), envelope.id.clone());
-            tokio::task::spawn_blocking(move || {
+            let written = tokio::task::spawn_blocking(move || {
                 write_to_directory(&to, &id, &message, &json).map_err(|e| e.to_string())
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()))
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match written {
+                Ok(path) => Outcome::Delivered(format!("250 2.0.0 written to {}", path.display())),
+                Err(e) => {
+                    Outcome::Temporary(format!("451 4.3.0 cannot write to {}: {e}", dir.display()))
+                }
+            }
         }
-        Err(e) => Err(format!("the spooled message could not be read: {e}")),
-    };
-    let outcome = match written {
-        Ok(path) => Outcome::Delivered(format!("250 2.0.0 written to {}", path.display())),
-        Err(e) => Outcome::Temporary(format!("451 4.3.0 cannot write to {}: {e}", dir.display())),
+        Err(e) => Outcome::Temporary(format!(
+            "451 4.3.0 the spooled message could not be read: {e}"
+        )),
     };
     pending.into_iter().map(|r| (r, outcome.clone())).collect()
 }

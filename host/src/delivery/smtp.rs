@@ -349,14 +349,16 @@ async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
     message: &Stored,
     out: &mut Vec<(String, Outcome)>,
 ) -> bool {
-    let timeout = client.timeout;
-    let sent = tokio::time::timeout(timeout, async {
-        write_message(&mut client.stream, message).await?;
-        let reply = client.read().await.map_err(Unsent::Hop)?;
+    // Each piece of the message and the final reply have the step's time
+    // (Postfix's smtp_data_xfer_timeout and smtp_data_done_timeout); the
+    // attempt's deadline bounds the whole.
+    let step = client.timeout;
+    let sent = async {
+        write_message(&mut client.stream, message, step).await?;
+        let reply = within(step, client.read()).await.map_err(Unsent::Hop)?;
         reply.assert_positive_completion().map_err(Unsent::Hop)
-    })
-    .await
-    .unwrap_or(Err(Unsent::Hop(SendError::Timeout)));
+    }
+    .await;
     match sent {
         Ok(()) => {
             out.extend(all(
@@ -398,24 +400,51 @@ enum Unsent {
 async fn write_message<W: AsyncWrite + Unpin>(
     stream: &mut W,
     message: &Stored,
+    step: Duration,
 ) -> Result<(), Unsent> {
-    let hop = |e: std::io::Error| Unsent::Hop(SendError::Io(e));
     let mut reader = message.reader();
     let mut stuffer = DotStuffer::default();
     let mut out = Vec::new();
-    while let Some(chunk) = reader.next().await.map_err(Unsent::Spool)? {
-        out.clear();
-        stuffer.stuff(&chunk, &mut out);
-        stream.write_all(&out).await.map_err(hop)?;
+    loop {
+        let next = tokio::time::timeout(step, reader.next()).await;
+        let chunk = match next {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(Unsent::Spool(e)),
+            Err(_) => {
+                return Err(Unsent::Spool(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the spool's disk did not answer in time",
+                )));
+            }
+        };
+        let bytes = stuffer.stuff(&chunk, &mut out);
+        write_within(stream, bytes, step).await?;
     }
-    stream.write_all(stuffer.end()).await.map_err(hop)?;
-    stream.flush().await.map_err(hop)
+    write_within(stream, stuffer.end(), step).await?;
+    within(step, async { Ok(stream.flush().await?) })
+        .await
+        .map_err(Unsent::Hop)
+}
+
+/// One write to the next hop, which must take it within `step`: a hop that
+/// reads slowly gets each piece's time, not the message's.
+async fn write_within<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    bytes: &[u8],
+    step: Duration,
+) -> Result<(), Unsent> {
+    within(step, async { Ok(stream.write_all(bytes).await?) })
+        .await
+        .map_err(Unsent::Hop)
 }
 
 /// SMTP's transparency (RFC 5321 4.5.2) over a message sent in pieces: a
 /// `.` that begins a line is doubled. A line begins at the message's start
-/// and after a CR or an LF (a bare one as well: some servers end lines
-/// there, and a stuffed dot is removed again by the hop in any case).
+/// and after a CR or an LF, a bare one included: intake refuses bare ones
+/// (SMTP smuggling), and should one be spooled all the same, a lenient hop
+/// must not read `LF . CR LF` as the end of the data (a strict hop keeps one
+/// extra dot, as with mail-send's own transparency).
 struct DotStuffer {
     at_line_start: bool,
     /// The message so far ends with CRLF (or is empty).
@@ -434,17 +463,40 @@ impl Default for DotStuffer {
 }
 
 impl DotStuffer {
-    fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+    /// `chunk` as it goes on the wire: itself when no line in it starts
+    /// with a dot (the usual case: no copy), else a copy in `out` with the
+    /// dots doubled.
+    #[must_use]
+    fn stuff<'a>(&mut self, chunk: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
+        let first = self.at_line_start;
+        let needs = (first && chunk.first() == Some(&b'.'))
+            || chunk
+                .windows(2)
+                .any(|w| (w[0] == b'\r' || w[0] == b'\n') && w[1] == b'.');
+        if let Some(&b) = chunk.last() {
+            let before = if chunk.len() > 1 {
+                chunk[chunk.len() - 2]
+            } else {
+                self.last
+            };
+            self.at_line_start = b == b'\r' || b == b'\n';
+            self.ends_with_crlf = before == b'\r' && b == b'\n';
+            self.last = b;
+        }
+        if !needs {
+            return chunk;
+        }
+        out.clear();
         out.reserve(chunk.len() + chunk.len() / 64);
+        let mut line_start = first;
         for &b in chunk {
-            if b == b'.' && self.at_line_start {
+            if b == b'.' && line_start {
                 out.push(b'.');
             }
             out.push(b);
-            self.at_line_start = b == b'\r' || b == b'\n';
-            self.ends_with_crlf = self.last == b'\r' && b == b'\n';
-            self.last = b;
+            line_start = b == b'\r' || b == b'\n';
         }
+        out
     }
 
     /// The end of data: CRLF . CRLF, whose first CRLF is the message's own
@@ -549,12 +601,12 @@ mod tests {
 
     fn stuffed(chunks: &[&[u8]]) -> Vec<u8> {
         let mut stuffer = DotStuffer::default();
-        let mut out = Vec::new();
+        let (mut wire, mut scratch) = (Vec::new(), Vec::new());
         for c in chunks {
-            stuffer.stuff(c, &mut out);
+            wire.extend_from_slice(stuffer.stuff(c, &mut scratch));
         }
-        out.extend_from_slice(stuffer.end());
-        out
+        wire.extend_from_slice(stuffer.end());
+        wire
     }
 
     #[test]
@@ -566,6 +618,15 @@ mod tests {
             let (a, b) = message.split_at(split);
             assert_eq!(stuffed(&[a, b]), expected, "split at {split}");
         }
+    }
+
+    #[test]
+    fn a_chunk_without_a_dot_at_a_line_start_goes_out_uncopied() {
+        let mut stuffer = DotStuffer::default();
+        let mut scratch = Vec::new();
+        let chunk: &[u8] = b"a line.\r\nanother. line\r\n";
+        assert!(std::ptr::eq(stuffer.stuff(chunk, &mut scratch), chunk));
+        assert!(scratch.is_empty());
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use body::{BUFFER, Body};
 pub use envelope::{Envelope, QueueEntry, Recipient, RecipientState};
-pub use stored::{Reader, Stored};
+pub use stored::{Chunk, Reader, Stored};
 
 use commit::{Committer, Job, Layout};
 use room::Room;
@@ -759,6 +759,18 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&file, b"EVIL", 100_000).unwrap();
         let err = read_all(&stored).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        // A reader that failed never reports a clean end afterwards.
+        let mut reader = stored.reader();
+        while reader.next().await.is_ok() {}
+        assert!(reader.next().await.is_err());
+        // An envelope from before digests is checked against the body as
+        // it was read when opened.
+        let mut old = e.clone();
+        old.message_sha256.clear();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"aaaa", 100_000).unwrap();
+        let opened = spool.open_checked(&old).await.unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"EVIL", 100_000).unwrap();
+        assert!(read_all(&opened).await.is_err());
         // Cut short after the check: an error too, not a shorter message.
         file.set_len(200_000).unwrap();
         assert!(read_all(&stored).await.is_err());

@@ -24,14 +24,38 @@ use sha2::Digest;
 
 use super::{BUFFER, Envelope};
 
+// A body the free-file pool may recycle (overwrite in place once its last
+// envelope is gone) must be held, never read from its file as it is sent.
+const _: () = assert!(super::pool::MAX_SIZE <= BUFFER as u64);
+
+/// A piece of a message: shared with the [`Stored`] when it holds the
+/// bytes (every share of an MX delivery reads the same), else read for
+/// this reader.
+#[derive(Debug)]
+pub enum Chunk {
+    Shared(Arc<[u8]>),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Read(b) => b,
+        }
+    }
+}
+
 /// A message ready to be sent, checked against its envelope.
 #[derive(Debug, Clone)]
 pub struct Stored {
     head: Arc<[u8]>,
     body: Source,
     body_len: u64,
-    /// The digest the envelope records; empty for envelopes from before
-    /// digests, which are not checked.
+    /// The body's digest when it was checked (the envelope's own, or, for
+    /// an envelope from before digests, the one read then): what it is
+    /// checked against again as it is sent.
     sha256: Arc<str>,
 }
 
@@ -82,11 +106,10 @@ impl Stored {
             }
             len += n as u64;
         }
-        if !envelope.message_sha256.is_empty() {
-            let sha256 = super::hex(&hasher.finalize());
-            if len != envelope.message_len || sha256 != envelope.message_sha256 {
-                return Err(OpenError::Mismatch { len, sha256 });
-            }
+        let sha256 = super::hex(&hasher.finalize());
+        let recorded = !envelope.message_sha256.is_empty();
+        if recorded && (len != envelope.message_len || sha256 != envelope.message_sha256) {
+            return Err(OpenError::Mismatch { len, sha256 });
         }
         let body = if len <= BUFFER as u64 {
             Source::Held(held.into())
@@ -97,7 +120,7 @@ impl Stored {
             head: envelope.head.as_bytes().into(),
             body,
             body_len: len,
-            sha256: envelope.message_sha256.as_str().into(),
+            sha256: sha256.into(),
         })
     }
 
@@ -128,6 +151,7 @@ impl Stored {
             head_sent: false,
             offset: 0,
             hasher: sha2::Sha256::new(),
+            failed: false,
         }
     }
 
@@ -138,7 +162,10 @@ impl Stored {
         let mut reader = self.reader();
         while out.len() < max {
             match reader.next().await? {
-                Some(chunk) => out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]),
+                Some(chunk) => {
+                    let take = chunk.len().min(max - out.len());
+                    out.extend_from_slice(&chunk[..take]);
+                }
                 None => break,
             }
         }
@@ -175,17 +202,23 @@ pub struct Reader<'a> {
     /// The next offset in the body.
     offset: u64,
     hasher: sha2::Sha256,
+    /// The body did not read back as checked: every later call fails too,
+    /// never reports a clean end.
+    failed: bool,
 }
 
 impl Reader<'_> {
     /// The next chunk of the message, or `None` at its end. A body that no
     /// longer matches what was checked when it was opened is an error
     /// (`InvalidData`), returned instead of its last chunk.
-    pub async fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+    pub async fn next(&mut self) -> io::Result<Option<Chunk>> {
+        if self.failed {
+            return Err(changed());
+        }
         if !self.head_sent {
             self.head_sent = true;
             if !self.stored.head.is_empty() {
-                return Ok(Some(self.stored.head.to_vec()));
+                return Ok(Some(Chunk::Shared(self.stored.head.clone())));
             }
         }
         let remaining = self.stored.body_len - self.offset;
@@ -193,36 +226,40 @@ impl Reader<'_> {
             return Ok(None);
         }
         let chunk = match &self.stored.body {
-            Source::Held(bytes) => bytes.to_vec(),
+            Source::Held(bytes) => Chunk::Shared(bytes.clone()),
             Source::File(file) => {
                 let want = remaining.min(BUFFER as u64) as usize;
-                let chunk = read_at(file.clone(), self.offset, want).await?;
+                let read = read_at(file.clone(), self.offset, want).await;
+                let chunk = read.inspect_err(|_| self.failed = true)?;
                 self.hasher.update(&chunk);
-                chunk
+                Chunk::Read(chunk)
             }
         };
-        self.offset += chunk.len() as u64;
-        if self.offset == self.stored.body_len {
-            self.check()?;
+        if self.offset + chunk.len() as u64 == self.stored.body_len && !self.matches() {
+            self.failed = true;
+            return Err(changed());
         }
+        self.offset += chunk.len() as u64;
         Ok(Some(chunk))
     }
 
     /// At the body's end: the bytes read are the bytes checked.
-    fn check(&mut self) -> io::Result<()> {
-        if matches!(self.stored.body, Source::Held(_)) || self.stored.sha256.is_empty() {
-            return Ok(());
-        }
-        let sha256 = super::hex(&std::mem::take(&mut self.hasher).finalize());
-        if sha256 == *self.stored.sha256 {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the spooled body changed while it was being sent",
-            ))
+    fn matches(&mut self) -> bool {
+        match self.stored.body {
+            Source::Held(_) => true,
+            Source::File(_) => {
+                let sha256 = super::hex(&std::mem::take(&mut self.hasher).finalize());
+                sha256 == *self.stored.sha256
+            }
         }
     }
+}
+
+fn changed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the spooled body changed while it was being sent",
+    )
 }
 
 /// Exactly `len` bytes at `offset`, on the blocking pool; a file that ends
@@ -245,7 +282,7 @@ mod tests {
         let mut reader = stored.reader();
         let mut out = Vec::new();
         while let Some(c) = reader.next().await? {
-            out.push(c);
+            out.push(c.to_vec());
         }
         Ok(out)
     }
