@@ -10,7 +10,8 @@
 # a new mktemp -d directory, removed at the end unless KEEP=1), OUT (results
 # TSV; default ./compare-DATE.tsv). Scale: N, ONE_SESSIONS, MULTI_SESSIONS,
 # MULTI_PER_SESSION, TLS_SESSIONS, TLS_CONCURRENCY, TLS_PER_SESSION, BIG_N,
-# BIG_SESSIONS, SIZE, BIG_SIZE, TIMEOUT (seconds per run), PAUSE (seconds).
+# BIG_SESSIONS, SIZE, BIG_SIZE, TIMEOUT (seconds per run), PAUSE (seconds),
+# SCENARIOS (a space-separated subset of "one multi tls big").
 # Needs root (Postfix's master, smtp-sink -u nobody), Postfix with
 # smtp-source/smtp-sink, openssl and ss.
 #
@@ -58,7 +59,7 @@ fi
 : "${TIMEOUT:=600}" "${PAUSE:=1}" "${KEEP:=0}"
 : "${ATTRELAY:=$REPO/target/release/attrelay}"
 : "${OUT:=$PWD/compare-$(date +%Y%m%d-%H%M%S).tsv}"
-SCENARIOS=(one multi tls big)
+read -ra SCENARIOS <<< "${SCENARIOS:-one multi tls big}"
 FROM=bench@bench.test            # tenant "bench": IP connector for 127.0.0.1
 TLS_FROM=john@contoso.com        # tenant "contoso": certificate connector only
 TO=someone@example.net

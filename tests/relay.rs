@@ -1161,3 +1161,74 @@ async fn a_large_message_reaches_the_next_hop_byte_for_byte() {
     );
     handle.stop().await;
 }
+
+/// A body with bytes past US-ASCII goes to a hop that offers 8BITMIME with
+/// `BODY=8BITMIME` (RFC 6152), decided from what was stored, not from the
+/// client's parameter; a US-ASCII body goes without, whatever the client
+/// declared; a hop without 8BITMIME gets the body as it is, without the
+/// parameter. With and without pipelining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eight_bit_body_is_announced_to_a_hop_that_offers_8bitmime() {
+    for pipelining in [false, true] {
+        let sink = Sink::start().await;
+        sink.pipelining
+            .store(pipelining, std::sync::atomic::Ordering::SeqCst);
+        // Each message on a fresh connection, which reads the hop's offers
+        // anew.
+        sink.hang_up_after_message
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (handle, _pki) = relay_without_quick_retries(&sink).await;
+        let relay = handle.addrs[0];
+        let utf8 = "Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\n\r\nGrüße aus Köln\r\n";
+        let ascii = "Subject: plain\r\n\r\nhello\r\n";
+        let mut n = 0;
+        for (mail, body) in [
+            ("MAIL FROM:<john@contoso.com> BODY=8BITMIME", utf8),
+            ("MAIL FROM:<john@contoso.com>", utf8),
+            ("MAIL FROM:<john@contoso.com> BODY=8BITMIME", ascii),
+        ] {
+            let (mut c, _) = Client::connect_from(relay, CONTOSO_IP.parse().unwrap()).await;
+            assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+            assert_eq!(c.cmd(mail).await.code, 250);
+            assert_eq!(c.cmd("RCPT TO:<r@internet.example>").await.code, 250);
+            let wire = format!("{body}.\r\n");
+            assert_eq!(c.data(wire.as_bytes()).await.code, 250);
+            n += 1;
+            let got = sink.wait_for(n).await;
+            assert!(got[n - 1].data.ends_with(body.as_bytes()));
+        }
+        sink.seven_bit_only
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mut c, _) = Client::connect_from(relay, CONTOSO_IP.parse().unwrap()).await;
+        assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
+        assert_eq!(
+            c.cmd("MAIL FROM:<john@contoso.com> BODY=8BITMIME")
+                .await
+                .code,
+            250
+        );
+        assert_eq!(c.cmd("RCPT TO:<r@internet.example>").await.code, 250);
+        assert_eq!(c.data(format!("{utf8}.\r\n").as_bytes()).await.code, 250);
+        let got = sink.wait_for(4).await;
+        assert!(got[3].data.ends_with(utf8.as_bytes()));
+        let mails: Vec<String> = sink
+            .envelope_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("MAIL"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            mails,
+            [
+                "MAIL FROM:<john@contoso.com> BODY=8BITMIME",
+                "MAIL FROM:<john@contoso.com> BODY=8BITMIME",
+                "MAIL FROM:<john@contoso.com>",
+                "MAIL FROM:<john@contoso.com>",
+            ],
+            "pipelining: {pipelining}"
+        );
+        handle.stop().await;
+    }
+}

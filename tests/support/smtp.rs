@@ -256,6 +256,8 @@ pub struct Sink {
     /// MAIL commands that arrived with the next command already behind
     /// them: pipelined transactions.
     pub pipelined: Arc<std::sync::atomic::AtomicUsize>,
+    /// When set, EHLO does not offer 8BITMIME (RFC 6152).
+    pub seven_bit_only: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sink {
@@ -273,6 +275,7 @@ impl Sink {
             hang_up_after_message: Arc::default(),
             pipelining: Arc::default(),
             pipelined: Arc::default(),
+            seven_bit_only: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -315,11 +318,18 @@ impl Sink {
                     .unwrap_or_default()
             };
             let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                let mut ehlo = "250-sink.test\r\n".to_string();
                 if self.pipelining.load(std::sync::atomic::Ordering::SeqCst) {
-                    "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
-                } else {
-                    "250-sink.test\r\n250 8BITMIME\r\n".into()
+                    ehlo.push_str("250-PIPELINING\r\n");
                 }
+                if !self
+                    .seven_bit_only
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    ehlo.push_str("250-8BITMIME\r\n");
+                }
+                ehlo.push_str("250 SIZE\r\n");
+                ehlo
             } else if upper.starts_with("MAIL") {
                 if !io.buffer().is_empty() {
                     self.pipelined

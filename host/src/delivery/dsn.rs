@@ -337,6 +337,7 @@ mod tests {
             body: None,
             message_sha256: String::new(),
             message_len: 0,
+            eight_bit: false,
         }
     }
 

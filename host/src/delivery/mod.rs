@@ -543,6 +543,7 @@ async fn make_dsn(
         body: None,
         message_sha256: String::new(),
         message_len: 0,
+        eight_bit: false,
     };
     let mut queued = None;
     crate::intake::accept(
@@ -693,6 +694,7 @@ mod tests {
             body: None,
             message_sha256: String::new(),
             message_len: 0,
+            eight_bit: false,
         }
     }
 

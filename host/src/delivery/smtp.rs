@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mail_send::smtp::AssertReply;
 use mail_send::smtp::message::Parameters;
 use mail_send::{Error as SendError, SmtpClient};
-use smtp_proto::{EXT_PIPELINING, EXT_START_TLS};
+use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_START_TLS};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -154,9 +154,39 @@ struct Connection {
     /// without a RSET round trip. Not after an I/O error or a timeout,
     /// where the next hop's state is unknown.
     clean: bool,
-    /// The next hop offered PIPELINING (RFC 2920): MAIL, RCPT and DATA go
-    /// in one write, their replies come back together.
+    offers: Offers,
+}
+
+/// What the next hop offered in its EHLO reply that changes how a
+/// transaction is sent.
+#[derive(Debug, Clone, Copy)]
+struct Offers {
+    /// PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write, their
+    /// replies come back together.
     pipelining: bool,
+    /// 8BITMIME (RFC 6152): a body with bytes past US-ASCII is announced
+    /// with `BODY=8BITMIME`. To a hop without it such a body goes as it is,
+    /// unconverted, as most MTAs send it.
+    eight_bit_mime: bool,
+}
+
+impl Offers {
+    fn of(ehlo: &smtp_proto::EhloResponse<String>) -> Offers {
+        Offers {
+            pipelining: ehlo.has_capability(EXT_PIPELINING),
+            eight_bit_mime: ehlo.has_capability(EXT_8BIT_MIME),
+        }
+    }
+
+    /// MAIL's parameters for `message`: only what the relay itself decides
+    /// (none the client gave can reach the next hop).
+    fn mail_parameters(&self, message: &Stored) -> &'static str {
+        if self.eight_bit_mime && message.eight_bit() {
+            " BODY=8BITMIME"
+        } else {
+            ""
+        }
+    }
 }
 
 enum Client {
@@ -192,7 +222,7 @@ impl Connection {
                 client: Client::Tls(Box::new(tls)),
                 uses: 0,
                 clean: true,
-                pipelining: ehlo.has_capability(EXT_PIPELINING),
+                offers: Offers::of(&ehlo),
             })
         } else if cfg.tls_policy.requires_tls() {
             // Nothing goes in clear text to a hop the operator wants
@@ -204,7 +234,7 @@ impl Connection {
                 client: Client::Plain(client),
                 uses: 0,
                 clean: true,
-                pipelining: ehlo.has_capability(EXT_PIPELINING),
+                offers: Offers::of(&ehlo),
             })
         }
     }
@@ -217,12 +247,10 @@ impl Connection {
     ) -> Result<Vec<(String, Outcome)>, SendError> {
         self.uses += 1;
         self.clean = false;
-        let pipelining = self.pipelining;
+        let offers = self.offers;
         let (results, clean) = match &mut self.client {
-            Client::Plain(c) => transaction(c, pipelining, sender, recipients, message).await?,
-            Client::Tls(c) => {
-                transaction(c.as_mut(), pipelining, sender, recipients, message).await?
-            }
+            Client::Plain(c) => transaction(c, offers, sender, recipients, message).await?,
+            Client::Tls(c) => transaction(c.as_mut(), offers, sender, recipients, message).await?,
         };
         self.clean = clean;
         Ok(results)
@@ -296,12 +324,14 @@ impl ConnectionCache {
     }
 }
 
-/// One transaction: MAIL, RCPT for each recipient, DATA and the message.
+/// One transaction: MAIL (whose parameters the relay decides: none the
+/// client gave reaches the next hop), RCPT for each recipient, DATA and the
+/// message.
 /// Returns each recipient's outcome and whether the transaction ended with
 /// a reply (the connection can carry another at once).
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
-    pipelining: bool,
+    offers: Offers,
     sender: &str,
     recipients: &[String],
     message: &Stored,
@@ -332,10 +362,14 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     if valid.is_empty() {
         return Ok((out, true));
     }
-    let (mut results, clean) = if pipelining {
-        pipelined(client, sender, &valid, message).await?
+    let mail = format!(
+        "MAIL FROM:<{sender}>{}\r\n",
+        offers.mail_parameters(message)
+    );
+    let (mut results, clean) = if offers.pipelining {
+        pipelined(client, mail, &valid, message).await?
     } else {
-        one_by_one(client, sender, &valid, message).await?
+        one_by_one(client, mail, &valid, message).await?
     };
     out.append(&mut results);
     Ok((out, clean))
@@ -514,12 +548,11 @@ impl DotStuffer {
 /// two round trips whatever the number of recipients.
 async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
-    sender: &str,
+    mail: String,
     recipients: &[String],
     message: &Stored,
 ) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
-    // No parameters: none the client gave can reach the next hop.
-    let mut cmds = vec![format!("MAIL FROM:<{sender}>\r\n")];
+    let mut cmds = vec![mail];
     cmds.extend(recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
     cmds.push("DATA\r\n".to_string());
     let mut replies = client.cmds(cmds).await?.into_iter();
@@ -564,13 +597,16 @@ async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
 /// without PIPELINING.
 async fn one_by_one<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
-    sender: &str,
+    mail: String,
     recipients: &[String],
     message: &Stored,
 ) -> Result<(Vec<(String, Outcome)>, bool), SendError> {
+    client
+        .cmd(mail.as_bytes())
+        .await?
+        .assert_positive_completion()?;
     // No parameters: none the client gave can reach the next hop.
     let params = Parameters::default();
-    client.mail_from(sender, &params).await?;
     let mut out = Vec::new();
     let mut accepted = Vec::new();
     for r in recipients {

@@ -149,6 +149,7 @@ fn envelope_for_tenant(
         body: None,
         message_sha256: String::new(),
         message_len: 0,
+        eight_bit: false,
     }
 }
 

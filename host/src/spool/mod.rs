@@ -409,10 +409,17 @@ impl Spool {
     /// is moved to `corrupt/` and the error says so.
     pub async fn open_checked(&self, envelope: &Envelope) -> Result<Stored, SpoolError> {
         let path = self.body_path(envelope.body_id());
-        let (p, e) = (path.clone(), envelope.clone());
-        let opened = tokio::task::spawn_blocking(move || Stored::open(&p, &e))
-            .await
-            .map_err(|e| io(&path)(std::io::Error::other(e)))?;
+        // A body of one chunk (most mail) is read here, as fast as a stat;
+        // a larger one is read through and hashed on the blocking pool.
+        let small = fs::metadata(&path).map_or(true, |m| m.len() <= BUFFER as u64);
+        let opened = if small {
+            Stored::open(&path, envelope)
+        } else {
+            let (p, e) = (path.clone(), envelope.clone());
+            tokio::task::spawn_blocking(move || Stored::open(&p, &e))
+                .await
+                .map_err(|e| io(&path)(std::io::Error::other(e)))?
+        };
         self.checked(envelope, path, opened)
     }
 
@@ -700,6 +707,7 @@ mod tests {
             body: None,
             message_sha256: String::new(),
             message_len: 0,
+            eight_bit: false,
         }
     }
 

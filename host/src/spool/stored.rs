@@ -57,6 +57,7 @@ pub struct Stored {
     /// an envelope from before digests, the one read then): what it is
     /// checked against again as it is sent.
     sha256: Arc<str>,
+    eight_bit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +122,7 @@ impl Stored {
             body,
             body_len: len,
             sha256: sha256.into(),
+            eight_bit: envelope.eight_bit,
         })
     }
 
@@ -131,12 +133,18 @@ impl Stored {
             body: Source::Held(bytes.into()),
             body_len: bytes.len() as u64,
             sha256: "".into(),
+            eight_bit: !bytes.is_ascii(),
         }
     }
 
     /// The whole message's length in bytes.
     pub fn len(&self) -> u64 {
         self.head.len() as u64 + self.body_len
+    }
+
+    /// Whether the body holds bytes past US-ASCII (`BODY=8BITMIME`).
+    pub fn eight_bit(&self) -> bool {
+        self.eight_bit
     }
 
     /// Whether the message has no bytes at all.
