@@ -587,6 +587,19 @@ fn bytes_in(spool: &Path, sub: &str) -> u64 {
         .sum()
 }
 
+/// Starts `attrelay serve` with the fixture's tenants, contoso's IP
+/// connector moved to 127.0.1.0/24 (so that tests connect from loopback),
+/// `server` added to `[server]`, and delivery to `hop`.
+async fn serve_for_loopback(pki: &Pki, server: &str, hop: SocketAddr) -> (Child, SocketAddr) {
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\n{server}\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop}\"\n"
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    serve(&config).await
+}
+
 /// A session's memory does not grow with its message: 100 sessions in the
 /// middle of DATA hold about as much after 4 MiB each as after 1 KiB,
 /// because the body goes to the spool as it arrives. (The figures for
@@ -599,13 +612,7 @@ async fn a_sessions_memory_is_the_same_whatever_its_messages_size() {
     let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hop_addr = hop.local_addr().unwrap();
     drop(hop);
-    let text = support::fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nmax_sessions_per_ip = 200\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop_addr}\"\n"
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
-    let (child, addr) = serve(&config).await;
+    let (child, addr) = serve_for_loopback(&pki, "max_sessions_per_ip = 200", hop_addr).await;
     let pid = child.id().unwrap();
     let mut clients = Vec::new();
     for _ in 0..SESSIONS {
@@ -700,13 +707,7 @@ async fn a_deliverys_memory_is_the_same_whatever_its_messages_size() {
     const BIG: usize = 16 << 20;
     let pki = Pki::new();
     let hop = stalling_hop().await;
-    let text = support::fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nmax_message_size = 33554432\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop}\"\n"
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
-    let (child, addr) = serve(&config).await;
+    let (child, addr) = serve_for_loopback(&pki, "max_message_size = 33554432", hop).await;
     let pid = child.id().unwrap();
     let before = rss_kib(pid);
     let line = [b"z".repeat(1022).as_slice(), b"\r\n"].concat();

@@ -337,7 +337,6 @@ mod tests {
             body: None,
             message_sha256: String::new(),
             message_len: 0,
-            eight_bit: false,
         }
     }
 

@@ -543,7 +543,6 @@ async fn make_dsn(
         body: None,
         message_sha256: String::new(),
         message_len: 0,
-        eight_bit: false,
     };
     let mut queued = None;
     crate::intake::accept(
@@ -694,7 +693,6 @@ mod tests {
             body: None,
             message_sha256: String::new(),
             message_len: 0,
-            eight_bit: false,
         }
     }
 

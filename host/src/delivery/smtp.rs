@@ -605,7 +605,7 @@ async fn one_by_one<T: AsyncRead + AsyncWrite + Unpin>(
         .cmd(mail.as_bytes())
         .await?
         .assert_positive_completion()?;
-    // No parameters: none the client gave can reach the next hop.
+    // RCPT without parameters: none the client gave can reach the next hop.
     let params = Parameters::default();
     let mut out = Vec::new();
     let mut accepted = Vec::new();

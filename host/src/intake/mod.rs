@@ -149,7 +149,6 @@ fn envelope_for_tenant(
         body: None,
         message_sha256: String::new(),
         message_len: 0,
-        eight_bit: false,
     }
 }
 

@@ -34,8 +34,6 @@ pub struct Body {
     /// Bytes not yet written to `file`.
     pub(super) tail: Vec<u8>,
     pub(super) len: u64,
-    /// A byte past US-ASCII has been written.
-    pub(super) eight_bit: bool,
     hasher: sha2::Sha256,
     /// The bytes written so far, counted against the free-space reserve.
     reservation: Reservation,
@@ -62,7 +60,6 @@ impl Body {
             pool,
             tail: Vec::new(),
             len: 0,
-            eight_bit: false,
             hasher: sha2::Sha256::new(),
             reservation: Reservation::new(room, checked),
             failed: None,
@@ -102,7 +99,6 @@ impl Body {
     /// body that is known whole, such as a DSN.
     pub(super) fn append(&mut self, bytes: &[u8]) {
         self.hasher.update(bytes);
-        self.eight_bit = self.eight_bit || !bytes.is_ascii();
         self.len += bytes.len() as u64;
         self.tail.extend_from_slice(bytes);
     }

@@ -344,7 +344,6 @@ pub(super) fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Stage
         e.body = Some(id.clone());
         e.message_sha256 = sha.clone();
         e.message_len = len;
-        e.eight_bit = job.body.eight_bit;
     }
     let mut staged = Staged {
         job,

@@ -66,11 +66,6 @@ pub struct Envelope {
     pub message_sha256: String,
     #[serde(default)]
     pub message_len: u64,
-    /// The body holds bytes past US-ASCII (set at the commit, from what was
-    /// written, not from the client's `BODY` parameter): it goes to a next
-    /// hop that offers 8BITMIME with `BODY=8BITMIME` (RFC 6152).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub eight_bit: bool,
 }
 
 impl Envelope {

@@ -409,9 +409,11 @@ impl Spool {
     /// is moved to `corrupt/` and the error says so.
     pub async fn open_checked(&self, envelope: &Envelope) -> Result<Stored, SpoolError> {
         let path = self.body_path(envelope.body_id());
-        // A body of one chunk (most mail) is read here, as fast as a stat;
-        // a larger one is read through and hashed on the blocking pool.
-        let small = fs::metadata(&path).map_or(true, |m| m.len() <= BUFFER as u64);
+        // A body recorded as one chunk (most mail) is read here: a small
+        // read, bounded by the recorded length whatever the file holds. A
+        // larger one, or one from before lengths were recorded, is read
+        // through and hashed on the blocking pool.
+        let small = !envelope.message_sha256.is_empty() && envelope.message_len <= BUFFER as u64;
         let opened = if small {
             Stored::open(&path, envelope)
         } else {
@@ -454,6 +456,14 @@ impl Spool {
                         "message file is {len} bytes with SHA-256 {sha256}, expected {} bytes with {}: moved to corrupt/, not delivered",
                         envelope.message_len, envelope.message_sha256
                     ),
+                })
+            }
+            Err(OpenError::NotAFile) => {
+                self.set_aside(envelope, true);
+                Err(SpoolError::Corrupt {
+                    path,
+                    detail: "message body is not a regular file: moved to corrupt/, not delivered"
+                        .into(),
                 })
             }
             Err(OpenError::Io(e)) => Err(io(&path)(e)),
@@ -707,7 +717,6 @@ mod tests {
             body: None,
             message_sha256: String::new(),
             message_len: 0,
-            eight_bit: false,
         }
     }
 
@@ -785,6 +794,56 @@ mod tests {
         // And the next attempt's check sets it aside.
         let err = spool.open_checked(&e).await.unwrap_err().to_string();
         assert!(err.contains("moved to corrupt/, not delivered"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_is_no_regular_file_is_set_aside_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        for swap in ["symlink to /dev/zero", "fifo", "grown"] {
+            let mut e = envelope(&spool);
+            spool.store(&mut e, b"Subject: x\r\n\r\nsmall\r\n").unwrap();
+            let path = dir.path().join("msg").join(format!("{}.eml", e.body_id()));
+            std::fs::remove_file(&path).unwrap();
+            match swap {
+                "fifo" => rustix::fs::mkfifoat(
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                )
+                .unwrap(),
+                "grown" => std::fs::write(&path, vec![b'x'; 50 << 20]).unwrap(),
+                _ => std::os::unix::fs::symlink("/dev/zero", &path).unwrap(),
+            }
+            // Each answers at once: nothing waits on a writer or reads on
+            // without end (a recorded small body is read on a runtime
+            // thread, so the open runs as a task of its own and the test
+            // waits for it from another).
+            let opening = tokio::spawn({
+                let spool = spool.clone();
+                async move { spool.open_checked(&e).await.map(|_| ()) }
+            });
+            let opened = tokio::time::timeout(std::time::Duration::from_secs(5), opening)
+                .await
+                .unwrap_or_else(|_| panic!("{swap}: open_checked hung"))
+                .unwrap();
+            let err = opened.unwrap_err().to_string();
+            assert!(err.contains("moved to corrupt/"), "{swap}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_eight_bit_body_is_seen_when_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut e = envelope(&spool);
+        spool
+            .store(&mut e, "Subject: x\r\n\r\nGrüße\r\n".as_bytes())
+            .unwrap();
+        assert!(spool.open_checked(&e).await.unwrap().eight_bit());
+        let mut e = envelope(&spool);
+        spool.store(&mut e, b"Subject: x\r\n\r\nhello\r\n").unwrap();
+        assert!(!spool.open_checked(&e).await.unwrap().eight_bit());
     }
 
     #[test]

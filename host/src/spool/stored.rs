@@ -78,37 +78,46 @@ pub(super) enum OpenError {
         len: u64,
         sha256: String,
     },
+    /// The name is a symbolic link, a FIFO, a device: nothing the spool
+    /// wrote, so nothing to read (a FIFO would block, `/dev/zero` never end).
+    NotAFile,
     Io(io::Error),
 }
 
 impl Stored {
     /// Opens the body at `path` for `envelope` and checks it (reads it once
-    /// through; blocking).
+    /// through; blocking). With a recorded length, a longer file is found
+    /// one byte past it, never read to its end: a body opened on a runtime
+    /// thread (one recorded as a single chunk) stays a small read whatever
+    /// the file became.
     pub(super) fn open(path: &Path, envelope: &Envelope) -> Result<Stored, OpenError> {
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(OpenError::Missing),
-            Err(e) => return Err(OpenError::Io(e)),
+        let file = open_regular(path)?;
+        let recorded = !envelope.message_sha256.is_empty();
+        let limit = if recorded {
+            envelope.message_len.saturating_add(1)
+        } else {
+            u64::MAX
         };
+        let mut reader = (&file).take(limit);
         let mut hasher = sha2::Sha256::new();
         let mut held = Vec::new();
         let mut buf = vec![0; BUFFER];
-        let mut len = 0u64;
+        let (mut len, mut eight_bit) = (0u64, false);
         loop {
-            let n = match file.read(&mut buf) {
+            let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(OpenError::Io(e)),
             };
             hasher.update(&buf[..n]);
+            eight_bit = eight_bit || !buf[..n].is_ascii();
             if len + n as u64 <= BUFFER as u64 {
                 held.extend_from_slice(&buf[..n]);
             }
             len += n as u64;
         }
         let sha256 = super::hex(&hasher.finalize());
-        let recorded = !envelope.message_sha256.is_empty();
         if recorded && (len != envelope.message_len || sha256 != envelope.message_sha256) {
             return Err(OpenError::Mismatch { len, sha256 });
         }
@@ -122,7 +131,7 @@ impl Stored {
             body,
             body_len: len,
             sha256: sha256.into(),
-            eight_bit: envelope.eight_bit,
+            eight_bit,
         })
     }
 
@@ -142,7 +151,8 @@ impl Stored {
         self.head.len() as u64 + self.body_len
     }
 
-    /// Whether the body holds bytes past US-ASCII (`BODY=8BITMIME`).
+    /// Whether the body holds bytes past US-ASCII (`BODY=8BITMIME`): seen
+    /// when it was read to be checked, not taken from the client's word.
     pub fn eight_bit(&self) -> bool {
         self.eight_bit
     }
@@ -268,6 +278,27 @@ fn changed() -> io::Error {
         io::ErrorKind::InvalidData,
         "the spooled body changed while it was being sent",
     )
+}
+
+/// `path` opened for reading if it is a regular file: a symbolic link is
+/// not followed, and a FIFO is not waited for.
+fn open_regular(path: &Path) -> Result<File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(OpenError::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(OpenError::NotAFile),
+        Err(e) => return Err(OpenError::Io(e)),
+    };
+    match file.metadata() {
+        Ok(m) if m.file_type().is_file() => Ok(file),
+        Ok(_) => Err(OpenError::NotAFile),
+        Err(e) => Err(OpenError::Io(e)),
+    }
 }
 
 /// Exactly `len` bytes at `offset`, on the blocking pool; a file that ends
