@@ -600,6 +600,19 @@ async fn serve_for_loopback(pki: &Pki, server: &str, hop: SocketAddr) -> (Child,
     serve(&config).await
 }
 
+/// A session from contoso's server (127.0.1.10) that has begun a message:
+/// DATA answered `354` and the header section sent.
+async fn in_data(relay: SocketAddr) -> Client {
+    let (mut c, g) = Client::connect_from(relay, "127.0.1.10".parse().unwrap()).await;
+    assert_eq!(g.code, 220);
+    assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    c.send_raw(b"Subject: big\r\n\r\n").await;
+    c
+}
+
 /// A session's memory does not grow with its message: 100 sessions in the
 /// middle of DATA hold about as much after 4 MiB each as after 1 KiB,
 /// because the body goes to the spool as it arrives. (The figures for
@@ -616,13 +629,7 @@ async fn a_sessions_memory_is_the_same_whatever_its_messages_size() {
     let pid = child.id().unwrap();
     let mut clients = Vec::new();
     for _ in 0..SESSIONS {
-        let (mut c, g) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
-        assert_eq!(g.code, 220);
-        assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
-        assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
-        assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
-        assert_eq!(c.cmd("DATA").await.code, 354);
-        c.send_raw(b"Subject: big\r\n\r\n").await;
+        let mut c = in_data(addr).await;
         c.send_raw(&[b'x'; 1022]).await;
         c.send_raw(b"\r\n").await;
         clients.push(c);
@@ -713,13 +720,7 @@ async fn a_deliverys_memory_is_the_same_whatever_its_messages_size() {
     let line = [b"z".repeat(1022).as_slice(), b"\r\n"].concat();
     let chunk = line.repeat(64);
     for _ in 0..MESSAGES {
-        let (mut c, g) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
-        assert_eq!(g.code, 220);
-        assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
-        assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
-        assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
-        assert_eq!(c.cmd("DATA").await.code, 354);
-        c.send_raw(b"Subject: big\r\n\r\n").await;
+        let mut c = in_data(addr).await;
         for _ in 0..BIG / chunk.len() {
             c.send_raw(&chunk).await;
         }
