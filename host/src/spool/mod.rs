@@ -587,9 +587,25 @@ impl Spool {
         for entry in fs::read_dir(tmp).map_err(io(tmp))?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
+        let (mut envelopes, problems, set_aside) = self.read_queue()?;
+        let named: HashSet<&str> = envelopes.iter().map(|e| e.body_id()).collect();
+        self.sweep_bodies(&named, set_aside)?;
+        // Old envelopes own their file alone; only shared bodies are counted.
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for body in envelopes.iter().filter_map(|e| e.body.clone()) {
+            *counts.entry(body).or_default() += 1;
+        }
+        *self.bodies.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+        envelopes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((envelopes, problems))
+    }
+
+    /// Every envelope in `queue/` whose body exists, the problems with the
+    /// others, and whether any envelope file was moved to `corrupt/`.
+    fn read_queue(&self) -> Result<(Vec<Envelope>, Vec<SpoolError>, bool), SpoolError> {
         let mut envelopes = Vec::new();
         let mut problems = Vec::new();
-        let mut corrupt = HashSet::new();
+        let mut set_aside = false;
         let aside = self.root.join("corrupt");
         let queue = &self.layout.queue;
         for entry in fs::read_dir(queue).map_err(io(queue))?.flatten() {
@@ -622,15 +638,20 @@ impl Spool {
                 Err(e) => {
                     let _ = fs::create_dir_all(&aside);
                     let _ = fs::rename(&path, aside.join(path.file_name().unwrap_or_default()));
-                    corrupt.insert(id);
+                    set_aside = true;
                     problems.push(e);
                 }
             }
         }
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for e in &envelopes {
-            *counts.entry(e.body_id().to_string()).or_default() += 1;
-        }
+        Ok((envelopes, problems, set_aside))
+    }
+
+    /// Removes the bodies in `msg/` that no envelope `named`: never
+    /// acknowledged, since the envelope is the commit record. While an
+    /// envelope was `set_aside`, they go to `corrupt/` instead, for an
+    /// operator to inspect beside it (one may be its body).
+    fn sweep_bodies(&self, named: &HashSet<&str>, set_aside: bool) -> Result<(), SpoolError> {
+        let aside = self.root.join("corrupt");
         let msg = &self.layout.msg;
         for entry in fs::read_dir(msg).map_err(io(msg))?.flatten() {
             let p = entry.path();
@@ -638,27 +659,16 @@ impl Spool {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if counts.contains_key(&id) {
+            if named.contains(id.as_str()) {
                 continue;
             }
-            if !corrupt.is_empty() {
-                // Kept for an operator to inspect beside the envelopes.
+            if set_aside {
                 let _ = fs::rename(&p, aside.join(p.file_name().unwrap_or_default()));
             } else {
-                // Never acknowledged: the envelope is the commit record.
                 let _ = fs::remove_file(&p);
             }
         }
-        // Old envelopes own their file alone; only shared bodies are counted.
-        *self.bodies.lock().unwrap_or_else(|e| e.into_inner()) = envelopes
-            .iter()
-            .filter_map(|e| e.body.clone())
-            .fold(HashMap::new(), |mut m, b| {
-                *m.entry(b).or_default() += 1;
-                m
-            });
-        envelopes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok((envelopes, problems))
+        Ok(())
     }
 
     /// The queued envelopes, read-only (no clean-up): for metrics.
