@@ -425,58 +425,44 @@ impl Spool {
         self.checked(envelope, path, opened)
     }
 
-    /// [`Self::open_checked`] on the calling thread.
-    pub fn open_checked_blocking(&self, envelope: &Envelope) -> Result<Stored, SpoolError> {
-        let path = self.body_path(envelope.body_id());
-        let opened = Stored::open(&path, envelope);
-        self.checked(envelope, path, opened)
-    }
-
+    /// What [`Self::open_checked`] makes of an opened body: a missing one,
+    /// one that is not what the envelope recorded or not a file at all is
+    /// moved to `corrupt/` (with its envelope) and reported.
     fn checked(
         &self,
         envelope: &Envelope,
         path: PathBuf,
         opened: Result<Stored, OpenError>,
     ) -> Result<Stored, SpoolError> {
-        match opened {
-            Ok(stored) => Ok(stored),
-            Err(OpenError::Missing) => {
-                self.set_aside(envelope, false);
-                Err(SpoolError::Corrupt {
-                    path,
-                    detail: "message body missing: envelope moved to corrupt/, not delivered"
-                        .into(),
-                })
-            }
-            Err(OpenError::Mismatch { len, sha256 }) => {
-                self.set_aside(envelope, true);
-                Err(SpoolError::Corrupt {
-                    path,
-                    detail: format!(
-                        "message file is {len} bytes with SHA-256 {sha256}, expected {} bytes with {}: moved to corrupt/, not delivered",
-                        envelope.message_len, envelope.message_sha256
-                    ),
-                })
-            }
-            Err(OpenError::NotAFile) => {
-                self.set_aside(envelope, true);
-                Err(SpoolError::Corrupt {
-                    path,
-                    detail: "message body is not a regular file: moved to corrupt/, not delivered"
-                        .into(),
-                })
-            }
-            Err(OpenError::Io(e)) => Err(io(&path)(e)),
-        }
+        let (with_body, detail) = match opened {
+            Ok(stored) => return Ok(stored),
+            Err(OpenError::Io(e)) => return Err(io(&path)(e)),
+            Err(OpenError::Missing) => (
+                false,
+                "message body missing: envelope moved to corrupt/, not delivered".to_string(),
+            ),
+            Err(OpenError::Mismatch { len, sha256 }) => (
+                true,
+                format!(
+                    "message file is {len} bytes with SHA-256 {sha256}, expected {} bytes with {}: moved to corrupt/, not delivered",
+                    envelope.message_len, envelope.message_sha256
+                ),
+            ),
+            Err(OpenError::NotAFile) => (
+                true,
+                "message body is not a regular file: moved to corrupt/, not delivered".to_string(),
+            ),
+        };
+        self.set_aside(envelope, with_body);
+        Err(SpoolError::Corrupt { path, detail })
     }
 
-    /// The whole message, checked: for tests.
+    /// The whole message, checked, on the calling thread: for tests.
     #[cfg(test)]
     pub fn read_checked(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
-        let stored = self.open_checked_blocking(envelope)?;
-        stored
-            .to_vec_blocking()
-            .map_err(io(&self.body_path(envelope.body_id())))
+        let path = self.body_path(envelope.body_id());
+        let stored = self.checked(envelope, path.clone(), Stored::open(&path, envelope))?;
+        stored.to_vec_blocking().map_err(io(&path))
     }
 
     /// Moves `envelope` (and its body, when `with_body`) to `corrupt/`.

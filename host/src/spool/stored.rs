@@ -135,7 +135,8 @@ impl Stored {
         })
     }
 
-    /// A message held in memory (a DSN being built, a test).
+    /// A message held in memory, as if checked: for tests.
+    #[cfg(test)]
     pub fn from_bytes(bytes: &[u8]) -> Stored {
         Stored {
             head: Arc::from(&[][..]),
