@@ -150,7 +150,8 @@ impl fmt::Display for Mailbox {
 
 /// Checks that `text` is a mailbox in canonical form, as written to the
 /// spool by the SMTP session: the last gate before an address goes on the
-/// wire to a next hop (mail-send writes whatever it is given). An envelope
+/// wire to a next hop (the relay's command writer, like mail-send, writes
+/// whatever it is given). An envelope
 /// from an older version, a damaged spool or a bug can then never put a
 /// second path or an ESMTP parameter on a next hop's command line.
 pub fn canonical(text: &str) -> Result<&str, AddressError> {

@@ -21,6 +21,7 @@ pub mod intake;
 pub mod judges;
 pub mod logs;
 pub mod metrics;
+pub mod open_files;
 pub mod policyd;
 pub mod relay;
 pub mod reload;

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub queue_oldest_age: Gauge,
     pub policyd_requests: Counter,
     pub policyd_errors: Counter,
+    pub connections_open: Gauge,
+    pub connections_idle: Gauge,
+    pub connections_opened: Counter,
+    pub connections_reused: Counter,
+    pub connections_evicted: Family<OutcomeLabels, Counter>,
+    pub spool_set_aside: Counter,
 }
 
 impl Default for Metrics {
@@ -64,6 +70,12 @@ impl Metrics {
             queue_oldest_age: Gauge::default(),
             policyd_requests: Counter::default(),
             policyd_errors: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_idle: Gauge::default(),
+            connections_opened: Counter::default(),
+            connections_reused: Counter::default(),
+            connections_evicted: Family::default(),
+            spool_set_aside: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "SMTP sessions accepted", m.sessions.clone());
@@ -117,6 +129,36 @@ impl Metrics {
             "policyd_errors",
             "Postfix policy-delegation connections closed on a bad request",
             m.policyd_errors.clone(),
+        );
+        registry.register(
+            "delivery_connections_open",
+            "Connections to next hops open now, busy and idle (at most [delivery] max_connections)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "delivery_connections_idle",
+            "Idle connections to next hops kept for reuse now",
+            m.connections_idle.clone(),
+        );
+        registry.register(
+            "delivery_connections_opened",
+            "Connections to next hops opened",
+            m.connections_opened.clone(),
+        );
+        registry.register(
+            "delivery_connections_reused",
+            "Idle connections to next hops taken for another message",
+            m.connections_reused.clone(),
+        );
+        registry.register(
+            "delivery_connections_evicted",
+            "Idle connections closed, by reason (expired, lru, hop_cap, stale, used_up, wanted)",
+            m.connections_evicted.clone(),
+        );
+        registry.register(
+            "spool_set_aside",
+            "Queued messages moved to corrupt/ (body missing or damaged), never delivered",
+            m.spool_set_aside.clone(),
         );
         Metrics { registry, ..m }
     }

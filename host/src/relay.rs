@@ -59,8 +59,8 @@ impl RelayHandle {
     }
 }
 
-/// The delivery settings of a configuration.
-pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
+/// The delivery settings of a configuration, reporting to `metrics`.
+pub fn delivery_config(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<DeliveryConfig> {
     let d = &config.delivery;
     let client_cert = match (&d.tls_cert, &d.tls_key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
@@ -96,11 +96,20 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
             )),
             _ => None,
         },
-        connections: Default::default(),
+        connections: Arc::new(delivery::smtp::Connections::new(
+            d.connections,
+            delivery::pool::PoolMetrics {
+                open: metrics.connections_open.clone(),
+                idle: metrics.connections_idle.clone(),
+                opened: metrics.connections_opened.clone(),
+                reused: metrics.connections_reused.clone(),
+                evicted: metrics.connections_evicted.clone(),
+            },
+        )),
         dsn_limiter: Arc::new(crate::delivery::dsn::DsnLimiter::new(
             d.dsn_rate_per_domain_per_hour,
         )),
-        metrics: None,
+        metrics: Some(metrics.clone()),
     })
 }
 
@@ -162,6 +171,13 @@ pub async fn start_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RelayHandle> {
     let s = &config.server;
+    let files = crate::open_files::plan(config);
+    let limit = crate::open_files::reserve(&files)?;
+    info!(
+        open_file_limit = limit,
+        planned = files.iter().map(|p| p.files).sum::<u64>(),
+        "open-file budget"
+    );
     let metrics = Arc::new(Metrics::new());
     let limits = EngineLimits {
         max_instances: policy_pool_size(config),
@@ -199,12 +215,14 @@ pub async fn start_with(
     let (recovered, problems) = spool.recover()?;
     for p in &problems {
         warn!(error = %p, "spool recovery problem");
+        if p.is_corrupt() {
+            metrics.spool_set_aside.inc();
+        }
     }
     if !recovered.is_empty() {
         info!(messages = recovered.len(), spool = %config.spool.display(), "recovered queued messages; delivering now");
     }
-    let mut delivery_cfg = delivery_config(config)?;
-    delivery_cfg.metrics = Some(metrics.clone());
+    let delivery_cfg = delivery_config(config, &metrics)?;
     let (queue, queue_task) =
         delivery::start(spool.clone(), delivery_cfg, recovered, shutdown.clone());
 

@@ -247,6 +247,8 @@ pub struct Sink {
     pub envelope_lines: Arc<Mutex<Vec<String>>>,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections open now (accepted, not yet closed by either side).
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
     /// When set, the sink answers the end of each message (or RSET) and
     /// then hangs up, like a server whose idle timeout closes a connection
     /// a client has cached.
@@ -272,6 +274,7 @@ impl Sink {
             rcpt_attempts: Arc::default(),
             envelope_lines: Arc::default(),
             connections: Arc::default(),
+            open: Arc::default(),
             hang_up_after_message: Arc::default(),
             pipelining: Arc::default(),
             pipelined: Arc::default(),
@@ -286,7 +289,11 @@ impl Sink {
                 let s = s.clone();
                 s.connections
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move { s.session(tcp).await });
+                s.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    s.session(tcp).await;
+                    s.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
         });
         sink

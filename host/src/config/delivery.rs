@@ -42,6 +42,10 @@ pub(super) struct RawDelivery {
     attempt_timeout_secs: Option<Spanned<u64>>,
     mx_address_limit: Option<Spanned<u64>>,
     mx_session_limit: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_idle_connections: Option<Spanned<u64>>,
+    max_idle_per_hop: Option<Spanned<u64>>,
+    connection_idle_secs: Option<Spanned<u64>>,
 }
 
 /// `[delivery]`: where accepted mail goes.
@@ -88,6 +92,8 @@ pub struct DeliverySettings {
     pub mx_address_limit: usize,
     /// MX hosts per domain and attempt that took the connection and stalled.
     pub mx_session_limit: usize,
+    /// Connections to next hops: how many, and which idle ones are kept.
+    pub connections: crate::delivery::pool::PoolLimits,
 }
 
 /// `[delivery] tls`: `opportunistic`, `required` or `verify`; by default
@@ -132,6 +138,51 @@ fn delivery_tls(
         )),
         _ => Ok(policy),
     }
+}
+
+/// `max_connections`, `max_idle_connections`, `max_idle_per_hop` and
+/// `connection_idle_secs`: the bounds of the connection pool. Idle
+/// connections count against `max_connections`, so more idle than that
+/// could never be kept.
+fn pool_limits(
+    src: &Source<'_>,
+    d: &RawDelivery,
+) -> Result<crate::delivery::pool::PoolLimits, ConfigError> {
+    use crate::delivery::pool;
+    let max_connections = src.range(
+        &d.max_connections,
+        "delivery.max_connections",
+        1,
+        100_000,
+        pool::DEFAULT_MAX_CONNECTIONS as u64,
+    )? as usize;
+    let max_idle = src.range(
+        &d.max_idle_connections,
+        "delivery.max_idle_connections",
+        0,
+        max_connections as u64,
+        (pool::DEFAULT_MAX_IDLE.min(max_connections)) as u64,
+    )? as usize;
+    let max_idle_per_hop = src.range(
+        &d.max_idle_per_hop,
+        "delivery.max_idle_per_hop",
+        0,
+        1000,
+        pool::DEFAULT_MAX_IDLE_PER_HOP as u64,
+    )? as usize;
+    let idle_time = Duration::from_secs(src.range(
+        &d.connection_idle_secs,
+        "delivery.connection_idle_secs",
+        1,
+        300,
+        pool::DEFAULT_IDLE_TIME.as_secs(),
+    )?);
+    Ok(pool::PoolLimits {
+        max_connections,
+        max_idle,
+        max_idle_per_hop,
+        idle_time,
+    })
 }
 
 /// Validates `[spool]` and `[delivery]`: the spool's path and reserve, and
@@ -206,6 +257,7 @@ pub(super) fn parse(
             "tls_cert and tls_key go together: give both or neither",
         ));
     }
+    let connections = pool_limits(src, &d)?;
     let delivery = DeliverySettings {
         next_hop,
         tls_cert: d.tls_cert.map(|p| resolve(p.get_ref())),
@@ -302,6 +354,7 @@ pub(super) fn parse(
             100,
             crate::delivery::DEFAULT_MX_SESSION_LIMIT as u64,
         )? as usize,
+        connections,
     };
     Ok((spool, spool_min_free_bytes, delivery))
 }

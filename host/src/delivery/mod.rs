@@ -7,9 +7,14 @@
 //! attempt, and removed only once every recipient is delivered or bounced, so
 //! a crash at any point re-delivers at worst, never loses.
 
+mod data;
 pub mod dsn;
 pub mod mx;
+mod outcome;
+pub mod pool;
 pub mod smtp;
+pub mod transaction;
+pub mod wire;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -108,8 +113,9 @@ pub struct DeliveryConfig {
     pub mx_port: u16,
     /// The DNS resolver for MX delivery, shared by all attempts.
     pub resolver: Option<Arc<hickory_resolver::TokioResolver>>,
-    /// Idle connections to next hops, shared by all attempts.
-    pub connections: Arc<smtp::ConnectionCache>,
+    /// Connections to next hops (the budget, and the idle ones kept for
+    /// reuse), shared by all attempts.
+    pub connections: Arc<smtp::Connections>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// DSNs per sender domain for unauthenticated senders, shared by all
     /// attempts (`[delivery] dsn_rate_per_domain_per_hour`).
@@ -221,6 +227,7 @@ pub fn start(
         e.next_attempt = now();
         handle.enqueue(e);
     }
+    tokio::spawn(cfg.connections.clone().sweep(shutdown.clone()));
     let join = tokio::spawn(run(
         spool,
         cfg,
@@ -328,6 +335,9 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
         Ok(m) => m,
         Err(e @ crate::spool::SpoolError::Corrupt { .. }) => {
             tracing::error!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "spooled message is damaged");
+            if let Some(m) = &cfg.metrics {
+                m.spool_set_aside.inc();
+            }
             return Vec::new();
         }
         Err(e) => {
@@ -351,7 +361,7 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, mut envelope: Envelope
             let delivery = smtp::deliver(cfg, host, *port, &envelope.sender, &pending, &message);
             let outcomes = tokio::time::timeout_at(deadline, delivery)
                 .await
-                .unwrap_or_else(|_| smtp::all(&pending, attempt_timed_out(cfg)));
+                .unwrap_or_else(|_| outcome::all(&pending, attempt_timed_out(cfg)));
             outcomes
                 .into_iter()
                 .map(|(r, o)| (r, o, format!("{host}:{port}")))
@@ -657,7 +667,10 @@ mod tests {
             tls: crate::tls::server::client_config(&[], None).unwrap(),
             mx_port: 25,
             resolver: None,
-            connections: Default::default(),
+            connections: Arc::new(smtp::Connections::new(
+                pool::PoolLimits::default(),
+                pool::PoolMetrics::default(),
+            )),
             metrics: None,
             dsn_limiter: Arc::new(dsn::DsnLimiter::new(dsn_rate_per_domain_per_hour)),
         }

@@ -14,7 +14,15 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::rdata::MX;
 use hickory_resolver::proto::xfer::Protocol;
 
+use futures_util::StreamExt as _;
+
+use super::smtp::Reach;
 use super::{DeliveryConfig, Outcome, smtp};
+
+/// Domains of one message delivered at once. Each holds a connection (and
+/// a DNS query) while it runs, so a message to hundreds of domains takes
+/// its share of the connection budget in turns instead of all at once.
+pub const DOMAINS_AT_ONCE: usize = 8;
 
 /// The resolver for MX delivery, built once and shared by every attempt (so
 /// its cache is too): the system's (`/etc/resolv.conf`) unless `servers`
@@ -113,15 +121,6 @@ async fn addresses(
     }
 }
 
-/// Whether every recipient's outcome says the host could not be talked to at
-/// all (connection refused, timeout, TLS failure): then the next address or
-/// MX host is tried, as RFC 5321 5.1 asks. Any SMTP reply ends the search.
-fn unreachable(results: &[(String, Outcome)]) -> bool {
-    results
-        .iter()
-        .all(|(_, o)| matches!(o, Outcome::Temporary(t) if t.starts_with("451 4.4.")))
-}
-
 /// The same outcome for every recipient, reached without talking to a host.
 fn every(recipients: &[String], outcome: Outcome) -> Vec<(String, Outcome, String)> {
     recipients
@@ -154,13 +153,20 @@ pub async fn deliver(
             Outcome::Temporary("451 4.4.3 no DNS resolver configured for MX delivery".into()),
         );
     };
-    let shares = by_domain.iter().map(|(domain, rcpts)| async move {
-        let share = deliver_domain(cfg, resolver, domain, sender, rcpts, message);
-        tokio::time::timeout_at(deadline, share)
-            .await
-            .unwrap_or_else(|_| every(rcpts, super::attempt_timed_out(cfg)))
-    });
-    futures_util::future::join_all(shares)
+    // Built before they run: a lazy map over borrowed domains is not a
+    // future the compiler can prove `Send` for every lifetime.
+    let shares: Vec<_> = by_domain
+        .iter()
+        .map(|(domain, rcpts)| async move {
+            let share = deliver_domain(cfg, resolver, domain, sender, rcpts, message);
+            tokio::time::timeout_at(deadline, share)
+                .await
+                .unwrap_or_else(|_| every(rcpts, super::attempt_timed_out(cfg)))
+        })
+        .collect();
+    futures_util::stream::iter(shares)
+        .buffer_unordered(DOMAINS_AT_ONCE)
+        .collect::<Vec<_>>()
         .await
         .into_iter()
         .flatten()
@@ -204,13 +210,19 @@ async fn deliver_domain(
                 break 'hosts;
             }
             addresses_tried += 1;
-            let results = smtp::deliver_at(cfg, host, addr, sender, rcpts, message).await;
-            if stalled(&results) {
-                sessions += 1;
-            }
-            let done = !unreachable(&results);
+            let hop = smtp::deliver_at(cfg, host, addr, sender, rcpts, message).await;
+            // Any reply that decided a recipient, or a message the hop may
+            // have, ends the search; only a hop that could not be talked
+            // to at all sends it on (RFC 5321 5.1).
+            let done = match hop.reach {
+                Reach::Decided => true,
+                Reach::Untouched { stalled } => {
+                    sessions += usize::from(stalled);
+                    false
+                }
+            };
             last = Some(
-                results
+                hop.outcomes
                     .into_iter()
                     .map(|(r, o)| (r, o, format!("{host}[{}]:{}", addr.ip(), addr.port())))
                     .collect(),
@@ -229,13 +241,6 @@ async fn deliver_domain(
             )),
         )
     })
-}
-
-/// Whether the host took the connection and then let a step time out.
-fn stalled(results: &[(String, Outcome)]) -> bool {
-    results
-        .iter()
-        .all(|(_, o)| matches!(o, Outcome::Temporary(t) if t.starts_with("451 4.4.1")))
 }
 
 #[cfg(test)]

@@ -69,6 +69,12 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// A queued message found damaged (its envelope unreadable, its body
+    /// missing or changed): it was moved to `corrupt/`, never delivered.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, SpoolError::Corrupt { .. })
+    }
+
     /// The disk (or the relay user's quota) is full: the free-space reserve
     /// refused the message, or a write failed with `ENOSPC` or `EDQUOT`. A
     /// condition that passes as deliveries free space, so SMTP answers it
@@ -587,7 +593,9 @@ impl Spool {
     }
 
     /// Every envelope in `queue/` whose body exists, the problems with the
-    /// others, and whether any envelope file was moved to `corrupt/`.
+    /// others (each moved to `corrupt/`), and whether an envelope file was
+    /// moved there because it could not be read (then unnamed bodies may be
+    /// its own).
     fn read_queue(&self) -> Result<(Vec<Envelope>, Vec<SpoolError>, bool), SpoolError> {
         let mut envelopes = Vec::new();
         let mut problems = Vec::new();
@@ -617,10 +625,17 @@ impl Spool {
             });
             match read {
                 Ok(e) if self.body_path(e.body_id()).exists() => envelopes.push(e),
-                Ok(_) => problems.push(SpoolError::Corrupt {
-                    path: path.clone(),
-                    detail: "message file missing".into(),
-                }),
+                // Never attempted, never removed: it would stay in queue/
+                // (and in every listing) for ever.
+                Ok(_) => {
+                    let _ = fs::create_dir_all(&aside);
+                    let _ = fs::rename(&path, aside.join(path.file_name().unwrap_or_default()));
+                    problems.push(SpoolError::Corrupt {
+                        path: path.clone(),
+                        detail: "message body missing: envelope moved to corrupt/, not delivered"
+                            .into(),
+                    });
+                }
                 Err(e) => {
                     let _ = fs::create_dir_all(&aside);
                     let _ = fs::rename(&path, aside.join(path.file_name().unwrap_or_default()));
