@@ -56,16 +56,7 @@ async fn relay(pki: &Pki, server: &str, delivery: &str) -> RelayHandle {
 
 /// Sends one message from contoso's server to `recipients`.
 async fn send(relay: &RelayHandle, recipients: &[&str]) {
-    let (mut c, _) = Client::connect_from(relay.addrs[0], CONTOSO_IP.parse().unwrap()).await;
-    assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
-    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
-    for r in recipients {
-        assert_eq!(c.cmd(&format!("RCPT TO:<{r}>")).await.code, 250, "{r}");
-    }
-    assert_eq!(
-        c.data(b"Subject: bounded\r\n\r\nx\r\n.\r\n").await.code,
-        250
-    );
+    send_from(relay, "john@contoso.com", recipients, "bounded").await;
 }
 
 /// Waits until the queue's first message has had an attempt; its last error.
@@ -246,6 +237,17 @@ impl HopConn {
     /// Answers like a well-behaved hop until the relay leaves; each
     /// message's recipients go to `delivered`.
     async fn behave(&mut self, pipelining: bool, delivered: &std::sync::Mutex<Vec<String>>) {
+        self.behave_but(pipelining, delivered, None).await;
+    }
+
+    /// [`Self::behave`], but `second_answer`, when given, follows the
+    /// answer to each message in a later segment.
+    async fn behave_but(
+        &mut self,
+        pipelining: bool,
+        delivered: &std::sync::Mutex<Vec<String>>,
+        second_answer: Option<&str>,
+    ) {
         let mut rcpts = Vec::new();
         while let Some(line) = self.line().await {
             if line.starts_with("EHLO") {
@@ -265,6 +267,10 @@ impl HopConn {
                 }
                 delivered.lock().unwrap().append(&mut rcpts);
                 self.say("250 2.0.0 queued\r\n").await;
+                if let Some(late) = second_answer {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.say(late).await;
+                }
             } else if line.starts_with("QUIT") {
                 self.say("221 2.0.0 bye\r\n").await;
                 return;
@@ -412,32 +418,8 @@ async fn a_leftover_reply_never_decides_another_message() {
             let d = d.clone();
             count.fetch_add(1, Ordering::SeqCst);
             async move {
-                if n > 0 {
-                    return c.behave(pipelining, &d).await;
-                }
-                let mut rcpts = Vec::new();
-                while let Some(line) = c.line().await {
-                    if line.starts_with("EHLO") {
-                        let extra = if pipelining { "250-PIPELINING\r\n" } else { "" };
-                        c.say(&format!("250-hop.test\r\n{extra}250 8BITMIME\r\n"))
-                            .await;
-                    } else if let Some(r) = line.strip_prefix("RCPT TO:<") {
-                        rcpts.push(r.trim_end_matches('>').to_ascii_lowercase());
-                        c.say("250 2.1.5 ok\r\n").await;
-                    } else if line.starts_with("DATA") {
-                        c.say("354 go ahead\r\n").await;
-                        if c.message().await.is_none() {
-                            return;
-                        }
-                        d.lock().unwrap().append(&mut rcpts);
-                        c.say("250 2.0.0 queued\r\n").await;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        c.say("554 5.7.1 this message is refused after all\r\n")
-                            .await;
-                    } else {
-                        c.say("250 2.0.0 ok\r\n").await;
-                    }
-                }
+                let late = (n == 0).then_some("554 5.7.1 this message is refused after all\r\n");
+                c.behave_but(pipelining, &d, late).await;
             }
         })
         .await;

@@ -97,17 +97,12 @@ impl Tally {
 
     /// The accepted recipients get `outcome`, and the transaction is over.
     fn end(mut self, outcome: Outcome, reusable: bool) -> Done {
-        self.outcomes.extend(all(&self.accepted, outcome));
-        Done {
-            outcomes: self.outcomes,
-            reusable: reusable && !self.closing,
-            decided: true,
-            stalled: false,
-            stale: false,
-        }
+        let accepted = std::mem::take(&mut self.accepted);
+        self.outcomes.extend(all(&accepted, outcome));
+        self.refused_all(reusable)
     }
 
-    /// Every recipient was refused by its own reply.
+    /// Every recipient has its outcome (none was left accepted).
     fn refused_all(self, reusable: bool) -> Done {
         debug_assert!(self.accepted.is_empty());
         Done {
