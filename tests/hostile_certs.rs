@@ -399,3 +399,119 @@ async fn a_hostile_subject_never_becomes_a_header_line() {
     );
     relay.handle.stop().await;
 }
+
+/// The chain that cost most before chains were bounded, within the bounds
+/// now: a leaf; CAs sharing its issuer's name with different keys, each
+/// issuing the others (loops); one with over a thousand extensions;
+/// nothing chaining to a trust anchor. Written as `costly.pem`/`.key`.
+fn costly_chain(dir: &Path) -> usize {
+    use rcgen::{BasicConstraints, CustomExtension, IsCa, KeyUsagePurpose};
+    let ca = |cn: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        p.not_before = date_time_ymd(2010, 1, 1);
+        p.not_after = date_time_ymd(2045, 1, 1);
+        p
+    };
+    let first =
+        CertifiedIssuer::self_signed(ca("Shared CA"), KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = leaf_params("mail.contoso.com", &["mail.contoso.com"], LONG.0, LONG.1)
+        .signed_by(&key, &first)
+        .unwrap();
+    let mut pem = leaf.pem();
+    pem.push_str(&first.pem());
+    let mut previous = first;
+    for _ in 0..6 {
+        let next =
+            CertifiedIssuer::signed_by(ca("Shared CA"), KeyPair::generate().unwrap(), &previous)
+                .unwrap();
+        pem.push_str(&next.pem());
+        previous = next;
+    }
+    let mut heavy = ca("Other CA");
+    for i in 0..1200u64 {
+        heavy
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 55555, i],
+                vec![0x04, 0x10, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7],
+            ));
+    }
+    let heavy = CertifiedIssuer::signed_by(heavy, KeyPair::generate().unwrap(), &previous).unwrap();
+    pem.push_str(&heavy.pem());
+    let back =
+        CertifiedIssuer::signed_by(ca("Shared CA"), KeyPair::generate().unwrap(), &heavy).unwrap();
+    pem.push_str(&back.pem());
+    std::fs::write(dir.join("costly.pem"), &pem).unwrap();
+    std::fs::write(dir.join("costly.key"), key.serialize_pem()).unwrap();
+    pem.matches("BEGIN CERTIFICATE").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costly_chains_delay_only_their_own_sessions() {
+    use std::time::{Duration, Instant};
+    use support::smtp::Client;
+    let relay = Relay::start("").await;
+    let presented = costly_chain(relay.pki.dir.path());
+    assert_eq!(presented, attrelay_engine::chain::MAX_CHAIN_CERTS);
+    let (pem, key) = relay.cert("costly");
+    // It is no authentication, and says why.
+    let inspect_started = Instant::now();
+    let text = inspect(&relay.pki.path("relay.toml").display().to_string(), &pem);
+    eprintln!(
+        "attrelay cert inspect on the costly chain: {:?} (process start included)",
+        inspect_started.elapsed()
+    );
+    assert!(
+        text.contains("not verified") || text.contains("issuer not trusted"),
+        "{text}"
+    );
+
+    let stop = Instant::now() + Duration::from_secs(6);
+    let mut attackers = Vec::new();
+    for _ in 0..3 {
+        let (addr, pem, key) = (relay.addr, pem.clone(), key.clone());
+        attackers.push(tokio::spawn(async move {
+            let mut handshakes = 0;
+            while Instant::now() < stop {
+                let (mut c, _) = Client::connect_from(addr, "127.0.2.77".parse().unwrap()).await;
+                c.cmd("EHLO attacker.example").await;
+                if c.starttls(Some((&pem, &key))).await.code != 220 {
+                    break;
+                }
+                c.cmd("EHLO attacker.example").await;
+                handshakes += 1;
+            }
+            handshakes
+        }));
+    }
+    // A bystander, meanwhile: banner and EHLO within a second, every time.
+    let mut slowest = Duration::ZERO;
+    while Instant::now() + Duration::from_millis(500) < stop {
+        let started = Instant::now();
+        let (mut c, greeting) = Client::connect_from(relay.addr, CONTOSO_IP.parse().unwrap()).await;
+        assert_eq!(greeting.code, 220);
+        assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut handshakes = 0;
+    for a in attackers {
+        handshakes += a.await.unwrap();
+    }
+    assert!(
+        handshakes >= 3,
+        "the attackers got their handshakes: {handshakes}"
+    );
+    eprintln!(
+        "{handshakes} costly handshakes in 6 s; the bystander's slowest banner and EHLO: {slowest:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a bystander waited {slowest:?} while {handshakes} costly handshakes ran"
+    );
+    relay.handle.stop().await;
+}

@@ -101,6 +101,12 @@ impl TrustAnchors {
         self.anchors.is_empty()
     }
 
+    /// Whether `other` trusts exactly the same anchors (wherever they were
+    /// read from): a chain verified under one is verified under the other.
+    pub fn same_anchors(&self, other: &TrustAnchors) -> bool {
+        self.anchors == other.anchors
+    }
+
     /// The anchors, for building a rustls client-certificate verifier.
     pub fn anchors(&self) -> &[TrustAnchor<'static>] {
         &self.anchors
@@ -119,6 +125,8 @@ impl TrustAnchors {
         chain: &[CertificateDer<'_>],
         at: UnixTime,
     ) -> Result<VerifiedChain, String> {
+        // Bounded and reduced before any path building (see `crate::chain`).
+        let chain = crate::chain::for_path_building(chain)?;
         let (leaf, intermediates) = chain.split_first().ok_or("no certificate was presented")?;
         if self.anchors.is_empty() {
             return Err("no trust anchors are configured (server.client_ca), so no certificate can be verified".into());

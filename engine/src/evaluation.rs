@@ -25,7 +25,9 @@ use crate::policy::{LoadedPolicy, PolicySession, TenantPolicy, TenantSession};
 pub struct Evaluation {
     pub policy: LoadedPolicy,
     pub directory: Arc<Directory>,
-    pub anchors: TrustAnchors,
+    /// Shared with the sessions verifying their clients' chains off the
+    /// runtime.
+    pub anchors: Arc<TrustAnchors>,
     /// Tenant policies by tenant id.
     pub tenant_policies: HashMap<String, TenantPolicy>,
     /// A candidate evaluated beside the policy, never deciding.
@@ -43,7 +45,7 @@ impl Evaluation {
         Evaluation {
             policy,
             directory,
-            anchors: TrustAnchors::default(),
+            anchors: Arc::new(TrustAnchors::default()),
             tenant_policies: HashMap::new(),
             shadow: None,
             decision_log: None,

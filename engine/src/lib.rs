@@ -9,6 +9,7 @@
 //!   cache) and running base and tenant policies, every failure fail-closed;
 //! - [`directory`]: tenants and connectors, indexed for the policy's lookups;
 //! - [`certificate`]: a client's certificate chain as the facts a policy sees;
+//!   [`chain`]: the chain bounded and reduced before path building;
 //! - [`address`]: RFC 5321 mailboxes, one canonical text form judged and written;
 //! - [`evaluation`]: what judges a session (base policy, tenant policies,
 //!   shadow, decision log) and the judging itself;
@@ -44,6 +45,7 @@
 
 pub mod address;
 pub mod certificate;
+pub mod chain;
 pub mod decisions;
 pub mod directory;
 pub mod evaluation;

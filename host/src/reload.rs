@@ -111,7 +111,7 @@ pub fn build(
         Evaluation {
             policy,
             directory,
-            anchors,
+            anchors: Arc::new(anchors),
             tenant_policies,
             shadow,
             decision_log,

@@ -14,17 +14,20 @@ impl<S: Io> Session<S> {
     /// A reload reaches an open session here, at the start of its next
     /// transaction: a removed connector, tenant or trust anchor stops
     /// authorising from this MAIL FROM on. The client certificate is
-    /// verified again against the new anchors. A transaction under way
-    /// finished under the evaluation that judged it.
-    pub(super) fn refresh_evaluation(&mut self) {
+    /// verified again when the trust anchors changed (off the runtime,
+    /// like at STARTTLS). A transaction under way finished under the
+    /// evaluation that judged it.
+    pub(super) async fn refresh_evaluation(&mut self) {
         let current = self.ctx.evaluation.load();
         if current.generation == self.eval.generation {
             return;
         }
-        self.eval = arc_swap::Guard::into_inner(current);
+        let previous = std::mem::replace(&mut self.eval, arc_swap::Guard::into_inner(current));
         self.policy = None;
-        if let (Some(tls), Some(chain)) = (self.tls.as_mut(), self.chain.as_ref()) {
-            tls.client_certificate = certificate_facts(chain, &self.eval.anchors, self.peer);
+        let anchors_changed = !previous.anchors.same_anchors(&self.eval.anchors);
+        if let (true, Some(tls), Some(chain)) = (anchors_changed, self.tls.as_mut(), &self.chain) {
+            tls.client_certificate =
+                certificate_facts(chain.clone(), self.eval.anchors.clone(), self.peer).await;
         }
         debug!(client = %self.peer, generation = self.eval.generation, "session moved to the reloaded evaluation");
     }
@@ -47,7 +50,7 @@ impl<S: Io> Session<S> {
                 .await?;
             return Ok(Flow::Continue);
         }
-        self.refresh_evaluation();
+        self.refresh_evaluation().await;
         let address = args.path.text();
         let v = self.ask(Stage::Mail(address.clone())).await;
         self.log_decision("mail-from", &address, &v);

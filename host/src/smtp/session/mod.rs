@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attrelay_policy::model::{SessionFacts, TlsFacts, Verdict};
-use rustls_pki_types::CertificateDer;
 use smtp_proto::{Error as ParseError, Request};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
@@ -61,7 +60,7 @@ pub struct Session<S> {
     tls: Option<TlsFacts>,
     /// The client's certificate chain, kept to verify it again against the
     /// trust anchors of a reloaded evaluation.
-    chain: Option<Vec<CertificateDer<'static>>>,
+    chain: Option<crate::tls::facts::Chain>,
     policy: Option<Judges>,
     /// The decision-log allowance of the whole connection, shared by every
     /// `Judges` it makes (a new EHLO must not renew it).

@@ -40,7 +40,9 @@ impl<S: Io> Session<S> {
                 return Ok(Flow::Close);
             }
         };
-        let (facts, chain) = tls_facts(tls.get_ref().1, &self.eval.anchors, self.peer);
+        // Off the runtime's workers, and bounded (see `tls::facts`).
+        let anchors = self.eval.anchors.clone();
+        let (facts, chain) = tls_facts(tls.get_ref().1, anchors, self.peer).await;
         self.chain = chain;
         self.conn.stream = Stream::Tls(Box::new(tls));
         self.tls = Some(facts);
