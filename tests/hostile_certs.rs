@@ -458,6 +458,13 @@ async fn costly_chains_delay_only_their_own_sessions() {
     let presented = costly_chain(relay.pki.dir.path());
     assert_eq!(presented, attrelay_engine::chain::MAX_CHAIN_CERTS);
     let (pem, key) = relay.cert("costly");
+    let der_bytes: usize = attrelay::tls::pem::read_certificates(&pem)
+        .unwrap()
+        .iter()
+        .map(|c| c.len())
+        .sum();
+    assert!(der_bytes <= attrelay_engine::chain::MAX_CHAIN_BYTES);
+    eprintln!("the costly chain: {presented} certificates, {der_bytes} bytes");
     // It is no authentication, and says why.
     let inspect_started = Instant::now();
     let text = inspect(&relay.pki.path("relay.toml").display().to_string(), &pem);
