@@ -46,10 +46,19 @@ fn toml(pki: &Pki, sink: &Sink, policy_section: &str, tenant_extra: &[(&str, &st
 
 impl Live {
     async fn start(policy_section: &str, tenant_extra: &[(&str, &str)]) -> Live {
+        Self::start_written(|pki, sink, config| {
+            std::fs::write(config, toml(pki, sink, policy_section, tenant_extra)).unwrap();
+        })
+        .await
+    }
+
+    /// A relay on the configuration `write` puts at `relay.toml` (a file,
+    /// or a link to one) in the PKI's folder.
+    async fn start_written(write: impl FnOnce(&Pki, &Sink, &Path)) -> Live {
         let pki = Pki::new();
         let sink = Sink::start().await;
         let config = pki.path("relay.toml");
-        std::fs::write(&config, toml(&pki, &sink, policy_section, tenant_extra)).unwrap();
+        write(&pki, &sink, &config);
         let cfg = Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
         let handle = attrelay::relay::start(&cfg).await.unwrap();
         Live {
@@ -732,5 +741,118 @@ async fn a_reload_names_the_settings_that_wait_for_a_restart() {
         let r = c.cmd(&format!("RCPT TO:<r{i}@internet.example>")).await;
         assert_eq!(r.code, 250, "recipient {i}: {r:?}");
     }
+    live.handle.stop().await;
+}
+
+/// A tenant at the end of the configuration whose only connector admits
+/// [`REVOCABLE_IP`]; the text before it is the configuration without it.
+const REVOCABLE: &str = "\n[[tenant]]\nid = \"revocable\"\naccepted_domains = [\"revocable.example\"]\n\n[[tenant.connector]]\nname = \"revocable-ip\"\ntype = \"on-premises\"\nsender_ip_addresses = [\"127.0.9.9\"]\n";
+const REVOCABLE_IP: &str = "127.0.9.9";
+
+/// The reply to `RCPT TO` of a revocable tenant's mail to the Internet from
+/// its server.
+async fn revocable_rcpt(live: &Live) -> u16 {
+    let mut c = live.session(REVOCABLE_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<app@revocable.example>").await.code, 250);
+    c.cmd(&format!("RCPT TO:<{EXT}>")).await.code
+}
+
+/// Waits until the revocable tenant's mail is refused (`550`); how long it took.
+async fn revoked_within(live: &Live, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit + Duration::from_secs(5) {
+        if revocable_rcpt(live).await == 550 {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the revocation was not applied");
+}
+
+/// Writes `text` to a temporary name beside `path` and renames it over.
+fn replace_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_file_renamed_into_place_revokes_at_once() {
+    let live = Live::start("", &[]).await;
+    let base = std::fs::read_to_string(&live.config).unwrap();
+    replace_by_rename(&live.config, &format!("{base}{REVOCABLE}"));
+    let g0 = status(live.admin()).await["generation"].as_u64().unwrap();
+    assert!(generation_after(live.admin(), g0).await > g0);
+    assert_eq!(
+        revocable_rcpt(&live).await,
+        250,
+        "admitted while its connector exists"
+    );
+    // The revocation: the same file without its end, renamed into place.
+    // It is a beginning of the running text, yet whole by construction.
+    replace_by_rename(&live.config, &base);
+    let took = revoked_within(&live, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    live.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_link_swap_is_applied() {
+    // relay.toml -> ..data/relay.toml, ..data -> v1: how Kubernetes mounts
+    // a ConfigMap, re-pointing ..data atomically for each new version.
+    let live = Live::start_written(|pki, sink, config| {
+        let dir = config.parent().unwrap();
+        std::fs::create_dir(dir.join("v1")).unwrap();
+        let text = format!("{}{REVOCABLE}", toml(pki, sink, "", &[]));
+        std::fs::write(dir.join("v1/relay.toml"), text).unwrap();
+        std::os::unix::fs::symlink("v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/relay.toml", config).unwrap();
+    })
+    .await;
+    assert_eq!(revocable_rcpt(&live).await, 250);
+    let dir = live.config.parent().unwrap().to_path_buf();
+    std::fs::create_dir(dir.join("v2")).unwrap();
+    std::fs::write(
+        dir.join("v2/relay.toml"),
+        toml(&live.pki, &live.sink, "", &[]),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    let took = revoked_within(&live, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // And the next version too: the watch followed the link to v2.
+    std::fs::remove_dir_all(dir.join("v1")).unwrap();
+    std::fs::create_dir(dir.join("v3")).unwrap();
+    let text = format!("{}{REVOCABLE}", toml(&live.pki, &live.sink, "", &[]));
+    std::fs::write(dir.join("v3/relay.toml"), text).unwrap();
+    std::os::unix::fs::symlink("v3", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    let started = Instant::now();
+    while revocable_rcpt(&live).await != 250 {
+        assert!(started.elapsed() < Duration::from_secs(2), "v3 not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    live.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_by_a_link_is_applied() {
+    let live = Live::start_written(|pki, sink, config| {
+        let text = format!("{}{REVOCABLE}", toml(pki, sink, "", &[]));
+        std::fs::write(config, text).unwrap();
+    })
+    .await;
+    assert_eq!(revocable_rcpt(&live).await, 250);
+    let dir = live.config.parent().unwrap().to_path_buf();
+    std::fs::write(
+        dir.join("managed.toml"),
+        toml(&live.pki, &live.sink, "", &[]),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("managed.toml", dir.join("relay.toml.link")).unwrap();
+    std::fs::rename(dir.join("relay.toml.link"), &live.config).unwrap();
+    let took = revoked_within(&live, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(2), "took {took:?}");
     live.handle.stop().await;
 }

@@ -9,16 +9,20 @@
 //! while the running one keeps serving.
 //!
 //! Reloads are triggered by file notifications on the configuration and the
-//! components, by SIGHUP, and by `POST /reload` on the admin endpoint.
+//! components ([`watch`]), by SIGHUP, and by `POST /reload` on the admin
+//! endpoint.
+
+mod watch;
+
+pub use watch::{SETTLE, spawn_triggers};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -198,10 +202,66 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     generation: AtomicU64,
     lock: std::sync::Mutex<()>,
-    /// The text of the configuration file last applied (at start or by a
-    /// reload): a file change that leaves only a beginning of it is a file
-    /// cut short while being written, never applied from a notification.
-    applied_text: std::sync::Mutex<Option<String>>,
+    /// What was applied last (at start or by a reload): what a file change
+    /// is compared with.
+    applied: std::sync::Mutex<Option<Applied>>,
+}
+
+/// The configuration and the files it names, as applied last.
+struct Applied {
+    /// The configuration file's text: a file rewritten in place that holds
+    /// only a beginning of it is a file cut short while being written.
+    text: String,
+    /// Which file that was (device, inode): a file renamed into place or
+    /// reached through a re-pointed link is another file, whole by
+    /// construction.
+    file: FileId,
+    /// Every watched file's content: a notification that changed none of
+    /// it (a file renamed over with the same text, a link re-pointed to a
+    /// copy) reloads nothing.
+    digest: [u8; 32],
+}
+
+/// A file's device and inode.
+type FileId = (u64, u64);
+
+/// The configuration file read for a reload, with which file it was: one
+/// open, so the text and the identity belong together.
+struct ReadConfig {
+    text: String,
+    file: FileId,
+}
+
+fn read_config(path: &Path) -> Result<ReadConfig, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let fail =
+        |e: std::io::Error| format!("{}: cannot read the configuration: {e}", path.display());
+    let mut f = std::fs::File::open(path).map_err(fail)?;
+    let meta = f.metadata().map_err(fail)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(fail)?;
+    Ok(ReadConfig {
+        text,
+        file: (meta.dev(), meta.ino()),
+    })
+}
+
+/// The content of `files` (a missing one counted as missing), in order.
+fn digest(files: &[PathBuf]) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        match std::fs::read(f) {
+            Ok(bytes) => {
+                h.update((bytes.len() as u64).to_be_bytes());
+                h.update(&bytes);
+            }
+            Err(_) => h.update(b"\xff missing"),
+        }
+    }
+    h.finalize().into()
 }
 
 impl Reloader {
@@ -212,19 +272,32 @@ impl Reloader {
         ctx: Arc<ServerContext>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
-        Reloader {
+        let reloader = Reloader {
             started_with,
             engine,
             ctx,
             metrics,
             generation: AtomicU64::new(0),
             lock: std::sync::Mutex::new(()),
-            applied_text: std::sync::Mutex::new(
-                config_path
-                    .as_deref()
-                    .and_then(|p| std::fs::read_to_string(p).ok()),
-            ),
+            applied: std::sync::Mutex::new(None),
             config_path,
+        };
+        if let Some(p) = &reloader.config_path {
+            let digest = digest(&reloader.watched_files());
+            if let Ok(read) = read_config(p) {
+                reloader.record(read, digest);
+            }
+        }
+        reloader
+    }
+
+    fn record(&self, read: ReadConfig, digest: [u8; 32]) {
+        if let Ok(mut applied) = self.applied.lock() {
+            *applied = Some(Applied {
+                text: read.text,
+                file: read.file,
+                digest,
+            });
         }
     }
 
@@ -239,14 +312,26 @@ impl Reloader {
         self.reload_checked(false)
     }
 
-    /// A reload after a file notification. The file is applied only if it
-    /// looks whole: not empty, and not a beginning of the configuration
-    /// running now — what an editor or a tool rewriting the file in place
-    /// leaves between truncating it and writing the end (every tenant, or a
-    /// partner restriction, would be gone). SIGHUP and `POST /reload` apply
-    /// the file as it is: the operator asked.
-    pub fn reload_after_change(&self) -> Result<ReloadOutcome, String> {
-        self.reload_checked(true)
+    /// A reload after a file notification: `None` when the watched files
+    /// hold what was applied last. The file is applied only if it looks
+    /// whole: not empty, and, when it is the same file rewritten in place,
+    /// not a beginning of the configuration running now — what an editor or
+    /// a tool rewriting the file in place leaves between truncating it and
+    /// writing the end (every tenant, or a partner restriction, would be
+    /// gone). A file renamed into place, or reached through a re-pointed
+    /// link, is whole by construction, however short. SIGHUP and `POST
+    /// /reload` apply the file as it is: the operator asked.
+    pub fn reload_after_change(&self) -> Result<Option<ReloadOutcome>, String> {
+        let now = digest(&self.watched_files());
+        let same = self
+            .applied
+            .lock()
+            .map(|a| a.as_ref().is_some_and(|a| a.digest == now))
+            .unwrap_or(false);
+        if same {
+            return Ok(None);
+        }
+        self.reload_checked(true).map(Some)
     }
 
     fn reload_checked(&self, from_notification: bool) -> Result<ReloadOutcome, String> {
@@ -256,16 +341,16 @@ impl Reloader {
             .map_err(|_| "reload lock poisoned".to_string())?;
         let started = Instant::now();
         let result = (|| {
-            let (config, text) = match &self.config_path {
+            // Before reading: a change made after this is seen again.
+            let digest = digest(&self.watched_files());
+            let (config, read) = match &self.config_path {
                 Some(p) => {
-                    let text = std::fs::read_to_string(p).map_err(|e| {
-                        format!("{}: cannot read the configuration: {e}", p.display())
-                    })?;
+                    let read = read_config(p)?;
                     if from_notification {
-                        self.looks_whole(p, &text)?;
+                        self.looks_whole(p, &read)?;
                     }
-                    let config = Config::parse(p, &text).map_err(|e| e.to_string())?;
-                    (config, Some(text))
+                    let config = Config::parse(p, &read.text).map_err(|e| e.to_string())?;
+                    (config, Some(read))
                 }
                 None => (Config::embedded_default(), None),
             };
@@ -287,8 +372,8 @@ impl Reloader {
             };
             self.ctx.evaluation.store(Arc::new(evaluation));
             self.generation.store(generation, Ordering::SeqCst);
-            if let Ok(mut applied) = self.applied_text.lock() {
-                *applied = text;
+            if let Some(read) = read {
+                self.record(read, digest);
             }
             Ok(outcome)
         })();
@@ -323,26 +408,28 @@ impl Reloader {
         }
     }
 
-    /// Refuses a configuration file that is empty or only a beginning of
-    /// the one applied last (see [`Reloader::reload_after_change`]).
-    fn looks_whole(&self, path: &Path, text: &str) -> Result<(), String> {
+    /// Refuses a configuration file that is empty, or that is the file
+    /// applied last rewritten in place and holding only a beginning of it
+    /// (see [`Reloader::reload_after_change`]).
+    fn looks_whole(&self, path: &Path, read: &ReadConfig) -> Result<(), String> {
         let advice = "write the new configuration to a temporary file and rename it over this one (an atomic replace); SIGHUP or POST /reload applies the file as it is";
-        if text.trim().is_empty() {
+        if read.text.trim().is_empty() {
             return Err(format!(
                 "{}: the file is empty, as while it is being rewritten: not applied; {advice}",
                 path.display()
             ));
         }
-        let applied = self.applied_text.lock().map_err(|_| "lock poisoned")?;
-        if let Some(applied) = applied.as_deref()
-            && text.len() < applied.len()
-            && applied.starts_with(text)
+        let applied = self.applied.lock().map_err(|_| "lock poisoned")?;
+        if let Some(applied) = applied.as_ref()
+            && applied.file == read.file
+            && read.text.len() < applied.text.len()
+            && applied.text.starts_with(&read.text)
         {
             return Err(format!(
-                "{}: the file holds only the first {} of the {} bytes of the running configuration, as a file cut short while being written: not applied; {advice}",
+                "{}: the file, rewritten in place, holds only the first {} of the {} bytes of the running configuration, as a file cut short while being written: not applied; {advice}",
                 path.display(),
-                text.len(),
-                applied.len()
+                read.text.len(),
+                applied.text.len()
             ));
         }
         Ok(())
@@ -366,141 +453,4 @@ impl Reloader {
         }
         files
     }
-}
-
-/// Absolute form of a path, for comparing with notification paths.
-fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    })
-}
-
-/// Reloads on SIGHUP and on changes to the watched files, until shutdown.
-/// The trigger of a file notification.
-const FILE_CHANGE: &str = "file change";
-/// How long the watched files must stay unchanged before a notification's
-/// reload reads them.
-pub const SETTLE: Duration = Duration::from_millis(500);
-/// How long at most to wait for them to settle (a file rewritten without
-/// end is read anyway, and still checked by [`Reloader::reload_after_change`]).
-const SETTLE_AT_MOST: Duration = Duration::from_secs(10);
-
-/// Each file's length and modification time, to tell when writing stopped.
-fn snapshot(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
-    files
-        .iter()
-        .map(|f| {
-            std::fs::metadata(f)
-                .ok()
-                .map(|m| (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)))
-        })
-        .collect()
-}
-
-/// Waits until no notification arrived and no watched file changed for
-/// [`SETTLE`], or [`SETTLE_AT_MOST`] passed.
-async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>, files: &[PathBuf]) {
-    let started = Instant::now();
-    loop {
-        let before = snapshot(files);
-        tokio::time::sleep(SETTLE).await;
-        let mut quiet = true;
-        while rx.try_recv().is_ok() {
-            quiet = false;
-        }
-        if (quiet && snapshot(files) == before) || started.elapsed() >= SETTLE_AT_MOST {
-            return;
-        }
-    }
-}
-
-pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-    let file_tx = tx.clone();
-    let files = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
-    let watched = files.clone();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(ev) = event {
-            let ours = watched
-                .lock()
-                .map(|f| ev.paths.iter().any(|p| f.contains(&absolute(p))))
-                .unwrap_or(false);
-            if ours && !ev.kind.is_access() {
-                let _ = file_tx.send(FILE_CHANGE);
-            }
-        }
-    });
-    let mut watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(error = %e, "file notifications unavailable; reload with SIGHUP or the admin endpoint");
-            None
-        }
-    };
-    let mut rewatch = move |reloader: &Reloader| {
-        let list: Vec<PathBuf> = reloader
-            .watched_files()
-            .iter()
-            .map(|p| absolute(p))
-            .collect();
-        if let Some(w) = watcher.as_mut() {
-            for dir in list.iter().filter_map(|p| p.parent()) {
-                let _ = w.watch(dir, RecursiveMode::NonRecursive);
-            }
-        }
-        if let Ok(mut f) = files.lock() {
-            *f = list;
-        }
-    };
-    rewatch(&reloader);
-    #[cfg(unix)]
-    {
-        let hup_tx = tx.clone();
-        let hup_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = hup.recv() => { let _ = hup_tx.send("SIGHUP"); }
-                    _ = hup_shutdown.cancelled() => return,
-                }
-            }
-        });
-    }
-    tokio::spawn(async move {
-        loop {
-            let why = tokio::select! {
-                Some(why) = rx.recv() => why,
-                _ = shutdown.cancelled() => return,
-            };
-            // Editors and tools write in several steps: wait until the
-            // files have stopped changing.
-            if why == FILE_CHANGE {
-                settle(&mut rx, &reloader.watched_files()).await;
-            } else {
-                while rx.try_recv().is_ok() {}
-            }
-            info!(target: "attrelay::reload", trigger = why, "reloading");
-            let r = reloader.clone();
-            if let Ok((r, Ok(_))) = tokio::task::spawn_blocking(move || {
-                let out = if why == FILE_CHANGE {
-                    r.reload_after_change()
-                } else {
-                    r.reload()
-                };
-                (r, out)
-            })
-            .await
-            {
-                rewatch(&r);
-            }
-        }
-    });
 }
