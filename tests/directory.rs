@@ -1,6 +1,8 @@
 //! The tenant directory built from a configuration: lookups by address,
 //! certificate name and domain, and the tenants' recipient lists.
 
+mod support;
+
 use std::path::Path;
 
 use attrelay::config::Config;
@@ -142,4 +144,67 @@ fn the_not_found_reply_is_exchanges_and_one_safe_line() {
     assert_eq!(v.action, model::Action::Reject);
     assert_eq!(v.tenant.as_deref(), Some("contoso"));
     assert_eq!(v.reason.as_deref(), Some(RECIPIENT_NOT_FOUND_REASON));
+}
+
+/// A connector written with IPv4-mapped IPv6 addresses loads with a
+/// warning, as the IPv4 addresses they carry, and matches those clients —
+/// over the wire, in `attrelay check`, and whatever spelling the client has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_written_as_ipv4_mapped_matches_the_ipv4_client() {
+    use support::wire::Relay;
+    let mapped = "\n[[tenant]]\nid = \"mapped\"\naccepted_domains = [\"mapped.example\"]\n\n[[tenant.connector]]\nname = \"mapped-ip\"\ntype = \"on-premises\"\nsender_ip_addresses = [\"::ffff:127.0.9.6\", \"::ffff:127.0.8.0/120\"]\n";
+    let relay = Relay::start_edited("", "", |_, text| format!("{text}{mapped}")).await;
+    let config = Config::load(&relay.pki.path("relay.toml")).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("IPv4-mapped") && w.contains("taken as 127.0.9.6")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("taken as 127.0.8.0/24")),
+        "{warnings:?}"
+    );
+    for client in ["127.0.9.6", "127.0.8.77"] {
+        let mut c = relay.session(client, None).await;
+        assert_eq!(c.cmd("MAIL FROM:<app@mapped.example>").await.code, 250);
+        let r = c.cmd("RCPT TO:<someone@internet.example>").await;
+        assert!(r.is(250, "2.1.5"), "{client}: {r:?}");
+    }
+    let config_path = relay.pki.path("relay.toml").display().to_string();
+    for ip in ["127.0.9.6", "::ffff:127.0.9.6"] {
+        let out = support::attrelay(&[
+            "check",
+            "--config",
+            &config_path,
+            "--ip",
+            ip,
+            "--from",
+            "app@mapped.example",
+            "--to",
+            "someone@internet.example",
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&support::stdout(&out)).unwrap();
+        let r = &report["recipients"][0];
+        assert_eq!(r["tenant"], "mapped", "{ip}: {r}");
+        let why = r["explanation"].to_string();
+        assert!(!why.contains("::ffff:"), "one spelling: {why}");
+    }
+    relay.handle.stop().await;
+}
+
+#[test]
+fn ipv4_mapped_ranges_are_ipv4_or_refused() {
+    use attrelay::directory::{is_ipv4_mapped, net_text, parse_net};
+    let text = |t: &str| parse_net(t).map(|n| net_text(&n));
+    assert_eq!(text("::ffff:192.0.2.1").unwrap(), "192.0.2.1");
+    assert_eq!(text("::ffff:192.0.2.0/120").unwrap(), "192.0.2.0/24");
+    assert_eq!(text("::ffff:0:0/96").unwrap(), "0.0.0.0/0");
+    // Wider than the mapped space: never a mapped range (host bits).
+    assert!(text("::ffff:0:0/95").is_err());
+    assert_eq!(text("2001:db8::/32").unwrap(), "2001:db8::/32");
+    assert!(is_ipv4_mapped("::FFFF:192.0.2.1") && is_ipv4_mapped(" ::ffff:192.0.2.0/120"));
+    assert!(!is_ipv4_mapped("192.0.2.1") && !is_ipv4_mapped("2001:db8::1"));
 }

@@ -165,10 +165,16 @@ fn mask_v6(addr: u128, len: u8) -> u128 {
 
 /// Parses an IP address or CIDR range. Host bits set in a range are an error:
 /// `203.0.113.7/24` is almost always a typo for an address or for `.0/24`.
+///
+/// An IPv4-mapped IPv6 address or range (`::ffff:192.0.2.1`,
+/// `::ffff:192.0.2.0/120`) is the IPv4 one it carries: clients are compared
+/// as IPv4 ([`canonical_ip`]), so kept as IPv6 it could never match. A range
+/// wider than the mapped space (a prefix under 96) is refused: it would mix
+/// IPv4 and IPv6 clients. See [`is_ipv4_mapped`] to tell the operator.
 pub fn parse_net(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
     if let Ok(ip) = t.parse::<std::net::IpAddr>() {
-        return Ok(IpNet::from(ip));
+        return Ok(IpNet::from(canonical_ip(ip)));
     }
     let net: IpNet = t.parse().map_err(|_| {
         format!("'{t}' is not an IP address or CIDR range (such as 203.0.113.5, 203.0.113.0/24 or 2001:db8::/32)")
@@ -180,7 +186,28 @@ pub fn parse_net(text: &str) -> Result<IpNet, String> {
             net.addr()
         ));
     }
-    Ok(net)
+    match net {
+        IpNet::V6(v6) if v6.network().to_ipv4_mapped().is_some() => {
+            let Some(len) = v6.prefix_len().checked_sub(96) else {
+                return Err(format!(
+                    "'{t}' mixes IPv4-mapped and other IPv6 addresses; write the IPv4 range itself (such as 192.0.2.0/24)"
+                ));
+            };
+            let v4 = v6.network().to_ipv4_mapped().expect("checked above");
+            Ok(IpNet::V4(
+                ipnet::Ipv4Net::new(v4, len).expect("a prefix of 96 to 128, less 96"),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Whether `text` is written as an IPv4-mapped IPv6 address or range, which
+/// [`parse_net`] takes as IPv4.
+pub fn is_ipv4_mapped(text: &str) -> bool {
+    let t = text.trim();
+    let addr = t.split_once('/').map_or(t, |(a, _)| a);
+    matches!(addr.parse::<std::net::Ipv6Addr>(), Ok(v6) if v6.to_ipv4_mapped().is_some())
 }
 
 /// A range as admins write it: a single address without its `/32` or `/128`.

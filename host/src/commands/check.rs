@@ -158,12 +158,18 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         return Err(UsageError("give at least one --to recipient".into()));
     }
     let config = load_config(args.config.as_deref())?;
-    let ip: IpAddr = args.ip.trim().parse().map_err(|_| {
-        UsageError(format!(
-            "--ip: '{}' is not an IPv4 or IPv6 address",
-            args.ip
-        ))
-    })?;
+    // One spelling: an IPv4-mapped address is the IPv4 client it carries.
+    let ip: IpAddr = args
+        .ip
+        .trim()
+        .parse()
+        .map(crate::directory::canonical_ip)
+        .map_err(|_| {
+            UsageError(format!(
+                "--ip: '{}' is not an IPv4 or IPv6 address",
+                args.ip
+            ))
+        })?;
     let time = session_time(args.at.as_deref())?;
     let anchors = TrustAnchors::load(&config.server.client_ca).map_err(UsageError::new)?;
     let tls = match &args.cert {

@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::policy::{PolicyConfig, setting_text};
 use super::source::Source;
 use super::{ConfigError, ConfigWarning};
-use crate::directory::{net_text, parse_net};
+use crate::directory::{is_ipv4_mapped, net_text, parse_net};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,9 +322,20 @@ pub(super) fn parse(
             }
             let mut nets = Vec::new();
             for (ii, ip) in c.sender_ip_addresses.iter().enumerate() {
-                nets.push(parse_net(ip.get_ref()).map_err(|m| {
-                    src.error(ip.span(), format!("{ckey}.sender_ip_addresses[{ii}]"), m)
-                })?);
+                let ikey = format!("{ckey}.sender_ip_addresses[{ii}]");
+                let net = parse_net(ip.get_ref()).map_err(|m| src.error(ip.span(), &ikey, m))?;
+                if is_ipv4_mapped(ip.get_ref()) {
+                    warnings.push(ConfigWarning {
+                        line: src.line(&ip.span()),
+                        key: ikey,
+                        message: format!(
+                            "'{}' is an IPv4-mapped IPv6 address; clients are compared as IPv4, so it is taken as {} (write it so)",
+                            ip.get_ref().trim(),
+                            net_text(&net)
+                        ),
+                    });
+                }
+                nets.push(net);
             }
             let cert_name = match &c.tls_sender_certificate_name {
                 Some(n) => Some(certname::validate(n.get_ref(), true).map_err(|e| {

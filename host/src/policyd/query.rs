@@ -91,10 +91,14 @@ pub fn query(req: &PolicyRequest, server_hostname: &str, now: i64) -> Result<Que
                 state,
             });
         }
-        a => a.parse::<IpAddr>().map_err(|_| RequestError::Invalid {
-            name: "client_address",
-            value: bounded(a),
-        })?,
+        // One spelling: an IPv4 client is IPv4 however Postfix wrote it.
+        a => a
+            .parse::<IpAddr>()
+            .map(crate::directory::canonical_ip)
+            .map_err(|_| RequestError::Invalid {
+                name: "client_address",
+                value: bounded(a),
+            })?,
     };
     Ok(Query::Decide {
         facts: Box::new(SessionFacts {
@@ -233,6 +237,16 @@ mod tests {
         assert_eq!(c.names(), vec!["mail.contoso.com"]);
         assert_eq!(c.issuer, "Test CA");
         assert_eq!(c.sha256_fingerprint, "7584AB71");
+    }
+
+    #[test]
+    fn an_ipv4_mapped_client_address_is_the_ipv4_client() {
+        let mapped = POSTFIX_RCPT.replace("=203.0.113.7", "=::ffff:203.0.113.7");
+        let Query::Decide { facts, .. } = query(&request(&mapped), "relay.test", 1000).unwrap()
+        else {
+            panic!("RCPT is decided")
+        };
+        assert_eq!(facts.client_ip, "203.0.113.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]
