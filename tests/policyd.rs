@@ -485,18 +485,19 @@ async fn slow_idle_and_surplus_connections_are_bounded() {
     assert_eq!(paused.reply().await.as_deref(), Some("OK"));
     drop(paused);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // Two connections fill the limit; a third is closed at once.
+    // Two connections fill the limit; a third takes the slot of the one
+    // quiet longest, which is closed.
     let mut a = pd.connect().await;
     let mut b = pd.connect().await;
     assert_eq!(a.ask(&[]).await, "OK");
     assert_eq!(b.ask(&[]).await, "OK");
     let mut third = pd.connect().await;
-    third.send(request(&[]).as_bytes()).await;
-    assert_eq!(third.reply().await, None, "over the connection limit");
+    assert_eq!(third.ask(&[]).await, "OK", "room made for the newcomer");
+    assert_eq!(a.reply().await, None, "the least recently active was closed");
     // Idle connections are closed after the idle timeout, freeing the slots.
     let started = Instant::now();
-    assert_eq!(a.reply().await, None);
     assert_eq!(b.reply().await, None);
+    assert_eq!(third.reply().await, None);
     assert!(started.elapsed() < Duration::from_secs(4));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pd.connect().await.ask(&[]).await, "OK");
@@ -523,29 +524,122 @@ async fn a_failing_policy_answers_451_never_ok() {
     pd.handle.stop().await;
 }
 
+/// A local user's process (run as `nobody`: the tests run as root) that
+/// connects to `addr` from each of `sources`, asks one request on each,
+/// and holds every connection until its standard input closes. Returns the
+/// process and, per connection, whether it was answered.
+fn hog_as_nobody(addr: SocketAddr, sources: &[&str]) -> (std::process::Child, Vec<bool>) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    assert_eq!(
+        rustix::process::getuid().as_raw(),
+        0,
+        "this test runs a process as another user: it needs root, as CI has"
+    );
+    let script = r#"
+import socket, sys
+host, port, request = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+held = []
+for source in sys.argv[4:]:
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect((host, port))
+    s.settimeout(5)
+    try:
+        s.sendall(request)
+        answer = s.recv(4096)
+    except OSError:
+        answer = b""
+    print("answered" if answer.startswith(b"action=") else "closed", flush=True)
+    held.append(s)
+sys.stdin.read()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(request(&[]))
+        .args(sources)
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 as nobody");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let answered = sources
+        .iter()
+        .map(|_| lines.next().unwrap().unwrap() == "answered")
+        .collect();
+    (child, answered)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_client_cannot_take_every_connection() {
-    // A local process holding idle connections: it gets its share, and
-    // Postfix (another client) is still answered.
+async fn one_local_user_cannot_take_every_connection_from_many_addresses() {
+    // Any local user can bind any 127/8 address: counted by the user that
+    // owns the socket, not by address, it gets its share and no more.
     let pd = Policyd::start(
         "max_connections = 8
 max_connections_per_client = 2",
         "",
     )
     .await;
+    let sources: Vec<String> = (9..17).map(|i| format!("127.0.0.{i}")).collect();
+    let addr = pd.addr;
+    let (mut hog, answered) = tokio::task::spawn_blocking(move || {
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+        hog_as_nobody(addr, &sources)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        answered.iter().filter(|a| **a).count(),
+        2,
+        "the user's two connections, whatever its addresses: {answered:?}"
+    );
+    // Postfix (another user) is answered while the hog holds its share.
+    let mut postfix = pd.connect_from("127.0.0.1").await;
+    assert_eq!(postfix.ask(&[]).await, "OK");
+    drop(hog.stdin.take());
+    let _ = hog.wait();
+    pd.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_service_closes_its_least_recently_active_connection_for_postfix() {
+    // Clients that fill every slot and keep asking now and then (which
+    // defeats the idle timeout): a new connection still gets a slot, taken
+    // from the one that has been quiet longest.
+    let pd = Policyd::start(
+        "max_connections = 4
+max_connections_per_client = 64",
+        "",
+    )
+    .await;
     let mut hog = Vec::new();
-    for _ in 0..2 {
-        let mut c = pd.connect_from("127.0.0.9").await;
+    for i in 0..4 {
+        let mut c = pd.connect_from(&format!("127.0.0.{}", 20 + i)).await;
         assert_eq!(c.ask(&[]).await, "OK");
         hog.push(c);
     }
-    for _ in 0..6 {
-        let mut c = pd.connect_from("127.0.0.9").await;
-        c.send(request(&[]).as_bytes()).await;
-        assert_eq!(c.reply().await, None, "over the client's limit");
+    // The most active of them asks again just before Postfix connects.
+    for c in hog.iter_mut().skip(1) {
+        assert_eq!(c.ask(&[]).await, "OK");
     }
     let mut postfix = pd.connect_from("127.0.0.1").await;
-    assert_eq!(postfix.ask(&[]).await, "OK");
+    assert_eq!(postfix.ask(&[]).await, "OK", "Postfix is answered");
+    assert_eq!(pd.handle.metrics.policyd_evicted.get(), 1);
+    // The one closed is the quietest; the others still answer.
+    hog[0].send(request(&[]).as_bytes()).await;
+    assert_eq!(
+        hog[0].reply().await,
+        None,
+        "the least recently active was closed"
+    );
+    for c in hog.iter_mut().skip(1) {
+        assert_eq!(c.ask(&[]).await, "OK");
+    }
     pd.handle.stop().await;
 }
 

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub queue_oldest_age: Gauge,
     pub policyd_requests: Counter,
     pub policyd_errors: Counter,
+    pub policyd_evicted: Counter,
     pub connections_open: Gauge,
     pub connections_idle: Gauge,
     pub connections_opened: Counter,
@@ -70,6 +71,7 @@ impl Metrics {
             queue_oldest_age: Gauge::default(),
             policyd_requests: Counter::default(),
             policyd_errors: Counter::default(),
+            policyd_evicted: Counter::default(),
             connections_open: Gauge::default(),
             connections_idle: Gauge::default(),
             connections_opened: Counter::default(),
@@ -129,6 +131,11 @@ impl Metrics {
             "policyd_errors",
             "Postfix policy-delegation connections closed on a bad request",
             m.policyd_errors.clone(),
+        );
+        registry.register(
+            "policyd_evicted",
+            "Policy-service connections closed, least recently active first, to make room for a new one",
+            m.policyd_evicted.clone(),
         );
         registry.register(
             "delivery_connections_open",

@@ -15,6 +15,7 @@
 //! breaks the protocol gets no answer and its connection is closed, so
 //! Postfix falls back to `smtpd_policy_service_default_action` (451).
 
+mod peer;
 pub mod query;
 pub mod request;
 pub mod server;

@@ -47,8 +47,10 @@ impl std::fmt::Display for PolicydListen {
 pub struct PolicydSettings {
     pub listen: Vec<PolicydListen>,
     pub accept: AcceptAction,
-    /// Connections served at once; more are closed at once (Postfix
-    /// retries, then applies its default action).
+    /// Connections served at once. A new connection past it closes the
+    /// least recently active one (Postfix reconnects when it finds its
+    /// cached connection closed), so clients that hold connections cannot
+    /// keep Postfix out.
     pub max_connections: usize,
     /// Waiting for the next request on an open connection. Postfix closes
     /// its own idle connections after `smtpd_policy_service_max_idle` (300 s).
@@ -63,9 +65,10 @@ pub struct PolicydSettings {
     /// The group of UNIX-domain sockets (Postfix's, so that `socket_mode`
     /// 0660 lets it and nobody else connect); `None` keeps the relay's.
     pub socket_group: Option<u32>,
-    /// Connections one client may hold at once (a TCP client by its
-    /// address, a UNIX-socket client by its user id): one local process
-    /// cannot take every connection and leave Postfix's requests unanswered.
+    /// Connections one client may hold at once (a remote TCP client by
+    /// its address, a loopback TCP client and a UNIX-socket client by the
+    /// user owning its socket): one local user cannot take every
+    /// connection, whatever loopback addresses it binds.
     pub max_connections_per_client: usize,
 }
 
@@ -147,14 +150,16 @@ impl PolicyServer {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
         let per_client = Arc::new(PerClient::default());
+        let live = Arc::new(Connections::default());
         let mut accepting = Vec::new();
         for listener in self.listeners {
-            let (ctx, settings, tracker, slots, per_client) = (
+            let (ctx, settings, tracker, slots, per_client, live) = (
                 self.ctx.clone(),
                 self.settings.clone(),
                 tracker.clone(),
                 slots.clone(),
                 per_client.clone(),
+                live.clone(),
             );
             accepting.push(tokio::spawn(async move {
                 let (mut failures, mut refusals) = (Throttled::default(), Throttled::default());
@@ -180,14 +185,16 @@ impl PolicyServer {
                         );
                         continue;
                     };
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let Some(permit) = room(&slots, &live, &ctx).await else {
                         refusals.warn("policyd: connection limit reached; closing", &peer);
                         continue;
                     };
-                    let (ctx, settings) = (ctx.clone(), settings.clone());
+                    let (ctx, settings, live) = (ctx.clone(), settings.clone(), live.clone());
                     tracker.spawn(async move {
                         let (r, w) = stream;
-                        serve(ctx, settings, r, w, &peer).await;
+                        let (id, this) = live.add();
+                        serve(ctx, settings, r, w, &peer, &this).await;
+                        live.remove(id);
                         drop((permit, client_slot));
                     });
                 }
@@ -210,19 +217,110 @@ type Halves = (
     Box<dyn AsyncWrite + Send + Unpin>,
 );
 
+/// A slot for a new connection: a free one, or the one the least recently
+/// active connection gives up when told to close (within a second).
+async fn room(
+    slots: &Arc<Semaphore>,
+    live: &Connections,
+    ctx: &ServerContext,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = slots.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    if live.close_least_recent() {
+        ctx.metrics.policyd_evicted.inc();
+    }
+    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// How long a new connection waits for the one closed to make room.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// The connections being served, with when each last finished a request:
+/// which one to close when a new one needs its slot.
+#[derive(Default)]
+struct Connections {
+    next: std::sync::atomic::AtomicU64,
+    live: std::sync::Mutex<HashMap<u64, Arc<Activity>>>,
+}
+
+/// One connection's last activity, and the signal that closes it.
+struct Activity {
+    last: std::sync::Mutex<tokio::time::Instant>,
+    close: tokio_util::sync::CancellationToken,
+}
+
+impl Activity {
+    fn touch(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = tokio::time::Instant::now();
+        }
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.last
+            .lock()
+            .map(|l| *l)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+}
+
+impl Connections {
+    fn add(&self) -> (u64, Arc<Activity>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let a = Arc::new(Activity {
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+            close: tokio_util::sync::CancellationToken::new(),
+        });
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(id, a.clone());
+        }
+        (id, a)
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(&id);
+        }
+    }
+
+    /// Tells the least recently active connection not already closing to
+    /// close; whether there was one.
+    fn close_least_recent(&self) -> bool {
+        let Ok(live) = self.live.lock() else {
+            return false;
+        };
+        let oldest = live
+            .values()
+            .filter(|a| !a.close.is_cancelled())
+            .min_by_key(|a| a.last());
+        match oldest {
+            Some(a) => {
+                a.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Accepts a connection: its halves, a name for logs, and the client it
-/// counts against — a TCP client's address, a UNIX-socket client's uid.
+/// counts against (see [`super::peer`]).
 async fn accept(listener: &Listener) -> std::io::Result<(Halves, String, String)> {
     Ok(match listener {
         Listener::Tcp(l) => {
             let (s, peer) = l.accept().await?;
             let _ = s.set_nodelay(true);
+            let local = s.local_addr()?;
+            // The kernel's socket table is read on the blocking pool.
+            let client = tokio::task::spawn_blocking(move || super::peer::client_of(peer, local))
+                .await
+                .unwrap_or_else(|_| crate::directory::canonical_ip(peer.ip()).to_string());
             let (r, w) = s.into_split();
-            (
-                (Box::new(r), Box::new(w)),
-                peer.to_string(),
-                crate::directory::canonical_ip(peer.ip()).to_string(),
-            )
+            ((Box::new(r), Box::new(w)), peer.to_string(), client)
         }
         Listener::Unix(l, path) => {
             let (s, _) = l.accept().await?;
@@ -327,18 +425,27 @@ fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-/// One Postfix connection: requests in, one `action=` per request out.
+/// One Postfix connection: requests in, one `action=` per request out,
+/// until the client leaves or `activity` says to close.
 async fn serve(
     ctx: Arc<ServerContext>,
     settings: Arc<PolicydSettings>,
     mut r: impl AsyncRead + Unpin,
     mut w: impl AsyncWrite + Unpin,
     peer: &str,
+    activity: &Activity,
 ) {
     let mut decoder = RequestDecoder::new(settings.limits);
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        let outcome = match next_request(&ctx, &settings, &mut decoder, &mut buf, &mut r).await {
+        let next = tokio::select! {
+            next = next_request(&ctx, &settings, &mut decoder, &mut buf, &mut r) => next,
+            _ = activity.close.cancelled() => {
+                debug!(client = peer, "policyd: closed to make room for a new connection");
+                return;
+            }
+        };
+        let outcome = match next {
             Ok(None) => return,
             Ok(Some(request)) => answer(&ctx, &settings, &request, peer).await,
             Err(e) => Err(e),
@@ -353,6 +460,7 @@ async fn serve(
             }
         };
         ctx.metrics.policyd_requests.inc();
+        activity.touch();
         let reply = format!("action={action}\n\n");
         if let Err(e) = w.write_all(reply.as_bytes()).await {
             debug!(client = peer, error = %e, "policyd: client went away");
