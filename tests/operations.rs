@@ -856,3 +856,43 @@ async fn a_file_replaced_by_a_link_is_applied() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     live.handle.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_trust_anchor_file_is_reloaded_and_an_untouched_one_is_not() {
+    let live = Live::start("", &[]).await;
+    let g0 = status(live.admin()).await["generation"].as_u64().unwrap();
+    // The same text renamed over the configuration: nothing changed, so
+    // nothing is reloaded.
+    let text = std::fs::read_to_string(&live.config).unwrap();
+    replace_by_rename(&live.config, &text);
+    assert_eq!(
+        generation_after(live.admin(), g0).await,
+        g0 + 1,
+        "the first notification reloads"
+    );
+    let g1 = g0 + 1;
+    replace_by_rename(&live.config, &text);
+    tokio::time::sleep(attrelay::reload::SETTLE * 4).await;
+    assert_eq!(
+        status(live.admin()).await["generation"].as_u64().unwrap(),
+        g1,
+        "the same content again reloads nothing"
+    );
+    // The CA file the configuration names, replaced (a compromised CA
+    // taken out): reloaded, although the configuration is unchanged.
+    let other = support::Pki::new();
+    let ca = live.pki.path("ca.pem");
+    let tmp = live.pki.path("ca.pem.tmp");
+    std::fs::copy(other.path("ca.pem"), &tmp).unwrap();
+    std::fs::rename(&tmp, &ca).unwrap();
+    assert!(
+        generation_after(live.admin(), g1).await > g1,
+        "the anchors are reloaded"
+    );
+    // The old CA's certificates no longer verify in a new session.
+    let mut c = live.session(UNKNOWN_IP, Some("contoso")).await;
+    assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
+    let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
+    assert_eq!(r.code, 550, "{r:?}");
+    live.handle.stop().await;
+}

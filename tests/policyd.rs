@@ -493,7 +493,11 @@ async fn slow_idle_and_surplus_connections_are_bounded() {
     assert_eq!(b.ask(&[]).await, "OK");
     let mut third = pd.connect().await;
     assert_eq!(third.ask(&[]).await, "OK", "room made for the newcomer");
-    assert_eq!(a.reply().await, None, "the least recently active was closed");
+    assert_eq!(
+        a.reply().await,
+        None,
+        "the least recently active was closed"
+    );
     // Idle connections are closed after the idle timeout, freeing the slots.
     let started = Instant::now();
     assert_eq!(b.reply().await, None);

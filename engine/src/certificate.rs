@@ -126,7 +126,8 @@ impl TrustAnchors {
         at: UnixTime,
     ) -> Result<VerifiedChain, String> {
         // Bounded and reduced before any path building (see `crate::chain`).
-        let chain = crate::chain::for_path_building(chain)?;
+        let subjects: Vec<&[u8]> = self.anchors.iter().map(|a| a.subject.as_ref()).collect();
+        let chain = crate::chain::for_path_building(chain, &subjects)?;
         let (leaf, intermediates) = chain.split_first().ok_or("no certificate was presented")?;
         if self.anchors.is_empty() {
             return Err("no trust anchors are configured (server.client_ca), so no certificate can be verified".into());

@@ -47,9 +47,14 @@ pub const MAX_PATH_BYTES: usize = 16 * 1024;
 
 /// What path building gets of a client's chain: the leaf, then the
 /// intermediates that may lie on a path from it, in the client's order.
+/// Where more share a name than are kept, those issued by a trust anchor
+/// (`anchor_subjects`: the anchors' subject names, their DER contents as
+/// webpki keeps them) come first, so a cross-signed CA's certificate that
+/// reaches the operator's CA is never the one left out.
 /// `Err`: the chain is over a bound and is not verified, for this reason.
 pub fn for_path_building<'a>(
     chain: &'a [CertificateDer<'a>],
+    anchor_subjects: &[&[u8]],
 ) -> Result<Vec<CertificateDer<'a>>, String> {
     let bytes: usize = chain.iter().map(|c| c.len()).sum();
     if chain.len() > MAX_CHAIN_CERTS {
@@ -70,7 +75,9 @@ pub fn for_path_building<'a>(
         // webpki says why, in its words.
         return Ok(vec![leaf.clone()]);
     };
-    let candidates = candidates(rest);
+    let mut candidates = candidates(rest);
+    // Stable: within each group the client's order stays.
+    candidates.sort_by_key(|c| !anchor_subjects.iter().any(|a| same_name(&c.issuer, a)));
     let kept = reachable(leaf_cert.issuer().as_raw(), &candidates);
     let mut out = vec![leaf.clone()];
     out.extend(kept.into_iter().map(|i| rest[candidates[i].index].clone()));
@@ -114,8 +121,8 @@ fn candidates(rest: &[CertificateDer<'_>]) -> Vec<Candidate> {
 
 /// The candidates (their positions in `candidates`, in chain order) whose
 /// subject a path from a certificate issued by `first_issuer` can reach,
-/// at most [`MAX_ISSUERS_PER_NAME`] per subject and [`MAX_PATH_BYTES`] in
-/// all.
+/// at most [`MAX_ISSUERS_PER_NAME`] per subject (the first in `candidates`'
+/// order) and [`MAX_PATH_BYTES`] in all.
 fn reachable(first_issuer: &[u8], candidates: &[Candidate]) -> Vec<usize> {
     let mut wanted: Vec<&[u8]> = vec![first_issuer];
     let mut kept: Vec<usize> = Vec::new();
@@ -142,8 +149,17 @@ fn reachable(first_issuer: &[u8], candidates: &[Candidate]) -> Vec<usize> {
             grew = true;
         }
     }
-    kept.sort_unstable();
+    kept.sort_unstable_by_key(|&i| candidates[i].index);
     kept
+}
+
+/// Whether a name as x509-parser gives it (a DER SEQUENCE, header
+/// included) is the name whose contents webpki keeps for an anchor.
+fn same_name(with_header: &[u8], contents: &[u8]) -> bool {
+    with_header.first() == Some(&0x30)
+        && with_header.len() > contents.len()
+        && with_header.len() - contents.len() <= 5
+        && with_header.ends_with(contents)
 }
 
 #[cfg(test)]
@@ -200,7 +216,7 @@ mod tests {
             inter.der().clone(),
             root.der().clone(),
         ];
-        let kept = for_path_building(&chain).unwrap();
+        let kept = for_path_building(&chain, &[]).unwrap();
         assert_eq!(kept, vec![chain[0].clone(), inter.der().clone()]);
     }
 
@@ -210,7 +226,7 @@ mod tests {
         let inter = ca("Issuing CA", &root);
         let mut chain = vec![leaf(&inter)];
         chain.extend((0..MAX_CHAIN_CERTS).map(|_| inter.der().clone()));
-        let e = for_path_building(&chain).unwrap_err();
+        let e = for_path_building(&chain, &[]).unwrap_err();
         assert!(
             e.contains("11 certificates") && e.contains("at most 10"),
             "{e}"
@@ -229,7 +245,7 @@ mod tests {
         }
         let big = CertifiedIssuer::signed_by(big, KeyPair::generate().unwrap(), &root).unwrap();
         let chain = vec![leaf(&inter), big.der().clone()];
-        let e = for_path_building(&chain).unwrap_err();
+        let e = for_path_building(&chain, &[]).unwrap_err();
         assert!(e.contains("bytes of certificates"), "{e}");
     }
 
@@ -251,7 +267,7 @@ mod tests {
             chain.push(c.der().clone());
         }
         assert_eq!(chain.len(), MAX_CHAIN_CERTS);
-        let kept = for_path_building(&chain).unwrap();
+        let kept = for_path_building(&chain, &[]).unwrap();
         let subjects: Vec<Vec<u8>> = kept[1..].iter().map(subject_of).collect();
         for s in &subjects {
             let same = subjects.iter().filter(|x| *x == s).count();
@@ -271,7 +287,35 @@ mod tests {
         }
         let mut chain = vec![leaf(links.last().unwrap())];
         chain.extend(links[1..].iter().rev().map(|c| c.der().clone()));
-        let kept = for_path_building(&chain).unwrap();
+        let kept = for_path_building(&chain, &[]).unwrap();
         assert_eq!(kept.len(), 9, "leaf and its eight CAs");
+    }
+
+    /// The DER contents of a certificate's subject, as webpki keeps an
+    /// anchor's.
+    fn anchor_subject(der: &CertificateDer<'_>) -> Vec<u8> {
+        let anchor = webpki::anchor_from_trusted_cert(der).unwrap();
+        anchor.subject.as_ref().to_vec()
+    }
+
+    #[test]
+    fn of_many_cas_sharing_a_name_the_one_an_anchor_issued_is_kept() {
+        let trusted = root("Trusted Root");
+        let others: Vec<Ca> = (0..3).map(|i| root(&format!("Other Root {i}"))).collect();
+        // Four certificates of one CA (one key would do as well), issued by
+        // three untrusted roots and, last, by the trusted one.
+        let mut cross: Vec<Ca> = others.iter().map(|r| ca("Issuing CA", r)).collect();
+        cross.push(ca("Issuing CA", &trusted));
+        let mut chain = vec![leaf(&cross[3])];
+        chain.extend(cross.iter().map(|c| c.der().clone()));
+        let subject = anchor_subject(trusted.der());
+        let kept = for_path_building(&chain, &[&subject]).unwrap();
+        assert!(kept.contains(cross[3].der()), "the anchored one is kept");
+        assert_eq!(kept.len(), 1 + MAX_ISSUERS_PER_NAME);
+        let without = for_path_building(&chain, &[]).unwrap();
+        assert!(
+            !without.contains(cross[3].der()),
+            "the bound holds either way"
+        );
     }
 }

@@ -168,9 +168,10 @@ fn mask_v6(addr: u128, len: u8) -> u128 {
 ///
 /// An IPv4-mapped IPv6 address or range (`::ffff:192.0.2.1`,
 /// `::ffff:192.0.2.0/120`) is the IPv4 one it carries: clients are compared
-/// as IPv4 ([`canonical_ip`]), so kept as IPv6 it could never match. A range
-/// wider than the mapped space (a prefix under 96) is refused: it would mix
-/// IPv4 and IPv6 clients. See [`is_ipv4_mapped`] to tell the operator.
+/// as IPv4 ([`canonical_ip`]), so kept as IPv6 it could never match. Any
+/// other IPv6 range stays IPv6 and matches IPv6 clients only, even one
+/// that spans the mapped space (`::/0` is every IPv6 client, no IPv4 one).
+/// See [`is_ipv4_mapped`] to tell the operator.
 pub fn parse_net(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
     if let Ok(ip) = t.parse::<std::net::IpAddr>() {
@@ -187,18 +188,18 @@ pub fn parse_net(text: &str) -> Result<IpNet, String> {
         ));
     }
     match net {
-        IpNet::V6(v6) if v6.network().to_ipv4_mapped().is_some() => {
-            let Some(len) = v6.prefix_len().checked_sub(96) else {
-                return Err(format!(
-                    "'{t}' mixes IPv4-mapped and other IPv6 addresses; write the IPv4 range itself (such as 192.0.2.0/24)"
-                ));
-            };
-            let v4 = v6.network().to_ipv4_mapped().expect("checked above");
-            Ok(IpNet::V4(
-                ipnet::Ipv4Net::new(v4, len).expect("a prefix of 96 to 128, less 96"),
-            ))
-        }
-        other => Ok(other),
+        // A mapped network has a prefix of 96 or more: a shorter one has
+        // host bits where `ffff` is, refused above.
+        IpNet::V6(v6) => match (
+            v6.network().to_ipv4_mapped(),
+            v6.prefix_len().checked_sub(96),
+        ) {
+            (Some(v4), Some(len)) => ipnet::Ipv4Net::new(v4, len)
+                .map(IpNet::V4)
+                .map_err(|_| format!("'{t}' is not an IPv4-mapped range")),
+            _ => Ok(net),
+        },
+        IpNet::V4(_) => Ok(net),
     }
 }
 

@@ -185,12 +185,25 @@ impl PolicyServer {
                         );
                         continue;
                     };
-                    let Some(permit) = room(&slots, &live, &ctx).await else {
-                        refusals.warn("policyd: connection limit reached; closing", &peer);
-                        continue;
-                    };
-                    let (ctx, settings, live) = (ctx.clone(), settings.clone(), live.clone());
+                    // A full service makes room in the connection's own
+                    // task: the accept loop never waits for it.
+                    let free = slots.clone().try_acquire_owned().ok();
+                    if free.is_none() && live.close_least_recent() {
+                        ctx.metrics.policyd_evicted.inc();
+                    }
+                    let (ctx, settings, live, slots) =
+                        (ctx.clone(), settings.clone(), live.clone(), slots.clone());
                     tracker.spawn(async move {
+                        let permit = match free {
+                            Some(p) => p,
+                            None => match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
+                                Ok(Ok(p)) => p,
+                                _ => {
+                                    debug!(client = %peer, "policyd: connection limit reached and no room made in time; closing");
+                                    return;
+                                }
+                            },
+                        };
                         let (r, w) = stream;
                         let (id, this) = live.add();
                         serve(ctx, settings, r, w, &peer, &this).await;
@@ -217,25 +230,6 @@ type Halves = (
     Box<dyn AsyncWrite + Send + Unpin>,
 );
 
-/// A slot for a new connection: a free one, or the one the least recently
-/// active connection gives up when told to close (within a second).
-async fn room(
-    slots: &Arc<Semaphore>,
-    live: &Connections,
-    ctx: &ServerContext,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    if let Ok(p) = slots.clone().try_acquire_owned() {
-        return Some(p);
-    }
-    if live.close_least_recent() {
-        ctx.metrics.policyd_evicted.inc();
-    }
-    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
-        .await
-        .ok()?
-        .ok()
-}
-
 /// How long a new connection waits for the one closed to make room.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
@@ -247,9 +241,11 @@ struct Connections {
     live: std::sync::Mutex<HashMap<u64, Arc<Activity>>>,
 }
 
-/// One connection's last activity, and the signal that closes it.
+/// One connection's last activity (a byte received, an answer sent),
+/// whether it is answering a request now, and the signal that closes it.
 struct Activity {
     last: std::sync::Mutex<tokio::time::Instant>,
+    busy: std::sync::atomic::AtomicBool,
     close: tokio_util::sync::CancellationToken,
 }
 
@@ -273,6 +269,7 @@ impl Connections {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let a = Arc::new(Activity {
             last: std::sync::Mutex::new(tokio::time::Instant::now()),
+            busy: Default::default(),
             close: tokio_util::sync::CancellationToken::new(),
         });
         if let Ok(mut live) = self.live.lock() {
@@ -288,15 +285,19 @@ impl Connections {
     }
 
     /// Tells the least recently active connection not already closing to
-    /// close; whether there was one.
+    /// close — one between requests if there is any, so that a request
+    /// being answered (Postfix's, most likely) is not cut off; whether
+    /// there was one.
     fn close_least_recent(&self) -> bool {
+        use std::sync::atomic::Ordering;
         let Ok(live) = self.live.lock() else {
             return false;
         };
-        let oldest = live
-            .values()
-            .filter(|a| !a.close.is_cancelled())
-            .min_by_key(|a| a.last());
+        let open = || live.values().filter(|a| !a.close.is_cancelled());
+        let oldest = open()
+            .filter(|a| !a.busy.load(Ordering::Relaxed))
+            .min_by_key(|a| a.last())
+            .or_else(|| open().min_by_key(|a| a.last()));
         match oldest {
             Some(a) => {
                 a.close.cancel();
@@ -315,10 +316,8 @@ async fn accept(listener: &Listener) -> std::io::Result<(Halves, String, String)
             let (s, peer) = l.accept().await?;
             let _ = s.set_nodelay(true);
             let local = s.local_addr()?;
-            // The kernel's socket table is read on the blocking pool.
-            let client = tokio::task::spawn_blocking(move || super::peer::client_of(peer, local))
-                .await
-                .unwrap_or_else(|_| crate::directory::canonical_ip(peer.ip()).to_string());
+            // One exact lookup in the kernel's socket table.
+            let client = super::peer::client_of(peer, local);
             let (r, w) = s.into_split();
             ((Box::new(r), Box::new(w)), peer.to_string(), client)
         }
@@ -426,28 +425,43 @@ fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// One Postfix connection: requests in, one `action=` per request out,
-/// until the client leaves or `activity` says to close.
+/// until the client leaves or `activity` says to close — at any point, so
+/// that a connection told to close gives its slot back at once, whatever
+/// it was doing.
 async fn serve(
     ctx: Arc<ServerContext>,
     settings: Arc<PolicydSettings>,
+    r: impl AsyncRead + Unpin,
+    w: impl AsyncWrite + Unpin,
+    peer: &str,
+    activity: &Activity,
+) {
+    tokio::select! {
+        _ = requests(&ctx, &settings, r, w, peer, activity) => {}
+        _ = activity.close.cancelled() => {
+            debug!(client = peer, "policyd: closed to make room for a new connection");
+        }
+    }
+}
+
+/// The requests of one connection, each answered in turn.
+async fn requests(
+    ctx: &ServerContext,
+    settings: &PolicydSettings,
     mut r: impl AsyncRead + Unpin,
     mut w: impl AsyncWrite + Unpin,
     peer: &str,
     activity: &Activity,
 ) {
+    use std::sync::atomic::Ordering;
     let mut decoder = RequestDecoder::new(settings.limits);
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        let next = tokio::select! {
-            next = next_request(&ctx, &settings, &mut decoder, &mut buf, &mut r) => next,
-            _ = activity.close.cancelled() => {
-                debug!(client = peer, "policyd: closed to make room for a new connection");
-                return;
-            }
-        };
+        let next = next_request(ctx, settings, &mut decoder, &mut buf, &mut r, activity).await;
+        activity.busy.store(true, Ordering::Relaxed);
         let outcome = match next {
             Ok(None) => return,
-            Ok(Some(request)) => answer(&ctx, &settings, &request, peer).await,
+            Ok(Some(request)) => answer(ctx, settings, &request, peer).await,
             Err(e) => Err(e),
         };
         let action = match outcome {
@@ -460,12 +474,17 @@ async fn serve(
             }
         };
         ctx.metrics.policyd_requests.inc();
-        activity.touch();
         let reply = format!("action={action}\n\n");
-        if let Err(e) = w.write_all(reply.as_bytes()).await {
-            debug!(client = peer, error = %e, "policyd: client went away");
+        // A client that does not read its answers holds its slot no longer
+        // than a request may take.
+        let written =
+            tokio::time::timeout(settings.request_timeout, w.write_all(reply.as_bytes())).await;
+        if !matches!(written, Ok(Ok(()))) {
+            debug!(client = peer, "policyd: client went away or does not read");
             return;
         }
+        activity.touch();
+        activity.busy.store(false, Ordering::Relaxed);
         if ctx.shutdown.is_cancelled() {
             return;
         }
@@ -480,6 +499,7 @@ async fn next_request(
     decoder: &mut RequestDecoder,
     buf: &mut BytesMut,
     r: &mut (impl AsyncRead + Unpin),
+    activity: &Activity,
 ) -> Result<Option<PolicyRequest>, RequestError> {
     // The request deadline runs from its first byte, not from when we began
     // waiting: an idle pause before a request is no fault of the request.
@@ -511,6 +531,7 @@ async fn next_request(
         if n == 0 {
             return decoder.decode_eof(buf);
         }
+        activity.touch();
     }
 }
 

@@ -205,6 +205,8 @@ pub struct Reloader {
     /// What was applied last (at start or by a reload): what a file change
     /// is compared with.
     applied: std::sync::Mutex<Option<Applied>>,
+    /// The configuration applied last, for the files it names.
+    applied_config: std::sync::Mutex<Option<Config>>,
 }
 
 /// The configuration and the files it names, as applied last.
@@ -218,8 +220,9 @@ struct Applied {
     file: FileId,
     /// Every watched file's content: a notification that changed none of
     /// it (a file renamed over with the same text, a link re-pointed to a
-    /// copy) reloads nothing.
-    digest: [u8; 32],
+    /// copy) reloads nothing. `None` at start, where the files were read
+    /// before this was: the first notification always reloads.
+    digest: Option<[u8; 32]>,
 }
 
 /// A file's device and inode.
@@ -272,6 +275,7 @@ impl Reloader {
         ctx: Arc<ServerContext>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
+        let started_with_copy = started_with.clone();
         let reloader = Reloader {
             started_with,
             engine,
@@ -280,18 +284,18 @@ impl Reloader {
             generation: AtomicU64::new(0),
             lock: std::sync::Mutex::new(()),
             applied: std::sync::Mutex::new(None),
+            applied_config: std::sync::Mutex::new(Some(started_with_copy)),
             config_path,
         };
-        if let Some(p) = &reloader.config_path {
-            let digest = digest(&reloader.watched_files());
-            if let Ok(read) = read_config(p) {
-                reloader.record(read, digest);
-            }
+        if let Some(p) = &reloader.config_path
+            && let Ok(read) = read_config(p)
+        {
+            reloader.record(read, None);
         }
         reloader
     }
 
-    fn record(&self, read: ReadConfig, digest: [u8; 32]) {
+    fn record(&self, read: ReadConfig, digest: Option<[u8; 32]>) {
         if let Ok(mut applied) = self.applied.lock() {
             *applied = Some(Applied {
                 text: read.text,
@@ -326,7 +330,7 @@ impl Reloader {
         let same = self
             .applied
             .lock()
-            .map(|a| a.as_ref().is_some_and(|a| a.digest == now))
+            .map(|a| a.as_ref().is_some_and(|a| a.digest == Some(now)))
             .unwrap_or(false);
         if same {
             return Ok(None);
@@ -373,7 +377,10 @@ impl Reloader {
             self.ctx.evaluation.store(Arc::new(evaluation));
             self.generation.store(generation, Ordering::SeqCst);
             if let Some(read) = read {
-                self.record(read, digest);
+                self.record(read, Some(digest));
+            }
+            if let Ok(mut applied) = self.applied_config.lock() {
+                *applied = Some(config);
             }
             Ok(outcome)
         })();
@@ -435,21 +442,38 @@ impl Reloader {
         Ok(())
     }
 
-    /// The files whose changes trigger a reload.
+    /// The files whose changes trigger a reload: the configuration and
+    /// every file a reload reads from it (components, recipient lists,
+    /// trust anchors) — as the file on disk names them and, while that one
+    /// does not load, as the configuration applied last did, so that a
+    /// broken edit never stops the watch on the others.
     fn watched_files(&self) -> Vec<PathBuf> {
         let Some(path) = &self.config_path else {
             return Vec::new();
         };
         let mut files = vec![path.clone()];
-        if let Ok(c) = Config::load(path) {
-            files.extend(c.policy.component);
-            files.extend(c.policy.shadow);
-            files.extend(
+        let named = |c: &Config| {
+            let mut f: Vec<PathBuf> = Vec::new();
+            f.extend(c.policy.component.clone());
+            f.extend(c.policy.shadow.clone());
+            f.extend(
                 c.tenants
                     .iter()
                     .filter_map(|t| t.policy.as_ref().map(|p| p.component.clone())),
             );
-            files.extend(c.tenants.iter().filter_map(|t| t.recipients_file.clone()));
+            f.extend(c.tenants.iter().filter_map(|t| t.recipients_file.clone()));
+            f.extend(c.server.client_ca.iter().cloned());
+            f
+        };
+        match Config::load(path) {
+            Ok(c) => files.extend(named(&c)),
+            Err(_) => {
+                if let Ok(applied) = self.applied_config.lock()
+                    && let Some(c) = applied.as_ref()
+                {
+                    files.extend(named(c));
+                }
+            }
         }
         files
     }

@@ -56,19 +56,29 @@ fn lexical(p: &Path) -> PathBuf {
 /// symbolic link met while resolving it (in a folder of its path too), and
 /// the file finally reached — in that order, as absolute paths.
 ///
-/// Links are resolved one at a time from the left, so when a `..` is met
-/// every component before it is a real folder and taking it out by the
-/// text is what the kernel would do.
+/// Components are taken from the left as the kernel takes them: a link is
+/// replaced by its target before anything after it is looked at, so a `..`
+/// that follows a link climbs out of the link's target, not out of the
+/// folder holding the link, and a `..` is taken out by the text only once
+/// every component before it is known to be a real folder.
 pub fn link_hops(file: &Path) -> Vec<PathBuf> {
     let mut hops = Vec::new();
-    let mut path = lexical(file);
+    let mut path = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     'resolve: for _ in 0..MAX_HOPS {
         let parts: Vec<Component> = path.components().collect();
         let mut prefix = PathBuf::new();
         for (i, part) in parts.iter().enumerate() {
-            prefix.push(part);
-            if !matches!(part, Component::Normal(_)) {
-                continue;
+            match part {
+                Component::CurDir => continue,
+                Component::ParentDir => {
+                    prefix.pop();
+                    continue;
+                }
+                Component::Normal(_) => prefix.push(part),
+                other => {
+                    prefix.push(other);
+                    continue;
+                }
             }
             let Ok(target) = std::fs::read_link(&prefix) else {
                 continue;
@@ -77,12 +87,13 @@ pub fn link_hops(file: &Path) -> Vec<PathBuf> {
             let folder = prefix.parent().unwrap_or(Path::new("/"));
             let mut next = folder.join(target);
             next.extend(&parts[i + 1..]);
-            path = lexical(&next);
+            path = next;
             continue 'resolve;
         }
+        path = prefix;
         break;
     }
-    hops.push(path);
+    hops.push(lexical(&path));
     hops
 }
 
@@ -158,9 +169,13 @@ pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) {
             for gone in folders_watched.difference(&folders) {
                 let _ = w.unwatch(gone);
             }
-            for new in folders.difference(&folders_watched) {
-                if let Err(e) = w.watch(new, RecursiveMode::NonRecursive) {
-                    debug!(folder = %new.display(), error = %e, "cannot watch");
+            // Every folder again, not only new ones: a folder replaced by
+            // another of the same name (moved over, or deleted and made
+            // again) is a new inode, which the old watch does not see.
+            for folder in &folders {
+                let _ = w.unwatch(folder);
+                if let Err(e) = w.watch(folder, RecursiveMode::NonRecursive) {
+                    debug!(folder = %folder.display(), error = %e, "cannot watch");
                 }
             }
         }
@@ -250,6 +265,14 @@ mod tests {
         assert_eq!(
             link_hops(&d.join("sub/../v1/./relay.toml")),
             [d.join("v1/relay.toml")]
+        );
+        // A `..` after a link climbs out of the link's target.
+        std::fs::create_dir_all(d.join("deep/inner")).unwrap();
+        std::fs::write(d.join("deep/relay.toml"), "y").unwrap();
+        symlink("deep/inner", d.join("current")).unwrap();
+        assert_eq!(
+            link_hops(&d.join("current/../relay.toml")),
+            [d.join("current"), d.join("deep/relay.toml")]
         );
         // A loop ends at the bound, not in a hang.
         symlink("loop-b", d.join("loop-a")).unwrap();
