@@ -293,7 +293,7 @@ EOF
   -o smtpd_tls_key_file=$PKI/server.key
   -o smtpd_relay_restrictions=\$policy_relay_restrictions
 EOF
-  cat "$REPO/tests/support/postfix-services.cf" >>"$PF/etc/master.cf"
+  cat "$REPO/tests/it/support/postfix-services.cf" >>"$PF/etc/master.cf"
   PF_STARTED=1
   postfix -c "$PF/etc" start >"$PF/start.log" 2>&1 || die "postfix start failed: $(cat "$PF/start.log") (its maillog follows)"
   wait_listen "$PF_PORT" Postfix

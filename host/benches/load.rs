@@ -16,7 +16,10 @@
 //! all). `cargo bench -p attrelay --bench load`; `LOAD_CONNECTIONS` (8) and
 //! `LOAD_MESSAGES` per connection (100) change the load.
 
-#[path = "../../tests/support/mod.rs"]
+// The integration tests' support, of which this bench uses the sink and
+// the private Postfix only.
+#[allow(dead_code)]
+#[path = "../../tests/it/support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;

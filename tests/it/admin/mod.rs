@@ -1,0 +1,3 @@
+//! The admin endpoint.
+
+mod endpoint;

@@ -1,0 +1,5 @@
+//! Onward delivery: next hops that misbehave, MX, backscatter.
+
+mod backscatter;
+mod delivery_bounds;
+mod mx;

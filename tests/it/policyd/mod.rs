@@ -1,0 +1,3 @@
+//! The Postfix policy-delegation service.
+
+mod service;

@@ -1,0 +1,4 @@
+//! The spool: durability across kills, a full disk.
+
+mod disk;
+mod durability;
