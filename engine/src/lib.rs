@@ -36,7 +36,8 @@
 //! # Compatibility
 //!
 //! The crate follows semantic versioning from 1.0; before it, a minor
-//! version (0.x) may change its Rust API, and the changelog says how. The
+//! version (0.x) may change its Rust API, and `CHANGELOG.md` at the
+//! repository's root says how. The
 //! WIT package's version (`attrelay:policy@0.1.0`) is a separate promise
 //! about components: a component built against a version keeps loading in
 //! every engine release that supports that version, and an incompatible

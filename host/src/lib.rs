@@ -2,16 +2,26 @@
 //! sandboxed WebAssembly component.
 //!
 //! The policy engine is the `attrelay-engine` crate (re-exported here as
-//! [`address`], [`directory`], [`policy`], [`evaluation`], [`decisions`]);
-//! the relay adds:
+//! [`address`], [`decisions`], [`directory`], [`evaluation`], [`policy`],
+//! [`throttle`], [`validate`]); the relay adds:
 //!
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
-//! - [`tls`]: the server's TLS (rustls); client certificates become facts in
-//!   the engine's `certificate` module;
+//! - [`tls`]: the server's TLS (rustls) and the client-certificate facts,
+//!   verified off the runtime;
 //! - [`smtp`]: the SMTP server (STARTTLS, client certificates, pipelining);
-//! - [`spool`]: durable acceptance; [`delivery`]: the queue, retries, DSNs;
+//! - [`judges`]: asking the evaluation from async code, with metrics;
+//! - [`intake`]: the one way a message enters the queue;
+//! - [`spool`]: durable acceptance; [`delivery`]: the queue, connections to
+//!   next hops, retries, DSNs;
+//! - [`policyd`]: the Postfix policy-delegation service;
+//! - [`reload`]: building evaluations and swapping them in, and what
+//!   triggers a reload;
+//! - [`admin`]: the HTTP endpoint; [`metrics`]: what it exports;
+//!   [`logs`]: the log writer;
+//! - [`open_files`]: the open-file budget planned at start;
 //! - [`relay`]: all of it assembled, as `attrelay serve` runs it;
-//! - [`commands`]: the `check` and `cert inspect` commands.
+//! - [`commands`]: the command-line tools (`check`, `cert inspect`,
+//!   `policy diff` and `validate`, `queue list`, `bench`).
 
 pub mod admin;
 pub mod commands;
