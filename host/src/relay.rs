@@ -6,15 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::config::{Config, NextHop};
-use crate::delivery::{self, DeliveryConfig, Target};
+use crate::config::Config;
+use crate::delivery::{self, DeliveryConfig};
 use crate::metrics::Metrics;
 use crate::policy::{EngineLimits, PolicyEngine};
 use crate::policyd::PolicyServer;
@@ -57,60 +56,6 @@ impl RelayHandle {
         }
         let _ = self.queue.await;
     }
-}
-
-/// The delivery settings of a configuration, reporting to `metrics`.
-pub fn delivery_config(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<DeliveryConfig> {
-    let d = &config.delivery;
-    let client_cert = match (&d.tls_cert, &d.tls_key) {
-        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
-        _ => None,
-    };
-    // The CA files serve `tls = "verify"` only (the configuration checks).
-    let tls = tls_server::client_config(&d.tls_ca, client_cert).context("delivery TLS")?;
-    Ok(DeliveryConfig {
-        target: match &d.next_hop {
-            NextHop::Directory(p) => Target::Directory(p.clone()),
-            NextHop::Smarthost { host, port } => Target::Smarthost {
-                host: host.clone(),
-                port: *port,
-            },
-            NextHop::Mx => Target::Mx,
-        },
-        hostname: config.server.hostname.clone(),
-        retry_initial: d.retry_initial,
-        retry_max: d.retry_max,
-        max_queue_age: d.max_queue_age,
-        concurrency: d.concurrency,
-        timeout: d.timeout,
-        attempt_timeout: d.attempt_timeout,
-        mx_address_limit: d.mx_address_limit,
-        mx_session_limit: d.mx_session_limit,
-        tls_policy: d.tls,
-        shutdown_grace: config.server.shutdown_grace,
-        tls,
-        mx_port: d.mx_port,
-        resolver: match d.next_hop {
-            NextHop::Mx => Some(std::sync::Arc::new(
-                crate::delivery::mx::resolver(&d.dns_servers).map_err(|e| anyhow::anyhow!(e))?,
-            )),
-            _ => None,
-        },
-        connections: Arc::new(delivery::smtp::Connections::new(
-            d.connections,
-            delivery::pool::PoolMetrics {
-                open: metrics.connections_open.clone(),
-                idle: metrics.connections_idle.clone(),
-                opened: metrics.connections_opened.clone(),
-                reused: metrics.connections_reused.clone(),
-                evicted: metrics.connections_evicted.clone(),
-            },
-        )),
-        dsn_limiter: Arc::new(crate::delivery::dsn::DsnLimiter::new(
-            d.dsn_rate_per_domain_per_hour,
-        )),
-        metrics: Some(metrics.clone()),
-    })
 }
 
 /// Policy instances alive at once while a reload validates its candidate:
@@ -222,9 +167,14 @@ pub async fn start_with(
     if !recovered.is_empty() {
         info!(messages = recovered.len(), spool = %config.spool.display(), "recovered queued messages; delivering now");
     }
-    let delivery_cfg = delivery_config(config, &metrics)?;
+    let delivery_cfg = DeliveryConfig::new(
+        &config.delivery,
+        &config.server.hostname,
+        config.server.shutdown_grace,
+        &metrics,
+    )?;
     let (queue, queue_task) =
-        delivery::start(spool.clone(), delivery_cfg, recovered, shutdown.clone());
+        delivery::queue::start(spool.clone(), delivery_cfg, recovered, shutdown.clone());
 
     let ctx = Arc::new(ServerContext {
         hostname: s.hostname.clone(),

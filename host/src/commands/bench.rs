@@ -184,7 +184,7 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, UsageError> {
     }
     let tls = if args.starttls {
         let cert = args.cert.as_deref().zip(args.key.as_deref());
-        let config = crate::tls::server::client_config(&args.ca, cert).map_err(UsageError::new)?;
+        let config = crate::tls::client::client_config(&args.ca, cert).map_err(UsageError::new)?;
         Some(tokio_rustls::TlsConnector::from(config))
     } else {
         None

@@ -2,7 +2,6 @@
 //! how it goes. Defaults are the spool's and the delivery queue's own
 //! constants.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use toml::Spanned;
 
 use super::ConfigError;
 use super::source::Source;
+use crate::delivery::{DeliverySettings, NextHop};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -46,54 +46,6 @@ pub(super) struct RawDelivery {
     max_idle_connections: Option<Spanned<u64>>,
     max_idle_per_hop: Option<Spanned<u64>>,
     connection_idle_secs: Option<Spanned<u64>>,
-}
-
-/// `[delivery]`: where accepted mail goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NextHop {
-    Directory(PathBuf),
-    Smarthost { host: String, port: u16 },
-    Mx,
-}
-
-impl fmt::Display for NextHop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NextHop::Directory(p) => write!(f, "into directory {}", p.display()),
-            NextHop::Smarthost { host, port } => write!(f, "to smarthost {host}:{port}"),
-            NextHop::Mx => write!(f, "by DNS MX"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliverySettings {
-    pub next_hop: NextHop,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_ca: Vec<PathBuf>,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
-    pub max_queue_age: Duration,
-    pub concurrency: usize,
-    pub timeout: Duration,
-    /// Recursive resolvers for MX delivery (empty: the system's).
-    pub dns_servers: Vec<SocketAddr>,
-    /// The port MX hosts are contacted on (25; another for a test network).
-    pub mx_port: u16,
-    /// DSNs per sender domain and hour for mail whose sender no connector
-    /// authenticated (possibly forged: backscatter); 0 sends none.
-    pub dsn_rate_per_domain_per_hour: u32,
-    /// Whether next hops must offer STARTTLS, and be verified.
-    pub tls: crate::delivery::TlsPolicy,
-    /// The whole of one delivery attempt.
-    pub attempt_timeout: Duration,
-    /// MX addresses tried per domain and attempt.
-    pub mx_address_limit: usize,
-    /// MX hosts per domain and attempt that took the connection and stalled.
-    pub mx_session_limit: usize,
-    /// Connections to next hops: how many, and which idle ones are kept.
-    pub connections: crate::delivery::pool::PoolLimits,
 }
 
 /// `[delivery] tls`: `opportunistic`, `required` or `verify`; by default

@@ -23,7 +23,6 @@ mod server;
 mod source;
 mod tenants;
 
-pub use delivery::{DeliverySettings, NextHop};
 pub use policy::PolicyConfig;
 pub use server::ServerConfig;
 use source::Source;
@@ -106,7 +105,7 @@ pub struct Config {
     /// `[spool] min_free_bytes`: free space new mail must leave on the
     /// spool's filesystem (`452 4.3.1` otherwise); 0 turns the check off.
     pub spool_min_free_bytes: u64,
-    pub delivery: DeliverySettings,
+    pub delivery: crate::delivery::DeliverySettings,
     /// The admin endpoint (metrics, status, queue, reload), if enabled: its
     /// listener, token and limits. Restart-only (see `reload::restart_required`).
     pub admin: Option<AdminSettings>,

@@ -161,7 +161,7 @@ pub async fn deliver(
             let share = deliver_domain(cfg, resolver, domain, sender, rcpts, message);
             tokio::time::timeout_at(deadline, share)
                 .await
-                .unwrap_or_else(|_| every(rcpts, super::attempt_timed_out(cfg)))
+                .unwrap_or_else(|_| every(rcpts, super::outcome::attempt_timed_out(cfg)))
         })
         .collect();
     futures_util::stream::iter(shares)

@@ -52,3 +52,11 @@ pub fn text_of(o: &Outcome) -> String {
         Outcome::Delivered(t) | Outcome::Temporary(t) | Outcome::Permanent(t) => t,
     }
 }
+
+/// What every recipient of an attempt that ran out of time gets.
+pub fn attempt_timed_out(cfg: &super::DeliveryConfig) -> Outcome {
+    Outcome::Temporary(format!(
+        "451 4.4.7 delivery attempt not finished within {} s",
+        cfg.attempt_timeout.as_secs()
+    ))
+}

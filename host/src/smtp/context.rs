@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::limits::Limits;
-use crate::delivery::QueueHandle;
+use crate::delivery::queue::QueueHandle;
 pub use crate::evaluation::Evaluation;
 use crate::metrics::Metrics;
 use crate::spool::Spool;

@@ -17,15 +17,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::*;
 
 use super::pem::{PemError, read_certificates};
+use super::signatures::Signatures;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
@@ -52,7 +53,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 #[derive(Debug)]
 struct RequestClientCert {
     hints: Vec<DistinguishedName>,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for RequestClientCert {
@@ -85,7 +86,7 @@ impl ClientCertVerifier for RequestClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -94,11 +95,11 @@ impl ClientCertVerifier for RequestClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -144,88 +145,12 @@ pub fn server_config(
     let provider = provider();
     let verifier = RequestClientCert {
         hints,
-        algorithms: provider.signature_verification_algorithms,
+        signatures: Signatures(provider.signature_verification_algorithms),
     };
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(certs, key)?;
-    Ok(Arc::new(config))
-}
-
-/// Opportunistic TLS to a next hop (RFC 7435): encrypt, but accept any server
-/// certificate, as MTAs do without DANE or MTA-STS. Used when no `tls_ca` is
-/// configured for delivery.
-#[derive(Debug)]
-struct Opportunistic {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Opportunistic {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The client configuration for onward delivery: verified against `ca_files`
-/// when given, opportunistic otherwise; with a client certificate when given.
-pub fn client_config(
-    ca_files: &[std::path::PathBuf],
-    client_cert: Option<(&Path, &Path)>,
-) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
-    let provider = provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = if ca_files.is_empty() {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Opportunistic {
-                algorithms: provider.signature_verification_algorithms,
-            }))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for path in ca_files {
-            for der in read_certificates(path)? {
-                roots.add(der)?;
-            }
-        }
-        builder.with_root_certificates(roots)
-    };
-    let config = match client_cert {
-        Some((cert, key)) => {
-            builder.with_client_auth_cert(read_certificates(cert)?, read_private_key(key)?)?
-        }
-        None => builder.with_no_client_auth(),
-    };
     Ok(Arc::new(config))
 }
 

@@ -1,5 +1,5 @@
 //! Real peers we did not write: swaks, smtplib, Postfix; the load generator.
 
 mod bench;
-mod swaks_smtplib;
 mod postfix;
+mod swaks_smtplib;

@@ -1,0 +1,469 @@
+//! One delivery attempt of one message, step by step: open the spooled
+//! body (checked), deliver to the next hop, record each recipient's
+//! outcome, expire what waited too long, then either wait for the next
+//! attempt or finish (bounce what failed, remove the message).
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::outcome::{all, attempt_timed_out};
+use super::{DeliveryConfig, NextHop, Outcome, directory, dsn, mx, smtp};
+use crate::spool::{Envelope, Recipient, RecipientState, Spool, Stored, now};
+
+/// The backoff after `attempts` failed attempts: initial × 2^(attempts-1), capped.
+pub fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(attempts.saturating_sub(1).min(20))
+        .unwrap_or(u32::MAX);
+    cfg.retry_initial.saturating_mul(factor).min(cfg.retry_max)
+}
+
+/// One delivery attempt. Returns the envelopes to queue again: this one if
+/// recipients remain, and any DSN it generated.
+pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, envelope: Envelope) -> Vec<Envelope> {
+    let (mut envelope, message) = match open(spool, cfg, envelope).await {
+        Ok(opened) => opened,
+        Err(requeued) => return requeued,
+    };
+    envelope.attempts += 1;
+    let results = deliver(cfg, &envelope, &message).await;
+    record(cfg, &mut envelope, &results);
+    expire(cfg, &mut envelope);
+    if envelope.pending().next().is_some() {
+        envelope.next_attempt = now() + backoff(cfg, envelope.attempts).as_secs() as i64;
+        if let Err(e) = spool.update(&envelope) {
+            warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot update the envelope");
+        }
+        return vec![envelope];
+    }
+    finish(spool, cfg, envelope, &message).await
+}
+
+/// The spooled message, checked. `Err`: what to queue again — nothing for
+/// a damaged message (set aside, never delivered), the envelope after
+/// `retry_max` for one that cannot be read now.
+async fn open(
+    spool: &Spool,
+    cfg: &DeliveryConfig,
+    mut envelope: Envelope,
+) -> Result<(Envelope, Stored), Vec<Envelope>> {
+    match spool.open_checked(&envelope).await {
+        Ok(m) => Ok((envelope, m)),
+        Err(e @ crate::spool::SpoolError::Corrupt { .. }) => {
+            tracing::error!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "spooled message is damaged");
+            if let Some(m) = &cfg.metrics {
+                m.spool_set_aside.inc();
+            }
+            Err(Vec::new())
+        }
+        Err(e) => {
+            warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot read spooled message; will retry");
+            envelope.next_attempt = now() + cfg.retry_max.as_secs() as i64;
+            Err(vec![envelope])
+        }
+    }
+}
+
+/// Each pending recipient's outcome and the next hop that gave it, within
+/// the attempt's deadline: a next hop that accepts and then stalls at every
+/// step cannot hold a delivery slot for long.
+async fn deliver(
+    cfg: &DeliveryConfig,
+    envelope: &Envelope,
+    message: &Stored,
+) -> Vec<(String, Outcome, String)> {
+    let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
+    let deadline = tokio::time::Instant::now() + cfg.attempt_timeout;
+    match &cfg.next_hop {
+        NextHop::Directory(dir) => directory::deliver(dir, envelope, message)
+            .await
+            .into_iter()
+            .map(|(r, o)| (r, o, format!("dir:{}", dir.display())))
+            .collect(),
+        NextHop::Smarthost { host, port } => {
+            let delivery = smtp::deliver(cfg, host, *port, &envelope.sender, &pending, message);
+            let outcomes = tokio::time::timeout_at(deadline, delivery)
+                .await
+                .unwrap_or_else(|_| all(&pending, attempt_timed_out(cfg)));
+            outcomes
+                .into_iter()
+                .map(|(r, o)| (r, o, format!("{host}:{port}")))
+                .collect()
+        }
+        NextHop::Mx => mx::deliver(cfg, &envelope.sender, &pending, message, deadline).await,
+    }
+}
+
+/// Logs and counts each outcome, and writes it into the recipient's state
+/// (a temporary one as the envelope's last error).
+fn record(cfg: &DeliveryConfig, envelope: &mut Envelope, results: &[(String, Outcome, String)]) {
+    for (rcpt, outcome, hop) in results {
+        let (result, reply) = match outcome {
+            Outcome::Delivered(r) => ("delivered", r),
+            Outcome::Temporary(r) => ("deferred", r),
+            Outcome::Permanent(r) => ("failed", r),
+        };
+        info!(
+            target: "attrelay::delivery",
+            queue_id = %envelope.id,
+            attempt = envelope.attempts,
+            recipient = ?rcpt,
+            next_hop = %hop,
+            tenant = envelope.tenant.as_deref().unwrap_or("-"),
+            result,
+            reply = ?reply,
+            "delivery attempt"
+        );
+        if let Some(m) = &cfg.metrics {
+            crate::metrics::Metrics::outcome(&m.deliveries, result);
+        }
+        let Some(r) = envelope
+            .recipients
+            .iter_mut()
+            .find(|r| &r.address == rcpt && r.state == RecipientState::Pending)
+        else {
+            continue;
+        };
+        match outcome {
+            Outcome::Delivered(reply) => {
+                r.state = RecipientState::Delivered {
+                    reply: reply.clone(),
+                }
+            }
+            Outcome::Permanent(reply) => {
+                r.state = RecipientState::Failed {
+                    reply: reply.clone(),
+                }
+            }
+            Outcome::Temporary(reply) => envelope.last_error = Some(reply.clone()),
+        }
+    }
+}
+
+/// A message older than `max_queue_age`: its pending recipients fail, with
+/// the last error.
+fn expire(cfg: &DeliveryConfig, envelope: &mut Envelope) {
+    if now() - envelope.received_at <= cfg.max_queue_age.as_secs() as i64 {
+        return;
+    }
+    let age = cfg.max_queue_age.as_secs() / 3600;
+    let last = envelope.last_error.clone().unwrap_or_default();
+    for r in envelope
+        .recipients
+        .iter_mut()
+        .filter(|r| r.state == RecipientState::Pending)
+    {
+        r.state = RecipientState::Failed {
+            reply: format!(
+                "554 4.4.7 Message expired after {age} hours in the queue; last error: {last}"
+            ),
+        };
+    }
+}
+
+/// Every recipient has its final state: bounce what failed, then forget
+/// the message — unless its DSN could not be spooled, then it waits.
+async fn finish(
+    spool: &Spool,
+    cfg: &DeliveryConfig,
+    mut envelope: Envelope,
+    message: &Stored,
+) -> Vec<Envelope> {
+    let mut next = Vec::new();
+    let failed = envelope
+        .recipients
+        .iter()
+        .any(|r| matches!(r.state, RecipientState::Failed { .. }));
+    if failed {
+        match bounce(cfg, &envelope) {
+            Bounce::Send(returned) => {
+                // What a DSN can carry back: the header section, bounded.
+                let returned_part = message.prefix(dsn::MAX_RETURNED_HEADERS + 4).await;
+                let queued = match returned_part {
+                    Ok(original) => make_dsn(spool, cfg, &envelope, &original, returned)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("the spooled message could not be read: {e}")),
+                };
+                match queued {
+                    Ok(d) => next.push(d),
+                    Err(e) => {
+                        // Keep the original until the bounce is safely spooled.
+                        // (The retry asks the limiter again: a disk failure can
+                        // spend a domain's allowance, never exceed it.)
+                        warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
+                        envelope.next_attempt = now() + cfg.retry_initial.as_secs() as i64;
+                        next.push(envelope);
+                        return next;
+                    }
+                }
+            }
+            Bounce::Never => {
+                info!(target: "attrelay::delivery", queue_id = %envelope.id, "failed message with a null sender: no DSN");
+            }
+            Bounce::Suppressed => {
+                info!(
+                    target: "attrelay::delivery",
+                    queue_id = %envelope.id,
+                    sender = ?envelope.sender,
+                    suppressed_total = cfg.dsn_limiter.suppressed(),
+                    "DSN suppressed: unauthenticated sender whose domain has used up its DSNs for the hour (dsn_rate_per_domain_per_hour)"
+                );
+            }
+        }
+    }
+    spool.remove(&envelope).await;
+    next
+}
+
+/// What the sender of a finished message with failed recipients gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bounce {
+    /// A DSN returning what [`dsn::Returned`] allows of the message.
+    Send(dsn::Returned),
+    /// No DSN, ever: the null sender, or a DSN itself (RFC 5321 4.5.5 and
+    /// 6.1: notifications go out with the null sender so that none is ever
+    /// answered with another).
+    Never,
+    /// None: the sender was not authenticated and its domain has had its
+    /// DSNs for the hour (backscatter).
+    Suppressed,
+}
+
+/// Decides the bounce of `envelope`. Authenticated senders (a tenant's own
+/// mail) get their header section back, unlimited; any other sender may be
+/// forged, so gets the status only, within its domain's hourly allowance,
+/// which this call spends.
+fn bounce(cfg: &DeliveryConfig, envelope: &Envelope) -> Bounce {
+    if envelope.sender.is_empty() || envelope.is_dsn {
+        Bounce::Never
+    } else if envelope.authenticated {
+        Bounce::Send(dsn::Returned::Headers)
+    } else if cfg.dsn_limiter.allow(&envelope.sender) {
+        Bounce::Send(dsn::Returned::StatusOnly)
+    } else {
+        Bounce::Suppressed
+    }
+}
+
+async fn make_dsn(
+    spool: &Spool,
+    cfg: &DeliveryConfig,
+    original: &Envelope,
+    message: &[u8],
+    returned: dsn::Returned,
+) -> Result<Envelope, crate::spool::SpoolError> {
+    let id = spool.new_id();
+    let date = crate::intake::rfc2822_now();
+    // No X-Attributed-Tenant: a DSN goes to a reverse-path anyone can
+    // forge, possibly another tenant's address, and must not carry one
+    // tenant's attribution to another.
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&dsn::build(
+        &cfg.hostname,
+        original,
+        message,
+        returned,
+        &id,
+        &date,
+    ));
+    let envelope = Envelope {
+        id,
+        sender: String::new(),
+        recipients: vec![Recipient {
+            address: original.sender.clone(),
+            state: RecipientState::Pending,
+        }],
+        // Not the original's tenant: the reverse-path may be anyone's.
+        tenant: None,
+        received_at: now(),
+        attempts: 0,
+        next_attempt: now(),
+        last_error: None,
+        is_dsn: true,
+        client: String::new(),
+        // Ours, not the sender's; and a DSN is never bounced.
+        authenticated: false,
+        head: String::new(),
+        body: None,
+        message_sha256: String::new(),
+        message_len: 0,
+    };
+    let mut queued = None;
+    crate::intake::accept(
+        spool,
+        crate::intake::Message {
+            envelopes: vec![envelope],
+            body: spool.body_of(&bytes),
+        },
+        |e| queued = Some(e),
+    )
+    .await?;
+    let envelope = queued.expect("accept hands over every copy it stored");
+    info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = ?original.sender, returned = ?returned, "DSN queued");
+    Ok(envelope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{
+        DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MX_ADDRESS_LIMIT, DEFAULT_MX_SESSION_LIMIT, TlsPolicy,
+    };
+    use super::*;
+    use std::sync::Arc;
+
+    fn config(target: NextHop, dsn_rate_per_domain_per_hour: u32) -> DeliveryConfig {
+        DeliveryConfig {
+            next_hop: target,
+            hostname: "h".into(),
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_queue_age: Duration::from_secs(86400),
+            concurrency: 1,
+            timeout: Duration::from_secs(1),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            mx_address_limit: DEFAULT_MX_ADDRESS_LIMIT,
+            mx_session_limit: DEFAULT_MX_SESSION_LIMIT,
+            tls_policy: TlsPolicy::Opportunistic,
+            shutdown_grace: Duration::from_secs(1),
+            tls: crate::tls::client::client_config(&[], None).unwrap(),
+            mx_port: 25,
+            resolver: None,
+            connections: Arc::new(smtp::Connections::new(
+                super::super::pool::PoolLimits::default(),
+                super::super::pool::PoolMetrics::default(),
+            )),
+            metrics: None,
+            dsn_limiter: Arc::new(dsn::DsnLimiter::new(dsn_rate_per_domain_per_hour)),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let cfg = config(NextHop::Mx, 10);
+        let secs: Vec<u64> = (1..=8).map(|a| backoff(&cfg, a).as_secs()).collect();
+        assert_eq!(secs, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(backoff(&cfg, 1000).as_secs(), 3600);
+    }
+
+    fn envelope(sender: &str, authenticated: bool, is_dsn: bool) -> Envelope {
+        Envelope {
+            id: String::new(),
+            sender: sender.into(),
+            recipients: vec![Recipient {
+                address: "nobody@contoso.com".into(),
+                state: RecipientState::Failed {
+                    reply: "550 5.1.1 User unknown".into(),
+                },
+            }],
+            tenant: Some("contoso".into()),
+            received_at: now(),
+            attempts: 1,
+            next_attempt: now(),
+            last_error: None,
+            is_dsn,
+            client: "192.0.2.1".into(),
+            authenticated,
+            head: String::new(),
+            body: None,
+            message_sha256: String::new(),
+            message_len: 0,
+        }
+    }
+
+    #[test]
+    fn bounces_of_unauthenticated_senders_are_status_only_and_limited() {
+        let cfg = config(NextHop::Mx, 2);
+        let forged = envelope("victim@forged.example", false, false);
+        let returned = |e: &Envelope| bounce(&cfg, e);
+        assert_eq!(returned(&forged), Bounce::Send(dsn::Returned::StatusOnly));
+        assert_eq!(returned(&forged), Bounce::Send(dsn::Returned::StatusOnly));
+        assert_eq!(returned(&forged), Bounce::Suppressed);
+        // Another domain has its own allowance.
+        let other = envelope("someone@other.example", false, false);
+        assert_eq!(returned(&other), Bounce::Send(dsn::Returned::StatusOnly));
+        // A tenant's own mail: headers, and no limit.
+        let tenant = envelope("john@forged.example", true, false);
+        for _ in 0..5 {
+            assert_eq!(returned(&tenant), Bounce::Send(dsn::Returned::Headers));
+        }
+        assert_eq!(returned(&envelope("", true, false)), Bounce::Never);
+        assert_eq!(returned(&envelope("", false, false)), Bounce::Never);
+        assert_eq!(
+            returned(&envelope("a@b.example", true, true)),
+            Bounce::Never
+        );
+        assert_eq!(cfg.dsn_limiter.suppressed(), 1);
+
+        let none = config(NextHop::Mx, 0);
+        assert_eq!(bounce(&none, &forged), Bounce::Suppressed);
+        assert_eq!(bounce(&none, &tenant), Bounce::Send(dsn::Returned::Headers));
+    }
+
+    /// A next hop that refuses connections: every attempt is a temporary
+    /// failure, and a message past the queue age then bounces.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// Spools a message past the queue age for `nobody@contoso.com` and
+    /// runs one attempt: what comes back is its DSN, if any.
+    async fn expire(
+        spool: &Spool,
+        cfg: &DeliveryConfig,
+        sender: &str,
+        auth: bool,
+    ) -> Vec<Envelope> {
+        let mut e = envelope(sender, auth, false);
+        e.id = spool.new_id();
+        e.received_at = 0;
+        e.recipients[0].state = RecipientState::Pending;
+        let message = b"Subject: BUY NOW at attacker.example\r\nFrom: x\r\n\r\nattacker body\r\n";
+        spool.store(&mut e, message).unwrap();
+        attempt(spool, cfg, e).await
+    }
+
+    #[tokio::test]
+    async fn an_expired_message_bounces_by_the_sender_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let target = NextHop::Smarthost {
+            host: "127.0.0.1".into(),
+            port: closed_port(),
+        };
+        let cfg = config(target, 1);
+
+        let forged = expire(&spool, &cfg, "victim@forged.example", false).await;
+        assert_eq!(forged.len(), 1, "one DSN: {forged:?}");
+        assert!(forged[0].is_dsn);
+        assert_eq!(forged[0].recipients[0].address, "victim@forged.example");
+        let text = String::from_utf8(spool.read_checked(&forged[0]).unwrap()).unwrap();
+        assert!(text.contains("Status: 4.4.7"), "{text}");
+        assert!(
+            !text.contains("attacker"),
+            "nothing of the original: {text}"
+        );
+        assert!(!text.contains("text/rfc822-headers"), "{text}");
+
+        // The domain's allowance is spent: the next bounce is suppressed,
+        // and the original leaves the spool all the same.
+        assert!(
+            expire(&spool, &cfg, "other@forged.example", false)
+                .await
+                .is_empty()
+        );
+        assert_eq!(spool.len(), 1, "only the first DSN is queued");
+
+        let own = expire(&spool, &cfg, "john@contoso.com", true).await;
+        assert_eq!(own.len(), 1);
+        let text = String::from_utf8(spool.read_checked(&own[0]).unwrap()).unwrap();
+        assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
+        assert!(
+            text.contains("Subject: BUY NOW at attacker.example"),
+            "{text}"
+        );
+        assert!(!text.contains("attacker body"), "never the body: {text}");
+    }
+}
