@@ -5,10 +5,12 @@
 //! others: idle delivery connections to domains an attacker chose once left
 //! MX look-ups, connects and DSN spooling failing with `EMFILE`. So each part
 //! of the relay that opens descriptors has a bound in the configuration,
-//! this module adds them up, the soft limit is raised to the sum when the
-//! hard limit allows it, and the relay refuses to start when it does not —
-//! naming each part, so that the operator knows what to lower or raise.
-//! Within the plan each part degrades by its own bound: a session past
+//! this module adds them up, and the soft limit is raised to the sum when
+//! the hard limit allows it. When it does not, the bounds that scale —
+//! `max_sessions`, delivery `concurrency` and `max_connections` — are
+//! lowered together until the plan fits ([`fit`]), with a warning naming
+//! each part: the relay serves less, never more than it can open. Within
+//! the plan each part degrades by its own bound: a session past
 //! `max_sessions` gets `421 4.3.2`, a delivery past `max_connections` waits
 //! or is deferred with `451 4.4.5`.
 
@@ -21,7 +23,7 @@ use crate::delivery::mx::DOMAINS_AT_ONCE;
 /// engine's pool, standard streams, and a connection being refused at a
 /// full listener. 17 measured on an idle relay on its default
 /// configuration; the rest is margin for more listeners and files.
-pub const BASE: u64 = 64;
+pub const BASE: u64 = 32;
 /// One SMTP session: its socket, and its message's body file while it
 /// is being written and committed.
 pub const PER_SESSION: u64 = 2;
@@ -89,49 +91,85 @@ pub fn plan(config: &Config) -> Vec<Part> {
     parts
 }
 
-/// The budget does not fit the process's limit.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the open-file limit is {hard} (hard) and the configuration may need {needed}: {parts}; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or lower these bounds"
-)]
-pub struct TooFewFiles {
-    pub hard: u64,
-    pub needed: u64,
-    pub parts: String,
-}
-
-/// Raises the soft open-file limit to what `parts` need, if it is lower
-/// and the hard limit allows it. Returns the soft limit now in force.
-pub fn reserve(parts: &[Part]) -> Result<u64, TooFewFiles> {
+/// Raises the soft open-file limit to what `parts` need, as far as the
+/// hard limit allows. Returns the soft limit now in force.
+pub fn reserve(parts: &[Part]) -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let needed: u64 = parts.iter().map(|p| p.files).sum();
     let limit = getrlimit(Resource::Nofile);
     let soft = limit.current.unwrap_or(u64::MAX);
     let hard = limit.maximum.unwrap_or(u64::MAX);
     if soft >= needed {
-        return Ok(soft);
+        return soft;
     }
-    let too_few = || TooFewFiles {
-        hard,
-        needed,
-        parts: parts
-            .iter()
-            .map(|p| format!("{} {} ({})", p.files, p.what, p.bound))
-            .collect::<Vec<_>>()
-            .join(", "),
+    let target = needed.min(hard);
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
     };
-    if hard < needed {
-        return Err(too_few());
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => target,
+        Err(_) => soft,
     }
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(needed),
-            maximum: limit.maximum,
-        },
+}
+
+/// The bounds that scale with the open-file limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaled {
+    pub max_sessions: usize,
+    pub concurrency: usize,
+    pub max_connections: usize,
+}
+
+/// `config`'s scaling bounds lowered, all by one factor and then sessions
+/// one at a time, until its plan fits `limit`; each at least 1. `None` when
+/// the plan fits as it is.
+pub fn fit(config: &Config, limit: u64) -> Option<Scaled> {
+    let parts = plan(config);
+    let needed: u64 = parts.iter().map(|p| p.files).sum();
+    if needed <= limit {
+        return None;
+    }
+    let d = &config.delivery;
+    let configured = Scaled {
+        max_sessions: config.server.max_sessions,
+        concurrency: d.concurrency,
+        max_connections: d.connections.max_connections,
+    };
+    let scaling = |s: &Scaled| {
+        PER_SESSION * s.max_sessions as u64
+            + PER_DELIVERY * s.concurrency as u64
+            + s.max_connections as u64
+    };
+    let fixed = needed - scaling(&configured);
+    let room = limit.saturating_sub(fixed) as f64;
+    let factor = room / scaling(&configured) as f64;
+    let scale = |n: usize| ((n as f64 * factor).floor() as usize).max(1);
+    let mut fitted = Scaled {
+        max_sessions: scale(configured.max_sessions),
+        concurrency: scale(configured.concurrency),
+        max_connections: scale(configured.max_connections),
+    };
+    while fixed + scaling(&fitted) > limit && fitted.max_sessions > 1 {
+        fitted.max_sessions -= 1;
+    }
+    Some(fitted)
+}
+
+/// What `fit` lowered, for the warning.
+pub fn describe(parts: &[Part], limit: u64, fitted: &Scaled) -> String {
+    let needed: u64 = parts.iter().map(|p| p.files).sum();
+    let listed: Vec<String> = parts
+        .iter()
+        .map(|p| format!("{} {} ({})", p.files, p.what, p.bound))
+        .collect();
+    format!(
+        "the open-file limit is {limit} and the configuration may need {needed} ({}); serving with max_sessions = {}, delivery concurrency = {} and max_connections = {} instead; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or lower these bounds",
+        listed.join(", "),
+        fitted.max_sessions,
+        fitted.concurrency,
+        fitted.max_connections
     )
-    .map_err(|_| too_few())?;
-    Ok(needed)
 }
 
 #[cfg(test)]
@@ -156,14 +194,23 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_past_the_hard_limit_names_its_parts() {
-        let parts = vec![Part {
-            what: "SMTP sessions",
-            bound: "[server] max_sessions = 1000000000".into(),
-            files: u64::MAX / 2,
-        }];
-        let e = reserve(&parts).unwrap_err().to_string();
-        assert!(e.contains("max_sessions = 1000000000"), "{e}");
-        assert!(e.contains("LimitNOFILE"), "{e}");
+    fn a_plan_past_the_limit_is_scaled_down_to_fit_it() {
+        let c = config("");
+        assert_eq!(fit(&c, 1_000_000), None, "the defaults fit a large limit");
+        for limit in [128u64, 256, 512] {
+            let fitted = fit(&c, limit).expect("the defaults need more");
+            let mut smaller = c.clone();
+            smaller.server.max_sessions = fitted.max_sessions;
+            smaller.delivery.concurrency = fitted.concurrency;
+            smaller.delivery.connections.max_connections = fitted.max_connections;
+            let needed: u64 = plan(&smaller).iter().map(|p| p.files).sum();
+            assert!(needed <= limit, "{limit}: {fitted:?} needs {needed}");
+            assert!(fitted.max_sessions >= 1 && fitted.concurrency >= 1);
+            let text = describe(&plan(&c), limit, &fitted);
+            assert!(
+                text.contains("max_sessions = 256") && text.contains("LimitNOFILE"),
+                "{text}"
+            );
+        }
     }
 }

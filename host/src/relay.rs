@@ -115,14 +115,32 @@ pub async fn start_with(
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RelayHandle> {
-    let s = &config.server;
     let files = crate::open_files::plan(config);
-    let limit = crate::open_files::reserve(&files)?;
+    let limit = crate::open_files::reserve(&files);
     info!(
         open_file_limit = limit,
         planned = files.iter().map(|p| p.files).sum::<u64>(),
         "open-file budget"
     );
+    // A limit below the plan lowers the bounds that scale; the reloader
+    // still compares later files with the configuration as written.
+    let written = config;
+    let fitted_config;
+    let config = match crate::open_files::fit(config, limit) {
+        None => config,
+        Some(fitted) => {
+            warn!("{}", crate::open_files::describe(&files, limit, &fitted));
+            let mut c = config.clone();
+            c.server.max_sessions = fitted.max_sessions;
+            c.delivery.concurrency = fitted.concurrency;
+            c.delivery.connections.max_connections = fitted.max_connections;
+            c.delivery.connections.max_idle =
+                c.delivery.connections.max_idle.min(fitted.max_connections);
+            fitted_config = c;
+            &fitted_config
+        }
+    };
+    let s = &config.server;
     let metrics = Arc::new(Metrics::new());
     let limits = EngineLimits {
         max_instances: policy_pool_size(config),
@@ -190,7 +208,7 @@ pub async fn start_with(
     let config_path = Some(config.source.clone()).filter(|p| p.is_file());
     let reloader = Arc::new(Reloader::new(
         config_path.clone(),
-        config.clone(),
+        written.clone(),
         engine,
         ctx.clone(),
         metrics.clone(),

@@ -747,3 +747,47 @@ async fn serve_with_file_limit(
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     (child, addr, logs)
 }
+
+/// The binary under `ulimit -n 128` with the fixture's defaults (256
+/// sessions, 128 connections to next hops, which would need about 900
+/// files): it starts, says what it lowered, answers sessions past the
+/// lowered bound with `421`, and still delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_open_file_limit_scales_the_relay_down_instead_of_failing() {
+    let sink = Sink::start().await;
+    let pki = Pki::new();
+    let text = support::fixture_toml(&format!(
+        "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\n",
+        pki.path("spool").display().to_string(),
+        sink.addr,
+    ))
+    .replace("203.0.113.0/24", "127.0.1.0/24");
+    let config = pki.path("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let (_relay, addr, logs) = serve_with_file_limit(&config, 128).await;
+    let said = logs.lock().unwrap().clone();
+    assert!(said.contains("serving with max_sessions = "), "{said}");
+    // Sessions up to the lowered bound, then 421 for the next.
+    let mut held = Vec::new();
+    let refused = loop {
+        let (c, greeting) = Client::connect_from(addr, CONTOSO_IP.parse().unwrap()).await;
+        if greeting.code != 220 {
+            break greeting;
+        }
+        held.push(c);
+        assert!(held.len() <= 128, "no bound on sessions");
+    };
+    assert!(refused.is(421, "4.3.2"), "{refused:?}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut c, _) = Client::connect_from(addr, CONTOSO_IP.parse().unwrap()).await;
+    assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<x@internet.example>").await.code, 250);
+    assert_eq!(c.data(b"Subject: low\r\n\r\nx\r\n.\r\n").await.code, 250);
+    let got = tokio::time::timeout(Duration::from_secs(20), sink.wait_for(1))
+        .await
+        .expect("delivered under the low limit");
+    assert_eq!(got[0].recipients, ["x@internet.example"]);
+    assert!(!logs.lock().unwrap().contains("Too many open files"));
+}
