@@ -176,39 +176,62 @@ impl PolicyServer {
                             continue;
                         }
                     };
-                    let Some(client_slot) =
-                        per_client.acquire(&client, settings.max_connections_per_client)
-                    else {
-                        refusals.warn(
-                            "policyd: connection limit of one client reached; closing",
-                            &client,
-                        );
-                        continue;
-                    };
+                    // A client at its share that opens another gives up
+                    // its own quietest connection (Postfix's new connection
+                    // replaces its idle one); with none to give up, it is
+                    // refused.
+                    let max_own = settings.max_connections_per_client;
+                    let client_slot = per_client.acquire(&client, max_own);
+                    let own_room = client_slot.is_none();
+                    if own_room {
+                        if !live.close_least_recent(Some(&client)) {
+                            refusals.warn(
+                                "policyd: connection limit of one client reached; closing",
+                                &client,
+                            );
+                            continue;
+                        }
+                        ctx.metrics.policyd_evicted.inc();
+                    }
                     // A full service makes room in the connection's own
                     // task: the accept loop never waits for it.
                     let free = slots.clone().try_acquire_owned().ok();
-                    if free.is_none() && live.close_least_recent() {
+                    if free.is_none() && !own_room && live.close_least_recent(None) {
                         ctx.metrics.policyd_evicted.inc();
                     }
-                    let (ctx, settings, live, slots) =
-                        (ctx.clone(), settings.clone(), live.clone(), slots.clone());
+                    let (ctx, settings, live, slots, per_client) = (
+                        ctx.clone(),
+                        settings.clone(),
+                        live.clone(),
+                        slots.clone(),
+                        per_client.clone(),
+                    );
                     tracker.spawn(async move {
-                        let permit = match free {
-                            Some(p) => p,
-                            None => match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
-                                Ok(Ok(p)) => p,
-                                _ => {
-                                    debug!(client = %peer, "policyd: connection limit reached and no room made in time; closing");
-                                    return;
-                                }
-                            },
+                        let room = async {
+                            let client_slot = match client_slot {
+                                Some(s) => s,
+                                None => loop {
+                                    if let Some(s) = per_client.acquire(&client, max_own) {
+                                        break s;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                },
+                            };
+                            let permit = match free {
+                                Some(p) => p,
+                                None => slots.acquire_owned().await.ok()?,
+                            };
+                            Some((client_slot, permit))
+                        };
+                        let Ok(Some(held)) = tokio::time::timeout(EVICTION_WAIT, room).await else {
+                            debug!(client = %peer, "policyd: connection limit reached and no room made in time; closing");
+                            return;
                         };
                         let (r, w) = stream;
-                        let (id, this) = live.add();
+                        let (id, this) = live.add(&client);
                         serve(ctx, settings, r, w, &peer, &this).await;
                         live.remove(id);
-                        drop((permit, client_slot));
+                        drop(held);
                     });
                 }
                 if let Listener::Unix(_, path) = &listener {
@@ -244,6 +267,8 @@ struct Connections {
 /// One connection's last activity (a byte received, an answer sent),
 /// whether it is answering a request now, and the signal that closes it.
 struct Activity {
+    /// The client it counts against (see [`super::peer`]).
+    client: String,
     last: std::sync::Mutex<tokio::time::Instant>,
     busy: std::sync::atomic::AtomicBool,
     close: tokio_util::sync::CancellationToken,
@@ -265,9 +290,10 @@ impl Activity {
 }
 
 impl Connections {
-    fn add(&self) -> (u64, Arc<Activity>) {
+    fn add(&self, client: &str) -> (u64, Arc<Activity>) {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let a = Arc::new(Activity {
+            client: client.to_string(),
             last: std::sync::Mutex::new(tokio::time::Instant::now()),
             busy: Default::default(),
             close: tokio_util::sync::CancellationToken::new(),
@@ -284,16 +310,20 @@ impl Connections {
         }
     }
 
-    /// Tells the least recently active connection not already closing to
-    /// close — one between requests if there is any, so that a request
-    /// being answered (Postfix's, most likely) is not cut off; whether
-    /// there was one.
-    fn close_least_recent(&self) -> bool {
+    /// Tells the least recently active connection not already closing (of
+    /// `client`, when given) to close — one between requests if there is
+    /// any, so that a request being answered (Postfix's, most likely) is
+    /// not cut off; whether there was one.
+    fn close_least_recent(&self, client: Option<&str>) -> bool {
         use std::sync::atomic::Ordering;
         let Ok(live) = self.live.lock() else {
             return false;
         };
-        let open = || live.values().filter(|a| !a.close.is_cancelled());
+        let open = || {
+            live.values()
+                .filter(|a| !a.close.is_cancelled())
+                .filter(|a| client.is_none_or(|c| a.client == c))
+        };
         let oldest = open()
             .filter(|a| !a.busy.load(Ordering::Relaxed))
             .min_by_key(|a| a.last())

@@ -530,8 +530,9 @@ async fn a_failing_policy_answers_451_never_ok() {
 
 /// A local user's process (run as `nobody`: the tests run as root) that
 /// connects to `addr` from each of `sources`, asks one request on each,
-/// and holds every connection until its standard input closes. Returns the
-/// process and, per connection, whether it was answered.
+/// then asks again on each and holds every connection until its standard
+/// input closes. Returns the process and, per connection in order, whether
+/// it is still served at the end.
 fn hog_as_nobody(addr: SocketAddr, sources: &[&str]) -> (std::process::Child, Vec<bool>) {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
@@ -554,8 +555,15 @@ for source in sys.argv[4:]:
         answer = s.recv(4096)
     except OSError:
         answer = b""
-    print("answered" if answer.startswith(b"action=") else "closed", flush=True)
     held.append(s)
+# Which are still served: ask again on each.
+for s in held:
+    try:
+        s.sendall(request)
+        answer = s.recv(4096)
+    except OSError:
+        answer = b""
+    print("served" if answer.startswith(b"action=") else "closed", flush=True)
 sys.stdin.read()
 "#;
     let mut child = std::process::Command::new("python3")
@@ -574,7 +582,7 @@ sys.stdin.read()
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let answered = sources
         .iter()
-        .map(|_| lines.next().unwrap().unwrap() == "answered")
+        .map(|_| lines.next().unwrap().unwrap() == "served")
         .collect();
     (child, answered)
 }
@@ -597,14 +605,24 @@ max_connections_per_client = 2",
     })
     .await
     .unwrap();
+    // Each new connection took the place of the user's quietest: the
+    // user holds two at the end, the newest, whatever its addresses.
     assert_eq!(
-        answered.iter().filter(|a| **a).count(),
-        2,
-        "the user's two connections, whatever its addresses: {answered:?}"
+        answered,
+        [false, false, false, false, false, false, true, true],
+        "the user's two connections, whatever its addresses"
     );
-    // Postfix (another user) is answered while the hog holds its share.
+    // Postfix (another user) is answered while the hog holds its share;
+    // and a client of the test's own user at its share gets a connection
+    // too, in place of its own quietest.
     let mut postfix = pd.connect_from("127.0.0.1").await;
     assert_eq!(postfix.ask(&[]).await, "OK");
+    let mut again = pd.connect_from("127.0.0.2").await;
+    assert_eq!(again.ask(&[]).await, "OK");
+    let mut third = pd.connect_from("127.0.0.3").await;
+    assert_eq!(third.ask(&[]).await, "OK");
+    postfix.send(request(&[]).as_bytes()).await;
+    assert_eq!(postfix.reply().await, None, "its quietest gave way");
     drop(hog.stdin.take());
     let _ = hog.wait();
     pd.handle.stop().await;
