@@ -504,6 +504,9 @@ async fn requests(
             }
         };
         ctx.metrics.policyd_requests.inc();
+        // Before the answer goes out: whatever the client does after
+        // reading it happens later than this.
+        activity.touch();
         let reply = format!("action={action}\n\n");
         // A client that does not read its answers holds its slot no longer
         // than a request may take.
@@ -513,7 +516,6 @@ async fn requests(
             debug!(client = peer, "policyd: client went away or does not read");
             return;
         }
-        activity.touch();
         activity.busy.store(false, Ordering::Relaxed);
         if ctx.shutdown.is_cancelled() {
             return;
