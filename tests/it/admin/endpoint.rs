@@ -4,6 +4,7 @@
 //! loopback against a relay running in-process.
 
 use crate::support;
+use crate::support::Edit;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,7 +38,7 @@ impl Live {
             write_private(&dir.path().join("admin.token"), &format!("{token}\n"));
             let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
             assert!(text.contains(admin), "the fixture's [admin] table moved");
-            text = text.replace(admin, &format!("{admin}token_file = \"admin.token\"\n"));
+            text = text.edited(admin, &format!("{admin}token_file = \"admin.token\"\n"));
         }
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, text).unwrap();

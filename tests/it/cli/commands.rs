@@ -3,6 +3,7 @@
 //! leaves), asserting reply codes, tenants, explanations and exit status.
 
 use crate::support;
+use crate::support::Edit;
 
 use serde_json::Value;
 use support::{Pki, attrelay, stderr, stdout};
@@ -534,7 +535,7 @@ fn cert_inspect_explains_every_connector() {
 fn cert_inspect_advises_a_wildcard_for_several_host_names() {
     let pki = Pki::new();
     let path = pki.path("exact.toml");
-    let text = support::fixture_toml("client_ca = [\"ca.pem\"]").replace(
+    let text = support::fixture_toml("client_ca = [\"ca.pem\"]").edited(
         "tls_sender_certificate_name = \"*.contoso.com\"",
         "tls_sender_certificate_name = \"mail1.contoso.com\"",
     );

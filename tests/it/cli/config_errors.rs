@@ -2,6 +2,7 @@
 //! exit status 2; dubious configuration gets a warning with the reference's advice.
 
 use crate::support;
+use crate::support::Edit;
 
 use support::{attrelay, stderr};
 
@@ -59,19 +60,19 @@ fn a_valid_configuration_runs() {
 #[test]
 fn invalid_cidr_and_ip() {
     expect_error(
-        &TENANT.replace("203.0.113.0/24", "203.0.113.0/33"),
+        &TENANT.edited("203.0.113.0/24", "203.0.113.0/33"),
         9,
         "tenant[0].connector[0].sender_ip_addresses[0]",
         "'203.0.113.0/33' is not an IP address or CIDR range",
     );
     expect_error(
-        &TENANT.replace("203.0.113.0/24", "203.0.113.7/24"),
+        &TENANT.edited("203.0.113.0/24", "203.0.113.7/24"),
         9,
         "tenant[0].connector[0].sender_ip_addresses[0]",
         "did you mean 203.0.113.0/24",
     );
     expect_error(
-        &TENANT.replace("203.0.113.0/24", "mail.contoso.com"),
+        &TENANT.edited("203.0.113.0/24", "mail.contoso.com"),
         9,
         "tenant[0].connector[0].sender_ip_addresses[0]",
         "not an IP address",
@@ -82,7 +83,7 @@ fn invalid_cidr_and_ip() {
 fn misplaced_wildcards() {
     for bad in ["mail.*.contoso.com", "*mail.contoso.com", "*.*.contoso.com"] {
         expect_error(
-            &TENANT.replace("*.contoso.com", bad),
+            &TENANT.edited("*.contoso.com", bad),
             10,
             "tenant[0].connector[0].tls_sender_certificate_name",
             "a '*' is allowed only as the whole leftmost label",
@@ -105,7 +106,7 @@ fn unknown_keys() {
         "unknown field `listen_on`",
     );
     expect_error(
-        &TENANT.replace("\"on-premises\"", "\"cloud\""),
+        &TENANT.edited("\"on-premises\"", "\"cloud\""),
         8,
         "tenant.connector.type",
         "unknown variant `cloud`",
@@ -146,7 +147,7 @@ fn policy_settings_refused_by_the_policy_point_at_their_line() {
 
 #[test]
 fn host_name_connector_draws_the_wildcard_advice() {
-    let (code, err, path) = run(&TENANT.replace("*.contoso.com", "mail.contoso.com"));
+    let (code, err, path) = run(&TENANT.edited("*.contoso.com", "mail.contoso.com"));
     assert_eq!(code, Some(0), "a warning is not an error: {err}");
     assert!(
         err.contains(&format!(
@@ -340,7 +341,7 @@ fn ipv6_prefix_length_is_checked() {
 #[test]
 fn recipient_lists_are_checked_entry_by_entry() {
     let with = |recipients: &str| {
-        TENANT.replace(
+        TENANT.edited(
             "accepted_domains = [\"contoso.com\"]\n",
             &format!("accepted_domains = [\"contoso.com\"]\nrecipients = {recipients}\n"),
         )
@@ -384,7 +385,7 @@ fn a_recipient_file_error_names_the_file_and_its_line() {
         path.display().to_string()
     };
     let with_file = |file: &str| {
-        TENANT.replace(
+        TENANT.edited(
             "accepted_domains = [\"contoso.com\"]\n",
             &format!("accepted_domains = [\"contoso.com\"]\nrecipients_file = {file:?}\n"),
         )
@@ -522,7 +523,7 @@ fn a_tenant_policy_budget_above_the_pool_slot_is_an_error() {
         "tenant[0].policy_memory_limit_mib",
         "32 MiB is more than policy.memory_limit_mib (16 MiB)",
     );
-    let text = text.replace("= 32", "= 0");
+    let text = text.edited("= 32", "= 0");
     expect_error(
         &text,
         8,

@@ -11,6 +11,7 @@
 //! DSNs.
 
 use crate::support;
+use crate::support::Edit;
 
 use std::time::Duration;
 
@@ -43,11 +44,11 @@ impl Relay {
                 std::fs::write(pki.path(name), contents).unwrap();
             }
             let text = text
-                .replace(
+                .edited(
                     "retry_max_secs = 2\n",
                     &format!("retry_max_secs = 2\n{delivery}\n"),
                 )
-                .replace(CONTOSO, &format!("{CONTOSO}{tenant}"));
+                .edited(CONTOSO, &format!("{CONTOSO}{tenant}"));
             assert!(text.contains(&format!("{CONTOSO}{tenant}")), "{text}");
             text
         })

@@ -59,12 +59,11 @@ async fn postfix_delegates_relay_decisions_to_our_policy() {
     let dir = tempfile::tempdir().unwrap();
     // The relay runs only its policy service for Postfix here (its SMTP
     // listener is unused); contoso's on-premises range is moved to loopback.
-    let text = support::fixture_toml(&format!(
+    let text = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = {:?}\n\n[delivery]\ndirectory = {:?}\n\n[policyd]\nlisten = [\"127.0.0.1:0\"]\n",
         pki.path("spool").display().to_string(),
         pki.path("out").display().to_string(),
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     let path = pki.path("relay.toml");
     std::fs::write(&path, &text).unwrap();
     let config = Config::load(&path).unwrap();

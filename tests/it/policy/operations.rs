@@ -4,6 +4,7 @@
 //! metrics scraped over HTTP.
 
 use crate::support;
+use crate::support::Edit;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,15 +29,14 @@ struct Live {
 }
 
 fn toml(pki: &Pki, sink: &Sink, policy_section: &str, tenant_extra: &[(&str, &str)]) -> String {
-    let mut t = support::fixture_toml(&format!(
+    let mut t = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\n\n{policy_section}\n",
         pki.path("spool").display().to_string(),
         sink.addr
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     // Tenant policies go right after the tenant's id line.
     for (tenant, extra) in tenant_extra {
-        t = t.replace(
+        t = t.edited(
             &format!("id = \"{tenant}\"\n"),
             &format!("id = \"{tenant}\"\n{extra}\n"),
         );

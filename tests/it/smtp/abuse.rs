@@ -5,6 +5,7 @@
 //! records are bounded, and IPv6 clients are held to the per-IP limit.
 
 use crate::support;
+use crate::support::Edit;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,13 +50,12 @@ fn write_config(
     } else {
         support::build_crate("examples/tenant-longer-grace")
     };
-    let mut text = support::fixture_toml(&format!(
+    let mut text = support::loopback_fixture_toml(&format!(
         "client_ca = [\"ca.pem\"]\n{server_lines}\n\n[spool]\npath = {:?}\n\n{sections}\n",
         pki.path("spool").display().to_string()
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     for tenant in tenant_policies {
-        text = text.replace(
+        text = text.edited(
             &format!("id = \"{tenant}\"\n"),
             &format!(
                 "id = \"{tenant}\"\npolicy = {:?}\npolicy_settings = {{ grace_until = \"2099-01-01T00:00:00Z\" }}\npolicy_memory_limit_mib = 8\n",

@@ -4,6 +4,7 @@
 //! recipient probing, and a session that outlives a revoked connector.
 
 use crate::support;
+use crate::support::Edit;
 
 use std::time::Duration;
 
@@ -232,7 +233,7 @@ async fn a_loop_through_the_relay_itself_stops_at_the_hop_limit() {
         "hopcount_limit = 8",
         &format!("[delivery]\nnext_hop = \"127.0.0.1:{port}\"\nretry_initial_secs = 1\nretry_max_secs = 2\n"),
     )
-    .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"127.0.0.1:{port}\"]"));
+    .edited("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"127.0.0.1:{port}\"]"));
     let path = pki.path("relay.toml");
     std::fs::write(&path, &text).unwrap();
     let config = Config::load(&path).unwrap();
@@ -310,7 +311,7 @@ async fn a_revoked_connector_stops_authorising_an_open_session() {
     assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
     assert_eq!(c.cmd("RCPT TO:<someone@internet.example>").await.code, 250);
     let text = std::fs::read_to_string(&path).unwrap();
-    let revoked = text.replace("\"127.0.1.0/24\"", "\"198.51.100.0/24\"");
+    let revoked = text.edited("\"127.0.1.0/24\"", "\"198.51.100.0/24\"");
     assert_ne!(text, revoked, "the fixture has contoso's range");
     std::fs::write(&path, revoked).unwrap();
     let reloader = relay.handle.reloader.clone();

@@ -3,6 +3,7 @@
 //! each step is one line: the command and the reply it must get.
 
 use crate::support;
+use crate::support::Edit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ const STRANGER: &str = "192.0.2.77:40000";
 /// contoso's range is put back for the in-memory client addresses.
 async fn relay() -> Relay {
     Relay::start_edited("max_recipients = 3", "", |_, text| {
-        text.replace("127.0.1.0/24", "203.0.113.0/24")
+        text.edited("127.0.1.0/24", "203.0.113.0/24")
     })
     .await
 }

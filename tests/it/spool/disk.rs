@@ -62,10 +62,9 @@ impl Drop for Tmpfs {
 /// second, so that a test sees the outbox between two attempts. The policy
 /// cache lives beside the configuration, off the small disks.
 async fn start(pki: &Pki, spool: &str, delivery: &str) -> RelayHandle {
-    let text = support::fixture_toml(&format!(
+    let text = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\nidle_timeout_secs = 30\n\n[spool]\n{spool}\n\n[policy]\ncache = \"policy-cache\"\n\n[delivery]\nretry_initial_secs = 2\nretry_max_secs = 2\n{delivery}\n"
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     let path = pki.path("relay.toml");
     std::fs::write(&path, &text).unwrap();
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));

@@ -61,10 +61,9 @@ async fn a_message_answered_250_survives_sigkill_and_restart() {
     let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hop_addr = hop.local_addr().unwrap();
     drop(hop);
-    let text = support::fixture_toml(&format!(
+    let text = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop_addr}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n"
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     let config = pki.path("relay.toml");
     std::fs::write(&config, text).unwrap();
 
@@ -113,11 +112,10 @@ async fn a_message_answered_250_survives_sigkill_and_restart() {
 async fn sigterm_shuts_down_gracefully_with_structured_logs() {
     let pki = Pki::new();
     let sink = Sink::start().await;
-    let text = support::fixture_toml(&format!(
+    let text = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\nshutdown_grace_secs = 5\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{}\"\n",
         sink.addr
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     let config = pki.path("relay.toml");
     std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
@@ -320,11 +318,10 @@ async fn two_thousand_idle_connections_keep_memory_bounded() {
 async fn sigkill_while_clients_send_loses_nothing_answered_250() {
     let pki = Pki::new();
     let sink = Sink::start().await;
-    let text = support::fixture_toml(&format!(
+    let text = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\nmax_sessions_per_ip = 1000\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\n",
         sink.addr
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     let config = pki.path("relay.toml");
     std::fs::write(&config, text).unwrap();
     let (mut relay, addr) = serve(&config).await;
@@ -433,10 +430,9 @@ const TENANT_DOMAINS: [&str; 3] = ["contoso.com", "fabrikam.com", "tailspintoys.
 
 /// A relay that delivers to `sink`, in `pki`'s directory.
 fn crash_config(pki: &Pki, sink: SocketAddr) -> std::path::PathBuf {
-    let text = support::fixture_toml(&format!(
+    let text = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{sink}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n"
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     let config = pki.path("relay.toml");
     std::fs::write(&config, text).unwrap();
     config
@@ -591,10 +587,9 @@ fn bytes_in(spool: &Path, sub: &str) -> u64 {
 /// connector moved to 127.0.1.0/24 (so that tests connect from loopback),
 /// `server` added to `[server]`, and delivery to `hop`.
 async fn serve_for_loopback(pki: &Pki, server: &str, hop: SocketAddr) -> (Child, SocketAddr) {
-    let text = support::fixture_toml(&format!(
+    let text = support::loopback_fixture_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\n{server}\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop}\"\n"
-    ))
-    .replace("203.0.113.0/24", "127.0.1.0/24");
+    ));
     let config = pki.path("relay.toml");
     std::fs::write(&config, text).unwrap();
     serve(&config).await

@@ -278,6 +278,29 @@ pub fn fixture_toml(server_extra: &str) -> String {
     t
 }
 
+/// A checked edit of a configuration text: every `from` replaced by `to`,
+/// and `from` must occur — an edit that matches nothing is a test that no
+/// longer tests what it says.
+pub trait Edit {
+    fn edited(&self, from: &str, to: &str) -> String;
+}
+
+impl Edit for str {
+    fn edited(&self, from: &str, to: &str) -> String {
+        assert!(
+            self.contains(from),
+            "the edit {from:?} -> {to:?} matches nothing in:\n{self}"
+        );
+        self.replace(from, to)
+    }
+}
+
+/// [`fixture_toml`] with contoso's on-premises range moved into loopback
+/// (127.0.1.0/24): a test client from 127.0.1.x is contoso's server.
+pub fn loopback_fixture_toml(server_extra: &str) -> String {
+    fixture_toml(server_extra).edited("203.0.113.0/24", "127.0.1.0/24")
+}
+
 /// The fixture as a validated configuration.
 pub fn fixture_config() -> Config {
     Config::parse(Path::new("fixture.toml"), &fixture_toml(""))

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use attrelay::config::Config;
 use attrelay::relay::{self, RelayHandle};
 
-use super::Pki;
 use super::smtp::{Client, Sink};
+use super::{Edit, Pki};
 
 /// Contoso's on-premises range in the wire fixture, an unknown address, the
 /// partner's range and the disabled connector's address.
@@ -27,9 +27,9 @@ pub fn wire_toml(pki: &Pki, server_lines: &str, sections: &str) -> String {
         spool.display().to_string()
     );
     super::fixture_toml(&server)
-        .replace("203.0.113.0/24", "127.0.1.0/24")
-        .replace("192.0.2.128/25", "127.0.3.128/25")
-        .replace("192.0.2.200", "127.0.4.200")
+        .edited("203.0.113.0/24", "127.0.1.0/24")
+        .edited("192.0.2.128/25", "127.0.3.128/25")
+        .edited("192.0.2.200", "127.0.4.200")
 }
 
 pub struct Relay {
