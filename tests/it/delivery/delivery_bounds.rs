@@ -35,9 +35,10 @@ async fn silent(addr: SocketAddr) -> Arc<AtomicUsize> {
     taken
 }
 
-/// A relay on the fixture (contoso's range moved to loopback) with
-/// `server` lines and a `[delivery]` section.
-async fn relay(pki: &Pki, server: &str, delivery: &str) -> RelayHandle {
+/// Writes `relay.toml`: the fixture (contoso's range moved to loopback)
+/// with `server` lines, a spool in the PKI's folder and a `[delivery]`
+/// section (retrying after 60 s unless it says otherwise).
+fn write_config(pki: &Pki, server: &str, delivery: &str) -> std::path::PathBuf {
     let retry = if delivery.contains("retry_initial_secs") {
         ""
     } else {
@@ -48,8 +49,14 @@ async fn relay(pki: &Pki, server: &str, delivery: &str) -> RelayHandle {
         pki.path("spool").display().to_string(),
     ));
     let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A relay started in-process on [`write_config`]'s file.
+async fn relay(pki: &Pki, server: &str, delivery: &str) -> RelayHandle {
+    let path = write_config(pki, server, delivery);
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     attrelay::relay::start(&config).await.unwrap()
 }
 
@@ -619,13 +626,14 @@ async fn idle_connections_stay_bounded_under_a_low_open_file_limit() {
     }
     let dns = dns::start(zone).await;
     let pki = Pki::new();
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nmax_sessions = 16\nmax_recipients = 500\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"mx\"\ndns_servers = [\"{}\"]\nmx_port = {port}\nconcurrency = 2\nmax_connections = {MAX_CONNECTIONS}\nmax_idle_connections = {MAX_IDLE}\nconnection_idle_secs = 2\ntimeout_secs = 5\n",
-        pki.path("spool").display().to_string(),
-        dns.addr,
-    ));
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = write_config(
+        &pki,
+        "max_sessions = 16\nmax_recipients = 500",
+        &format!(
+            "next_hop = \"mx\"\ndns_servers = [\"{}\"]\nmx_port = {port}\nconcurrency = 2\nmax_connections = {MAX_CONNECTIONS}\nmax_idle_connections = {MAX_IDLE}\nconnection_idle_secs = 2\ntimeout_secs = 5\n",
+            dns.addr
+        ),
+    );
     let (_relay, addr, logs) = serve_with_file_limit(&config, 256).await;
 
     // Watch the connections the hop sees open.
@@ -754,13 +762,7 @@ async fn serve_with_file_limit(
 async fn a_low_open_file_limit_scales_the_relay_down_instead_of_failing() {
     let sink = Sink::start().await;
     let pki = Pki::new();
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\n",
-        pki.path("spool").display().to_string(),
-        sink.addr,
-    ));
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = write_config(&pki, "", &format!("next_hop = \"{}\"\n", sink.addr));
     let (_relay, addr, logs) = serve_with_file_limit(&config, 128).await;
     let said = logs.lock().unwrap().clone();
     assert!(said.contains("serving with max_sessions = "), "{said}");
