@@ -48,8 +48,8 @@ pub(crate) fn all(recipients: &[String], outcome: Outcome) -> Vec<(String, Outco
 
 /// An outcome's text.
 pub fn text_of(o: &Outcome) -> String {
-    match o.clone() {
-        Outcome::Delivered(t) | Outcome::Temporary(t) | Outcome::Permanent(t) => t,
+    match o {
+        Outcome::Delivered(t) | Outcome::Temporary(t) | Outcome::Permanent(t) => t.clone(),
     }
 }
 

@@ -28,8 +28,9 @@ use crate::spool::Stored;
 #[derive(Debug)]
 pub struct Done {
     pub outcomes: Vec<(String, Outcome)>,
-    /// Ended by a reply with nothing unread after it: the connection may
-    /// carry another transaction.
+    /// Ended by a reply in its place: the connection may carry another
+    /// transaction, if the hop says nothing more (checked where it is kept,
+    /// `Pool::put_back`, and again when it is taken).
     pub reusable: bool,
     /// A reply decided some recipient, or the end of data was sent.
     pub decided: bool,
@@ -345,13 +346,14 @@ async fn send_message(wire: &mut Wire, mut tally: Tally, message: &Stored) -> Do
     match replied {
         Ok(reply) => {
             tally.heard(&reply);
-            let quiet = wire.is_quiet();
             let outcome = if reply.is_positive_completion() {
                 Outcome::Delivered(text_of(&reply_outcome(&reply)))
             } else {
                 reply_outcome(&reply)
             };
-            tally.end(outcome, quiet)
+            // Anything the hop says after this reply is caught where the
+            // connection would be kept (`Pool::put_back`).
+            tally.end(outcome, true)
         }
         Err(e) => tally.end(
             Outcome::Temporary(format!(
@@ -363,12 +365,12 @@ async fn send_message(wire: &mut Wire, mut tally: Tally, message: &Stored) -> Do
 }
 
 /// RSET, after a transaction the hop left open: whether the connection is
-/// back in a known state (a positive reply, nothing after it).
+/// back in a known state (a positive reply; anything after it is caught
+/// where the connection would be kept, `Pool::put_back`).
 async fn reset(wire: &mut Wire) -> bool {
     // Something unasked before RSET would be read as its reply.
     wire.is_quiet()
         && matches!(wire.command(b"RSET\r\n").await, Ok(r) if r.is_positive_completion())
-        && wire.is_quiet()
 }
 
 impl Done {

@@ -313,7 +313,7 @@ impl Reloader {
     /// swaps it in. Blocking (compiles); one reload at a time. On error the
     /// running evaluation is untouched.
     pub fn reload(&self) -> Result<ReloadOutcome, String> {
-        self.reload_checked(false)
+        self.reload_checked(false, digest(&self.watched_files()))
     }
 
     /// A reload after a file notification: `None` when the watched files
@@ -335,18 +335,22 @@ impl Reloader {
         if same {
             return Ok(None);
         }
-        self.reload_checked(true).map(Some)
+        self.reload_checked(true, now).map(Some)
     }
 
-    fn reload_checked(&self, from_notification: bool) -> Result<ReloadOutcome, String> {
+    /// Reloads, recording `digest` — the watched files' content, taken
+    /// before anything is read: a change made after it is seen again.
+    fn reload_checked(
+        &self,
+        from_notification: bool,
+        digest: [u8; 32],
+    ) -> Result<ReloadOutcome, String> {
         let _one_at_a_time = self
             .lock
             .lock()
             .map_err(|_| "reload lock poisoned".to_string())?;
         let started = Instant::now();
         let result = (|| {
-            // Before reading: a change made after this is seen again.
-            let digest = digest(&self.watched_files());
             let (config, read) = match &self.config_path {
                 Some(p) => {
                     let read = read_config(p)?;
