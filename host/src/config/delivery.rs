@@ -112,9 +112,22 @@ fn pool_limits(
         &d.max_idle_connections,
         "delivery.max_idle_connections",
         0,
-        max_connections as u64,
+        100_000,
         (pool::DEFAULT_MAX_IDLE.min(max_connections)) as u64,
     )? as usize;
+    if let Some(v) = d
+        .max_idle_connections
+        .as_ref()
+        .filter(|_| max_idle > max_connections)
+    {
+        return Err(src.error(
+            v.span(),
+            "delivery.max_idle_connections",
+            format!(
+                "{max_idle} is more than max_connections ({max_connections}), which idle connections count against"
+            ),
+        ));
+    }
     let max_idle_per_hop = src.range(
         &d.max_idle_per_hop,
         "delivery.max_idle_per_hop",

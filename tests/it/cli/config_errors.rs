@@ -488,6 +488,20 @@ fn delivery_tls_policy_and_bounds_are_checked() {
         "delivery.attempt_timeout_secs",
         "must be between 1 and 86400",
     );
+    expect_error(
+        &format!(
+            "[delivery]\nnext_hop = \"mx\"\nmax_connections = 10\nmax_idle_connections = 50\n{TENANT}"
+        ),
+        4,
+        "delivery.max_idle_connections",
+        "50 is more than max_connections (10)",
+    );
+    expect_error(
+        &format!("[delivery]\nnext_hop = \"mx\"\nconnection_idle_secs = 0\n{TENANT}"),
+        3,
+        "delivery.connection_idle_secs",
+        "must be between 1 and 300",
+    );
     let (code, err, _) = run(&format!(
         "[delivery]\nnext_hop = \"mx\"\ntls = \"required\"\nmx_session_limit = 3\n{TENANT}"
     ));
