@@ -615,10 +615,13 @@ max_connections_per_client = 2",
     // Postfix (another user) is answered while the hog holds its share;
     // and a client of the test's own user at its share gets a connection
     // too, in place of its own quietest.
+    // (A pause between them makes which is quietest unambiguous.)
     let mut postfix = pd.connect_from("127.0.0.1").await;
     assert_eq!(postfix.ask(&[]).await, "OK");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = pd.connect_from("127.0.0.2").await;
     assert_eq!(again.ask(&[]).await, "OK");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut third = pd.connect_from("127.0.0.3").await;
     assert_eq!(third.ask(&[]).await, "OK");
     postfix.send(request(&[]).as_bytes()).await;
