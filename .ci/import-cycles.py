@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
 """Finds import circles between the modules of each crate.
 
-A module imports another when its source names it through `crate::`,
-`super::` or `self::` (in a `use`, a path in code, or a grouped
-`use crate::{a, b::c}`). Two graphs are checked: modules as files
-(`smtp::session` -> `smtp::server`) and top-level modules (`smtp` ->
-`reload`). Any strongly connected component of more than one module is a
-circle; the script prints each and exits 1. Test modules (`#[cfg(test)]`
-and everything after it in a file) are left out: a test may use anything.
+A module imports another when its code names it: through `crate::`,
+`super::` or `self::`, or by the bare name of one of its own child modules
+(`body::Body` in `spool/mod.rs`), in a `use` (grouped trees included) or in
+a path anywhere in code. Every line of every file is read; comments and
+string literals are left out, and so are the bodies of modules compiled
+only for tests (`#[cfg(test)] mod tests { ... }`): a test may use anything.
+
+A parent and its child count like any two modules: a `mod.rs` that uses
+its child while the child uses something defined (or re-exported) in the
+`mod.rs` is a circle. Types both need belong in a child module both use.
+
+Two graphs are checked: modules as files (`smtp::session` ->
+`smtp::server`) and top-level modules (`smtp` -> `reload`). Any strongly
+connected component of more than one module is a circle; the script prints
+each, with one reference per edge so that it can be found, and exits 1.
 """
 import os
 import re
@@ -17,17 +25,89 @@ CRATES = ["engine/src", "host/src", "policy-guest/src"]
 
 
 def modules(root):
-    """Module path (tuple) -> file, for every .rs file under root."""
+    """Module path (tuple) -> file, for every .rs file under root.
+
+    A `main.rs` beside a `lib.rs` is a binary crate of its own that uses the
+    library by name, not a module of it: it is left out.
+    """
     out = {}
     for dirpath, _, files in os.walk(root):
         for f in files:
             if not f.endswith(".rs"):
+                continue
+            if f == "main.rs" and dirpath == root and "lib.rs" in files:
                 continue
             rel = os.path.relpath(os.path.join(dirpath, f), root)[:-3].split(os.sep)
             if rel[-1] in ("mod", "lib", "main"):
                 rel = rel[:-1]
             out[tuple(rel)] = os.path.join(dirpath, f)
     return out
+
+
+def strip(text):
+    """The text with comments and string/char literals blanked out.
+
+    Line structure is kept (newlines survive) so that line numbers in
+    reports stay right. Lifetimes (`'a`) are told from char literals
+    (`'a'`, `'\\n'`) by the closing quote.
+    """
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if text.startswith("/*", i):
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if text.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif text.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            out.append("\n" * text.count("\n", i, j))
+            i = j
+            continue
+        m = re.match(r'b?r(#*)"', text[i : i + 260])
+        if m and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+            end = '"' + m.group(1)
+            j = text.find(end, i + m.end())
+            j = n if j < 0 else j + len(end)
+            out.append('""' + "\n" * text.count("\n", i, j))
+            i = j
+            continue
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append('""' + "\n" * text.count("\n", i, j))
+            i = j + 1
+            continue
+        if c == "'":
+            m = re.match(r"'(\\.[^']*|[^\\'])'", text[i : i + 12])
+            if m:
+                out.append("' '")
+                i += m.end()
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def drop_test_modules(text):
+    """The text without the bodies of `#[cfg(test)]` inline modules."""
+    pattern = re.compile(r"#\[cfg\(test\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{")
+    while True:
+        m = pattern.search(text)
+        if not m:
+            return text
+        depth, j = 1, m.end()
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        text = text[: m.start()] + "\n" * text.count("\n", m.start(), j) + text[j:]
 
 
 def expand(path):
@@ -56,16 +136,23 @@ def expand(path):
     return out
 
 
-def references(text):
-    """Every `crate::`/`super::`/`self::` path in the non-test part of text."""
-    text = text.split("#[cfg(test)]")[0]
-    text = re.sub(r"//.*", "", text)
-    paths = []
-    for m in re.finditer(r"\buse\s+((?:crate|super|self)::[^;]*);", text, re.S):
-        paths.extend(expand(re.sub(r"\s+", "", m.group(1))))
-    for m in re.finditer(r"\b((?:crate|super|self)(?:::[A-Za-z_][A-Za-z0-9_]*)+)", text):
-        paths.append(m.group(1))
-    return paths
+def references(text, children):
+    """(path, line) for every module path the code names.
+
+    `children` are the names of the file's own child modules: a path that
+    starts with one of them (`body::Body`) names it without `self::`.
+    """
+    text = drop_test_modules(strip(text))
+    heads = ["crate", "super", "self"] + sorted(children)
+    head = "(?:" + "|".join(map(re.escape, heads)) + ")"
+    line_of = lambda pos: text.count("\n", 0, pos) + 1
+    found = []
+    for m in re.finditer(r"\buse\s+(" + head + r"::[^;]*);", text, re.S):
+        for p in expand(re.sub(r"\s+", "", m.group(1))):
+            found.append((p, line_of(m.start())))
+    for m in re.finditer(r"(?<![\w:])(" + head + r"(?:::[A-Za-z_][A-Za-z0-9_]*)+)", text):
+        found.append((m.group(1), line_of(m.start())))
+    return found
 
 
 def resolve(path, here, mods):
@@ -119,33 +206,44 @@ def sccs(graph):
     return [c for c in out if len(c) > 1]
 
 
+def name(mod):
+    if isinstance(mod, str):
+        return mod
+    return "::".join(mod) or "crate"
+
+
 def main():
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    found = 0
+    found, lines_read = 0, 0
     for crate in CRATES:
         mods = modules(os.path.join(root, crate))
-        files, top = {}, {}
+        files, top, where = {}, {}, {}
         for mod, path in mods.items():
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-            for ref in references(text):
+            lines_read += text.count("\n")
+            children = {m[-1] for m in mods if len(m) == len(mod) + 1 and m[: len(mod)] == mod}
+            for ref, line in references(text, children):
                 target = resolve(ref, mod, mods)
-                if target is None or target == mod or target == ():
-                    continue
-                # A module naming its own descendants is its business.
-                if target[: len(mod)] == mod:
+                if target is None or target == mod:
                     continue
                 files.setdefault(mod, set()).add(target)
+                where.setdefault((mod, target), f"{os.path.relpath(path, root)}:{line}: {ref}")
                 if mod and target and mod[0] != target[0]:
                     top.setdefault(mod[0], set()).add(target[0])
-        for name, graph in (("module", files), ("top-level module", top)):
+                    where.setdefault((mod[0], target[0]), where[(mod, target)])
+        for kind, graph in (("module", files), ("top-level module", top)):
             for comp in sccs(graph):
                 found += 1
-                names = sorted("::".join(c) if isinstance(c, tuple) else c for c in comp)
-                print(f"{crate}: {name} circle: {' <-> '.join(names)}")
+                members = set(comp)
+                print(f"{crate}: {kind} circle: {' <-> '.join(sorted(map(name, comp)))}")
+                for a in sorted(comp, key=name):
+                    for b in sorted(graph.get(a, ()), key=name):
+                        if b in members:
+                            print(f"    {name(a)} -> {name(b)}  ({where[(a, b)]})")
     if found:
         sys.exit(1)
-    print("no import circles in " + ", ".join(CRATES))
+    print(f"no import circles in {', '.join(CRATES)} ({lines_read} lines read)")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ fn policyd(c: &mut Criterion) {
         client_ip: "203.0.113.7".parse().unwrap(),
         helo: "mail.contoso.com".into(),
         server_hostname: "relay.bench.test".into(),
-        time: attrelay::spool::now(),
+        time: attrelay::clock::now(),
         tls: None,
     };
     let eval = relay.context.evaluation.load_full();

@@ -372,7 +372,7 @@ impl Admin {
         self.metrics.queue_size.set(size as i64);
         self.metrics
             .queue_oldest_age
-            .set(oldest.map(|t| crate::spool::now() - t).unwrap_or(0));
+            .set(oldest.map(|t| crate::clock::now() - t).unwrap_or(0));
     }
 
     /// Whether the request carries the token, when one is configured.
@@ -459,7 +459,7 @@ impl Admin {
             }
             (&Method::GET, "/queue") => {
                 let spool = self.ctx.spool.clone();
-                match tokio::task::spawn_blocking(move || crate::spool::listing(&spool)).await {
+                match tokio::task::spawn_blocking(move || spool.entries()).await {
                     Ok(entries) => ok(
                         "application/json",
                         format!("{}\n", serde_json::to_string(&entries).unwrap_or_default()),

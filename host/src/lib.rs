@@ -24,6 +24,7 @@
 //!   `policy diff` and `validate`, `queue list`, `bench`).
 
 pub mod admin;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod delivery;

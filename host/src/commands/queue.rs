@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::{EXIT_OK, UsageError, load_config};
-use crate::spool::{QueueEntry, Spool, listing};
+use crate::spool::{QueueEntry, Spool};
 
 /// Prints the queue of the relay configured by `config`; with `json`, one
 /// JSON array (the same as `GET /queue`).
@@ -16,7 +16,7 @@ pub fn list(config: Option<&PathBuf>, json: bool, out: &mut dyn Write) -> Result
     let config = load_config(config.map(PathBuf::as_path))?;
     let entries = if config.spool.join("queue").is_dir() {
         let spool = Spool::open(&config.spool).map_err(UsageError::new)?;
-        listing(&spool)
+        spool.entries()
     } else {
         Vec::new()
     };
@@ -83,7 +83,7 @@ fn write_table(
         writeln!(
             out,
             "{}  {:>8} bytes  received {}  attempts {}  next {}  tenant {}{}",
-            terminal_safe(&e.id),
+            terminal_safe(e.id.as_str()),
             e.size,
             utc(e.received_at),
             e.attempts,

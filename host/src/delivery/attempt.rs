@@ -9,7 +9,8 @@ use tracing::{info, warn};
 
 use super::outcome::{all, attempt_timed_out};
 use super::{DeliveryConfig, NextHop, Outcome, directory, dsn, mx, smtp};
-use crate::spool::{Envelope, Recipient, RecipientState, Spool, Stored, now};
+use crate::clock::now;
+use crate::spool::{Envelope, Recipient, RecipientState, Spool, Stored};
 
 /// The backoff after `attempts` failed attempts: initial × 2^(attempts-1), capped.
 pub fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
@@ -265,30 +266,18 @@ async fn make_dsn(
         original,
         message,
         returned,
-        &id,
+        id.as_str(),
         &date,
     ));
+    let to_sender = vec![Recipient {
+        address: original.sender.clone(),
+        state: RecipientState::Pending,
+    }];
+    // No tenant (the reverse-path may be anyone's) and not authenticated
+    // (ours, not the sender's); and a DSN is never bounced.
     let envelope = Envelope {
-        id,
-        sender: String::new(),
-        recipients: vec![Recipient {
-            address: original.sender.clone(),
-            state: RecipientState::Pending,
-        }],
-        // Not the original's tenant: the reverse-path may be anyone's.
-        tenant: None,
-        received_at: now(),
-        attempts: 0,
-        next_attempt: now(),
-        last_error: None,
         is_dsn: true,
-        client: String::new(),
-        // Ours, not the sender's; and a DSN is never bounced.
-        authenticated: false,
-        head: String::new(),
-        body: None,
-        message_sha256: String::new(),
-        message_len: 0,
+        ..Envelope::new(id, String::new(), to_sender)
     };
     let mut queued = None;
     crate::intake::accept(
@@ -311,6 +300,7 @@ mod tests {
         DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MX_ADDRESS_LIMIT, DEFAULT_MX_SESSION_LIMIT, TlsPolicy,
     };
     use super::*;
+    use crate::spool::SpoolId;
     use std::sync::Arc;
 
     fn config(target: NextHop, dsn_rate_per_domain_per_hour: u32) -> DeliveryConfig {
@@ -348,27 +338,19 @@ mod tests {
     }
 
     fn envelope(sender: &str, authenticated: bool, is_dsn: bool) -> Envelope {
+        let failed = vec![Recipient {
+            address: "nobody@contoso.com".into(),
+            state: RecipientState::Failed {
+                reply: "550 5.1.1 User unknown".into(),
+            },
+        }];
         Envelope {
-            id: String::new(),
-            sender: sender.into(),
-            recipients: vec![Recipient {
-                address: "nobody@contoso.com".into(),
-                state: RecipientState::Failed {
-                    reply: "550 5.1.1 User unknown".into(),
-                },
-            }],
             tenant: Some("contoso".into()),
-            received_at: now(),
             attempts: 1,
-            next_attempt: now(),
-            last_error: None,
             is_dsn,
             client: "192.0.2.1".into(),
             authenticated,
-            head: String::new(),
-            body: None,
-            message_sha256: String::new(),
-            message_len: 0,
+            ..Envelope::new(SpoolId::default(), sender.into(), failed)
         }
     }
 

@@ -31,7 +31,7 @@ pub(super) async fn deliver(
         Ok(message) => {
             let (to, id) = (dir.to_path_buf(), envelope.id.clone());
             let written = tokio::task::spawn_blocking(move || {
-                write_to_directory(&to, &id, &message, &json).map_err(|e| e.to_string())
+                write_to_directory(&to, id.as_str(), &message, &json).map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));

@@ -308,35 +308,28 @@ mod tests {
 
     /// One recipient failed, one delivered.
     fn failed_once() -> Envelope {
+        let recipients = vec![
+            Recipient {
+                address: "a@x.example".into(),
+                state: RecipientState::Failed {
+                    reply: "550 5.1.1 User unknown".into(),
+                },
+            },
+            Recipient {
+                address: "b@x.example".into(),
+                state: RecipientState::Delivered {
+                    reply: "250 ok".into(),
+                },
+            },
+        ];
         Envelope {
-            id: "Q1".into(),
-            sender: "john@contoso.com".into(),
-            recipients: vec![
-                Recipient {
-                    address: "a@x.example".into(),
-                    state: RecipientState::Failed {
-                        reply: "550 5.1.1 User unknown".into(),
-                    },
-                },
-                Recipient {
-                    address: "b@x.example".into(),
-                    state: RecipientState::Delivered {
-                        reply: "250 ok".into(),
-                    },
-                },
-            ],
             tenant: Some("contoso".into()),
             received_at: 1_700_000_000,
             attempts: 1,
             next_attempt: 0,
-            last_error: None,
-            is_dsn: false,
             client: "203.0.113.5".into(),
             authenticated: true,
-            head: String::new(),
-            body: None,
-            message_sha256: String::new(),
-            message_len: 0,
+            ..Envelope::new("Q1".into(), "john@contoso.com".into(), recipients)
         }
     }
 

@@ -15,7 +15,8 @@ use tracing::{info, warn};
 
 use super::DeliveryConfig;
 use super::attempt::attempt;
-use crate::spool::{Envelope, Spool, now};
+use crate::clock::now;
+use crate::spool::{Envelope, Spool, SpoolId};
 
 /// Hands newly spooled messages to the queue.
 #[derive(Clone)]
@@ -55,7 +56,7 @@ impl QueueHandle {
 /// the spool.
 #[derive(Default)]
 struct QueueContents {
-    entries: std::sync::Mutex<HashMap<String, i64>>,
+    entries: std::sync::Mutex<HashMap<SpoolId, i64>>,
 }
 
 impl QueueContents {
@@ -65,7 +66,7 @@ impl QueueContents {
         }
     }
 
-    fn remove(&self, id: &str) {
+    fn remove(&self, id: &SpoolId) {
         if let Ok(mut m) = self.entries.lock() {
             m.remove(id);
         }
@@ -120,8 +121,8 @@ async fn run(
     flush: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut due: BinaryHeap<Reverse<(i64, String)>> = BinaryHeap::new();
-    let mut waiting: HashMap<String, Envelope> = HashMap::new();
+    let mut due: BinaryHeap<Reverse<(i64, SpoolId)>> = BinaryHeap::new();
+    let mut waiting: HashMap<SpoolId, Envelope> = HashMap::new();
     let mut running: JoinSet<()> = JoinSet::new();
     let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     loop {

@@ -21,7 +21,7 @@ use attrelay_policy::model::{HeaderField, TlsFacts};
 use tracing::info;
 
 use crate::policy::verdict::vouches_for_sender;
-use crate::spool::{Body, Envelope, Recipient, RecipientState, Spool, SpoolError, now};
+use crate::spool::{Body, Envelope, Recipient, RecipientState, Spool, SpoolError, SpoolId};
 
 /// A recipient the policies accepted, with what its verdict asks the
 /// relay to write.
@@ -114,7 +114,7 @@ fn envelope_for_tenant(
         client_ip: origin.client_ip,
         hostname: origin.hostname,
         with: origin.with,
-        queue_id: &id,
+        queue_id: id.as_str(),
         for_recipient: match recipients {
             [one] => Some(one.address.as_str()),
             _ => None,
@@ -125,30 +125,21 @@ fn envelope_for_tenant(
         warnings: &warnings,
         policy_headers: &policy_headers,
     });
+    let pending = recipients
+        .iter()
+        .map(|r| Recipient {
+            address: r.address.clone(),
+            state: RecipientState::Pending,
+        })
+        .collect();
     Envelope {
-        id,
-        sender: sender.to_string(),
-        recipients: recipients
-            .iter()
-            .map(|r| Recipient {
-                address: r.address.clone(),
-                state: RecipientState::Pending,
-            })
-            .collect(),
         authenticated: recipients
             .iter()
             .all(|r| vouches_for_sender(r.reason.as_deref())),
         tenant: tenant.map(str::to_string),
-        received_at: now(),
-        attempts: 0,
-        next_attempt: now(),
-        last_error: None,
-        is_dsn: false,
         client: origin.client_ip.to_string(),
         head,
-        body: None,
-        message_sha256: String::new(),
-        message_len: 0,
+        ..Envelope::new(id, sender.to_string(), pending)
     }
 }
 
@@ -166,7 +157,7 @@ pub async fn accept(
     spool: &Spool,
     message: Message,
     mut enqueue: impl FnMut(Envelope),
-) -> Result<Vec<String>, SpoolError> {
+) -> Result<Vec<SpoolId>, SpoolError> {
     let size = message.body.len();
     let stored = spool.commit(message.body, message.envelopes).await?;
     let ids = stored.iter().map(|e| e.id.clone()).collect();

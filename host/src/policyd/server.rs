@@ -19,9 +19,9 @@ use tracing::{debug, info, warn};
 
 use super::query::{AcceptAction, Query, action, query};
 use super::request::{PolicyRequest, RequestDecoder, RequestError, RequestLimits};
+use crate::clock::now;
 use crate::judges::{Judges, Stage, ask};
 use crate::smtp::ServerContext;
-use crate::spool::now;
 use crate::throttle::Throttled;
 
 /// Where the policy service listens.

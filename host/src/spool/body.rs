@@ -1,7 +1,7 @@
 //! A message body on its way into the spool: written to `msg/ID.eml` as it
 //! arrives, through a bounded buffer, so that a session holds the same
 //! memory whatever the message's size. The body becomes part of the queue
-//! only when [`super::Spool::commit`] makes it and its envelopes durable;
+//! only when `Spool::commit` makes it and its envelopes durable;
 //! until then dropping it removes the file.
 
 use std::fs::File;
@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use super::SpoolError;
+use super::crash;
+use super::durable::discard;
+use super::error::SpoolError;
+use super::ids::BodyId;
 use super::pool::Pool;
 use super::room::{Reservation, Room};
 
@@ -23,7 +26,7 @@ pub const BUFFER: usize = 64 * 1024;
 /// A body being written.
 #[derive(Debug)]
 pub struct Body {
-    pub(super) id: String,
+    pub(super) id: BodyId,
     pub(super) path: PathBuf,
     /// Created at the first flush, or when the body is staged.
     pub(super) file: Option<File>,
@@ -46,7 +49,7 @@ pub struct Body {
 
 impl Body {
     pub(super) fn new(
-        id: String,
+        id: BodyId,
         path: PathBuf,
         room: Arc<Room>,
         pool: Arc<Pool>,
@@ -68,7 +71,7 @@ impl Body {
     }
 
     /// The body's id: its file is `msg/ID.eml`.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &BodyId {
         &self.id
     }
 
@@ -127,7 +130,7 @@ impl Body {
                 if let Err(e) = r {
                     self.fail(e);
                 }
-                super::crash::point("body:flushed");
+                crash::point("body:flushed");
             }
             Err(e) => self.fail(SpoolError::Io {
                 path: self.path.clone(),
@@ -169,7 +172,7 @@ impl Body {
 
     /// The SHA-256 of the body, in hex.
     pub(super) fn sha256(&self) -> String {
-        super::hex(&self.hasher.clone().finalize())
+        hex(&self.hasher.clone().finalize())
     }
 }
 
@@ -203,7 +206,12 @@ impl Drop for Body {
         // Whether or not this body holds the file now: a flush cancelled
         // half way may have created it on a blocking thread.
         if !self.kept {
-            super::discard(&self.path);
+            discard(&self.path);
         }
     }
+}
+
+/// A digest as the envelope records it: lowercase hex.
+pub(super) fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

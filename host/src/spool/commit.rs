@@ -21,54 +21,19 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
 use super::body::Body;
+use super::crash;
+use super::durable::discard;
+use super::envelope::Envelope;
+use super::error::SpoolError;
+use super::ids::Names;
+use super::layout::Layout;
 use super::pool::Pool;
-use super::{Envelope, SpoolError};
-
-/// Where the committer writes, with the two directories it syncs kept
-/// open (one `open` fewer per sync).
-#[derive(Debug, Clone)]
-pub(super) struct Layout {
-    pub(super) msg: PathBuf,
-    pub(super) queue: PathBuf,
-    pub(super) tmp: PathBuf,
-    pub(super) msg_dir: Arc<File>,
-    pub(super) queue_dir: Arc<File>,
-    /// Files to recycle (`free/`).
-    pub(super) pool: Arc<Pool>,
-}
-
-impl Layout {
-    pub(super) fn open(root: &Path) -> std::io::Result<Layout> {
-        let msg = root.join("msg");
-        let queue = root.join("queue");
-        Ok(Layout {
-            pool: Arc::new(Pool::open(&root.join("free"))?),
-            msg_dir: Arc::new(File::open(&msg)?),
-            queue_dir: Arc::new(File::open(&queue)?),
-            msg,
-            queue,
-            tmp: root.join("tmp"),
-        })
-    }
-
-    fn sync(dir: &File, path: &Path) -> Result<(), SpoolError> {
-        dir.sync_all().map_err(|source| SpoolError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    pub(super) fn envelope_path(&self, id: &str) -> PathBuf {
-        self.queue.join(format!("{id}.json"))
-    }
-}
 
 /// One message to commit: its body and the envelopes that share it.
 pub(super) struct Job {
@@ -231,10 +196,10 @@ impl Staged {
     /// `tmp/`; its body goes when the job is dropped.
     fn undo(&mut self) {
         for (_, tmp, _) in self.envelope_files.drain(..) {
-            super::discard(&tmp);
+            discard(&tmp);
         }
         for placed in self.placed.drain(..) {
-            super::discard(&placed);
+            discard(&placed);
         }
     }
 }
@@ -250,17 +215,17 @@ pub(super) fn write_batch(
     mut staged: Vec<Staged>,
     sync_queue: bool,
 ) -> (Vec<Outcome>, Result<(), SpoolError>) {
-    super::crash::point("commit:synced");
+    crash::point("commit:synced");
     if staged.iter().any(Staged::ok)
         && let Err(e) = Layout::sync(&layout.msg_dir, &layout.msg)
     {
         fail_all(&mut staged, &e);
     }
-    super::crash::point("commit:bodies-named");
+    crash::point("commit:bodies-named");
     for s in staged.iter_mut().filter(|s| s.ok()) {
         place(s);
     }
-    super::crash::point("commit:placed");
+    crash::point("commit:placed");
     // A job that failed part way is undone before the sync, so that no
     // envelope of it is made durable and then removed unsynced.
     for s in staged.iter_mut().filter(|s| !s.ok()) {
@@ -274,7 +239,7 @@ pub(super) fn write_batch(
     if let Err(e) = &queue_synced {
         fail_all(&mut staged, e);
     }
-    super::crash::point("commit:durable");
+    crash::point("commit:durable");
     let outcomes = staged
         .into_iter()
         .map(|mut s| match s.error.take() {
@@ -337,13 +302,13 @@ impl Staged {
 /// their writes; a journalling filesystem joins their syncs into one
 /// commit) and the committer's serial part holds only what must be in
 /// order: the directory syncs and the renames.
-pub(super) fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Staged {
+pub(super) fn stage(layout: &Layout, names: &Names, mut job: Job) -> Staged {
     let written = job.body.write_rest();
     let (sha, len, id) = (job.body.sha256(), job.body.len, job.body.id.clone());
     for e in &mut job.envelopes {
-        e.body = Some(id.clone());
-        e.message_sha256 = sha.clone();
-        e.message_len = len;
+        e.body = id.clone();
+        e.body_sha256 = sha.clone();
+        e.body_len = len;
     }
     let mut staged = Staged {
         job,
@@ -358,22 +323,18 @@ pub(super) fn stage(layout: &Layout, counter: &AtomicU64, mut job: Job) -> Stage
     for i in 0..staged.job.envelopes.len() {
         let e = &staged.job.envelopes[i];
         let target = layout.envelope_path(&e.id);
-        let tmp = layout.tmp.join(format!(
-            "{}.json.{}",
-            e.id,
-            counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = layout.envelope_tmp(&e.id, names.serial());
         let json = serde_json::to_vec_pretty(e).expect("envelopes serialize");
         match create_with(&layout.pool, &tmp, &json) {
             Ok(f) => staged.envelope_files.push((f, tmp, target)),
             Err(source) => {
-                super::discard(&tmp);
+                discard(&tmp);
                 staged.fail(SpoolError::Io { path: tmp, source });
                 return staged;
             }
         }
     }
-    super::crash::point("commit:staged");
+    crash::point("commit:staged");
     for f in staged.files() {
         start_writeback(f);
     }
@@ -394,7 +355,7 @@ fn place(s: &mut Staged) {
     for (file, tmp, target) in rest.by_ref() {
         drop(file);
         if let Err(source) = fs::rename(&tmp, &target) {
-            super::discard(&tmp);
+            discard(&tmp);
             s.fail(SpoolError::Io {
                 path: target,
                 source,
@@ -402,7 +363,7 @@ fn place(s: &mut Staged) {
             break;
         }
         s.placed.push(target);
-        super::crash::point("commit:placed-one");
+        crash::point("commit:placed-one");
     }
     s.envelope_files.extend(rest);
 }

@@ -4,6 +4,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ids::{BodyId, SpoolId};
+use crate::clock::now;
+
+/// The envelope format this relay writes. Files without a `version` read as
+/// 0, the format of every relay before the field: an envelope may then
+/// name no body (its `msg/ID.eml` holds the whole message) and record no
+/// digest (the body is read through unchecked), and `client`,
+/// `authenticated` and `head` may be missing. From 1 on, an envelope
+/// always names its body and records its length and SHA-256.
+pub const ENVELOPE_VERSION: u32 = 1;
+
 /// Where one recipient stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -23,7 +34,10 @@ pub struct Recipient {
 /// A queued message's envelope and delivery state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    pub id: String,
+    /// The format the file was written in ([`ENVELOPE_VERSION`]).
+    #[serde(default)]
+    pub version: u32,
+    pub id: SpoolId,
     /// Reverse-path; empty for the null sender.
     pub sender: String,
     pub recipients: Vec<Recipient>,
@@ -45,8 +59,7 @@ pub struct Envelope {
     /// a tenant's server (by certificate or IP). Otherwise the reverse-path
     /// may be forged, so a DSN returns none of the message and DSNs are
     /// rate-limited per sender domain (backscatter, `delivery::dsn`).
-    /// Envelopes spooled before this field existed read as `false`, the
-    /// cautious side.
+    /// Missing (format 0) reads as `false`, the cautious side.
     #[serde(default)]
     pub authenticated: bool,
     /// The header fields the relay writes in front of the body for this
@@ -56,40 +69,90 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub head: String,
     /// The body file this envelope shares with the message's other
-    /// envelopes (`msg/BODY.eml`). Envelopes spooled before bodies were
-    /// shared have none: their `msg/ID.eml` holds the whole message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
+    /// envelopes (`msg/BODY.eml`), named at the commit.
+    #[serde(default)]
+    pub body: BodyId,
     /// SHA-256 and length of the body file, set when it is committed: a
     /// file torn by a crash or a bad disk is detected, never delivered.
-    #[serde(default)]
-    pub message_sha256: String,
-    #[serde(default)]
-    pub message_len: u64,
+    /// (Named `message_*` in the file, as the first relays wrote them.)
+    #[serde(default, rename = "message_sha256")]
+    pub body_sha256: String,
+    #[serde(default, rename = "message_len")]
+    pub body_len: u64,
 }
 
 impl Envelope {
+    /// A new envelope in the current format, received now and due now, its
+    /// body to be named at the commit.
+    pub fn new(id: SpoolId, sender: String, recipients: Vec<Recipient>) -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id,
+            sender,
+            recipients,
+            tenant: None,
+            received_at: now(),
+            attempts: 0,
+            next_attempt: now(),
+            last_error: None,
+            is_dsn: false,
+            client: String::new(),
+            authenticated: false,
+            head: String::new(),
+            body: BodyId::default(),
+            body_sha256: String::new(),
+            body_len: 0,
+        }
+    }
+
+    /// Reads an envelope file, in any format this relay knows, as the
+    /// current one: a format-0 envelope that names no body gets its own.
+    /// A newer format, or a current one without its body's record, is an
+    /// error (the caller sets the file aside).
+    pub(super) fn from_json(bytes: &[u8]) -> Result<Envelope, String> {
+        let mut e: Envelope = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        match e.version {
+            0 => {
+                if e.body.as_str().is_empty() {
+                    e.body = e.id.own_body();
+                }
+            }
+            ENVELOPE_VERSION => {
+                if e.body.as_str().is_empty() || e.body_sha256.is_empty() {
+                    return Err("format 1 envelope without its body's name and digest".into());
+                }
+            }
+            v => {
+                return Err(format!(
+                    "envelope format {v}, newer than this relay's {ENVELOPE_VERSION}"
+                ));
+            }
+        }
+        Ok(e)
+    }
+
+    /// The body's length and SHA-256 as recorded at the commit; `None` for
+    /// a format-0 envelope written before digests.
+    pub fn body_record(&self) -> Option<(u64, &str)> {
+        (!self.body_sha256.is_empty()).then_some((self.body_len, self.body_sha256.as_str()))
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
         self.recipients
             .iter()
             .filter(|r| r.state == RecipientState::Pending)
     }
 
-    /// The name of the body file (without `.eml`).
-    pub fn body_id(&self) -> &str {
-        self.body.as_deref().unwrap_or(&self.id)
-    }
-
     /// Bytes of the message as it will be sent: the head and the body.
     pub fn size(&self) -> u64 {
-        self.head.len() as u64 + self.message_len
+        self.head.len() as u64 + self.body_len
     }
 }
 
 /// One queued message as `GET /queue` and `attrelay queue list` show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct QueueEntry {
-    pub id: String,
+    pub id: SpoolId,
     /// Empty for the null sender.
     pub sender: String,
     pub tenant: Option<String>,

@@ -1,96 +1,54 @@
 //! The durable spool: messages the relay answered `250` for, until they are
-//! delivered or bounced.
-//!
-//! Layout under `[spool] path`:
-//! - `msg/BODY.eml`: a message's body as the client sent it (without the
-//!   client's copies of the relay's fields), stored once however many
-//!   tenants it was attributed to;
-//! - `queue/ID.json`: one envelope per tenant — recipients, delivery state,
-//!   the header fields the relay writes in front of the body, and the name
-//!   of the body — **the commit record**;
-//! - `tmp/`: envelope files being written.
+//! delivered or bounced. Its files are laid out in `layout.rs`.
 //!
 //! A body is streamed to its file as the client sends it ([`Body`]); the
 //! body and its envelopes become durable together through the group
 //! committer ([`Spool::commit`], `commit.rs`), and only then does SMTP
 //! answer `250`. A body no envelope names (a crash or a refusal before the
-//! commit) is removed at recovery; a body is removed with the last envelope
-//! that names it.
+//! commit) is removed at recovery (`recover.rs`); a body is removed with
+//! the last envelope that names it (`shares.rs`).
 //!
 //! A full disk is a temporary condition, never a lasting one: a write that
 //! fails removes what it had written, and new mail is refused while less
 //! than `[spool] min_free_bytes` would remain free (`room.rs`), so that the
 //! envelope rewrites of delivery and the DSNs for mail already accepted
 //! still find room.
+//!
+//! The children never import this file: what they share (the error, the
+//! envelope, the layout, the names) lives in children of its own.
 
 mod body;
 mod commit;
 mod crash;
+mod durable;
 mod envelope;
+mod error;
+mod ids;
+mod layout;
 mod pool;
+mod recover;
 mod room;
+mod shares;
 mod stored;
 
-use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 pub use body::{BUFFER, Body};
-pub use envelope::{Envelope, QueueEntry, Recipient, RecipientState};
+pub use durable::{discard, replace_durably};
+pub use envelope::{ENVELOPE_VERSION, Envelope, QueueEntry, Recipient, RecipientState};
+pub use error::{SpoolError, WriteError};
+pub use ids::{BodyId, SpoolId};
+pub use recover::Listing;
 pub use stored::{Chunk, Reader, Stored};
 
-use commit::{Committer, Job, Layout};
+use commit::{Committer, Job};
+use error::io;
+use ids::Names;
+use layout::Layout;
 use room::Room;
+use shares::Shares;
 use stored::OpenError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    #[error("spool {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("spool {}: corrupt envelope: {detail}", path.display())]
-    Corrupt { path: PathBuf, detail: String },
-    /// Storing the message would leave less than the free-space reserve.
-    #[error(
-        "spool {}: {available} bytes free, {needed} needed (the message and the min_free_bytes reserve)",
-        path.display()
-    )]
-    Full {
-        path: PathBuf,
-        available: u64,
-        needed: u64,
-    },
-}
-
-impl SpoolError {
-    /// A queued message found damaged (its envelope unreadable, its body
-    /// missing or changed): it was moved to `corrupt/`, never delivered.
-    pub fn is_corrupt(&self) -> bool {
-        matches!(self, SpoolError::Corrupt { .. })
-    }
-
-    /// The disk (or the relay user's quota) is full: the free-space reserve
-    /// refused the message, or a write failed with `ENOSPC` or `EDQUOT`. A
-    /// condition that passes as deliveries free space, so SMTP answers it
-    /// `452 4.3.1` (RFC 3463: mail system full) rather than the catch-all
-    /// `451 4.3.0`.
-    pub fn is_full(&self) -> bool {
-        match self {
-            SpoolError::Full { .. } => true,
-            SpoolError::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ),
-            SpoolError::Corrupt { .. } => false,
-        }
-    }
-}
 
 /// The default of `[spool] min_free_bytes`. Postfix refuses mail unless
 /// 1.5 × its message size limit is free; a fixed 64 MiB leaves room for the
@@ -98,138 +56,16 @@ impl SpoolError {
 /// each) while a disk fills, without refusing mail on a small spool volume.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Every message in the spool's queue, oldest first. Reads each envelope:
-/// meant for an operator's look at the queue, not for periodic scraping.
-pub fn listing(spool: &Spool) -> Vec<QueueEntry> {
-    let (envelopes, _) = spool.recover_list();
-    let mut out: Vec<QueueEntry> = envelopes.into_iter().map(QueueEntry::from).collect();
-    out.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
-    out
-}
-
-/// Seconds since the epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The spool directory.
 #[derive(Debug)]
 pub struct Spool {
-    root: PathBuf,
     layout: Layout,
-    counter: Arc<AtomicU64>,
+    names: Arc<Names>,
     room: Arc<Room>,
-    /// How many queued envelopes name each shared body: the last one
-    /// removed removes the body. Rebuilt by [`Spool::recover`].
-    bodies: Arc<Mutex<HashMap<String, usize>>>,
+    /// How many queued envelopes name each body. Rebuilt by
+    /// [`Spool::recover`].
+    shares: Arc<Shares>,
     committer: Committer,
-}
-
-/// A durable write that failed: the path it failed on, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
-pub struct WriteError {
-    pub path: PathBuf,
-    pub source: std::io::Error,
-}
-
-impl WriteError {
-    fn at(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
-        move |source| WriteError {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
-
-impl From<WriteError> for SpoolError {
-    fn from(e: WriteError) -> SpoolError {
-        SpoolError::Io {
-            path: e.path,
-            source: e.source,
-        }
-    }
-}
-
-/// Puts `bytes` at `target` so that after a crash it is complete or absent:
-/// written to `tmp` (on the same filesystem), fsynced, renamed over
-/// `target`, and `target`'s directory fsynced. A failure before the rename
-/// removes `tmp`, because on a full disk a partial file would keep the disk
-/// full. Envelope rewrites and directory delivery write this way.
-pub fn replace_durably(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    let placed = write_synced(tmp, bytes)
-        .map_err(WriteError::at(tmp))
-        .and_then(|()| fs::rename(tmp, target).map_err(WriteError::at(target)));
-    if let Err(e) = placed {
-        discard(tmp);
-        return Err(e);
-    }
-    let dir = target
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(WriteError::at(dir))
-}
-
-/// Creates `path` with `bytes`, fsynced.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// Removes a file a failed write left behind. Best effort: if even that
-/// fails, the spool's recovery empties `tmp/` and removes unnamed bodies at
-/// the next start, and a retried directory delivery writes the same
-/// temporary name again.
-pub fn discard(path: &Path) {
-    if let Err(e) = fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove a partly written file");
-    }
-}
-
-/// Forgets envelope `id`'s claim on `body`; whether it was the last. A
-/// body the spool never counted (an envelope from before bodies were
-/// shared, `None`, owns its file alone) is the envelope's own; a shared one
-/// it does not know of is kept, for recovery to judge.
-fn release(bodies: &Mutex<HashMap<String, usize>>, id: &str, body: Option<&str>) -> bool {
-    let Some(body) = body else {
-        return true;
-    };
-    let mut bodies = bodies.lock().unwrap_or_else(|e| e.into_inner());
-    match bodies.get_mut(body) {
-        Some(n) if *n > 1 => {
-            *n -= 1;
-            false
-        }
-        Some(_) => {
-            bodies.remove(body);
-            true
-        }
-        None => {
-            tracing::warn!(queue_id = %id, body = %body, "a body the spool does not count: kept until the next start");
-            false
-        }
-    }
-}
-
-/// A digest as the envelope records it: lowercase hex.
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Spool {
@@ -243,19 +79,13 @@ impl Spool {
     /// `min_free_bytes` free on its filesystem (0: no reserve). Starts the
     /// spool's committer thread.
     pub fn open_with(root: &Path, min_free_bytes: u64) -> Result<Spool, SpoolError> {
-        for sub in ["msg", "queue", "tmp"] {
-            let d = root.join(sub);
-            fs::create_dir_all(&d).map_err(io(&d))?;
-        }
-        let layout = Layout::open(root).map_err(io(root))?;
-        let counter = Arc::new(AtomicU64::new(0));
+        let layout = Layout::open(root)?;
         let committer = Committer::start(layout.clone()).map_err(io(root))?;
         Ok(Spool {
-            root: root.to_path_buf(),
             layout,
-            counter,
+            names: Arc::default(),
             room: Arc::new(Room::new(root, min_free_bytes)),
-            bodies: Arc::default(),
+            shares: Arc::default(),
             committer,
         })
     }
@@ -281,41 +111,29 @@ impl Spool {
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.layout.root
     }
 
     /// A new queue id: time-ordered and unique within this spool.
-    pub fn new_id(&self) -> String {
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{micros:014X}{:05X}{:04X}",
-            std::process::id() & 0xFFFFF,
-            n & 0xFFFF
-        )
-    }
-
-    fn body_path(&self, body: &str) -> PathBuf {
-        self.layout.msg.join(format!("{body}.eml"))
-    }
-
-    fn envelope_path(&self, id: &str) -> PathBuf {
-        self.layout.envelope_path(id)
+    pub fn new_id(&self) -> SpoolId {
+        self.names.spool_id()
     }
 
     /// A new body for a client's message, held to the free-space reserve
     /// as it is written.
     pub fn body(&self) -> Body {
-        let id = self.new_id();
+        self.new_body(true)
+    }
+
+    fn new_body(&self, checked: bool) -> Body {
+        let id = self.names.body_id();
+        let path = self.layout.body_path(&id);
         Body::new(
-            id.clone(),
-            self.body_path(&id),
+            id,
+            path,
             self.room.clone(),
             self.layout.pool.clone(),
-            true,
+            checked,
         )
     }
 
@@ -323,14 +141,7 @@ impl Spool {
     /// reports on mail already accepted and the original stays queued until
     /// its DSN is stored; refusing the DSN would hold both.
     pub fn body_of(&self, bytes: &[u8]) -> Body {
-        let id = self.new_id();
-        let mut body = Body::new(
-            id.clone(),
-            self.body_path(&id),
-            self.room.clone(),
-            self.layout.pool.clone(),
-            false,
-        );
+        let mut body = self.new_body(false);
         body.append(bytes);
         body
     }
@@ -344,21 +155,17 @@ impl Spool {
         body: Body,
         envelopes: Vec<Envelope>,
     ) -> Result<Vec<Envelope>, SpoolError> {
-        let (layout, counter) = (self.layout.clone(), self.counter.clone());
+        let (layout, names) = (self.layout.clone(), self.names.clone());
         let staged = tokio::task::spawn_blocking(move || {
-            commit::stage(&layout, &counter, Job { body, envelopes })
+            commit::stage(&layout, &names, Job { body, envelopes })
         })
         .await
-        .map_err(|e| SpoolError::Io {
-            path: self.root.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        .map_err(|e| io(self.root())(std::io::Error::other(e)))?;
         let outcome = self.committer.submit(staged).await;
         let outcome = outcome.unwrap_or_else(|_| {
-            Err(SpoolError::Io {
-                path: self.root.clone(),
-                source: std::io::Error::other("the spool's committer stopped"),
-            })
+            Err(io(self.root())(std::io::Error::other(
+                "the spool's committer stopped",
+            )))
         });
         self.retain(&outcome);
         outcome
@@ -371,7 +178,7 @@ impl Spool {
         body: Body,
         envelopes: Vec<Envelope>,
     ) -> Result<Vec<Envelope>, SpoolError> {
-        let staged = commit::stage(&self.layout, &self.counter, Job { body, envelopes });
+        let staged = commit::stage(&self.layout, &self.names, Job { body, envelopes });
         let outcome = commit::write_batch(&self.layout, vec![staged], false)
             .0
             .pop()
@@ -383,14 +190,9 @@ impl Spool {
     /// Counts the envelopes of a committed body.
     fn retain(&self, outcome: &Result<Vec<Envelope>, SpoolError>) {
         if let Ok(envelopes) = outcome
-            && let Some(body) = envelopes.first().and_then(|e| e.body.clone())
+            && let Some(first) = envelopes.first()
         {
-            *self
-                .bodies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(body)
-                .or_default() += envelopes.len();
+            self.shares.add(&first.body, envelopes.len());
         }
     }
 
@@ -414,12 +216,14 @@ impl Spool {
     /// damaged body is never delivered: the envelope (and a damaged body)
     /// is moved to `corrupt/` and the error says so.
     pub async fn open_checked(&self, envelope: &Envelope) -> Result<Stored, SpoolError> {
-        let path = self.body_path(envelope.body_id());
+        let path = self.layout.body_path(&envelope.body);
         // A body recorded as one chunk (most mail) is read here: a small
         // read, bounded by the recorded length whatever the file holds. A
-        // larger one, or one from before lengths were recorded, is read
-        // through and hashed on the blocking pool.
-        let small = !envelope.message_sha256.is_empty() && envelope.message_len <= BUFFER as u64;
+        // larger one, or one with no record, is read through and hashed on
+        // the blocking pool.
+        let small = envelope
+            .body_record()
+            .is_some_and(|(len, _)| len <= BUFFER as u64);
         let opened = if small {
             Stored::open(&path, envelope)
         } else {
@@ -451,7 +255,7 @@ impl Spool {
                 true,
                 format!(
                     "message file is {len} bytes with SHA-256 {sha256}, expected {} bytes with {}: moved to corrupt/, not delivered",
-                    envelope.message_len, envelope.message_sha256
+                    envelope.body_len, envelope.body_sha256
                 ),
             ),
             Err(OpenError::NotAFile) => (
@@ -466,7 +270,7 @@ impl Spool {
     /// The whole message, checked, on the calling thread: for tests.
     #[cfg(test)]
     pub fn read_checked(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
-        let path = self.body_path(envelope.body_id());
+        let path = self.layout.body_path(&envelope.body);
         let stored = self.checked(envelope, path.clone(), Stored::open(&path, envelope))?;
         stored.to_vec_blocking().map_err(io(&path))
     }
@@ -475,38 +279,26 @@ impl Spool {
     /// Other envelopes of a body moved aside then find it missing and
     /// follow it there.
     fn set_aside(&self, envelope: &Envelope, with_body: bool) {
-        let aside = self.root.join("corrupt");
-        let _ = fs::create_dir_all(&aside);
-        let mut paths = vec![self.envelope_path(&envelope.id)];
+        self.layout
+            .set_aside(&self.layout.envelope_path(&envelope.id));
         if with_body {
-            paths.push(self.body_path(envelope.body_id()));
+            self.layout
+                .set_aside(&self.layout.body_path(&envelope.body));
         }
-        for p in paths {
-            let _ = fs::rename(&p, aside.join(p.file_name().unwrap_or_default()));
-        }
-        self.release(envelope);
+        self.shares.release(&envelope.id, &envelope.body);
     }
 
     /// Rewrites an envelope (delivery progress) atomically. Never held to
     /// the free-space reserve: the reserve exists for this bookkeeping.
     pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
         let json = serde_json::to_vec_pretty(envelope).expect("envelopes serialize");
-        let target = self.envelope_path(&envelope.id);
-        let tmp = self.layout.tmp.join(format!(
-            "{}.json.{}",
-            envelope.id,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let target = self.layout.envelope_path(&envelope.id);
+        let tmp = self.layout.envelope_tmp(&envelope.id, self.names.serial());
         replace_durably(&tmp, &target, &json).map_err(SpoolError::from)
     }
 
-    pub fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
-        let p = self.envelope_path(id);
-        let bytes = fs::read(&p).map_err(io(&p))?;
-        serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
-            path: p,
-            detail: e.to_string(),
-        })
+    pub fn read_envelope(&self, id: &SpoolId) -> Result<Envelope, SpoolError> {
+        recover::read_envelope(&self.layout, id)
     }
 
     /// Removes a finished envelope, and its body when no other envelope
@@ -521,11 +313,11 @@ impl Spool {
     pub async fn remove(&self, envelope: &Envelope) {
         let pool = self.layout.pool.clone();
         let syncer = self.committer.queue_syncer();
-        let bodies = self.bodies.clone();
+        let shares = self.shares.clone();
         let (id, body) = (envelope.id.clone(), envelope.body.clone());
         let (path, body_path) = (
-            self.envelope_path(&envelope.id),
-            self.body_path(envelope.body_id()),
+            self.layout.envelope_path(&envelope.id),
+            self.layout.body_path(&envelope.body),
         );
         // One trip to a blocking thread: the envelope out, the wait for
         // the committer's next `queue/` sync, and the body out if it was
@@ -540,7 +332,7 @@ impl Spool {
             // Reused only now that its old name cannot come back.
             pool.offer(retired);
             crash::point("remove:envelope");
-            if release(&bodies, &id, body.as_deref()) {
+            if shares.release(&id, &body) {
                 pool.recycle(&body_path);
             }
             true
@@ -553,148 +345,41 @@ impl Spool {
     /// [`Spool::remove`] on the calling thread.
     pub fn remove_blocking(&self, envelope: &Envelope) {
         let pool = &self.layout.pool;
-        let Ok(retired) = pool.retire(&self.envelope_path(&envelope.id)) else {
+        let Ok(retired) = pool.retire(&self.layout.envelope_path(&envelope.id)) else {
             return;
         };
         if self.layout.queue_dir.sync_all().is_ok() {
             pool.offer(retired);
-            if self.release(envelope) {
-                pool.recycle(&self.body_path(envelope.body_id()));
+            if self.shares.release(&envelope.id, &envelope.body) {
+                pool.recycle(&self.layout.body_path(&envelope.body));
             }
         }
     }
 
-    /// Forgets `envelope`'s claim on its body ([`release`]).
-    fn release(&self, envelope: &Envelope) -> bool {
-        release(&self.bodies, &envelope.id, envelope.body.as_deref())
-    }
-
-    /// Everything queued, after a restart: envelopes whose body exists.
-    /// Removes leftovers of interrupted writes (`tmp/`, bodies no envelope
-    /// names) and counts each body's envelopes. A corrupt envelope is moved
-    /// aside to `corrupt/` and reported, never silently dropped; while there
-    /// is one, unnamed bodies go there too (one may be its body).
+    /// Everything queued, after a restart (see `recover.rs`): envelopes
+    /// whose body exists, and the problems with the others, each set aside.
     pub fn recover(&self) -> Result<(Vec<Envelope>, Vec<SpoolError>), SpoolError> {
-        let tmp = &self.layout.tmp;
-        for entry in fs::read_dir(tmp).map_err(io(tmp))?.flatten() {
-            let _ = fs::remove_file(entry.path());
-        }
-        let (mut envelopes, problems, set_aside) = self.read_queue()?;
-        let named: HashSet<&str> = envelopes.iter().map(|e| e.body_id()).collect();
-        self.sweep_bodies(&named, set_aside)?;
-        // Old envelopes own their file alone; only shared bodies are counted.
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for body in envelopes.iter().filter_map(|e| e.body.clone()) {
-            *counts.entry(body).or_default() += 1;
-        }
-        *self.bodies.lock().unwrap_or_else(|e| e.into_inner()) = counts;
-        envelopes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok((envelopes, problems))
+        recover::recover(&self.layout, &self.shares)
     }
 
-    /// Every envelope in `queue/` whose body exists, the problems with the
-    /// others (each moved to `corrupt/`), and whether an envelope file was
-    /// moved there because it could not be read (then unnamed bodies may be
-    /// its own).
-    fn read_queue(&self) -> Result<(Vec<Envelope>, Vec<SpoolError>, bool), SpoolError> {
-        let mut envelopes = Vec::new();
-        let mut problems = Vec::new();
-        let mut set_aside = false;
-        let aside = self.root.join("corrupt");
-        let queue = &self.layout.queue;
-        for entry in fs::read_dir(queue).map_err(io(queue))?.flatten() {
-            let path = entry.path();
-            let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
-                continue;
-            };
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let read = self.read_envelope(&id).and_then(|e| {
-                // A file that does not hold its own envelope (a crash
-                // reusing a file, an operator's copy) would be delivered
-                // and never removed.
-                if e.id == id {
-                    Ok(e)
-                } else {
-                    Err(SpoolError::Corrupt {
-                        path: path.clone(),
-                        detail: format!("holds the envelope of {}", e.id),
-                    })
-                }
-            });
-            match read {
-                Ok(e) if self.body_path(e.body_id()).exists() => envelopes.push(e),
-                // Never attempted, never removed: it would stay in queue/
-                // (and in every listing) for ever.
-                Ok(_) => {
-                    let _ = fs::create_dir_all(&aside);
-                    let _ = fs::rename(&path, aside.join(path.file_name().unwrap_or_default()));
-                    problems.push(SpoolError::Corrupt {
-                        path: path.clone(),
-                        detail: "message body missing: envelope moved to corrupt/, not delivered"
-                            .into(),
-                    });
-                }
-                Err(e) => {
-                    let _ = fs::create_dir_all(&aside);
-                    let _ = fs::rename(&path, aside.join(path.file_name().unwrap_or_default()));
-                    set_aside = true;
-                    problems.push(e);
-                }
-            }
-        }
-        Ok((envelopes, problems, set_aside))
+    /// The queued envelopes, oldest first, read-only (no clean-up): for an
+    /// operator's look at the queue and for metrics.
+    pub fn list(&self) -> Listing {
+        recover::list(&self.layout)
     }
 
-    /// Removes the bodies in `msg/` that no envelope `named`: never
-    /// acknowledged, since the envelope is the commit record. While an
-    /// envelope was `set_aside`, they go to `corrupt/` instead, for an
-    /// operator to inspect beside it (one may be its body).
-    fn sweep_bodies(&self, named: &HashSet<&str>, set_aside: bool) -> Result<(), SpoolError> {
-        let aside = self.root.join("corrupt");
-        let msg = &self.layout.msg;
-        for entry in fs::read_dir(msg).map_err(io(msg))?.flatten() {
-            let p = entry.path();
-            let id = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if named.contains(id.as_str()) {
-                continue;
-            }
-            if set_aside {
-                let _ = fs::rename(&p, aside.join(p.file_name().unwrap_or_default()));
-            } else {
-                let _ = fs::remove_file(&p);
-            }
-        }
-        Ok(())
-    }
-
-    /// The queued envelopes, read-only (no clean-up): for metrics.
-    pub fn recover_list(&self) -> (Vec<Envelope>, usize) {
-        let mut out = Vec::new();
-        let mut bad = 0;
-        if let Ok(dir) = fs::read_dir(&self.layout.queue) {
-            for entry in dir.flatten() {
-                let id = entry
-                    .path()
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                match self.read_envelope(&id) {
-                    Ok(e) => out.push(e),
-                    Err(_) => bad += 1,
-                }
-            }
-        }
-        (out, bad)
+    /// Every queued message as `queue list` and `GET /queue` show it.
+    pub fn entries(&self) -> Vec<QueueEntry> {
+        self.list()
+            .envelopes
+            .into_iter()
+            .map(QueueEntry::from)
+            .collect()
     }
 
     /// Number of queued messages (for status and metrics).
     pub fn len(&self) -> usize {
-        fs::read_dir(&self.layout.queue)
+        std::fs::read_dir(&self.layout.queue)
             .map(|d| d.count())
             .unwrap_or(0)
     }
@@ -707,27 +392,21 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn envelope(spool: &Spool) -> Envelope {
         Envelope {
-            id: spool.new_id(),
-            sender: "a@contoso.com".into(),
-            recipients: vec![Recipient {
-                address: "b@example.org".into(),
-                state: RecipientState::Pending,
-            }],
             tenant: Some("contoso".into()),
-            received_at: now(),
-            attempts: 0,
-            next_attempt: now(),
-            last_error: None,
-            is_dsn: false,
             client: "203.0.113.5".into(),
             authenticated: true,
-            head: String::new(),
-            body: None,
-            message_sha256: String::new(),
-            message_len: 0,
+            ..Envelope::new(
+                spool.new_id(),
+                "a@contoso.com".into(),
+                vec![Recipient {
+                    address: "b@example.org".into(),
+                    state: RecipientState::Pending,
+                }],
+            )
         }
     }
 
@@ -782,7 +461,7 @@ mod tests {
         assert_eq!(read_all(&stored).await.unwrap(), expected);
         // Changed in place after the check: the reader refuses to hand out
         // the end of the message.
-        let path = dir.path().join("msg").join(format!("{}.eml", e.body_id()));
+        let path = dir.path().join("msg").join(format!("{}.eml", e.body));
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&file, b"EVIL", 100_000).unwrap();
         let err = read_all(&stored).await.unwrap_err();
@@ -794,7 +473,7 @@ mod tests {
         // An envelope from before digests is checked against the body as
         // it was read when opened.
         let mut old = e.clone();
-        old.message_sha256.clear();
+        old.body_sha256.clear();
         std::os::unix::fs::FileExt::write_all_at(&file, b"aaaa", 100_000).unwrap();
         let opened = spool.open_checked(&old).await.unwrap();
         std::os::unix::fs::FileExt::write_all_at(&file, b"EVIL", 100_000).unwrap();
@@ -814,7 +493,7 @@ mod tests {
         for swap in ["symlink to /dev/zero", "fifo", "grown"] {
             let mut e = envelope(&spool);
             spool.store(&mut e, b"Subject: x\r\n\r\nsmall\r\n").unwrap();
-            let path = dir.path().join("msg").join(format!("{}.eml", e.body_id()));
+            let path = dir.path().join("msg").join(format!("{}.eml", e.body));
             std::fs::remove_file(&path).unwrap();
             match swap {
                 "fifo" => rustix::fs::mkfifoat(
@@ -870,7 +549,7 @@ mod tests {
             .unwrap();
         assert!(spool.read_checked(&e).is_ok());
         // Cut the file in half, as a crash on a filesystem without ordered writes could.
-        let path = dir.path().join("msg").join(format!("{}.eml", e.body_id()));
+        let path = dir.path().join("msg").join(format!("{}.eml", e.body));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let (found, _) = spool.recover().unwrap();
@@ -879,7 +558,7 @@ mod tests {
         assert!(
             dir.path()
                 .join("corrupt")
-                .join(format!("{}.eml", e.body_id()))
+                .join(format!("{}.eml", e.body))
                 .exists()
         );
         assert!(spool.recover().unwrap().0.is_empty());
@@ -889,7 +568,7 @@ mod tests {
     fn ids_are_unique_and_ordered() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let ids: Vec<String> = (0..1000).map(|_| spool.new_id()).collect();
+        let ids: Vec<SpoolId> = (0..1000).map(|_| spool.new_id()).collect();
         let mut sorted = ids.clone();
         sorted.sort();
         sorted.dedup();
@@ -1013,6 +692,78 @@ mod tests {
             dir.path().join("corrupt/BAD.eml").exists(),
             "the message is kept for the operator"
         );
+    }
+
+    /// An envelope as the first relays wrote it: no `version`, no body
+    /// name (its `msg/ID.eml` holds the message), no digest.
+    const FORMAT_0: &str = r#"{"id":"OLD1","sender":"a@contoso.com",
+        "recipients":[{"address":"b@example.org","state":"pending"}],
+        "tenant":"contoso","received_at":1,"attempts":0,"next_attempt":1,
+        "last_error":null}"#;
+
+    #[tokio::test]
+    async fn envelopes_of_format_0_are_read_delivered_and_removed_with_their_own_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("queue/OLD1.json"), FORMAT_0).unwrap();
+        std::fs::write(
+            dir.path().join("msg/OLD1.eml"),
+            b"Subject: old\r\n\r\nx\r\n",
+        )
+        .unwrap();
+        let (found, problems) = spool.recover().unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let old = &found[0];
+        assert_eq!((old.version, old.body.as_str()), (0, "OLD1"));
+        assert!(!old.authenticated, "missing reads as the cautious side");
+        assert_eq!(old.body_record(), None);
+        let stored = spool.open_checked(old).await.unwrap();
+        assert_eq!(
+            stored.to_vec_blocking().unwrap(),
+            b"Subject: old\r\n\r\nx\r\n"
+        );
+        spool.remove(old).await;
+        assert_eq!(names(&dir.path().join("msg")), Vec::<String>::new());
+        assert_eq!(names(&dir.path().join("queue")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn envelopes_of_a_newer_format_or_without_their_record_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut e = envelope(&spool);
+        spool.store(&mut e, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let mut newer = serde_json::to_value(&e).unwrap();
+        newer["version"] = (ENVELOPE_VERSION + 1).into();
+        let path = dir.path().join(format!("queue/{}.json", e.id));
+        std::fs::write(&path, newer.to_string()).unwrap();
+        let err = spool.read_envelope(&e.id).unwrap_err().to_string();
+        assert!(err.contains("newer than this relay's"), "{err}");
+        let mut unrecorded = serde_json::to_value(&e).unwrap();
+        unrecorded.as_object_mut().unwrap().remove("message_sha256");
+        std::fs::write(&path, unrecorded.to_string()).unwrap();
+        let err = spool.read_envelope(&e.id).unwrap_err().to_string();
+        assert!(err.contains("without its body's name and digest"), "{err}");
+        let (found, problems) = spool.recover().unwrap();
+        assert!(found.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(dir.path().join(format!("corrupt/{}.json", e.id)).exists());
+    }
+
+    #[test]
+    fn the_file_keeps_the_names_the_first_relays_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut e = envelope(&spool);
+        spool.store(&mut e, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("queue/{}.json", e.id))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["version"], ENVELOPE_VERSION);
+        assert_eq!(json["message_len"], e.body_len);
+        assert_eq!(json["message_sha256"], e.body_sha256.as_str());
+        assert_eq!(json["body"], e.body.as_str());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::SpoolError;
+use super::error::SpoolError;
 
 /// The spool's filesystem as new mail sees it.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ impl Room {
 pub(super) struct Reservation {
     room: Arc<Room>,
     bytes: u64,
-    /// Held to the reserve: a DSN is not (see [`super::Spool::store`]).
+    /// Held to the reserve: a DSN is not (see `Spool::store`).
     checked: bool,
 }
 

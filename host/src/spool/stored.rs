@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use super::{BUFFER, Envelope};
+use super::body::{BUFFER, hex};
+use super::envelope::Envelope;
 
 // A body the free-file pool may recycle (overwrite in place once its last
 // envelope is gone) must be held, never read from its file as it is sent.
@@ -92,12 +93,8 @@ impl Stored {
     /// the file became.
     pub(super) fn open(path: &Path, envelope: &Envelope) -> Result<Stored, OpenError> {
         let file = open_regular(path)?;
-        let recorded = !envelope.message_sha256.is_empty();
-        let limit = if recorded {
-            envelope.message_len.saturating_add(1)
-        } else {
-            u64::MAX
-        };
+        let recorded = envelope.body_record();
+        let limit = recorded.map_or(u64::MAX, |(len, _)| len.saturating_add(1));
         let mut reader = (&file).take(limit);
         let mut hasher = sha2::Sha256::new();
         let mut held = Vec::new();
@@ -117,8 +114,8 @@ impl Stored {
             }
             len += n as u64;
         }
-        let sha256 = super::hex(&hasher.finalize());
-        if recorded && (len != envelope.message_len || sha256 != envelope.message_sha256) {
+        let sha256 = hex(&hasher.finalize());
+        if recorded.is_some_and(|r| r != (len, sha256.as_str())) {
             return Err(OpenError::Mismatch { len, sha256 });
         }
         let body = if len <= BUFFER as u64 {
@@ -267,7 +264,7 @@ impl Reader<'_> {
         match self.stored.body {
             Source::Held(_) => true,
             Source::File(_) => {
-                let sha256 = super::hex(&std::mem::take(&mut self.hasher).finalize());
+                let sha256 = hex(&std::mem::take(&mut self.hasher).finalize());
                 sha256 == *self.stored.sha256
             }
         }

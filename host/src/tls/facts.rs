@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tracing::info;
 
 use super::server::{cipher_name, protocol_name};
-use crate::spool::now;
+use crate::clock::now;
 use attrelay_engine::certificate::{TrustAnchors, inspect_chain, unix_time};
 
 /// A client's chain as presented, leaf first.

@@ -69,7 +69,7 @@ async fn send(relay: &RelayHandle, recipients: &[&str]) {
 async fn first_attempt(relay: &RelayHandle, within: Duration) -> String {
     let started = Instant::now();
     while started.elapsed() < within {
-        let queued = attrelay::spool::listing(&relay.context.spool);
+        let queued = relay.context.spool.entries();
         if let Some(e) = queued.first().filter(|e| e.attempts >= 1) {
             return e.last_error.clone().unwrap_or_default();
         }
@@ -464,7 +464,7 @@ async fn a_leftover_reply_never_decides_another_message() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
-            attrelay::spool::listing(&relay.context.spool).is_empty(),
+            relay.context.spool.entries().is_empty(),
             "pipelining {pipelining}: nothing failed or left queued"
         );
         let got = delivered.lock().unwrap().clone();
@@ -599,7 +599,7 @@ async fn an_envelope_whose_body_is_gone_leaves_the_queue_at_recovery() {
         .collect();
     assert!(aside.iter().any(|f| f.ends_with(".json")), "{aside:?}");
     assert_eq!(relay.metrics.spool_set_aside.get(), 1);
-    assert!(attrelay::spool::listing(&relay.context.spool).is_empty());
+    assert!(relay.context.spool.entries().is_empty());
     relay.stop().await;
 }
 

@@ -671,7 +671,7 @@ async fn queue_gauges_listing_and_flush() {
         "{e:?}"
     );
     assert!(
-        e.next_attempt > attrelay::spool::now() + 30,
+        e.next_attempt > attrelay::clock::now() + 30,
         "waiting for its 60 s backoff: {e:?}"
     );
     let cfg = live.config.to_str().unwrap().to_string();
@@ -682,7 +682,7 @@ async fn queue_gauges_listing_and_flush() {
     assert_eq!(from_cli, queue);
     let table = stdout(&run_attrelay(&["queue", "list", "--config", &cfg]));
     assert!(
-        table.contains(&e.id)
+        table.contains(e.id.as_str())
             && table.contains("to   defer-once@internet.example")
             && table.contains("last error: 451"),
         "{table}"

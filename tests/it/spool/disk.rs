@@ -244,7 +244,7 @@ async fn directory_delivery_to_a_full_disk_is_deferred_without_partial_files() {
     // it in the outbox.
     let mut queued = Vec::new();
     for _ in 0..100 {
-        queued = attrelay::spool::listing(&relay.context.spool);
+        queued = relay.context.spool.entries();
         if queued.first().is_some_and(|e| e.attempts >= 1) {
             break;
         }

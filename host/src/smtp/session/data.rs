@@ -135,7 +135,17 @@ async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, message: Messa
     let task = tokio::spawn(async move {
         let accepted = intake::accept(&ctx.spool, message, |e| ctx.queue.enqueue(e)).await;
         match accepted {
-            Ok(ids) => reply(250, "2.0.0", &format!("Ok: queued as {}", ids.join(" "))),
+            Ok(ids) => reply(
+                250,
+                "2.0.0",
+                &format!(
+                    "Ok: queued as {}",
+                    ids.iter()
+                        .map(|id| id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            ),
             Err(e) if e.is_full() => {
                 warn!(client = %client, error = %e, "spool full: message refused with 452");
                 reply(452, "4.3.1", "Insufficient system storage")

@@ -24,10 +24,10 @@ use tracing::{debug, info, warn};
 use super::context::{Evaluation, ServerContext};
 use super::stream::{Connection, Io, Line};
 use crate::address::{self, ArgumentError, MailArgs, RcptArgs};
+use crate::clock::now;
 use crate::directory::canonical_ip;
 use crate::intake::Accepted;
 use crate::judges::{Judges, Stage, ask};
-use crate::spool::now;
 
 mod data;
 mod ehlo;
