@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::delivery::{self, DeliveryConfig};
+use crate::delivery::{self, DeliveryContext};
 use crate::metrics::Metrics;
 use crate::policy::{EngineLimits, PolicyEngine};
 use crate::policyd::PolicyServer;
@@ -185,7 +185,7 @@ pub async fn start_with(
     if !recovered.is_empty() {
         info!(messages = recovered.len(), spool = %config.spool.display(), "recovered queued messages; delivering now");
     }
-    let delivery_cfg = DeliveryConfig::new(
+    let delivery_cfg = DeliveryContext::new(
         &config.delivery,
         &config.server.hostname,
         config.server.shutdown_grace,

@@ -7,22 +7,28 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::context::DeliveryContext;
+use super::outcome::Outcome;
 use super::outcome::{all, attempt_timed_out};
-use super::{DeliveryConfig, NextHop, Outcome, directory, dsn, mx, smtp};
+use super::settings::NextHop;
+use super::{directory, dsn, mx, smtp};
 use crate::clock::now;
 use crate::spool::{Envelope, Recipient, RecipientState, Spool, Stored};
 
 /// The backoff after `attempts` failed attempts: initial × 2^(attempts-1), capped.
-pub fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
+pub fn backoff(cfg: &DeliveryContext, attempts: u32) -> Duration {
     let factor = 1u32
         .checked_shl(attempts.saturating_sub(1).min(20))
         .unwrap_or(u32::MAX);
-    cfg.retry_initial.saturating_mul(factor).min(cfg.retry_max)
+    cfg.settings
+        .retry_initial
+        .saturating_mul(factor)
+        .min(cfg.settings.retry_max)
 }
 
 /// One delivery attempt. Returns the envelopes to queue again: this one if
 /// recipients remain, and any DSN it generated.
-pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, envelope: Envelope) -> Vec<Envelope> {
+pub async fn attempt(spool: &Spool, cfg: &DeliveryContext, envelope: Envelope) -> Vec<Envelope> {
     let (mut envelope, message) = match open(spool, cfg, envelope).await {
         Ok(opened) => opened,
         Err(requeued) => return requeued,
@@ -46,21 +52,19 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryConfig, envelope: Envelope) ->
 /// `retry_max` for one that cannot be read now.
 async fn open(
     spool: &Spool,
-    cfg: &DeliveryConfig,
+    cfg: &DeliveryContext,
     mut envelope: Envelope,
 ) -> Result<(Envelope, Stored), Vec<Envelope>> {
     match spool.open_checked(&envelope).await {
         Ok(m) => Ok((envelope, m)),
         Err(e @ crate::spool::SpoolError::Corrupt { .. }) => {
             tracing::error!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "spooled message is damaged");
-            if let Some(m) = &cfg.metrics {
-                m.spool_set_aside.inc();
-            }
+            cfg.metrics.spool_set_aside.inc();
             Err(Vec::new())
         }
         Err(e) => {
             warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot read spooled message; will retry");
-            envelope.next_attempt = now() + cfg.retry_max.as_secs() as i64;
+            envelope.next_attempt = now() + cfg.settings.retry_max.as_secs() as i64;
             Err(vec![envelope])
         }
     }
@@ -70,13 +74,13 @@ async fn open(
 /// the attempt's deadline: a next hop that accepts and then stalls at every
 /// step cannot hold a delivery slot for long.
 async fn deliver(
-    cfg: &DeliveryConfig,
+    cfg: &DeliveryContext,
     envelope: &Envelope,
     message: &Stored,
 ) -> Vec<(String, Outcome, String)> {
     let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
-    let deadline = tokio::time::Instant::now() + cfg.attempt_timeout;
-    match &cfg.next_hop {
+    let deadline = tokio::time::Instant::now() + cfg.settings.attempt_timeout;
+    match &cfg.settings.next_hop {
         NextHop::Directory(dir) => directory::deliver(dir, envelope, message)
             .await
             .into_iter()
@@ -86,7 +90,7 @@ async fn deliver(
             let delivery = smtp::deliver(cfg, host, *port, &envelope.sender, &pending, message);
             let outcomes = tokio::time::timeout_at(deadline, delivery)
                 .await
-                .unwrap_or_else(|_| all(&pending, attempt_timed_out(cfg)));
+                .unwrap_or_else(|_| all(&pending, attempt_timed_out(cfg.settings.attempt_timeout)));
             outcomes
                 .into_iter()
                 .map(|(r, o)| (r, o, format!("{host}:{port}")))
@@ -98,7 +102,7 @@ async fn deliver(
 
 /// Logs and counts each outcome, and writes it into the recipient's state
 /// (a temporary one as the envelope's last error).
-fn record(cfg: &DeliveryConfig, envelope: &mut Envelope, results: &[(String, Outcome, String)]) {
+fn record(cfg: &DeliveryContext, envelope: &mut Envelope, results: &[(String, Outcome, String)]) {
     for (rcpt, outcome, hop) in results {
         let (result, reply) = match outcome {
             Outcome::Delivered(r) => ("delivered", r),
@@ -116,9 +120,7 @@ fn record(cfg: &DeliveryConfig, envelope: &mut Envelope, results: &[(String, Out
             reply = ?reply,
             "delivery attempt"
         );
-        if let Some(m) = &cfg.metrics {
-            crate::metrics::Metrics::outcome(&m.deliveries, result);
-        }
+        crate::metrics::Metrics::outcome(&cfg.metrics.deliveries, result);
         let Some(r) = envelope
             .recipients
             .iter_mut()
@@ -144,11 +146,11 @@ fn record(cfg: &DeliveryConfig, envelope: &mut Envelope, results: &[(String, Out
 
 /// A message older than `max_queue_age`: its pending recipients fail, with
 /// the last error.
-fn expire(cfg: &DeliveryConfig, envelope: &mut Envelope) {
-    if now() - envelope.received_at <= cfg.max_queue_age.as_secs() as i64 {
+fn expire(cfg: &DeliveryContext, envelope: &mut Envelope) {
+    if now() - envelope.received_at <= cfg.settings.max_queue_age.as_secs() as i64 {
         return;
     }
-    let age = cfg.max_queue_age.as_secs() / 3600;
+    let age = cfg.settings.max_queue_age.as_secs() / 3600;
     let last = envelope.last_error.clone().unwrap_or_default();
     for r in envelope
         .recipients
@@ -167,7 +169,7 @@ fn expire(cfg: &DeliveryConfig, envelope: &mut Envelope) {
 /// the message — unless its DSN could not be spooled, then it waits.
 async fn finish(
     spool: &Spool,
-    cfg: &DeliveryConfig,
+    cfg: &DeliveryContext,
     mut envelope: Envelope,
     message: &Stored,
 ) -> Vec<Envelope> {
@@ -194,7 +196,7 @@ async fn finish(
                         // (The retry asks the limiter again: a disk failure can
                         // spend a domain's allowance, never exceed it.)
                         warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
-                        envelope.next_attempt = now() + cfg.retry_initial.as_secs() as i64;
+                        envelope.next_attempt = now() + cfg.settings.retry_initial.as_secs() as i64;
                         next.push(envelope);
                         return next;
                     }
@@ -236,7 +238,7 @@ enum Bounce {
 /// mail) get their header section back, unlimited; any other sender may be
 /// forged, so gets the status only, within its domain's hourly allowance,
 /// which this call spends.
-fn bounce(cfg: &DeliveryConfig, envelope: &Envelope) -> Bounce {
+fn bounce(cfg: &DeliveryContext, envelope: &Envelope) -> Bounce {
     if envelope.sender.is_empty() || envelope.is_dsn {
         Bounce::Never
     } else if envelope.authenticated {
@@ -250,7 +252,7 @@ fn bounce(cfg: &DeliveryConfig, envelope: &Envelope) -> Bounce {
 
 async fn make_dsn(
     spool: &Spool,
-    cfg: &DeliveryConfig,
+    cfg: &DeliveryContext,
     original: &Envelope,
     message: &[u8],
     returned: dsn::Returned,
@@ -296,37 +298,22 @@ async fn make_dsn(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{
-        DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MX_ADDRESS_LIMIT, DEFAULT_MX_SESSION_LIMIT, TlsPolicy,
-    };
+    use super::super::settings::DeliverySettings;
     use super::*;
     use crate::spool::SpoolId;
     use std::sync::Arc;
 
-    fn config(target: NextHop, dsn_rate_per_domain_per_hour: u32) -> DeliveryConfig {
-        DeliveryConfig {
+    fn config(target: NextHop, dsn_rate_per_domain_per_hour: u32) -> DeliveryContext {
+        let settings = DeliverySettings {
             next_hop: target,
-            hostname: "h".into(),
-            retry_initial: Duration::from_secs(60),
-            retry_max: Duration::from_secs(3600),
             max_queue_age: Duration::from_secs(86400),
             concurrency: 1,
             timeout: Duration::from_secs(1),
-            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
-            mx_address_limit: DEFAULT_MX_ADDRESS_LIMIT,
-            mx_session_limit: DEFAULT_MX_SESSION_LIMIT,
-            tls_policy: TlsPolicy::Opportunistic,
-            shutdown_grace: Duration::from_secs(1),
-            tls: crate::tls::client::client_config(&[], None).unwrap(),
-            mx_port: 25,
-            resolver: None,
-            connections: Arc::new(smtp::Connections::new(
-                super::super::pool::PoolLimits::default(),
-                super::super::pool::PoolMetrics::default(),
-            )),
-            metrics: None,
-            dsn_limiter: Arc::new(dsn::DsnLimiter::new(dsn_rate_per_domain_per_hour)),
-        }
+            dsn_rate_per_domain_per_hour,
+            ..DeliverySettings::default()
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        DeliveryContext::new(&settings, "h", Duration::from_secs(1), &metrics).unwrap()
     }
 
     #[test]
@@ -394,7 +381,7 @@ mod tests {
     /// runs one attempt: what comes back is its DSN, if any.
     async fn expire(
         spool: &Spool,
-        cfg: &DeliveryConfig,
+        cfg: &DeliveryContext,
         sender: &str,
         auth: bool,
     ) -> Vec<Envelope> {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::Outcome;
+use super::outcome::Outcome;
 use crate::spool::Envelope;
 
 /// Writes the message into `dir` as `ID.eml`, with `ID.json` holding the

@@ -4,57 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig,
-};
-use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::rdata::MX;
-use hickory_resolver::proto::xfer::Protocol;
 
 use futures_util::StreamExt as _;
 
+use super::context::DeliveryContext;
+use super::outcome::Outcome;
+use super::smtp;
 use super::smtp::Reach;
-use super::{DeliveryConfig, Outcome, smtp};
 
 /// Domains of one message delivered at once. Each holds a connection (and
 /// a DNS query) while it runs, so a message to hundreds of domains takes
 /// its share of the connection budget in turns instead of all at once.
 pub const DOMAINS_AT_ONCE: usize = 8;
-
-/// The resolver for MX delivery, built once and shared by every attempt (so
-/// its cache is too): the system's (`/etc/resolv.conf`) unless `servers`
-/// names recursive resolvers to ask instead (`[delivery] dns_servers`).
-pub fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {
-    let mut builder = if servers.is_empty() {
-        TokioResolver::builder_tokio()
-            .map_err(|e| format!("reading the system DNS configuration: {e}"))?
-    } else {
-        let mut group = NameServerConfigGroup::new();
-        for s in servers {
-            group.push(NameServerConfig::new(*s, Protocol::Udp));
-            group.push(NameServerConfig::new(*s, Protocol::Tcp));
-        }
-        TokioResolver::builder_with_config(
-            ResolverConfig::from_parts(None, vec![], group),
-            TokioConnectionProvider::default(),
-        )
-    };
-    let opts = builder.options_mut();
-    opts.timeout = Duration::from_secs(5);
-    opts.attempts = 2;
-    // Both families: an MX host reachable over only one of them is tried
-    // on that one.
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    // Names in mail are absolute; no search list.
-    opts.ndots = 0;
-    // EDNS: a domain with many MX hosts answers past 512 bytes, which
-    // without it means a truncated reply and a retry over TCP (or none).
-    opts.edns0 = true;
-    Ok(builder.build())
-}
 
 /// MX hosts in the order to try them: lowest preference first; `None` for a
 /// null MX (the domain accepts no mail).
@@ -133,7 +97,7 @@ fn every(recipients: &[String], outcome: Outcome) -> Vec<(String, Outcome, Strin
 /// by side: a domain whose hosts stall delays no other. Each domain's share
 /// ends by `deadline` (its recipients still pending are then deferred).
 pub async fn deliver(
-    cfg: &DeliveryConfig,
+    cfg: &DeliveryContext,
     sender: &str,
     recipients: &[String],
     message: &crate::spool::Stored,
@@ -161,7 +125,12 @@ pub async fn deliver(
             let share = deliver_domain(cfg, resolver, domain, sender, rcpts, message);
             tokio::time::timeout_at(deadline, share)
                 .await
-                .unwrap_or_else(|_| every(rcpts, super::outcome::attempt_timed_out(cfg)))
+                .unwrap_or_else(|_| {
+                    every(
+                        rcpts,
+                        super::outcome::attempt_timed_out(cfg.settings.attempt_timeout),
+                    )
+                })
         })
         .collect();
     futures_util::stream::iter(shares)
@@ -180,7 +149,7 @@ pub async fn deliver(
 /// `smtp_mx_session_limit`): forty stalling MX hosts cost two timeouts, not
 /// forty.
 async fn deliver_domain(
-    cfg: &DeliveryConfig,
+    cfg: &DeliveryContext,
     resolver: &TokioResolver,
     domain: &str,
     sender: &str,
@@ -195,7 +164,7 @@ async fn deliver_domain(
     let mut problems = Vec::new();
     let (mut addresses_tried, mut sessions) = (0, 0);
     'hosts: for host in &hosts {
-        let addrs = match addresses(resolver, host, cfg.mx_port).await {
+        let addrs = match addresses(resolver, host, cfg.settings.mx_port).await {
             Ok(a) => a,
             Err(e) => {
                 problems.push(e);
@@ -203,7 +172,9 @@ async fn deliver_domain(
             }
         };
         for addr in addrs {
-            if addresses_tried >= cfg.mx_address_limit || sessions >= cfg.mx_session_limit {
+            if addresses_tried >= cfg.settings.mx_address_limit
+                || sessions >= cfg.settings.mx_session_limit
+            {
                 problems.push(format!(
                     "gave up after {addresses_tried} addresses ({sessions} stalled sessions)"
                 ));

@@ -1,7 +1,16 @@
 //! What a next hop's answer — or its silence — means for a recipient.
 
-use super::Outcome;
+use std::time::Duration;
+
 use super::wire::{HopError, Reply};
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered(String),
+    Temporary(String),
+    Permanent(String),
+}
 
 /// An outcome from the next hop's reply: 5xx permanent, anything else
 /// temporary. The text is the hop's, stripped of control characters and
@@ -54,9 +63,9 @@ pub fn text_of(o: &Outcome) -> String {
 }
 
 /// What every recipient of an attempt that ran out of time gets.
-pub fn attempt_timed_out(cfg: &super::DeliveryConfig) -> Outcome {
+pub fn attempt_timed_out(limit: Duration) -> Outcome {
     Outcome::Temporary(format!(
         "451 4.4.7 delivery attempt not finished within {} s",
-        cfg.attempt_timeout.as_secs()
+        limit.as_secs()
     ))
 }

@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::DeliveryConfig;
 use super::attempt::attempt;
+use super::context::DeliveryContext;
 use crate::clock::now;
 use crate::spool::{Envelope, Spool, SpoolId};
 
@@ -83,7 +83,7 @@ impl QueueContents {
 /// Starts the queue with the messages recovered from the spool (due at once).
 pub fn start(
     spool: Arc<Spool>,
-    cfg: DeliveryConfig,
+    cfg: DeliveryContext,
     recovered: Vec<Envelope>,
     shutdown: CancellationToken,
 ) -> (QueueHandle, tokio::task::JoinHandle<()>) {
@@ -114,7 +114,7 @@ pub fn start(
 
 async fn run(
     spool: Arc<Spool>,
-    cfg: DeliveryConfig,
+    cfg: DeliveryContext,
     mut rx: mpsc::UnboundedReceiver<Envelope>,
     requeue: QueueHandle,
     contents: Arc<QueueContents>,
@@ -124,7 +124,7 @@ async fn run(
     let mut due: BinaryHeap<Reverse<(i64, SpoolId)>> = BinaryHeap::new();
     let mut waiting: HashMap<SpoolId, Envelope> = HashMap::new();
     let mut running: JoinSet<()> = JoinSet::new();
-    let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let slots = Arc::new(Semaphore::new(cfg.settings.concurrency.max(1)));
     loop {
         // Start everything due, as far as the concurrency allows.
         while let Some(Reverse((at, _))) = due.peek() {

@@ -18,8 +18,8 @@
 //!   so it is deferred — never offered to another MX host in the same
 //!   attempt.
 
-use super::Outcome;
 use super::data::{Unsent, write_content, write_within};
+use super::outcome::Outcome;
 use super::outcome::{all, hop_outcome, reply_outcome, text_of};
 use super::wire::{HopError, Reply, Wire};
 use crate::spool::Stored;
