@@ -143,6 +143,8 @@ def references(text, children):
     starts with one of them (`body::Body`) names it without `self::`.
     """
     text = drop_test_modules(strip(text))
+    # `pub(in crate::config)` says who may see an item, not what it uses.
+    text = re.sub(r"\bpub\s*\(\s*in\s+[\w:]+\s*\)", "pub", text)
     heads = ["crate", "super", "self"] + sorted(children)
     head = "(?:" + "|".join(map(re.escape, heads)) + ")"
     line_of = lambda pos: text.count("\n", 0, pos) + 1

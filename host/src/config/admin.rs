@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::source::Source;
-use super::{ConfigError, ConfigWarning};
+use super::source::{ConfigError, ConfigWarning};
 use crate::admin::{AdminLimits, AdminSettings, AdminToken};
 
 #[derive(Debug, Deserialize, Default)]
@@ -16,13 +16,13 @@ use crate::admin::{AdminLimits, AdminSettings, AdminToken};
 pub(super) struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_file: Option<Spanned<PathBuf>>,
-    #[serde(default = "super::yes")]
+    #[serde(default = "super::source::yes")]
     pub(super) enabled: bool,
 }
 
 /// `[admin]`, validated. Off loopback the endpoint needs a token: without
 /// one, anyone who reaches it could reload the relay and read the queue.
-pub(super) fn admin_settings(
+pub(super) fn parse(
     src: &Source<'_>,
     a: RawAdmin,
     resolve: &dyn Fn(&Path) -> PathBuf,

@@ -4,13 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::ConfigError;
-use super::source::Source;
+use super::source::{ConfigError, Source, limit};
 use crate::delivery::{DeliverySettings, NextHop};
 
 #[derive(Debug, Deserialize, Default)]
@@ -32,7 +30,7 @@ pub(super) struct RawDelivery {
     retry_initial_secs: Option<Spanned<u64>>,
     retry_max_secs: Option<Spanned<u64>>,
     max_queue_age_secs: Option<Spanned<u64>>,
-    concurrency: Option<Spanned<u32>>,
+    concurrency: Option<Spanned<u64>>,
     timeout_secs: Option<Spanned<u64>>,
     #[serde(default)]
     dns_servers: Vec<Spanned<String>>,
@@ -100,21 +98,18 @@ fn pool_limits(
     src: &Source<'_>,
     d: &RawDelivery,
 ) -> Result<crate::delivery::pool::PoolLimits, ConfigError> {
-    use crate::delivery::pool;
-    let max_connections = src.range(
-        &d.max_connections,
-        "delivery.max_connections",
-        1,
-        100_000,
-        pool::DEFAULT_MAX_CONNECTIONS as u64,
-    )? as usize;
-    let max_idle = src.range(
-        &d.max_idle_connections,
-        "delivery.max_idle_connections",
-        0,
-        100_000,
-        (pool::DEFAULT_MAX_IDLE.min(max_connections)) as u64,
-    )? as usize;
+    use crate::delivery::pool::{
+        self, DEFAULT_IDLE_TIME, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IDLE,
+        DEFAULT_MAX_IDLE_PER_HOP,
+    };
+    let t = src.table("delivery");
+    let max_connections = limit!(t, d.max_connections, 1..=100_000, DEFAULT_MAX_CONNECTIONS);
+    let max_idle = limit!(
+        t,
+        d.max_idle_connections,
+        0..=100_000,
+        DEFAULT_MAX_IDLE.min(max_connections)
+    );
     if let Some(v) = d
         .max_idle_connections
         .as_ref()
@@ -128,20 +123,8 @@ fn pool_limits(
             ),
         ));
     }
-    let max_idle_per_hop = src.range(
-        &d.max_idle_per_hop,
-        "delivery.max_idle_per_hop",
-        0,
-        1000,
-        pool::DEFAULT_MAX_IDLE_PER_HOP as u64,
-    )? as usize;
-    let idle_time = Duration::from_secs(src.range(
-        &d.connection_idle_secs,
-        "delivery.connection_idle_secs",
-        1,
-        300,
-        pool::DEFAULT_IDLE_TIME.as_secs(),
-    )?);
+    let max_idle_per_hop = limit!(t, d.max_idle_per_hop, 0..=1000, DEFAULT_MAX_IDLE_PER_HOP);
+    let idle_time = limit!(t, d.connection_idle_secs, secs 1..=300, DEFAULT_IDLE_TIME);
     Ok(pool::PoolLimits {
         max_connections,
         max_idle,
@@ -158,20 +141,14 @@ pub(super) fn parse(
     delivery_raw: Option<RawDelivery>,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<(PathBuf, u64, DeliverySettings), ConfigError> {
-    let range = |v: &Option<Spanned<u64>>, key: &str, lo: u64, hi: u64, default: u64| {
-        src.range(v, key, lo, hi, default)
-    };
-    let widen = |v: &Option<Spanned<u32>>| {
-        v.as_ref()
-            .map(|x| Spanned::new(x.span(), u64::from(*x.get_ref())))
-    };
-    let spool_min_free_bytes = range(
-        &spool_raw.min_free_bytes,
-        "spool.min_free_bytes",
-        0,
-        1 << 50,
-        crate::spool::DEFAULT_MIN_FREE_BYTES,
-    )?;
+    let t = src.table("delivery");
+    let spool = src.table("spool");
+    let spool_min_free_bytes = limit!(
+        spool,
+        spool_raw.min_free_bytes,
+        0..=1 << 50,
+        crate::spool::DEFAULT_MIN_FREE_BYTES
+    );
     let spool = spool_raw
         .path
         .map(|p| resolve(p.get_ref()))
@@ -223,46 +200,17 @@ pub(super) fn parse(
         ));
     }
     let connections = pool_limits(src, &d)?;
+    let defaults = DeliverySettings::default();
     let delivery = DeliverySettings {
         next_hop,
         tls_cert: d.tls_cert.map(|p| resolve(p.get_ref())),
         tls_key: d.tls_key.map(|p| resolve(p.get_ref())),
         tls_ca: d.tls_ca.iter().map(|p| resolve(p.get_ref())).collect(),
-        retry_initial: Duration::from_secs(range(
-            &d.retry_initial_secs,
-            "delivery.retry_initial_secs",
-            1,
-            86_400,
-            crate::delivery::DEFAULT_RETRY_INITIAL.as_secs(),
-        )?),
-        retry_max: Duration::from_secs(range(
-            &d.retry_max_secs,
-            "delivery.retry_max_secs",
-            1,
-            604_800,
-            crate::delivery::DEFAULT_RETRY_MAX.as_secs(),
-        )?),
-        max_queue_age: Duration::from_secs(range(
-            &d.max_queue_age_secs,
-            "delivery.max_queue_age_secs",
-            1,
-            2_592_000,
-            crate::delivery::DEFAULT_MAX_QUEUE_AGE.as_secs(),
-        )?),
-        concurrency: range(
-            &widen(&d.concurrency),
-            "delivery.concurrency",
-            1,
-            1000,
-            crate::delivery::DEFAULT_CONCURRENCY as u64,
-        )? as usize,
-        timeout: Duration::from_secs(range(
-            &d.timeout_secs,
-            "delivery.timeout_secs",
-            1,
-            3600,
-            crate::delivery::DEFAULT_STEP_TIMEOUT.as_secs(),
-        )?),
+        retry_initial: limit!(t, d.retry_initial_secs, secs 1..=86_400, defaults.retry_initial),
+        retry_max: limit!(t, d.retry_max_secs, secs 1..=604_800, defaults.retry_max),
+        max_queue_age: limit!(t, d.max_queue_age_secs, secs 1..=2_592_000, defaults.max_queue_age),
+        concurrency: limit!(t, d.concurrency, 1..=1000, defaults.concurrency),
+        timeout: limit!(t, d.timeout_secs, secs 1..=3600, defaults.timeout),
         dns_servers: d
             .dns_servers
             .iter()
@@ -283,42 +231,17 @@ pub(super) fn parse(
                     })
             })
             .collect::<Result<_, _>>()?,
-        mx_port: range(
-            &d.mx_port,
-            "delivery.mx_port",
-            1,
-            65_535,
-            u64::from(crate::delivery::DEFAULT_MX_PORT),
-        )? as u16,
-        dsn_rate_per_domain_per_hour: range(
-            &d.dsn_rate_per_domain_per_hour,
-            "delivery.dsn_rate_per_domain_per_hour",
-            0,
-            1_000_000,
-            u64::from(crate::delivery::dsn::DEFAULT_RATE_PER_DOMAIN_PER_HOUR),
-        )? as u32,
+        mx_port: limit!(t, d.mx_port, 1..=65_535, defaults.mx_port),
+        dsn_rate_per_domain_per_hour: limit!(
+            t,
+            d.dsn_rate_per_domain_per_hour,
+            0..=1_000_000,
+            defaults.dsn_rate_per_domain_per_hour
+        ),
         tls: delivery_tls(src, &d.tls, !d.tls_ca.is_empty())?,
-        attempt_timeout: Duration::from_secs(range(
-            &d.attempt_timeout_secs,
-            "delivery.attempt_timeout_secs",
-            1,
-            86_400,
-            crate::delivery::DEFAULT_ATTEMPT_TIMEOUT.as_secs(),
-        )?),
-        mx_address_limit: range(
-            &d.mx_address_limit,
-            "delivery.mx_address_limit",
-            1,
-            100,
-            crate::delivery::DEFAULT_MX_ADDRESS_LIMIT as u64,
-        )? as usize,
-        mx_session_limit: range(
-            &d.mx_session_limit,
-            "delivery.mx_session_limit",
-            1,
-            100,
-            crate::delivery::DEFAULT_MX_SESSION_LIMIT as u64,
-        )? as usize,
+        attempt_timeout: limit!(t, d.attempt_timeout_secs, secs 1..=86_400, defaults.attempt_timeout),
+        mx_address_limit: limit!(t, d.mx_address_limit, 1..=100, defaults.mx_address_limit),
+        mx_session_limit: limit!(t, d.mx_session_limit, 1..=100, defaults.mx_session_limit),
         connections,
     };
     Ok((spool, spool_min_free_bytes, delivery))

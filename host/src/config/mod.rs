@@ -5,7 +5,6 @@
 //! bad entry without guessing. Validation is strict: unknown keys, malformed
 //! addresses and ambiguous ownership are errors, not silent defaults.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use attrelay_policy::model::{Connector, ConnectorKind};
@@ -23,55 +22,11 @@ mod server;
 mod source;
 mod tenants;
 
-pub use policy::PolicyConfig;
-pub use server::ServerConfig;
+pub use policy::PolicySettings;
+pub use server::ServerSettings;
 use source::Source;
-pub use tenants::{Tenant, TenantPolicyConfig};
-
-/// A configuration error with its location.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based line, 0 when the error has no position (an unreadable file).
-    pub line: usize,
-    pub column: usize,
-    /// The key in dotted form (`tenant[0].connector[1].sender_ip_addresses[2]`).
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}:{}: {}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.key,
-                self.message
-            )
-        }
-    }
-}
-
-/// A configuration warning (the configuration is usable, but probably not what
-/// the operator meant).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigWarning {
-    pub line: usize,
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}: {}", self.line, self.key, self.message)
-    }
-}
+pub use source::{ConfigError, ConfigWarning};
+pub use tenants::{Tenant, TenantPolicySettings};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -89,17 +44,13 @@ struct RawConfig {
     tenants: Vec<tenants::RawTenant>,
 }
 
-pub(super) fn yes() -> bool {
-    true
-}
-
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from (`<embedded>` for the demo default).
     pub source: PathBuf,
-    pub server: ServerConfig,
-    pub policy: PolicyConfig,
+    pub server: ServerSettings,
+    pub policy: PolicySettings,
     /// `[spool] path`.
     pub spool: PathBuf,
     /// `[spool] min_free_bytes`: free space new mail must leave on the
@@ -159,7 +110,7 @@ impl Config {
         let tenants = tenants::parse(&src, raw.tenants, &policy, &resolve, &mut warnings)?;
         let admin = match raw.admin {
             Some(a) if !a.enabled => None,
-            a => Some(admin::admin_settings(
+            a => Some(admin::parse(
                 &src,
                 a.unwrap_or_default(),
                 &resolve,
@@ -170,12 +121,7 @@ impl Config {
         let policyd = match raw.policyd {
             Some(p) if p.get_ref().enabled => {
                 let span = p.span();
-                Some(policyd::policyd_settings(
-                    &src,
-                    p.into_inner(),
-                    span,
-                    &mut warnings,
-                )?)
+                Some(policyd::parse(&src, p.into_inner(), span, &mut warnings)?)
             }
             _ => None,
         };

@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::ConfigError;
-use super::source::Source;
+use super::source::{ConfigError, Source, limit};
 use crate::policy::EngineLimits;
 
 #[derive(Debug, Deserialize, Default)]
@@ -21,7 +20,7 @@ pub(super) struct RawPolicy {
     settings: BTreeMap<String, Spanned<toml::Value>>,
     timeout_ms: Option<Spanned<u64>>,
     memory_limit_mib: Option<Spanned<u64>>,
-    max_instances: Option<Spanned<u32>>,
+    max_instances: Option<Spanned<u64>>,
     cache: Option<Spanned<PathBuf>>,
     shadow: Option<Spanned<PathBuf>>,
     decision_log: Option<Spanned<PathBuf>>,
@@ -30,7 +29,7 @@ pub(super) struct RawPolicy {
 
 /// `[policy]`
 #[derive(Debug, Clone)]
-pub struct PolicyConfig {
+pub struct PolicySettings {
     /// `None`: the embedded default policy.
     pub component: Option<PathBuf>,
     /// Settings handed to the policy's `configure`, as strings.
@@ -56,10 +55,10 @@ pub struct PolicyConfig {
     pub decision_log_max_bytes: u64,
 }
 
-impl Default for PolicyConfig {
+impl Default for PolicySettings {
     fn default() -> Self {
         let limits = EngineLimits::default();
-        PolicyConfig {
+        PolicySettings {
             component: None,
             settings: Vec::new(),
             timeout: limits.call_timeout,
@@ -75,8 +74,8 @@ impl Default for PolicyConfig {
 }
 
 /// The engine's budgets as `[policy]` sets them.
-impl From<&PolicyConfig> for EngineLimits {
-    fn from(p: &PolicyConfig) -> Self {
+impl From<&PolicySettings> for EngineLimits {
+    fn from(p: &PolicySettings) -> Self {
         EngineLimits {
             call_timeout: p.timeout,
             memory_limit: p.memory_limit,
@@ -112,10 +111,11 @@ pub(super) fn parse(
     src: &Source<'_>,
     p: RawPolicy,
     resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<PolicyConfig, ConfigError> {
-    let mut policy = PolicyConfig {
+) -> Result<PolicySettings, ConfigError> {
+    let t = src.table("policy");
+    let mut policy = PolicySettings {
         component: p.component.map(|c| resolve(c.get_ref())),
-        ..PolicyConfig::default()
+        ..PolicySettings::default()
     };
     for (key, value) in &p.settings {
         let text = setting_text(src, key, value, "policy.settings")?;
@@ -127,37 +127,22 @@ pub(super) fn parse(
     policy.cache = p.cache.map(|c| resolve(c.get_ref()));
     policy.shadow = p.shadow.map(|c| resolve(c.get_ref()));
     policy.decision_log = p.decision_log.map(|c| resolve(c.get_ref()));
-    policy.decision_log_max_bytes = src.range(
-        &p.decision_log_max_mib,
-        "policy.decision_log_max_mib",
-        0,
-        1 << 20,
-        crate::decisions::DEFAULT_MAX_MIB,
-    )? * 1024
+    policy.decision_log_max_bytes = limit!(
+        t,
+        p.decision_log_max_mib,
+        0..=1 << 20,
+        crate::decisions::DEFAULT_MAX_MIB
+    ) * 1024
         * 1024;
     let defaults = EngineLimits::default();
-    policy.timeout = Duration::from_millis(src.range(
-        &p.timeout_ms,
-        "policy.timeout_ms",
-        1,
-        60_000,
-        defaults.call_timeout.as_millis() as u64,
-    )?);
-    policy.memory_limit = (src.range(
-        &p.memory_limit_mib,
-        "policy.memory_limit_mib",
-        1,
-        4096,
-        (defaults.memory_limit / (1024 * 1024)) as u64,
-    )? * 1024
+    policy.timeout = limit!(t, p.timeout_ms, millis 1..=60_000, defaults.call_timeout);
+    policy.memory_limit = (limit!(
+        t,
+        p.memory_limit_mib,
+        1..=4096,
+        defaults.memory_limit / (1024 * 1024)
+    ) * 1024
         * 1024) as usize;
-    policy.max_instances = src.range(
-        &p.max_instances
-            .map(|n| Spanned::new(n.span(), u64::from(*n.get_ref()))),
-        "policy.max_instances",
-        1,
-        100_000,
-        u64::from(defaults.max_instances),
-    )? as u32;
+    policy.max_instances = limit!(t, p.max_instances, 1..=100_000, defaults.max_instances);
     Ok(policy)
 }

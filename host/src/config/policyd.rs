@@ -4,13 +4,11 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::source::Source;
-use super::{ConfigError, ConfigWarning};
+use super::source::{ConfigError, ConfigWarning, Source, limit};
 use crate::policyd::{AcceptAction, PolicydListen, PolicydSettings};
 
 #[derive(Debug, Deserialize, Default)]
@@ -25,17 +23,18 @@ pub(super) struct RawPolicyd {
     socket_mode: Option<Spanned<String>>,
     socket_group: Option<Spanned<String>>,
     max_connections_per_client: Option<Spanned<u64>>,
-    #[serde(default = "super::yes")]
+    #[serde(default = "super::source::yes")]
     pub(super) enabled: bool,
 }
 
 /// `[policyd]`, validated.
-pub(super) fn policyd_settings(
+pub(super) fn parse(
     src: &Source<'_>,
     p: RawPolicyd,
     table: Range<usize>,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<PolicydSettings, ConfigError> {
+    let t = src.table("policyd");
     let defaults = PolicydSettings::default();
     let mut listen = Vec::new();
     for (i, l) in p.listen.iter().enumerate() {
@@ -106,27 +105,9 @@ pub(super) fn policyd_settings(
     Ok(PolicydSettings {
         listen,
         accept,
-        max_connections: src.range(
-            &p.max_connections,
-            "policyd.max_connections",
-            1,
-            100_000,
-            defaults.max_connections as u64,
-        )? as usize,
-        idle_timeout: Duration::from_secs(src.range(
-            &p.idle_timeout_secs,
-            "policyd.idle_timeout_secs",
-            1,
-            86_400,
-            defaults.idle_timeout.as_secs(),
-        )?),
-        request_timeout: Duration::from_secs(src.range(
-            &p.request_timeout_secs,
-            "policyd.request_timeout_secs",
-            1,
-            3_600,
-            defaults.request_timeout.as_secs(),
-        )?),
+        max_connections: limit!(t, p.max_connections, 1..=100_000, defaults.max_connections),
+        idle_timeout: limit!(t, p.idle_timeout_secs, secs 1..=86_400, defaults.idle_timeout),
+        request_timeout: limit!(t, p.request_timeout_secs, secs 1..=3_600, defaults.request_timeout),
         limits: defaults.limits,
         socket_mode,
         socket_group: match &p.socket_group {
@@ -142,13 +123,12 @@ pub(super) fn policyd_settings(
                 )
             })?),
         },
-        max_connections_per_client: src.range(
-            &p.max_connections_per_client,
-            "policyd.max_connections_per_client",
-            1,
-            100_000,
-            defaults.max_connections_per_client as u64,
-        )? as usize,
+        max_connections_per_client: limit!(
+            t,
+            p.max_connections_per_client,
+            1..=100_000,
+            defaults.max_connections_per_client
+        ),
     })
 }
 

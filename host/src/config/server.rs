@@ -10,8 +10,11 @@ use attrelay_policy::certname;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::ConfigError;
-use super::source::Source;
+use super::source::{ConfigError, Source, limit};
+use crate::smtp::server::{
+    DEFAULT_IPV6_PREFIX_LENGTH, DEFAULT_LISTEN, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_IP,
+    DEFAULT_SHUTDOWN_GRACE,
+};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -25,25 +28,25 @@ pub(super) struct RawServer {
     client_ca: Vec<Spanned<PathBuf>>,
     max_message_size: Option<Spanned<u64>>,
     max_header_size: Option<Spanned<u64>>,
-    max_recipients: Option<Spanned<u32>>,
-    max_sessions: Option<Spanned<u32>>,
+    max_recipients: Option<Spanned<u64>>,
+    max_sessions: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
-    max_errors: Option<Spanned<u32>>,
+    max_errors: Option<Spanned<u64>>,
     shutdown_grace_secs: Option<Spanned<u64>>,
-    max_sessions_per_ip: Option<Spanned<u32>>,
+    max_sessions_per_ip: Option<Spanned<u64>>,
     max_session_secs: Option<Spanned<u64>>,
     pregreet_delay_ms: Option<Spanned<u64>>,
     ipv6_prefix_length: Option<Spanned<u64>>,
     bare_line_endings: Option<Spanned<String>>,
     postmaster: Option<Spanned<String>>,
-    soft_error_limit: Option<Spanned<u32>>,
+    soft_error_limit: Option<Spanned<u64>>,
     error_delay_ms: Option<Spanned<u64>>,
-    hopcount_limit: Option<Spanned<u32>>,
+    hopcount_limit: Option<Spanned<u64>>,
 }
 
 /// `[server]`
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
+pub struct ServerSettings {
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
@@ -74,14 +77,8 @@ pub(super) fn parse(
     src: &Source<'_>,
     s: RawServer,
     resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<ServerConfig, ConfigError> {
-    let range = |v: &Option<Spanned<u64>>, key: &str, lo: u64, hi: u64, default: u64| {
-        src.range(v, key, lo, hi, default)
-    };
-    let widen = |v: &Option<Spanned<u32>>| {
-        v.as_ref()
-            .map(|x| Spanned::new(x.span(), u64::from(*x.get_ref())))
-    };
+) -> Result<ServerSettings, ConfigError> {
+    let t = src.table("server");
     let hostname_span = s.hostname.as_ref().map(|h| h.span()).unwrap_or(0..0);
     let hostname = match s.hostname {
         Some(h) => {
@@ -106,7 +103,7 @@ pub(super) fn parse(
         })?);
     }
     if listen.is_empty() {
-        listen.push(crate::smtp::server::DEFAULT_LISTEN);
+        listen.push(DEFAULT_LISTEN);
     }
     if s.tls_cert.is_some() != s.tls_key.is_some() {
         let span = s
@@ -159,80 +156,30 @@ pub(super) fn parse(
     };
     let defaults = crate::smtp::Limits::default();
     let limits = crate::smtp::Limits {
-        max_message_size: range(
-            &s.max_message_size,
-            "server.max_message_size",
-            1024,
-            1 << 31,
-            defaults.max_message_size as u64,
-        )? as usize,
-        max_header_size: range(
-            &s.max_header_size,
-            "server.max_header_size",
-            1024,
-            64 << 20,
-            defaults.max_header_size as u64,
-        )? as usize,
-        max_recipients: range(
-            &widen(&s.max_recipients),
-            "server.max_recipients",
-            1,
-            100_000,
-            defaults.max_recipients as u64,
-        )? as usize,
-        idle_timeout: Duration::from_secs(range(
-            &s.idle_timeout_secs,
-            "server.idle_timeout_secs",
-            1,
-            3600,
-            defaults.idle_timeout.as_secs(),
-        )?),
-        max_errors: range(
-            &widen(&s.max_errors),
-            "server.max_errors",
-            1,
-            1000,
-            u64::from(defaults.max_errors),
-        )? as u32,
-        soft_errors: range(
-            &widen(&s.soft_error_limit),
-            "server.soft_error_limit",
-            0,
-            1000,
-            u64::from(defaults.soft_errors),
-        )? as u32,
-        error_delay: Duration::from_millis(range(
-            &s.error_delay_ms,
-            "server.error_delay_ms",
-            0,
-            60_000,
-            defaults.error_delay.as_millis() as u64,
-        )?),
-        max_hops: range(
-            &widen(&s.hopcount_limit),
-            "server.hopcount_limit",
-            1,
-            1000,
-            defaults.max_hops as u64,
-        )? as usize,
-        max_session: Duration::from_secs(range(
-            &s.max_session_secs,
-            "server.max_session_secs",
-            1,
-            86_400,
-            defaults.max_session.as_secs(),
-        )?),
-        pregreet_delay: Duration::from_millis(range(
-            &s.pregreet_delay_ms,
-            "server.pregreet_delay_ms",
-            0,
-            30_000,
-            defaults.pregreet_delay.as_millis() as u64,
-        )?),
+        max_message_size: limit!(
+            t,
+            s.max_message_size,
+            1024..=1 << 31,
+            defaults.max_message_size
+        ),
+        max_header_size: limit!(
+            t,
+            s.max_header_size,
+            1024..=64 << 20,
+            defaults.max_header_size
+        ),
+        max_recipients: limit!(t, s.max_recipients, 1..=100_000, defaults.max_recipients),
+        idle_timeout: limit!(t, s.idle_timeout_secs, secs 1..=3600, defaults.idle_timeout),
+        max_errors: limit!(t, s.max_errors, 1..=1000, defaults.max_errors),
+        soft_errors: limit!(t, s.soft_error_limit, 0..=1000, defaults.soft_errors),
+        error_delay: limit!(t, s.error_delay_ms, millis 0..=60_000, defaults.error_delay),
+        max_hops: limit!(t, s.hopcount_limit, 1..=1000, defaults.max_hops),
+        max_session: limit!(t, s.max_session_secs, secs 1..=86_400, defaults.max_session),
+        pregreet_delay: limit!(t, s.pregreet_delay_ms, millis 0..=30_000, defaults.pregreet_delay),
         bare_line_endings: bare_line_endings.unwrap_or(defaults.bare_line_endings),
         ..defaults
     };
-    let server = ServerConfig {
+    let server = ServerSettings {
         postmaster,
         hostname,
         listen,
@@ -240,34 +187,20 @@ pub(super) fn parse(
         tls_key: s.tls_key.map(|p| resolve(p.get_ref())),
         client_ca: s.client_ca.iter().map(|p| resolve(p.get_ref())).collect(),
         limits,
-        max_sessions: range(
-            &widen(&s.max_sessions),
-            "server.max_sessions",
-            1,
-            100_000,
-            crate::smtp::server::DEFAULT_MAX_SESSIONS as u64,
-        )? as usize,
-        shutdown_grace: Duration::from_secs(range(
-            &s.shutdown_grace_secs,
-            "server.shutdown_grace_secs",
-            0,
-            3600,
-            crate::smtp::server::DEFAULT_SHUTDOWN_GRACE.as_secs(),
-        )?),
-        max_sessions_per_ip: range(
-            &widen(&s.max_sessions_per_ip),
-            "server.max_sessions_per_ip",
-            1,
-            100_000,
-            crate::smtp::server::DEFAULT_MAX_SESSIONS_PER_IP as u64,
-        )? as usize,
-        ipv6_prefix_length: range(
-            &s.ipv6_prefix_length,
-            "server.ipv6_prefix_length",
-            32,
-            128,
-            u64::from(crate::smtp::server::DEFAULT_IPV6_PREFIX_LENGTH),
-        )? as u8,
+        max_sessions: limit!(t, s.max_sessions, 1..=100_000, DEFAULT_MAX_SESSIONS),
+        shutdown_grace: limit!(t, s.shutdown_grace_secs, secs 0..=3600, DEFAULT_SHUTDOWN_GRACE),
+        max_sessions_per_ip: limit!(
+            t,
+            s.max_sessions_per_ip,
+            1..=100_000,
+            DEFAULT_MAX_SESSIONS_PER_IP
+        ),
+        ipv6_prefix_length: limit!(
+            t,
+            s.ipv6_prefix_length,
+            32..=128,
+            DEFAULT_IPV6_PREFIX_LENGTH
+        ),
     };
     Ok(server)
 }

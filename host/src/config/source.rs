@@ -1,13 +1,147 @@
 //! The configuration's text: line and column of a byte offset (from one
-//! index of line starts, built once), errors that name file, line and key,
-//! and the one range check every section uses.
+//! index of line starts, built once), errors and warnings that name file,
+//! line and key, and the typed checks every section's numbers go through
+//! (one line per limit: key, bounds, default).
 
-use std::ops::Range;
-use std::path::Path;
+use std::fmt;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 
-use super::ConfigError;
+/// A configuration error with its location.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, 0 when the error has no position (an unreadable file).
+    pub line: usize,
+    pub column: usize,
+    /// The key in dotted form (`tenant[0].connector[1].sender_ip_addresses[2]`).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+/// A configuration warning (the configuration is usable, but probably not what
+/// the operator meant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: {}", self.line, self.key, self.message)
+    }
+}
+
+/// serde's default for switches that are on unless turned off.
+pub(super) fn yes() -> bool {
+    true
+}
+
+/// Reads the limit in field `$field` of the raw section `$raw` through
+/// [`Table`]: a number, or with `secs`/`millis` before its bounds a
+/// duration written in that unit; within `$bounds`, or `$default` when
+/// absent. The key errors name is the field's own, so the two cannot drift
+/// apart. Returns early with the error.
+macro_rules! limit {
+    ($table:expr, $raw:ident . $field:ident, secs $bounds:expr, $default:expr) => {
+        $table.secs(&$raw.$field, stringify!($field), $bounds, $default)?
+    };
+    ($table:expr, $raw:ident . $field:ident, millis $bounds:expr, $default:expr) => {
+        $table.millis(&$raw.$field, stringify!($field), $bounds, $default)?
+    };
+    ($table:expr, $raw:ident . $field:ident, $bounds:expr, $default:expr) => {
+        $table.number(&$raw.$field, stringify!($field), $bounds, $default)?
+    };
+}
+pub(super) use limit;
+
+/// One table of the configuration (`server`, `tenant[3]`): its limits are
+/// checked with their keys written in full (`server.max_recipients`).
+pub(super) struct Table<'s, 'a> {
+    src: &'s Source<'a>,
+    name: String,
+}
+
+impl Table<'_, '_> {
+    fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.name)
+    }
+
+    /// [`Source::number`] for `key` of this table.
+    pub(super) fn number<T: Number>(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        self.src.number(v, &self.key(key), bounds, default)
+    }
+
+    /// [`Source::secs`] for `key` of this table.
+    pub(super) fn secs(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.src.secs(v, &self.key(key), bounds, default)
+    }
+
+    /// [`Source::millis`] for `key` of this table.
+    pub(super) fn millis(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.src.millis(v, &self.key(key), bounds, default)
+    }
+}
+
+/// A number type a limit is kept in. A limit's bounds fit its type (a
+/// debug assertion checks), so the conversion after the range check is
+/// exact.
+pub(super) trait Number: Copy {
+    fn from_u64(v: u64) -> Self;
+}
+
+macro_rules! number {
+    ($($t:ty),*) => {$(
+        impl Number for $t {
+            fn from_u64(v: u64) -> Self {
+                debug_assert!(v <= <$t>::MAX as u64);
+                v as $t
+            }
+        }
+    )*};
+}
+number!(u8, u16, u32, u64, usize);
 
 /// Line/column lookup and error construction for one source text.
 pub(super) struct Source<'a> {
@@ -31,22 +165,56 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// A number that must lie in `lo..=hi`, or `default` when absent.
-    pub(super) fn range(
+    /// The table `name` (`server`, `tenant[3]`), for its limits.
+    pub(super) fn table<'s>(&'s self, name: impl Into<String>) -> Table<'s, 'a> {
+        Table {
+            src: self,
+            name: name.into(),
+        }
+    }
+
+    /// The number at `key`, which must lie within `bounds`, or `default`
+    /// when absent.
+    pub(super) fn number<T: Number>(
         &self,
         v: &Option<Spanned<u64>>,
         key: &str,
-        lo: u64,
-        hi: u64,
-        default: u64,
-    ) -> Result<u64, ConfigError> {
+        bounds: RangeInclusive<u64>,
+        default: T,
+    ) -> Result<T, ConfigError> {
         match v {
-            Some(x) if !(lo..=hi).contains(x.get_ref()) => {
-                Err(self.error(x.span(), key, format!("must be between {lo} and {hi}")))
-            }
-            Some(x) => Ok(*x.get_ref()),
+            Some(x) if !bounds.contains(x.get_ref()) => Err(self.error(
+                x.span(),
+                key,
+                format!("must be between {} and {}", bounds.start(), bounds.end()),
+            )),
+            Some(x) => Ok(T::from_u64(*x.get_ref())),
             None => Ok(default),
         }
+    }
+
+    /// A duration written in seconds (`*_secs`), within `bounds`.
+    pub(super) fn secs(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.number(v, key, bounds, default.as_secs())
+            .map(Duration::from_secs)
+    }
+
+    /// A duration written in milliseconds (`*_ms`), within `bounds`.
+    pub(super) fn millis(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.number(v, key, bounds, default.as_millis() as u64)
+            .map(Duration::from_millis)
     }
 
     /// The 1-based line and column of a byte offset.

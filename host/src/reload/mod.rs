@@ -149,7 +149,7 @@ pub struct ReloadOutcome {
 pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     // Trust anchors (client_ca) are part of the evaluation: reloaded.
-    let server = |c: &Config| crate::config::ServerConfig {
+    let server = |c: &Config| crate::config::ServerSettings {
         client_ca: Vec::new(),
         ..c.server.clone()
     };
