@@ -127,22 +127,11 @@ pub(super) fn parse(
     policy.cache = p.cache.map(|c| resolve(c.get_ref()));
     policy.shadow = p.shadow.map(|c| resolve(c.get_ref()));
     policy.decision_log = p.decision_log.map(|c| resolve(c.get_ref()));
-    policy.decision_log_max_bytes = limit!(
-        t,
-        p.decision_log_max_mib,
-        0..=1 << 20,
-        crate::decisions::DEFAULT_MAX_MIB
-    ) * 1024
-        * 1024;
+    policy.decision_log_max_bytes =
+        limit!(t, p.decision_log_max_mib, mib 0..=1 << 20, policy.decision_log_max_bytes);
     let defaults = EngineLimits::default();
     policy.timeout = limit!(t, p.timeout_ms, millis 1..=60_000, defaults.call_timeout);
-    policy.memory_limit = (limit!(
-        t,
-        p.memory_limit_mib,
-        1..=4096,
-        defaults.memory_limit / (1024 * 1024)
-    ) * 1024
-        * 1024) as usize;
+    policy.memory_limit = limit!(t, p.memory_limit_mib, mib 1..=4096, defaults.memory_limit);
     policy.max_instances = limit!(t, p.max_instances, 1..=100_000, defaults.max_instances);
     Ok(policy)
 }

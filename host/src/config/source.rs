@@ -62,7 +62,8 @@ pub(super) fn yes() -> bool {
 
 /// Reads the limit in field `$field` of the raw section `$raw` through
 /// [`Table`]: a number, or with `secs`/`millis` before its bounds a
-/// duration written in that unit; within `$bounds`, or `$default` when
+/// duration written in that unit, or with `mib` a size in bytes written in
+/// MiB; within `$bounds`, or `$default` when
 /// absent. The key errors name is the field's own, so the two cannot drift
 /// apart. Returns early with the error.
 macro_rules! limit {
@@ -71,6 +72,9 @@ macro_rules! limit {
     };
     ($table:expr, $raw:ident . $field:ident, millis $bounds:expr, $default:expr) => {
         $table.millis(&$raw.$field, stringify!($field), $bounds, $default)?
+    };
+    ($table:expr, $raw:ident . $field:ident, mib $bounds:expr, $default:expr) => {
+        $table.mib(&$raw.$field, stringify!($field), $bounds, $default)?
     };
     ($table:expr, $raw:ident . $field:ident, $bounds:expr, $default:expr) => {
         $table.number(&$raw.$field, stringify!($field), $bounds, $default)?
@@ -112,6 +116,20 @@ impl Table<'_, '_> {
         self.src.secs(v, &self.key(key), bounds, default)
     }
 
+    /// A size written in MiB (`*_mib`) within `bounds`, in bytes;
+    /// `default` is in bytes too.
+    pub(super) fn mib<T: Number>(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        const MIB: u64 = 1 << 20;
+        let mib = self.number(v, key, bounds, default.to_u64() / MIB)?;
+        Ok(T::from_u64(mib * MIB))
+    }
+
     /// [`Source::millis`] for `key` of this table.
     pub(super) fn millis(
         &self,
@@ -128,12 +146,16 @@ impl Table<'_, '_> {
 /// debug assertion checks), so the conversion after the range check is
 /// exact.
 pub(super) trait Number: Copy {
+    fn to_u64(self) -> u64;
     fn from_u64(v: u64) -> Self;
 }
 
 macro_rules! number {
     ($($t:ty),*) => {$(
         impl Number for $t {
+            fn to_u64(self) -> u64 {
+                self as u64
+            }
             fn from_u64(v: u64) -> Self {
                 debug_assert!(v <= <$t>::MAX as u64);
                 v as $t
