@@ -16,6 +16,11 @@ Two graphs are checked: modules as files (`smtp::session` ->
 `smtp::server`) and top-level modules (`smtp` -> `reload`). Any strongly
 connected component of more than one module is a circle; the script prints
 each, with one reference per edge so that it can be found, and exits 1.
+
+The engine's layers are checked too: the first table of
+`docs/ARCHITECTURE.md` lists its modules bottom to top, and a module may
+import only modules on its own row or above it. The order is read from the
+document, so the document and the check cannot drift apart.
 """
 import os
 import re
@@ -28,7 +33,8 @@ def modules(root):
     """Module path (tuple) -> file, for every .rs file under root.
 
     A `main.rs` beside a `lib.rs` is a binary crate of its own that uses the
-    library by name, not a module of it: it is left out.
+    library by name, not a module of it: it is left out here and read as a
+    crate of one module (see `binaries`).
     """
     out = {}
     for dirpath, _, files in os.walk(root):
@@ -42,6 +48,13 @@ def modules(root):
                 rel = rel[:-1]
             out[tuple(rel)] = os.path.join(dirpath, f)
     return out
+
+
+def binaries(root):
+    """A `main.rs` beside a `lib.rs`: a crate of one module, which can hold
+    no circle but must declare no modules of its own for that to hold."""
+    main, lib = os.path.join(root, "main.rs"), os.path.join(root, "lib.rs")
+    return [main] if os.path.exists(main) and os.path.exists(lib) else []
 
 
 def strip(text):
@@ -208,6 +221,38 @@ def sccs(graph):
     return [c for c in out if len(c) > 1]
 
 
+def layers(root):
+    """Module path (tuple) -> row, from the first table of ARCHITECTURE.md."""
+    with open(os.path.join(root, "docs", "ARCHITECTURE.md"), encoding="utf-8") as f:
+        doc = f.read()
+    table = re.search(r"\| module \| what \|\n\|---\|---\|\n((?:\|.*\n)+)", doc)
+    rank = {}
+    for row, line in enumerate(table.group(1).splitlines()):
+        cell = line.split("|")[1]
+        for m in re.findall(r"`([\w:]+)`", cell):
+            rank[tuple(m.split("::"))] = row
+    return rank
+
+
+def rank_of(mod, rank):
+    """The row of the longest listed prefix of `mod`, if any."""
+    for i in range(len(mod), 0, -1):
+        if mod[:i] in rank:
+            return rank[mod[:i]]
+    return None
+
+
+def layer_violations(files, where, rank):
+    out = []
+    for a, targets in files.items():
+        ra = rank_of(a, rank)
+        for b in targets:
+            rb = rank_of(b, rank)
+            if ra is not None and rb is not None and rb > ra:
+                out.append(f"{name(a)} imports {name(b)}, listed below it  ({where[(a, b)]})")
+    return sorted(out)
+
+
 def name(mod):
     if isinstance(mod, str):
         return mod
@@ -234,6 +279,17 @@ def main():
                 if mod and target and mod[0] != target[0]:
                     top.setdefault(mod[0], set()).add(target[0])
                     where.setdefault((mod[0], target[0]), where[(mod, target)])
+        for path in binaries(os.path.join(root, crate)):
+            with open(path, encoding="utf-8") as f:
+                text = drop_test_modules(strip(f.read()))
+            lines_read += text.count("\n")
+            if re.search(r"(?m)^\s*(?:pub\s+)?mod\s+\w+\s*;", text):
+                found += 1
+                print(f"{crate}: {os.path.relpath(path, root)} declares modules: not checked")
+        if crate == "engine/src":
+            for v in layer_violations(files, where, layers(root)):
+                found += 1
+                print(f"{crate}: layer order: {v}")
         for kind, graph in (("module", files), ("top-level module", top)):
             for comp in sccs(graph):
                 found += 1

@@ -14,7 +14,7 @@ pub mod tenant {
         path: "../wit",
         world: "tenant-rules",
         with: {
-            "attrelay:policy/types": super::base::attrelay::policy::types,
+            "attrelay:policy/types": crate::policy::bindings::base::attrelay::policy::types,
         },
     });
 }

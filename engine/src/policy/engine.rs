@@ -21,6 +21,9 @@ use super::cache::{ComponentCache, Provenance};
 use super::store::{SessionState, describe_error_with};
 use crate::directory::Directory;
 
+/// The default policy component, compiled from `policy-guest` by the build script.
+pub static DEFAULT_POLICY: &[u8] = include_bytes!(env!("ATTRELAY_DEFAULT_POLICY"));
+
 /// How often the engine's epoch advances; the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -284,7 +287,7 @@ impl PolicyEngine {
     ) -> Result<LoadedPolicy, PolicyError> {
         let origin = source.describe();
         let bytes: std::borrow::Cow<'static, [u8]> = match source {
-            PolicySource::Embedded => super::DEFAULT_POLICY.into(),
+            PolicySource::Embedded => DEFAULT_POLICY.into(),
             PolicySource::File(p) => std::fs::read(p)
                 .map_err(|e| PolicyError::Read {
                     origin: origin.clone(),

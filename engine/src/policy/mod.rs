@@ -15,5 +15,4 @@ pub use session::PolicySession;
 pub use tenant::{TenantBudget, TenantPolicy, TenantSession};
 pub use verdict::policy_failure;
 
-/// The default policy component, compiled from `policy-guest` by the build script.
-pub static DEFAULT_POLICY: &[u8] = include_bytes!(env!("ATTRELAY_DEFAULT_POLICY"));
+pub use engine::DEFAULT_POLICY;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Reloader;
+use super::reloader::Reloader;
 
 /// The trigger of a file notification.
 const FILE_CHANGE: &str = "file change";
