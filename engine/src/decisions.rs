@@ -245,21 +245,58 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &[u8]) -> std::io::Result<()> {
+    /// Appends `batch` (whole lines), rotating wherever the next line
+    /// would take the file past its bound: a burst that arrives as one
+    /// batch is split between the files like lines written one by one.
+    fn write(&mut self, mut batch: &[u8]) -> std::io::Result<()> {
+        while !batch.is_empty() {
+            let part = self.fitting(batch);
+            self.append(&batch[..part])?;
+            batch = &batch[part..];
+        }
+        Ok(())
+    }
+
+    /// How much of `batch` goes into the current file: the whole lines that
+    /// fit under the bound, after a rotation when not even one does. A
+    /// line longer than the bound goes alone into a fresh file.
+    fn fitting(&mut self, batch: &[u8]) -> usize {
         let out = &self.out;
-        if out.regular
-            && out.max_bytes > 0
-            && out.size > 0
-            && out.size + batch.len() as u64 > out.max_bytes
+        if !out.regular || out.max_bytes == 0 {
+            return batch.len();
+        }
+        let whole_lines = |room: u64| {
+            let end = batch.len().min(room.min(usize::MAX as u64) as usize);
+            batch[..end]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+        };
+        let fit = whole_lines(out.max_bytes.saturating_sub(out.size));
+        if fit > 0 {
+            return fit;
+        }
+        if out.size > 0
             && let Err(e) = self.rotate()
         {
             // Keep appending to the file as it is: losing records is worse
             // than a log past its bound.
             tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the decision log");
+            return batch.len();
         }
-        match self.out.file.write_all(batch) {
+        match whole_lines(self.out.max_bytes) {
+            0 => batch
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(batch.len(), |i| i + 1),
+            fit => fit,
+        }
+    }
+
+    fn append(&mut self, part: &[u8]) -> std::io::Result<()> {
+        match self.out.file.write_all(part) {
             Ok(()) => {
-                self.out.size += batch.len() as u64;
+                self.out.size += part.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -377,6 +414,25 @@ mod tests {
             verdict: attrelay_policy::replies::recipient_ok(Some("contoso".into()), "incoming"),
             policy: "0".repeat(64),
         }
+    }
+
+    #[test]
+    fn a_burst_written_as_one_batch_keeps_both_files_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let line = serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1;
+        let bound = 4 * line + line / 2;
+        let log = DecisionLog::open(&path, bound).unwrap();
+        for i in 0..20 {
+            log.append(record(i));
+        }
+        log.close();
+        let old = dir.path().join("decisions.jsonl.1");
+        for file in [&path, &old] {
+            let size = std::fs::metadata(file).unwrap().len();
+            assert!(size <= bound, "{}: {size} bytes", file.display());
+        }
+        assert_eq!(read(&path).unwrap().last().unwrap().session, "s19");
     }
 
     #[test]

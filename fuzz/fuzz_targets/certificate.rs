@@ -2,7 +2,7 @@
 //! panics, and whatever names come out are valid DNS names.
 #![no_main]
 
-use attrelay::tls::client_cert::{TrustAnchors, inspect_chain, unix_time};
+use attrelay::certificate::{TrustAnchors, inspect_chain, unix_time};
 use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::CertificateDer;
 

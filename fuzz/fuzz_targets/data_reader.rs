@@ -4,7 +4,7 @@
 //! data before its own end, and reads back as the same message.
 #![no_main]
 
-use attrelay::smtp::data::{BareLineEndings, DataReader};
+use attrelay::smtp::{BareLineEndings, DataReader};
 use libfuzzer_sys::fuzz_target;
 
 /// Dot-stuffing as the next hop receives it, terminator included.

@@ -5,7 +5,7 @@
 //! panics either.
 #![no_main]
 
-use attrelay::policyd::query::query;
+use attrelay::policyd::query;
 use attrelay::policyd::{PolicyRequest, RequestDecoder, RequestError, RequestLimits};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::bytes::BytesMut;

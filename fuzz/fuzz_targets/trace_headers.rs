@@ -1,4 +1,4 @@
-//! Trace headers (`attrelay::smtp::trace`): arbitrary facts — HELO, the
+//! Trace headers (`attrelay::intake::trace`): arbitrary facts — HELO, the
 //! recipient, a certificate's subject, a tenant id, policy fields — go into
 //! `compose`, and no fact can produce header syntax: every line ends in
 //! CRLF, continuation lines start with a TAB, there is no other CR or LF,
@@ -7,7 +7,7 @@
 //! leaves no trust field in a client's message, whatever its spelling.
 #![no_main]
 
-use attrelay::smtp::trace::{self, TraceFacts};
+use attrelay::intake::trace::{self, TraceFacts};
 use attrelay_policy::model::{ClientCertificate, HeaderField, TlsFacts};
 use libfuzzer_sys::fuzz_target;
 

@@ -5,13 +5,13 @@
 
 use std::net::IpAddr;
 
-use attrelay_engine::model::Verdict;
-use attrelay_engine::policy::policy_failure;
+use attrelay_policy::model::Verdict;
+
+use crate::evaluation::{Judges, Stage};
+use crate::policy::policy_failure;
 use tracing::info;
 
 use crate::metrics::Metrics;
-
-pub use attrelay_engine::evaluation::*;
 
 /// Runs one policy call on the blocking pool (a call may take its whole time
 /// budget and must not stall other connections), records its latency and

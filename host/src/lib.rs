@@ -1,27 +1,40 @@
 //! attrelay: a multi-tenant SMTP relay whose tenant-attribution rules run as a
 //! sandboxed WebAssembly component.
 //!
-//! The policy engine is the `attrelay-engine` crate (re-exported here as
-//! [`address`], [`decisions`], [`directory`], [`evaluation`], [`policy`],
-//! [`throttle`], [`validate`]); the relay adds:
+//! The library is what `attrelay` (the binary in `main.rs`), the integration
+//! tests, the benches and the fuzz targets use; everything else is
+//! `pub(crate)`. Each public type has one path.
 //!
+//! The policy engine is the `attrelay-engine` crate, whose modules are
+//! re-exported under their own names: [`address`], [`certificate`],
+//! [`decisions`], [`directory`], [`evaluation`], [`pem`], [`policy`],
+//! [`throttle`], [`validate`]. The data model the policies speak is
+//! `attrelay_policy::model`, imported from there and nowhere else.
+//!
+//! Public, for the binary and the tests:
+//!
+//! - [`relay`]: all of it assembled, as `attrelay serve` runs it
+//!   ([`relay::start`], [`relay::RelayHandle`]);
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
-//! - [`tls`]: the server's TLS (rustls) and the client-certificate facts,
-//!   verified off the runtime;
-//! - [`smtp`]: the SMTP server (STARTTLS, client certificates, pipelining);
-//! - [`judges`]: asking the evaluation from async code, with metrics;
-//! - [`intake`]: the one way a message enters the queue;
-//! - [`spool`]: durable acceptance; [`delivery`]: the queue, connections to
-//!   next hops, retries, DSNs;
+//! - [`commands`]: the command-line tools (`check`, `cert inspect`,
+//!   `policy diff` and `validate`, `queue list`, `bench`);
+//! - [`smtp`]: the SMTP server (STARTTLS, client certificates, pipelining),
+//!   whose [`smtp::Session`] the tests drive in memory;
+//! - [`intake`]: the one way a message enters the queue, and
+//!   [`intake::trace`], the one place facts become header text;
+//! - [`spool`]: durable acceptance and the queue's contents;
+//! - [`delivery`]: the queue, connections to next hops, retries, DSNs (its
+//!   settings, and the SMTP commands the fuzz targets check);
 //! - [`policyd`]: the Postfix policy-delegation service;
 //! - [`reload`]: building evaluations and swapping them in, and what
 //!   triggers a reload;
-//! - [`admin`]: the HTTP endpoint; [`metrics`]: what it exports;
-//!   [`logs`]: the log writer;
-//! - [`open_files`]: the open-file budget planned at start;
-//! - [`relay`]: all of it assembled, as `attrelay serve` runs it;
-//! - [`commands`]: the command-line tools (`check`, `cert inspect`,
-//!   `policy diff` and `validate`, `queue list`, `bench`).
+//! - [`tls`]: the server's and the client's TLS (rustls);
+//! - [`admin`]: the HTTP endpoint; [`logs`]: the log writer;
+//!   [`clock`]: the relay's clock.
+//!
+//! Inside the crate only: `judges` (asking the evaluation from async code,
+//! with metrics), `metrics` (what the admin endpoint exports) and
+//! `open_files` (the open-file budget planned at start).
 
 pub mod admin;
 pub mod clock;
@@ -29,10 +42,10 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod intake;
-pub mod judges;
+pub(crate) mod judges;
 pub mod logs;
-pub mod metrics;
-pub mod open_files;
+pub(crate) mod metrics;
+pub(crate) mod open_files;
 pub mod policyd;
 pub mod relay;
 pub mod reload;
@@ -40,5 +53,6 @@ pub mod smtp;
 pub mod spool;
 pub mod tls;
 
-// The engine's modules, under the names the relay has always used.
-pub use attrelay_engine::{address, decisions, directory, evaluation, policy, throttle, validate};
+pub use attrelay_engine::{
+    address, certificate, decisions, directory, evaluation, pem, policy, throttle, validate,
+};

@@ -15,12 +15,13 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery::{self, DeliveryContext};
 use crate::metrics::Metrics;
+use crate::pem::read_certificates;
 use crate::policy::{EngineLimits, PolicyEngine};
 use crate::policyd::PolicyServer;
 use crate::reload::Reloader;
 use crate::smtp::{Server, ServerContext};
 use crate::spool::Spool;
-use crate::tls::{pem::read_certificates, server as tls_server};
+use crate::tls::server as tls_server;
 
 /// A running relay.
 pub struct RelayHandle {
@@ -85,10 +86,10 @@ const RELOAD_PROBE_INSTANCES: usize = 1;
 /// session's instances until the call's own budget ends), instantiation
 /// fails and the policy answers `451 4.3.5`: fail closed, never an accept.
 ///
-/// [`MAX_INSTANCES_PER_SESSION`]: crate::judges::MAX_INSTANCES_PER_SESSION
-/// [`MAX_INSTANCES_PER_POLICYD_REQUEST`]: crate::judges::MAX_INSTANCES_PER_POLICYD_REQUEST
+/// [`MAX_INSTANCES_PER_SESSION`]: crate::evaluation::MAX_INSTANCES_PER_SESSION
+/// [`MAX_INSTANCES_PER_POLICYD_REQUEST`]: crate::evaluation::MAX_INSTANCES_PER_POLICYD_REQUEST
 pub fn policy_pool_size(config: &Config) -> u32 {
-    use crate::judges::{MAX_INSTANCES_PER_POLICYD_REQUEST, MAX_INSTANCES_PER_SESSION};
+    use crate::evaluation::{MAX_INSTANCES_PER_POLICYD_REQUEST, MAX_INSTANCES_PER_SESSION};
     let smtp = config
         .server
         .max_sessions
@@ -291,7 +292,7 @@ pub fn grace(config: &Config) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judges::{MAX_INSTANCES_PER_POLICYD_REQUEST, MAX_INSTANCES_PER_SESSION};
+    use crate::evaluation::{MAX_INSTANCES_PER_POLICYD_REQUEST, MAX_INSTANCES_PER_SESSION};
 
     fn pool(text: &str) -> usize {
         let config = Config::parse(std::path::Path::new("relay.toml"), text).unwrap();

@@ -12,14 +12,14 @@ use attrelay_policy::model::{Action, SessionFacts, TlsFacts, Verdict};
 use serde::Serialize;
 
 use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config, session_time};
-use crate::judges::Stage;
+use crate::certificate::{TrustAnchors, inspect_chain, unix_time};
+use crate::evaluation::Stage;
+use crate::pem::read_certificates;
 use crate::policy::{EngineLimits, PolicyEngine};
-use crate::tls::client_cert::{TrustAnchors, inspect_chain, unix_time};
-use crate::tls::pem::read_certificates;
 
 /// Policy instances a check may hold: the base policy, the shadow and the
 /// tenant policies of one session at their most.
-const CHECK_INSTANCES: u32 = crate::judges::MAX_INSTANCES_PER_SESSION as u32 + 2;
+const CHECK_INSTANCES: u32 = crate::evaluation::MAX_INSTANCES_PER_SESSION as u32 + 2;
 
 /// The TLS version and cipher `check` assumes for a session with `--cert` or
 /// `--tls` (the relay negotiates TLS 1.3 with every modern client).

@@ -12,12 +12,12 @@ use attrelay_policy::model::{ClientCertificate, Connector, ConnectorKind, Direct
 use attrelay_policy::settings::format_instant;
 
 use super::{EXIT_OK, UsageError, session_time};
-use crate::config::Config;
-use crate::directory::Directory;
-use crate::tls::client_cert::{
+use crate::certificate::{
     ChainInspection, MAX_DNS_NAMES, TrustAnchors, inspect_chain_detailed, unix_time,
 };
-use crate::tls::pem::read_certificates;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::pem::read_certificates;
 
 /// The arguments of `attrelay cert inspect`.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -7,24 +7,23 @@
 //! attempt, and removed only once every recipient is delivered or bounced, so
 //! a crash at any point re-delivers at worst, never loses.
 
-pub mod attempt;
+mod attempt;
 mod context;
 mod data;
 mod directory;
-pub mod dsn;
-pub mod mx;
+mod dsn;
+pub(crate) mod mx;
 mod outcome;
-pub mod pool;
-pub mod queue;
+pub(crate) mod pool;
+pub(crate) mod queue;
 mod resolver;
 mod session;
 mod settings;
-pub mod smtp;
+mod smtp;
 pub mod transaction;
-pub mod wire;
+mod wire;
 
-pub use context::{DeliveryContext, SetupError};
-pub use outcome::Outcome;
+pub(crate) use context::DeliveryContext;
 pub use settings::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONCURRENCY, DEFAULT_MAX_QUEUE_AGE, DEFAULT_MX_ADDRESS_LIMIT,
     DEFAULT_MX_PORT, DEFAULT_MX_SESSION_LIMIT, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX,

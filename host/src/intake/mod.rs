@@ -1,6 +1,6 @@
 //! The one way a message enters the queue. A message is one or more
 //! envelopes — each with the header fields the relay writes in front of the
-//! body — and the body they share, stored once. [`Incoming`] receives a
+//! body — and the body they share, stored once. `Incoming` receives a
 //! client's message into its body as it arrives; [`Message::from_client`]
 //! composes its envelopes: one per attributed tenant, each with its trace
 //! and trust fields ([`trace::compose`], the one place facts become header
@@ -9,10 +9,10 @@
 //! queue: a client's retry after a failure is never a duplicate, and
 //! nothing is queued that is not on disk.
 
-pub mod incoming;
+mod incoming;
 pub mod trace;
 
-pub use incoming::{DEFAULT_MAX_HEADER_SIZE, HeaderTooBig, Incoming, Received};
+pub(crate) use incoming::{DEFAULT_MAX_HEADER_SIZE, HeaderTooBig, Incoming};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -66,7 +66,7 @@ pub struct Message {
 impl Message {
     /// A client's message from `sender` to `recipients`: one envelope per
     /// attributed tenant, each with its own queue id and trace fields,
-    /// sharing `body` (received by [`Incoming`]).
+    /// sharing `body` (received by `Incoming`).
     pub fn from_client(
         spool: &Spool,
         origin: &Origin<'_>,

@@ -280,7 +280,7 @@ fn sanitize(raw: &str, max: usize, context: Context) -> String {
 /// a bare CR.
 ///
 /// The header section ends at the first line that does not start a
-/// well-formed field (see [`is_well_formed`]): a line without a colon, an
+/// well-formed field (see `is_well_formed`): a line without a colon, an
 /// empty name (`:X-Attributed-Tenant: x`), a name with bytes RFC 5322 does
 /// not allow in one (`junk` then ` X-Attributed-Tenant: x`, which this
 /// reader would take for one field named `junk X-Attributed-Tenant`).

@@ -7,19 +7,19 @@
 //! decision log, hot-reloaded alike. One gateway's rules thus serve both
 //! front ends.
 //!
-//! - [`request`]: the bounded request reader (fuzzed: `fuzz/`);
+//! - `request`: the bounded request reader (fuzzed: `fuzz/`);
 //! - [`query`]: request attributes to policy facts, verdicts to actions;
-//! - [`server`]: the TCP / UNIX-domain listener.
+//! - `server`: the TCP / UNIX-domain listener.
 //!
 //! Fail closed: a policy failure is answered `451 4.3.5`; a request that
 //! breaks the protocol gets no answer and its connection is closed, so
 //! Postfix falls back to `smtpd_policy_service_default_action` (451).
 
 mod peer;
-pub mod query;
-pub mod request;
-pub mod server;
+mod query;
+mod request;
+mod server;
 
-pub use query::AcceptAction;
+pub use query::{AcceptAction, query};
 pub use request::{PolicyRequest, RequestDecoder, RequestError, RequestLimits};
 pub use server::{PolicyServer, PolicydListen, PolicydSettings};

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use attrelay_policy::model::{Action, ClientCertificate, SessionFacts, TlsFacts, Verdict};
 
 use super::request::{PolicyRequest, RequestError, xtext_decode};
-use crate::tls::client_cert as cert;
+use crate::certificate as cert;
 
 /// The only request type Postfix's SMTP server sends.
 pub const SMTPD_ACCESS_POLICY: &str = "smtpd_access_policy";

@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 use super::query::{AcceptAction, Query, action, query};
 use super::request::{PolicyRequest, RequestDecoder, RequestError, RequestLimits};
 use crate::clock::now;
-use crate::judges::{Judges, Stage, ask};
+use crate::evaluation::{Judges, Stage};
+use crate::judges::ask;
 use crate::smtp::ServerContext;
 use crate::throttle::Throttled;
 

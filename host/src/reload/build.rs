@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::certificate::TrustAnchors;
 use crate::config::Config;
 use crate::decisions::DecisionLog;
 use crate::evaluation::Evaluation;
 use crate::policy::{LoadedPolicy, PolicyEngine, PolicySource, TenantBudget};
-use crate::tls::TrustAnchors;
 use crate::validate::{ScenarioReport, check_scenarios};
 
 /// Loads the policy a configuration names, turning a refusal of its

@@ -1,6 +1,6 @@
 //! What judges sessions, and swapping it on a live relay.
 //!
-//! An [`Evaluation`] is everything a decision needs — the policy, the tenant
+//! An [`Evaluation`](crate::evaluation::Evaluation) is everything a decision needs — the policy, the tenant
 //! directory, the trust anchors, tenant policies, the shadow candidate — built
 //! completely and validated before it replaces the running one in a single
 //! atomic pointer swap. A session takes the evaluation current when it
@@ -9,7 +9,7 @@
 //! while the running one keeps serving.
 //!
 //! Reloads are triggered by file notifications on the configuration and the
-//! components ([`watch`]), by SIGHUP, and by `POST /reload` on the admin
+//! components (`watch.rs`), by SIGHUP, and by `POST /reload` on the admin
 //! endpoint.
 
 mod build;

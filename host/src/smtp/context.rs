@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::limits::Limits;
 use crate::delivery::queue::QueueHandle;
-pub use crate::evaluation::Evaluation;
+use crate::evaluation::Evaluation;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 

@@ -13,7 +13,7 @@ pub struct Limits {
     /// The SIZE limit.
     pub max_message_size: usize,
     /// Bytes a message's header section may take; more is refused with
-    /// `552 5.3.4` ([`crate::intake::incoming`] holds the section in
+    /// `552 5.3.4` (`intake::incoming` holds the section in
     /// memory until it is decided).
     pub max_header_size: usize,
     pub max_recipients: usize,

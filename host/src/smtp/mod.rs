@@ -1,14 +1,14 @@
 //! The SMTP server: listener, sessions, message data, trace header fields.
 
-pub mod context;
-pub mod data;
-pub mod limits;
-pub mod server;
-pub mod session;
-pub mod stream;
+pub(crate) mod context;
+pub(crate) mod data;
+pub(crate) mod limits;
+pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod stream;
 
-/// The trace fields, composed where messages are: [`crate::intake::trace`].
-pub use crate::intake::trace;
-pub use context::{Evaluation, ServerContext};
+pub use context::ServerContext;
+pub use data::{BareLineEndings, DataReader};
 pub use limits::Limits;
 pub use server::Server;
+pub use session::Session;

@@ -1,7 +1,7 @@
 //! The durable spool: messages the relay answered `250` for, until they are
 //! delivered or bounced. Its files are laid out in `layout.rs`.
 //!
-//! A body is streamed to its file as the client sends it ([`Body`]); the
+//! A body is streamed to its file as the client sends it (`Body`); the
 //! body and its envelopes become durable together through the group
 //! committer ([`Spool::commit`], `commit.rs`), and only then does SMTP
 //! answer `250`. A body no envelope names (a crash or a refusal before the
@@ -34,13 +34,14 @@ mod stored;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use body::{BUFFER, Body};
-pub use durable::{discard, replace_durably};
+pub(crate) use body::{BUFFER, Body};
+pub(crate) use durable::{discard, replace_durably};
 pub use envelope::{ENVELOPE_VERSION, Envelope, QueueEntry, Recipient, RecipientState};
-pub use error::{SpoolError, WriteError};
+pub use error::SpoolError;
+pub(crate) use error::WriteError;
 pub use ids::{BodyId, SpoolId};
 pub use recover::Listing;
-pub use stored::{Chunk, Reader, Stored};
+pub(crate) use stored::Stored;
 
 use commit::{Committer, Job};
 use error::io;
@@ -103,7 +104,7 @@ impl Spool {
 
     /// Refuses new mail of `incoming` bytes that would leave less than the
     /// reserve free ([`SpoolError::Full`]). Asked at `MAIL FROM` with the
-    /// declared `SIZE`; a [`Body`] asks again as it is written, so a client
+    /// declared `SIZE`; a `Body` asks again as it is written, so a client
     /// hears "come back later" before it sends a message the disk cannot
     /// hold. With no reserve (0) it never refuses.
     pub fn ensure_room(&self, incoming: u64) -> Result<(), SpoolError> {
@@ -212,7 +213,7 @@ impl Spool {
     }
 
     /// Opens `envelope`'s message for delivery, checked against the
-    /// length and SHA-256 its envelope records ([`Stored`]). A missing or
+    /// length and SHA-256 its envelope records (`Stored`). A missing or
     /// damaged body is never delivered: the envelope (and a damaged body)
     /// is moved to `corrupt/` and the error says so.
     pub async fn open_checked(&self, envelope: &Envelope) -> Result<Stored, SpoolError> {

@@ -132,7 +132,7 @@ fn sweep_bodies(
     Ok(())
 }
 
-/// What [`list`] found in `queue/`.
+/// What `list` found in `queue/`.
 #[derive(Debug, Default)]
 pub struct Listing {
     /// The readable envelopes, oldest first.

@@ -9,9 +9,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::pem::read_certificates;
 use super::server::{TlsConfigError, provider, read_private_key};
 use super::signatures::Signatures;
+use crate::pem::read_certificates;
 
 /// Opportunistic TLS to a next hop (RFC 7435): encrypt, but accept any server
 /// certificate, as MTAs do without DANE or MTA-STS. Used when no `tls_ca` is

@@ -1,13 +1,12 @@
-//! TLS: the server ([`server`]) and client ([`client`]) configurations
-//! (rustls), PEM material, and a TLS session's facts ([`facts`]).
-//! Turning a client's certificate chain into facts is the engine's
-//! ([`attrelay_engine::certificate`], re-exported as [`client_cert`]).
+//! TLS: the server (`server.rs`) and client (`client.rs`) configurations
+//! (rustls), the handshake signature checks they share, and a TLS
+//! session's facts (`facts.rs`). Turning a client's certificate chain into
+//! facts is the engine's ([`crate::certificate`]).
 
-pub mod client;
-pub mod facts;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod facts;
+pub(crate) mod server;
 mod signatures;
 
-pub use attrelay_engine::certificate as client_cert;
-pub use attrelay_engine::certificate::{TrustAnchors, inspect_chain};
-pub use attrelay_engine::pem;
+pub use client::client_config;
+pub use server::TlsConfigError;

@@ -25,8 +25,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::*;
 
-use super::pem::{PemError, read_certificates};
 use super::signatures::Signatures;
+use crate::pem::{PemError, read_certificates};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {

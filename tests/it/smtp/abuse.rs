@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use attrelay::config::Config;
 use attrelay::decisions::{DecisionRecord, MAX_RECORDS_PER_SESSION};
-use attrelay::judges::MAX_TENANT_POLICIES_PER_SESSION;
+use attrelay::evaluation::MAX_TENANT_POLICIES_PER_SESSION;
 use attrelay::relay::{self, RelayHandle};
 use support::Pki;
 use support::smtp::{Client, Sink};

@@ -8,7 +8,7 @@ use crate::support;
 
 use std::path::{Path, PathBuf};
 
-use attrelay::tls::client_cert::MAX_DNS_NAMES;
+use attrelay::certificate::MAX_DNS_NAMES;
 use rcgen::{
     CertificateParams, CertifiedIssuer, DnType, DnValue, GeneralSubtree, KeyPair, NameConstraints,
     date_time_ymd,
@@ -458,7 +458,7 @@ async fn costly_chains_delay_only_their_own_sessions() {
     let presented = costly_chain(relay.pki.dir.path());
     assert_eq!(presented, attrelay_engine::chain::MAX_CHAIN_CERTS);
     let (pem, key) = relay.cert("costly");
-    let der_bytes: usize = attrelay::tls::pem::read_certificates(&pem)
+    let der_bytes: usize = attrelay::pem::read_certificates(&pem)
         .unwrap()
         .iter()
         .map(|c| c.len())

@@ -73,7 +73,7 @@ impl Client {
         peer: SocketAddr,
     ) -> (Client, Reply) {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(attrelay::smtp::session::Session::new(ctx, theirs, peer).run());
+        tokio::spawn(attrelay::smtp::Session::new(ctx, theirs, peer).run());
         let mut c = Client {
             io: Some(BufReader::new(Box::new(ours) as Box<dyn Io>)),
         };
@@ -164,7 +164,7 @@ impl Client {
 
     /// The TLS handshake after the server's 220 to STARTTLS.
     pub async fn finish_tls(&mut self, cert: Option<(&Path, &Path)>) {
-        let config = attrelay::tls::client::client_config(&[], cert).unwrap();
+        let config = attrelay::tls::client_config(&[], cert).unwrap();
         let connector = tokio_rustls::TlsConnector::from(config);
         let io = self.io.take().unwrap().into_inner();
         let name = rustls_pki_types::ServerName::try_from("relay.example.test").unwrap();

@@ -6,7 +6,7 @@ use tracing::{debug, warn};
 
 use super::{Flow, Session, Transaction, reply};
 use crate::address::MailArgs;
-use crate::judges::Stage;
+use crate::evaluation::Stage;
 use crate::smtp::stream::Io;
 use crate::tls::facts::certificate_facts;
 

@@ -21,13 +21,15 @@ use smtp_proto::{Error as ParseError, Request};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
-use super::context::{Evaluation, ServerContext};
+use super::context::ServerContext;
 use super::stream::{Connection, Io, Line};
 use crate::address::{self, ArgumentError, MailArgs, RcptArgs};
 use crate::clock::now;
 use crate::directory::canonical_ip;
+use crate::evaluation::Evaluation;
+use crate::evaluation::{Judges, Stage};
 use crate::intake::Accepted;
-use crate::judges::{Judges, Stage, ask};
+use crate::judges::ask;
 
 mod data;
 mod ehlo;
@@ -104,7 +106,7 @@ impl<S: Io> Session<S> {
     /// client (commands, message data), so that a message being spooled when
     /// it passes is still queued and answered. The hard stop here, a little
     /// later, only catches a client that stops reading our replies; even
-    /// then a spooled message is queued (see [`store`]).
+    /// then a spooled message is queued (see `store`).
     pub async fn run(mut self) {
         let peer = self.peer;
         let backstop = self.deadline + Self::BACKSTOP;

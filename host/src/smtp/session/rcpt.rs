@@ -5,8 +5,8 @@ use attrelay_policy::model::Action;
 
 use super::{Flow, MAX_TENANTS_PER_MESSAGE, Session, reply};
 use crate::address::{ForwardPath, RcptArgs};
+use crate::evaluation::Stage;
 use crate::intake::Accepted;
-use crate::judges::Stage;
 use crate::smtp::stream::Io;
 
 impl<S: Io> Session<S> {
