@@ -11,16 +11,14 @@
 //! DSNs.
 
 use crate::support;
-use crate::support::Edit;
 
 use std::time::Duration;
 
 use support::smtp::{Client, Received};
+use support::relay::Setup;
 use support::wire::{self, CONTOSO_IP, UNKNOWN_IP};
 
 /// Contoso's tenant table as the fixture writes it.
-const CONTOSO: &str = "id = \"contoso\"\naccepted_domains = [\"contoso.com\"]\n";
-
 /// The list file the recipient-list tests give contoso.
 const LIST_FILE: &str = "contoso-recipients.txt";
 
@@ -36,23 +34,17 @@ impl std::ops::Deref for Relay {
 
 impl Relay {
     /// A relay on the wire fixture delivering to a fresh sink, with
-    /// `delivery` added to `[delivery]` and `tenant` to contoso's table.
+    /// `delivery` merged into `[delivery]` and `tenant` into contoso's table.
     /// `files` are written beside the configuration first.
     async fn start(delivery: &str, tenant: &str, files: &[(&str, &str)]) -> Relay {
-        let relay = wire::Relay::start_edited("idle_timeout_secs = 5", "", |pki, text| {
-            for (name, contents) in files {
-                std::fs::write(pki.path(name), contents).unwrap();
-            }
-            let text = text
-                .edited(
-                    "retry_max_secs = 2\n",
-                    &format!("retry_max_secs = 2\n{delivery}\n"),
-                )
-                .edited(CONTOSO, &format!("{CONTOSO}{tenant}"));
-            assert!(text.contains(&format!("{CONTOSO}{tenant}")), "{text}");
-            text
-        })
-        .await;
+        let mut setup = Setup::new()
+            .set("server.idle_timeout_secs", 5)
+            .merge(&format!("[delivery]\n{delivery}"))
+            .merge_tenant("contoso", tenant);
+        for (name, contents) in files {
+            setup = setup.file(name, contents);
+        }
+        let relay = setup.start().await;
         Relay(relay)
     }
 

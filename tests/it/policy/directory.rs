@@ -151,9 +151,8 @@ fn the_not_found_reply_is_exchanges_and_one_safe_line() {
 /// over the wire, in `attrelay check`, and whatever spelling the client has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connector_written_as_ipv4_mapped_matches_the_ipv4_client() {
-    use support::wire::Relay;
     let mapped = "\n[[tenant]]\nid = \"mapped\"\naccepted_domains = [\"mapped.example\"]\n\n[[tenant.connector]]\nname = \"mapped-ip\"\ntype = \"on-premises\"\nsender_ip_addresses = [\"::ffff:127.0.9.6\", \"::ffff:127.0.8.0/120\"]\n";
-    let relay = Relay::start_edited("", "", |_, text| format!("{text}{mapped}")).await;
+    let relay = support::relay::Setup::new().merge(mapped).start().await;
     let config = Config::load(&relay.pki.path("relay.toml")).unwrap();
     let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
     assert!(

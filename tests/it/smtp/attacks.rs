@@ -8,11 +8,9 @@ use crate::support::Edit;
 
 use std::time::Duration;
 
-use attrelay::config::Config;
-use attrelay::relay;
-use support::Pki;
 use support::smtp::Client;
-use support::wire::{CONTOSO_IP, Relay, UNKNOWN_IP, wire_toml};
+use support::relay::Setup;
+use support::wire::{CONTOSO_IP, Relay, UNKNOWN_IP};
 
 /// Sends one message in an open session; returns the reply to the data.
 async fn message(c: &mut Client, from: &str, to: &[&str], data: &str) -> (u16, String) {
@@ -225,19 +223,15 @@ async fn trust_headers_in_any_spelling_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_through_the_relay_itself_stops_at_the_hop_limit() {
-    let pki = Pki::new();
     let port = support::postfix::free_port();
+    let own = format!("127.0.0.1:{port}");
     // The relay's next hop is its own listener: every message comes back.
-    let text = wire_toml(
-        &pki,
-        "hopcount_limit = 8",
-        &format!("[delivery]\nnext_hop = \"127.0.0.1:{port}\"\nretry_initial_secs = 1\nretry_max_secs = 2\n"),
-    )
-    .edited("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"127.0.0.1:{port}\"]"));
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::load(&path).unwrap();
-    let handle = relay::start(&config).await.unwrap();
+    let (handle, _pki) = Setup::new()
+        .set("server.hopcount_limit", 8)
+        .set("server.listen", vec![own.clone()])
+        .deliver_to_addr(own.parse().unwrap())
+        .start_handle()
+        .await;
     let (mut c, _) = Client::connect_from(handle.addrs[0], UNKNOWN_IP.parse().unwrap()).await;
     assert_eq!(c.cmd("EHLO loop.example").await.code, 250);
     let (code, _) = message(

@@ -3,13 +3,13 @@
 //! each step is one line: the command and the reply it must get.
 
 use crate::support;
-use crate::support::Edit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use attrelay::smtp::ServerContext;
 use support::smtp::Client;
+use support::relay::Setup;
 use support::wire::Relay;
 
 /// Contoso's on-premises server (the seed fixture's range, unchanged: in
@@ -21,10 +21,15 @@ const STRANGER: &str = "192.0.2.77:40000";
 /// never used. The fixture's ranges are moved to loopback by `Relay`, so
 /// contoso's range is put back for the in-memory client addresses.
 async fn relay() -> Relay {
-    Relay::start_edited("max_recipients = 3", "", |_, text| {
-        text.edited("127.0.1.0/24", "203.0.113.0/24")
-    })
-    .await
+    Setup::new()
+        .set("server.max_recipients", 3)
+        .set("server.idle_timeout_secs", 5)
+        .connector("contoso", "Contoso on-premises", |c| {
+            let ranges = vec!["203.0.113.0/24", "2001:db8::/32"];
+            c.insert("sender_ip_addresses".into(), ranges.into());
+        })
+        .start()
+        .await
 }
 
 async fn open(ctx: &Arc<ServerContext>, peer: &str) -> Client {

@@ -8,11 +8,11 @@ use crate::support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use attrelay::config::Config;
-use attrelay::relay::{self, RelayHandle};
+use attrelay::relay::RelayHandle;
 use support::Pki;
 use support::smtp::{Client, Received, Sink};
-use support::wire::{CONTOSO_IP, LITWARE_IP, PARTNER_IP, Relay, UNKNOWN_IP, wire_toml};
+use support::relay::Setup;
+use support::wire::{CONTOSO_IP, LITWARE_IP, PARTNER_IP, Relay, UNKNOWN_IP};
 
 /// A body that exercises dot-stuffing: as sent on the wire, and as it must arrive.
 fn body(subject: &str) -> (Vec<u8>, Vec<u8>) {
@@ -946,19 +946,11 @@ async fn a_command_trickled_a_byte_at_a_time_meets_the_command_deadline() {
 /// A relay delivering to `sink` with a 60 s retry: anything delivered within
 /// seconds was delivered at the first attempt.
 async fn relay_without_quick_retries(sink: &Sink) -> (RelayHandle, Pki) {
-    let pki = Pki::new();
-    let text = wire_toml(
-        &pki,
-        "",
-        &format!(
-            "[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 60\n",
-            sink.addr
-        ),
-    );
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    let handle = relay::start(&Config::load(&path).unwrap()).await.unwrap();
-    (handle, pki)
+    Setup::new()
+        .set("delivery.next_hop", sink.addr.to_string())
+        .set("delivery.retry_initial_secs", 60)
+        .start_handle()
+        .await
 }
 
 async fn send(relay: SocketAddr, n: usize) {

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod postfix;
+pub mod relay;
 pub mod smtp;
 pub mod wire;
 

@@ -6,9 +6,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use attrelay::config::Config;
-use attrelay::relay::{self, RelayHandle};
+use attrelay::relay::RelayHandle;
 
+use super::relay::Setup;
 use super::smtp::{Client, Sink};
 use super::{Edit, Pki};
 
@@ -19,8 +19,9 @@ pub const UNKNOWN_IP: &str = "127.0.2.77";
 pub const PARTNER_IP: &str = "127.0.3.130";
 pub const LITWARE_IP: &str = "127.0.4.200";
 
-/// The seed fixture with its IP ranges moved into loopback.
-pub fn wire_toml(pki: &Pki, server_lines: &str, sections: &str) -> String {
+/// The seed fixture with its IP ranges moved into loopback, as text: the
+/// start of every [`Setup`].
+pub(super) fn wire_toml(pki: &Pki, server_lines: &str, sections: &str) -> String {
     let spool = pki.path("spool");
     let server = format!(
         "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n{server_lines}\n\n[spool]\npath = {:?}\n\n{sections}\n",
@@ -40,51 +41,20 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay delivering to a fresh sink; `sections` adds TOML sections
-    /// (a `[delivery]` with the sink is added unless given).
+    /// The wire fixture with a 5 s idle timeout and `sections` merged in
+    /// ([`Setup::merge`]), delivering to a fresh sink unless `sections`
+    /// has a `[delivery]`.
     pub async fn start(sections: &str) -> Relay {
         Self::start_with("idle_timeout_secs = 5", sections).await
     }
 
-    /// Like `start`, with `server_lines` in `[server]`.
+    /// Like `start`, with `server_lines` (TOML keys) in `[server]`.
     pub async fn start_with(server_lines: &str, sections: &str) -> Relay {
-        Self::start_edited(server_lines, sections, |_, text| text).await
-    }
-
-    /// Like `start_with`, with the configuration text passed through `edit`
-    /// before it is written (which may also write files beside it, in the
-    /// PKI's directory). The `[delivery]` section added for the sink ends
-    /// with `retry_max_secs = 2`, a line `edit` may extend.
-    pub async fn start_edited(
-        server_lines: &str,
-        sections: &str,
-        edit: impl FnOnce(&Pki, String) -> String,
-    ) -> Relay {
-        let pki = Pki::new();
-        let sink = Sink::start().await;
-        let delivery = if sections.contains("[delivery]") {
-            String::new()
-        } else {
-            format!(
-                "[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\nretry_max_secs = 2\n",
-                sink.addr
-            )
-        };
-        let text = edit(
-            &pki,
-            wire_toml(&pki, server_lines, &format!("{delivery}\n{sections}")),
-        );
-        let path = pki.path("relay.toml");
-        std::fs::write(&path, &text).unwrap();
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let handle = relay::start(&config).await.unwrap();
-        let addr = handle.addrs[0];
-        Relay {
-            handle,
-            addr,
-            pki,
-            sink,
-        }
+        Setup::new()
+            .merge(&format!("[server]\n{server_lines}\n"))
+            .merge(sections)
+            .start()
+            .await
     }
 
     pub fn cert(&self, name: &str) -> (PathBuf, PathBuf) {
