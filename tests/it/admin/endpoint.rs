@@ -4,15 +4,15 @@
 //! loopback against a relay running in-process.
 
 use crate::support;
-use crate::support::Edit;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use attrelay::admin::AdminLimits;
-use attrelay::config::Config;
 use attrelay::relay::RelayHandle;
+use support::Pki;
+use support::relay::Setup;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -20,34 +20,30 @@ const TOKEN: &str = "f3b1c0de5eed4a1d9c2e7b6a5f4e3d2c";
 /// Slack for timing assertions on a loaded two-core machine.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// A relay with its admin endpoint on `127.0.0.1:0`, its files in `dir`.
+/// A relay with its admin endpoint on `127.0.0.1:0`.
 struct Live {
     handle: RelayHandle,
-    _dir: tempfile::TempDir,
+    _pki: Pki,
 }
 
 impl Live {
     /// `token`: written to `admin.token` and named by `[admin] token_file`.
     /// `limits`: replaces the endpoint's defaults.
     async fn start(token: Option<&str>, limits: Option<AdminLimits>) -> Live {
-        let dir = tempfile::tempdir().unwrap();
-        let mut text = support::fixture_toml(
-            "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\ndirectory = \"outbox\"\n",
-        );
+        let mut setup = Setup::seed().set("delivery.directory", "outbox");
         if let Some(token) = token {
-            write_private(&dir.path().join("admin.token"), &format!("{token}\n"));
-            let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
-            assert!(text.contains(admin), "the fixture's [admin] table moved");
-            text = text.edited(admin, &format!("{admin}token_file = \"admin.token\"\n"));
+            write_private(&setup.path("admin.token"), &format!("{token}\n"));
+            setup = setup.set("admin.token_file", "admin.token");
         }
-        let path = dir.path().join("relay.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = setup.config();
         if let Some(limits) = limits {
             config.admin.as_mut().expect("admin enabled").limits = limits;
         }
         let handle = attrelay::relay::start(&config).await.unwrap();
-        Live { handle, _dir: dir }
+        Live {
+            handle,
+            _pki: setup.pki,
+        }
     }
 
     fn admin(&self) -> SocketAddr {

@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use attrelay::config::Config;
 use attrelay::relay::RelayHandle;
 use attrelay_policy::model::{Action, ClientCertificate, SessionFacts, TlsFacts, Verdict};
 use attrelay_policy::scenarios::{fixture, scenarios};
 use attrelay_policy::{Session, Settings};
 use support::Pki;
+use support::relay::Setup;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -28,21 +28,14 @@ struct Policyd {
 
 impl Policyd {
     async fn start(policyd_lines: &str, sections: &str) -> Policyd {
-        let pki = Pki::new();
-        let listen = if policyd_lines.contains("listen") {
-            String::new()
-        } else {
-            "listen = [\"127.0.0.1:0\"]\n".to_string()
-        };
-        let text = support::fixture_toml(&format!(
-            "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = {:?}\n\n[delivery]\ndirectory = {:?}\n\n[policyd]\n{listen}{policyd_lines}\n\n{sections}\n",
-            pki.path("spool").display().to_string(),
-            pki.path("out").display().to_string(),
-        ));
-        let path = pki.path("relay.toml");
-        std::fs::write(&path, &text).unwrap();
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let handle = attrelay::relay::start(&config).await.unwrap();
+        let mut setup = Setup::seed()
+            .set("delivery.directory", "out")
+            .merge(&format!("[policyd]\n{policyd_lines}\n"))
+            .merge(sections);
+        if !setup.has("policyd.listen") {
+            setup = setup.set("policyd.listen", vec!["127.0.0.1:0"]);
+        }
+        let (handle, pki) = setup.start_handle().await;
         let addr = handle.policyd.first().copied().unwrap_or(handle.addrs[0]);
         Policyd {
             handle,

@@ -46,6 +46,22 @@ impl Setup {
         Setup { pki, doc }
     }
 
+    /// The seed fixture as the reference writes it (IP ranges not moved,
+    /// no `client_ca`): for tests that state a client's address as a fact
+    /// (the policy service's requests) rather than connect from it.
+    /// Listening on a free loopback port, its spool in the PKI's directory.
+    pub fn seed() -> Setup {
+        let pki = Pki::new();
+        let spool = pki.path("spool").display().to_string();
+        let text = super::fixture_toml(&format!(
+            "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = {spool:?}\n"
+        ));
+        let doc = text
+            .parse::<Table>()
+            .unwrap_or_else(|e| panic!("the seed fixture parses: {e}\n{text}"));
+        Setup { pki, doc }
+    }
+
     /// Sets `key` (dotted: `server.max_sessions`, `delivery.next_hop`),
     /// creating the tables on the way.
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Setup {
