@@ -14,8 +14,8 @@ use crate::support;
 
 use std::time::Duration;
 
-use support::smtp::{Client, Received};
 use support::relay::Setup;
+use support::smtp::{Client, Received};
 use support::wire::{self, CONTOSO_IP, UNKNOWN_IP};
 
 /// Contoso's tenant table as the fixture writes it.

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use attrelay::config::Config;
 use attrelay::relay::RelayHandle;
 use support::Pki;
 use support::dns::{self, Rec};
+use support::relay::Setup;
 use support::smtp::{Client, Sink};
 use support::wire::CONTOSO_IP;
 
@@ -35,29 +35,20 @@ async fn silent(addr: SocketAddr) -> Arc<AtomicUsize> {
     taken
 }
 
-/// Writes `relay.toml`: the fixture (contoso's range moved to loopback)
-/// with `server` lines, a spool in the PKI's folder and a `[delivery]`
+/// The wire fixture with `server` lines in `[server]` and a `[delivery]`
 /// section (retrying after 60 s unless it says otherwise).
-fn write_config(pki: &Pki, server: &str, delivery: &str) -> std::path::PathBuf {
-    let retry = if delivery.contains("retry_initial_secs") {
-        ""
+fn setup(server: &str, delivery: &str) -> Setup {
+    let setup = Setup::new().merge(&format!("[server]\n{server}\n\n[delivery]\n{delivery}\n"));
+    if setup.has("delivery.retry_initial_secs") {
+        setup
     } else {
-        "retry_initial_secs = 60\n"
-    };
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\n{server}\n\n[spool]\npath = {:?}\n\n[delivery]\n{retry}{delivery}\n",
-        pki.path("spool").display().to_string(),
-    ));
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+        setup.set("delivery.retry_initial_secs", 60)
+    }
 }
 
-/// A relay started in-process on [`write_config`]'s file.
-async fn relay(pki: &Pki, server: &str, delivery: &str) -> RelayHandle {
-    let path = write_config(pki, server, delivery);
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    attrelay::relay::start(&config).await.unwrap()
+/// A relay started in-process on [`setup`], and the PKI holding its files.
+async fn relay(server: &str, delivery: &str) -> (RelayHandle, Pki) {
+    setup(server, delivery).start_handle().await
 }
 
 /// Sends one message from contoso's server to `recipients`.
@@ -82,9 +73,7 @@ async fn first_attempt(relay: &RelayHandle, within: Duration) -> String {
 async fn a_silent_next_hop_holds_no_slot_and_shutdown_is_prompt() {
     let hop = SocketAddr::from(([127, 0, 7, 1], support::postfix::free_port()));
     let taken = silent(hop).await;
-    let pki = Pki::new();
-    let relay = relay(
-        &pki,
+    let (relay, _pki) = relay(
         "shutdown_grace_secs = 2",
         &format!("next_hop = \"{hop}\"\ntimeout_secs = 1\nconcurrency = 1\n"),
     )
@@ -122,9 +111,7 @@ async fn a_domain_whose_mx_stalls_delays_no_other_domain() {
         ("mx.b-answers.example", Rec::A([127, 0, 0, 1].into())),
     ])
     .await;
-    let pki = Pki::new();
-    let relay = relay(
-        &pki,
+    let (relay, _pki) = relay(
         "shutdown_grace_secs = 1",
         &format!(
             "next_hop = \"mx\"\ndns_servers = [\"{}\"]\nmx_port = {port}\ntimeout_secs = 30\n",
@@ -153,9 +140,7 @@ async fn forty_stalling_mx_hosts_cost_two_timeouts() {
         taken.push(silent(SocketAddr::from(([127, 0, 8, i], port))).await);
     }
     let dns = dns::start(zone).await;
-    let pki = Pki::new();
-    let relay = relay(
-        &pki,
+    let (relay, _pki) = relay(
         "",
         &format!(
             "next_hop = \"mx\"\ndns_servers = [\"{}\"]\nmx_port = {port}\ntimeout_secs = 1\n",
@@ -184,9 +169,7 @@ async fn required_tls_sends_nothing_to_a_hop_without_starttls() {
     // The sink offers no STARTTLS, as a hop behind an attacker who strips
     // it from the EHLO reply.
     let sink = Sink::start().await;
-    let pki = Pki::new();
-    let relay = relay(
-        &pki,
+    let (relay, _pki) = relay(
         "",
         &format!("next_hop = \"{}\"\ntls = \"required\"\n", sink.addr),
     )
@@ -377,9 +360,7 @@ async fn a_late_rcpt_reply_never_decides_another_recipient() {
         }
     })
     .await;
-    let pki = Pki::new();
-    let relay = relay(
-        &pki,
+    let (relay, _pki) = relay(
         "",
         &format!(
             "next_hop = \"{hop}\"\ntimeout_secs = 1\nretry_initial_secs = 1\nretry_max_secs = 1\n"
@@ -429,9 +410,7 @@ async fn a_leftover_reply_never_decides_another_message() {
             }
         })
         .await;
-        let pki = Pki::new();
-        let relay = relay(
-            &pki,
+        let (relay, _pki) = relay(
             "",
             &format!("next_hop = \"{hop}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n"),
         )
@@ -507,9 +486,7 @@ async fn an_unanswered_end_of_data_is_not_offered_to_a_second_mx() {
         ("mx2.internet.example", Rec::A([127, 0, 0, 1].into())),
     ])
     .await;
-    let pki = Pki::new();
-    let relay = relay(
-        &pki,
+    let (relay, _pki) = relay(
         "",
         &format!(
             "next_hop = \"mx\"\ndns_servers = [\"{}\"]\nmx_port = {port}\ntimeout_secs = 2\n",
@@ -535,8 +512,7 @@ async fn a_refused_data_is_reset_on_a_hop_without_pipelining() {
     // The sink offers no PIPELINING, refuses DATA for "nodata" recipients,
     // and answers MAIL with 503 while a transaction is open.
     let sink = Sink::start().await;
-    let pki = Pki::new();
-    let relay = relay(&pki, "", &format!("next_hop = \"{}\"\n", sink.addr)).await;
+    let (relay, _pki) = relay("", &format!("next_hop = \"{}\"\n", sink.addr)).await;
     send(&relay, &["nodata@internet.example"]).await;
     // The refusal is permanent: its DSN comes back through the same hop.
     let dsn = sink.wait_for(1).await;
@@ -574,20 +550,20 @@ async fn a_refused_data_is_reset_on_a_hop_without_pipelining() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_whose_body_is_gone_leaves_the_queue_at_recovery() {
-    let pki = Pki::new();
     let hop = SocketAddr::from(([127, 0, 0, 1], support::postfix::free_port()));
-    let delivery = format!("next_hop = \"{hop}\"\n");
-    let relay = relay(&pki, "", &delivery).await;
+    let setup = setup("", &format!("next_hop = \"{hop}\"\n"));
+    let config = setup.config();
+    let relay = attrelay::relay::start(&config).await.unwrap();
     send(&relay, &["someone@internet.example"]).await;
     relay.stop().await;
-    let spool = pki.path("spool");
+    let spool = setup.path("spool");
     for body in std::fs::read_dir(spool.join("msg")).unwrap() {
         std::fs::remove_file(body.unwrap().path()).unwrap();
     }
     let queued: Vec<_> = std::fs::read_dir(spool.join("queue")).unwrap().collect();
     assert_eq!(queued.len(), 1);
 
-    let relay = self::relay(&pki, "", &delivery).await;
+    let relay = attrelay::relay::start(&config).await.unwrap();
     assert_eq!(
         std::fs::read_dir(spool.join("queue")).unwrap().count(),
         0,
@@ -625,15 +601,14 @@ async fn idle_connections_stay_bounded_under_a_low_open_file_limit() {
         recipients.push(format!("user@{domain}"));
     }
     let dns = dns::start(zone).await;
-    let pki = Pki::new();
-    let config = write_config(
-        &pki,
+    let setup = setup(
         "max_sessions = 16\nmax_recipients = 500",
         &format!(
             "next_hop = \"mx\"\ndns_servers = [\"{}\"]\nmx_port = {port}\nconcurrency = 2\nmax_connections = {MAX_CONNECTIONS}\nmax_idle_connections = {MAX_IDLE}\nconnection_idle_secs = 2\ntimeout_secs = 5\n",
             dns.addr
         ),
     );
+    let config = setup.write();
     let (_relay, addr, logs) = serve_with_file_limit(&config, 256).await;
 
     // Watch the connections the hop sees open.
@@ -761,8 +736,8 @@ async fn serve_with_file_limit(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_open_file_limit_scales_the_relay_down_instead_of_failing() {
     let sink = Sink::start().await;
-    let pki = Pki::new();
-    let config = write_config(&pki, "", &format!("next_hop = \"{}\"\n", sink.addr));
+    let setup = setup("", &format!("next_hop = \"{}\"\n", sink.addr));
+    let config = setup.write();
     let (_relay, addr, logs) = serve_with_file_limit(&config, 128).await;
     let said = logs.lock().unwrap().clone();
     assert!(said.contains("serving with max_sessions = "), "{said}");

@@ -8,8 +8,8 @@ use crate::support::Edit;
 
 use std::time::Duration;
 
-use support::smtp::Client;
 use support::relay::Setup;
+use support::smtp::Client;
 use support::wire::{CONTOSO_IP, Relay, UNKNOWN_IP};
 
 /// Sends one message in an open session; returns the reply to the data.

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use attrelay::smtp::ServerContext;
-use support::smtp::Client;
 use support::relay::Setup;
+use support::smtp::Client;
 use support::wire::Relay;
 
 /// Contoso's on-premises server (the seed fixture's range, unchanged: in

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use attrelay::relay::RelayHandle;
 use support::Pki;
-use support::smtp::{Client, Received, Sink};
 use support::relay::Setup;
+use support::smtp::{Client, Received, Sink};
 use support::wire::{CONTOSO_IP, LITWARE_IP, PARTNER_IP, Relay, UNKNOWN_IP};
 
 /// A body that exercises dot-stuffing: as sent on the wire, and as it must arrive.

@@ -190,7 +190,10 @@ impl Setup {
             self
         } else {
             let mut s = self.set("delivery.next_hop", sink.addr.to_string());
-            for (key, secs) in [("delivery.retry_initial_secs", 1), ("delivery.retry_max_secs", 2)] {
+            for (key, secs) in [
+                ("delivery.retry_initial_secs", 1),
+                ("delivery.retry_max_secs", 2),
+            ] {
                 if !s.has(key) {
                     s = s.set(key, secs);
                 }
