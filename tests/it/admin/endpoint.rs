@@ -42,7 +42,7 @@ impl Live {
         let handle = attrelay::relay::start(&config).await.unwrap();
         Live {
             handle,
-            _pki: setup.pki,
+            _pki: setup.into_pki(),
         }
     }
 

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use attrelay::config::Config;
-use support::Pki;
 use support::dns::{self, Rec};
+use support::relay::Setup;
 use support::smtp::{Client, Sink};
 
 const CONTOSO_IP: &str = "127.0.1.10";
@@ -49,16 +48,14 @@ async fn mx_delivery_follows_dns() {
     ])
     .await;
 
-    let pki = Pki::new();
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"mx\"\ndns_servers = [\"{}\"]\nmx_port = {port}\nretry_initial_secs = 1\ntimeout_secs = 5\n",
-        pki.path("spool").display().to_string(),
-        dns.addr,
-    ));
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let relay = attrelay::relay::start(&config).await.unwrap();
+    let (relay, _pki) = Setup::new()
+        .set("delivery.next_hop", "mx")
+        .set("delivery.dns_servers", vec![dns.addr.to_string()])
+        .set("delivery.mx_port", i64::from(port))
+        .set("delivery.retry_initial_secs", 1)
+        .set("delivery.timeout_secs", 5)
+        .start_handle()
+        .await;
 
     let (mut c, _) = Client::connect_from(relay.addrs[0], CONTOSO_IP.parse().unwrap()).await;
     assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);

@@ -5,7 +5,6 @@
 //! records are bounded, and IPv6 clients are held to the per-IP limit.
 
 use crate::support;
-use crate::support::Edit;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +16,7 @@ use attrelay::decisions::{DecisionRecord, MAX_RECORDS_PER_SESSION};
 use attrelay::evaluation::MAX_TENANT_POLICIES_PER_SESSION;
 use attrelay::relay::{self, RelayHandle};
 use support::Pki;
+use support::relay::Setup;
 use support::smtp::{Client, Sink};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -36,36 +36,31 @@ const TENANTS: [(&str, &str); 5] = [
     ("contoso", "contoso.com"),
 ];
 
-/// The fixture configuration with its IPs in loopback: `server_lines` in
-/// `[server]` (a `listen` among them), `sections` after it, and the example
-/// longer-grace policy for each tenant in `tenant_policies`.
+/// The wire fixture in `pki`'s directory: `server_lines` in `[server]`,
+/// `sections` merged, and the example longer-grace policy for each tenant
+/// in `tenant_policies`. Written; returns the file.
 fn write_config(
     pki: &Pki,
     server_lines: &str,
     sections: &str,
     tenant_policies: &[&str],
 ) -> PathBuf {
-    let grace = if tenant_policies.is_empty() {
-        PathBuf::new()
-    } else {
-        support::build_crate("examples/tenant-longer-grace")
-    };
-    let mut text = support::loopback_fixture_toml(&format!(
-        "client_ca = [\"ca.pem\"]\n{server_lines}\n\n[spool]\npath = {:?}\n\n{sections}\n",
-        pki.path("spool").display().to_string()
-    ));
-    for tenant in tenant_policies {
-        text = text.edited(
-            &format!("id = \"{tenant}\"\n"),
-            &format!(
-                "id = \"{tenant}\"\npolicy = {:?}\npolicy_settings = {{ grace_until = \"2099-01-01T00:00:00Z\" }}\npolicy_memory_limit_mib = 8\n",
-                grace.display().to_string()
-            ),
-        );
+    let mut setup = Setup::for_pki(pki)
+        .merge(&format!("[server]\n{server_lines}\n"))
+        .merge(sections);
+    if !tenant_policies.is_empty() {
+        let grace = support::build_crate("examples/tenant-longer-grace");
+        for tenant in tenant_policies {
+            setup = setup.merge_tenant(
+                tenant,
+                &format!(
+                    "policy = {:?}\npolicy_settings = {{ grace_until = \"2099-01-01T00:00:00Z\" }}\npolicy_memory_limit_mib = 8\n",
+                    grace.display().to_string()
+                ),
+            );
+        }
     }
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    path
+    setup.write()
 }
 
 async fn start(path: &Path) -> RelayHandle {

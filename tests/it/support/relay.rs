@@ -23,7 +23,10 @@ use super::wire::Relay;
 /// A relay's configuration in the making, with the PKI (and directory)
 /// its files live in.
 pub struct Setup {
-    pub pki: Pki,
+    /// The PKI, when the setup made it (a test that made its own keeps it).
+    pki: Option<Pki>,
+    /// Where the PKI's files, the configuration and the spool are.
+    dir: PathBuf,
     doc: Table,
 }
 
@@ -39,11 +42,23 @@ impl Setup {
     /// endpoint (on a free port) private to this test, no `[delivery]`.
     pub fn new() -> Setup {
         let pki = Pki::new();
-        let text = super::wire::wire_toml(&pki, "", "");
+        let mut setup = Setup::for_pki(&pki);
+        setup.pki = Some(pki);
+        setup
+    }
+
+    /// [`Setup::new`] in the directory of a PKI the test made (and keeps
+    /// alive) itself, for files it writes there first.
+    pub fn for_pki(pki: &Pki) -> Setup {
+        let text = super::wire::wire_toml(pki, "", "");
         let doc = text
             .parse::<Table>()
             .unwrap_or_else(|e| panic!("the wire fixture parses: {e}\n{text}"));
-        Setup { pki, doc }
+        Setup {
+            pki: None,
+            dir: pki.path(""),
+            doc,
+        }
     }
 
     /// The seed fixture as the reference writes it (IP ranges not moved,
@@ -59,7 +74,11 @@ impl Setup {
         let doc = text
             .parse::<Table>()
             .unwrap_or_else(|e| panic!("the seed fixture parses: {e}\n{text}"));
-        Setup { pki, doc }
+        Setup {
+            dir: pki.path(""),
+            pki: Some(pki),
+            doc,
+        }
     }
 
     /// Sets `key` (dotted: `server.max_sessions`, `delivery.next_hop`),
@@ -137,7 +156,7 @@ impl Setup {
     /// Writes `contents` to `name` in the PKI's directory, beside the
     /// configuration (relative paths in it are resolved there).
     pub fn file(self, name: &str, contents: impl AsRef<[u8]>) -> Setup {
-        std::fs::write(self.pki.path(name), contents).unwrap();
+        std::fs::write(self.path(name), contents).unwrap();
         self
     }
 
@@ -154,7 +173,7 @@ impl Setup {
 
     /// A path in the PKI's directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.pki.path(name)
+        self.dir.join(name)
     }
 
     /// The configuration as the relay reads it.
@@ -164,7 +183,7 @@ impl Setup {
 
     /// Writes the configuration to `relay.toml` in the PKI's directory.
     pub fn write(&self) -> PathBuf {
-        let path = self.pki.path("relay.toml");
+        let path = self.path("relay.toml");
         std::fs::write(&path, self.toml()).unwrap();
         path
     }
@@ -175,10 +194,23 @@ impl Setup {
         Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{}", self.toml()))
     }
 
-    /// Starts the relay in-process and returns its handle and the PKI.
+    /// Starts the relay in-process; the setup (and the files it names)
+    /// stays with the caller.
+    pub async fn launch(&self) -> RelayHandle {
+        relay::start(&self.config()).await.unwrap()
+    }
+
+    /// Starts the relay in-process and returns its handle and the PKI
+    /// (made by [`Setup::new`] or [`Setup::seed`]).
     pub async fn start_handle(self) -> (RelayHandle, Pki) {
-        let handle = relay::start(&self.config()).await.unwrap();
-        (handle, self.pki)
+        let handle = self.launch().await;
+        (handle, self.into_pki())
+    }
+
+    /// The PKI this setup made.
+    pub fn into_pki(self) -> Pki {
+        self.pki
+            .expect("the setup made its PKI (Setup::for_pki leaves it with the test)")
     }
 
     /// Starts the relay in-process. Without a `delivery.next_hop` or
