@@ -4,7 +4,6 @@
 //! metrics scraped over HTTP.
 
 use crate::support;
-use crate::support::Edit;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use attrelay::config::Config;
 use attrelay::relay::RelayHandle;
+use support::relay::Setup;
 use support::smtp::{Client, Sink};
 use support::{Pki, attrelay as run_attrelay, stdout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,20 +28,16 @@ struct Live {
     sink: Sink,
 }
 
+/// The wire fixture in `pki`'s directory delivering to `sink`, with
+/// `policy_section` merged and each tenant's `extra` keys merged into it.
 fn toml(pki: &Pki, sink: &Sink, policy_section: &str, tenant_extra: &[(&str, &str)]) -> String {
-    let mut t = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\n\n{policy_section}\n",
-        pki.path("spool").display().to_string(),
-        sink.addr
-    ));
-    // Tenant policies go right after the tenant's id line.
+    let mut setup = Setup::for_pki(pki)
+        .set("delivery.next_hop", sink.addr.to_string())
+        .merge(policy_section);
     for (tenant, extra) in tenant_extra {
-        t = t.edited(
-            &format!("id = \"{tenant}\"\n"),
-            &format!("id = \"{tenant}\"\n{extra}\n"),
-        );
+        setup = setup.merge_tenant(tenant, extra);
     }
-    t
+    setup.toml()
 }
 
 impl Live {
