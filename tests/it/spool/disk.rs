@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use attrelay::config::Config;
-use attrelay::relay::{self, RelayHandle};
+use attrelay::relay::RelayHandle;
 use support::Pki;
+use support::relay::Setup;
 use support::smtp::{Client, Reply, Sink};
 
 /// Inside Contoso's on-premises range once the fixture is moved to loopback.
@@ -62,13 +62,14 @@ impl Drop for Tmpfs {
 /// second, so that a test sees the outbox between two attempts. The policy
 /// cache lives beside the configuration, off the small disks.
 async fn start(pki: &Pki, spool: &str, delivery: &str) -> RelayHandle {
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\nidle_timeout_secs = 30\n\n[spool]\n{spool}\n\n[policy]\ncache = \"policy-cache\"\n\n[delivery]\nretry_initial_secs = 2\nretry_max_secs = 2\n{delivery}\n"
-    ));
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    relay::start(&config).await.unwrap()
+    Setup::for_pki(pki)
+        .set("server.idle_timeout_secs", 30)
+        .set("policy.cache", "policy-cache")
+        .set("delivery.retry_initial_secs", 2)
+        .set("delivery.retry_max_secs", 2)
+        .merge(&format!("[spool]\n{spool}\n\n[delivery]\n{delivery}\n"))
+        .launch()
+        .await
 }
 
 /// `path = "…"` for a TOML table.

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::Pki;
+use support::relay::Setup;
 use support::smtp::{Client, Sink};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -61,11 +62,11 @@ async fn a_message_answered_250_survives_sigkill_and_restart() {
     let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hop_addr = hop.local_addr().unwrap();
     drop(hop);
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop_addr}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n"
-    ));
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = Setup::for_pki(&pki)
+        .set("delivery.next_hop", hop_addr.to_string())
+        .set("delivery.retry_initial_secs", 1)
+        .set("delivery.retry_max_secs", 1)
+        .write();
 
     let (mut relay, addr) = serve(&config).await;
     let (mut c, greeting) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
@@ -112,12 +113,10 @@ async fn a_message_answered_250_survives_sigkill_and_restart() {
 async fn sigterm_shuts_down_gracefully_with_structured_logs() {
     let pki = Pki::new();
     let sink = Sink::start().await;
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\nshutdown_grace_secs = 5\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{}\"\n",
-        sink.addr
-    ));
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = Setup::for_pki(&pki)
+        .set("server.shutdown_grace_secs", 5)
+        .set("delivery.next_hop", sink.addr.to_string())
+        .write();
     let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "attrelay=info")
@@ -209,11 +208,9 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_running_binary() {
     let pki = Pki::new();
-    let text = support::fixture_toml(
-        "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\ndirectory = \"outbox\"\n",
-    );
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, &text).unwrap();
+    let config = Setup::for_pki(&pki)
+        .set("delivery.directory", "outbox")
+        .write();
     let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -275,11 +272,12 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_connections_keep_memory_bounded() {
     let pki = Pki::new();
-    let text = support::fixture_toml(
-        "listen = [\"127.0.0.1:0\"]\nmax_sessions = 3000\nmax_sessions_per_ip = 3000\nidle_timeout_secs = 600\n\n[spool]\npath = \"spool\"\n\n[delivery]\ndirectory = \"outbox\"\n",
-    );
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = Setup::for_pki(&pki)
+        .set("server.max_sessions", 3000)
+        .set("server.max_sessions_per_ip", 3000)
+        .set("server.idle_timeout_secs", 600)
+        .set("delivery.directory", "outbox")
+        .write();
     let (child, addr) = serve(&config).await;
     let pid = child.id().unwrap();
     let mut first = Vec::new();
@@ -318,12 +316,11 @@ async fn two_thousand_idle_connections_keep_memory_bounded() {
 async fn sigkill_while_clients_send_loses_nothing_answered_250() {
     let pki = Pki::new();
     let sink = Sink::start().await;
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nmax_sessions_per_ip = 1000\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\n",
-        sink.addr
-    ));
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = Setup::for_pki(&pki)
+        .set("server.max_sessions_per_ip", 1000)
+        .set("delivery.next_hop", sink.addr.to_string())
+        .set("delivery.retry_initial_secs", 1)
+        .write();
     let (mut relay, addr) = serve(&config).await;
     let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut senders = Vec::new();
@@ -430,12 +427,11 @@ const TENANT_DOMAINS: [&str; 3] = ["contoso.com", "fabrikam.com", "tailspintoys.
 
 /// A relay that delivers to `sink`, in `pki`'s directory.
 fn crash_config(pki: &Pki, sink: SocketAddr) -> std::path::PathBuf {
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{sink}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n"
-    ));
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
-    config
+    Setup::for_pki(pki)
+        .set("delivery.next_hop", sink.to_string())
+        .set("delivery.retry_initial_secs", 1)
+        .set("delivery.retry_max_secs", 1)
+        .write()
 }
 
 /// Sends one message from the Internet to a recipient at each of
@@ -587,11 +583,10 @@ fn bytes_in(spool: &Path, sub: &str) -> u64 {
 /// connector moved to 127.0.1.0/24 (so that tests connect from loopback),
 /// `server` added to `[server]`, and delivery to `hop`.
 async fn serve_for_loopback(pki: &Pki, server: &str, hop: SocketAddr) -> (Child, SocketAddr) {
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\n{server}\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{hop}\"\n"
-    ));
-    let config = pki.path("relay.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = Setup::for_pki(pki)
+        .merge(&format!("[server]\n{server}\n"))
+        .set("delivery.next_hop", hop.to_string())
+        .write();
     serve(&config).await
 }
 
