@@ -6,6 +6,7 @@ use crate::support;
 use crate::support::Edit;
 
 use serde_json::Value;
+use support::relay::Setup;
 use support::{Pki, attrelay, stderr, stdout};
 
 const ENFORCED: &str = "2017-08-01T00:00:00Z";
@@ -221,14 +222,10 @@ fn grace_period_then_enforcement() {
 
 #[test]
 fn warn_mode_accepts_with_a_warning_header() {
-    let pki = Pki::new();
-    let path = pki.path("warn.toml");
-    let text = support::fixture_toml("").replacen(
-        "[[tenant]]",
-        "[policy.settings]\nbefore_enforcement = \"warn\"\nenforcement = 2030-01-01T00:00:00Z\n\n[[tenant]]",
-        1,
-    );
-    std::fs::write(&path, text).unwrap();
+    let setup = Setup::seed()
+        .set("policy.settings.before_enforcement", "warn")
+        .merge("[policy.settings]\nenforcement = 2030-01-01T00:00:00Z\n");
+    let path = setup.write();
     let out = attrelay(&[
         "check",
         "--config",

@@ -16,9 +16,9 @@ use crate::support;
 
 use std::time::Duration;
 
-use attrelay::config::Config;
 use support::Pki;
 use support::postfix::{ONE_AT_A_TIME, Postfix};
+use support::relay::Setup;
 use support::smtp::{Client, Reply, Sink};
 
 /// main.cf lines for Postfix's SMTP server: STARTTLS with a certificate,
@@ -59,15 +59,11 @@ async fn postfix_delegates_relay_decisions_to_our_policy() {
     let dir = tempfile::tempdir().unwrap();
     // The relay runs only its policy service for Postfix here (its SMTP
     // listener is unused); contoso's on-premises range is moved to loopback.
-    let text = support::loopback_fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\n\n[spool]\npath = {:?}\n\n[delivery]\ndirectory = {:?}\n\n[policyd]\nlisten = [\"127.0.0.1:0\"]\n",
-        pki.path("spool").display().to_string(),
-        pki.path("out").display().to_string(),
-    ));
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::load(&path).unwrap();
-    let relay = attrelay::relay::start(&config).await.unwrap();
+    let relay = Setup::for_pki(&pki)
+        .set("delivery.directory", "out")
+        .set("policyd.listen", vec!["127.0.0.1:0"])
+        .launch()
+        .await;
     let pf = Postfix::start(
         dir.path(),
         sink.addr,
@@ -163,16 +159,11 @@ async fn a_tenants_postfix_relays_through_us_with_its_client_certificate() {
     // Our relay, trusting the test CA for client certificates; Postfix sends
     // from an address no connector knows, so only its certificate can
     // attribute it.
-    let text = support::fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = {:?}\n\n[delivery]\nnext_hop = \"{}\"\nretry_initial_secs = 1\n",
-        pki.path("spool").display().to_string(),
-        sink.addr,
-    ));
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, &text).unwrap();
-    let relay = attrelay::relay::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
+    let relay = Setup::for_pki(&pki)
+        .set("delivery.next_hop", sink.addr.to_string())
+        .set("delivery.retry_initial_secs", 1)
+        .launch()
+        .await;
     let pf = Postfix::start(
         dir.path(),
         relay.addrs[0],

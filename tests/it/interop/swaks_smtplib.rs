@@ -6,21 +6,16 @@ use crate::support;
 
 use std::process::Command;
 
-use attrelay::config::Config;
 use support::Pki;
+use support::relay::Setup;
 use support::smtp::Sink;
 
 /// A relay where only the certificate can attribute mail from 127.0.2.77.
 async fn relay(pki: &Pki, sink: &Sink) -> attrelay::relay::RelayHandle {
-    let text = support::fixture_toml(&format!(
-        "listen = [\"127.0.0.1:0\"]\nclient_ca = [\"ca.pem\"]\n\n[spool]\npath = \"spool\"\n\n[delivery]\nnext_hop = \"{}\"\n",
-        sink.addr
-    ));
-    let path = pki.path("relay.toml");
-    std::fs::write(&path, text).unwrap();
-    attrelay::relay::start(&Config::load(&path).unwrap())
+    Setup::for_pki(pki)
+        .set("delivery.next_hop", sink.addr.to_string())
+        .launch()
         .await
-        .unwrap()
 }
 
 fn run(cmd: &mut Command) -> (i32, String) {

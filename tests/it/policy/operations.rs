@@ -718,12 +718,10 @@ async fn a_reload_names_the_settings_that_wait_for_a_restart() {
     assert!(body.contains("\"restart_required\":[]"), "{body}");
     // A listener limit and the delivery concurrency change: the reload
     // applies the rest and says these two wait for a restart.
-    let text = std::fs::read_to_string(&live.config).unwrap();
-    let changed = text
-        .replacen("[server]\n", "[server]\nmax_recipients = 7\n", 1)
-        .replacen("[delivery]\n", "[delivery]\nconcurrency = 3\n", 1);
-    assert_ne!(text, changed);
-    std::fs::write(&live.config, changed).unwrap();
+    Setup::read(&live.config)
+        .set("server.max_recipients", 7)
+        .set("delivery.concurrency", 3)
+        .write();
     let (code, body) = http(live.admin(), "POST", "/reload").await;
     assert_eq!(code, 200, "{body}");
     assert!(

@@ -296,12 +296,6 @@ impl Edit for str {
     }
 }
 
-/// [`fixture_toml`] with contoso's on-premises range moved into loopback
-/// (127.0.1.0/24): a test client from 127.0.1.x is contoso's server.
-pub fn loopback_fixture_toml(server_extra: &str) -> String {
-    fixture_toml(server_extra).edited("203.0.113.0/24", "127.0.1.0/24")
-}
-
 /// The fixture as a validated configuration.
 pub fn fixture_config() -> Config {
     Config::parse(Path::new("fixture.toml"), &fixture_toml(""))

@@ -4,7 +4,8 @@
 //! or connector changed by name — never by replacing text. A change aimed
 //! at something the document does not have (a tenant, a connector, a key
 //! to remove) fails the test: a stale setting is a test that no longer
-//! tests what it says.
+//! tests what it says. (Tests of the configuration's own errors write
+//! their text by hand: there the text, its lines and keys, is the subject.)
 //!
 //! [`Setup::start`] runs the relay in-process; [`Setup::write`] gives the
 //! file to tests that run the binary.
@@ -27,6 +28,8 @@ pub struct Setup {
     pki: Option<Pki>,
     /// Where the PKI's files, the configuration and the spool are.
     dir: PathBuf,
+    /// The configuration's file name in `dir` (`relay.toml`).
+    file: String,
     doc: Table,
 }
 
@@ -57,6 +60,7 @@ impl Setup {
         Setup {
             pki: None,
             dir: pki.path(""),
+            file: "relay.toml".into(),
             doc,
         }
     }
@@ -77,6 +81,22 @@ impl Setup {
         Setup {
             dir: pki.path(""),
             pki: Some(pki),
+            file: "relay.toml".into(),
+            doc,
+        }
+    }
+
+    /// The configuration a running test relay was started on (`path`), to
+    /// change and write back for a reload.
+    pub fn read(path: &std::path::Path) -> Setup {
+        let text = std::fs::read_to_string(path).unwrap();
+        let doc = text
+            .parse::<Table>()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Setup {
+            pki: None,
+            dir: path.parent().expect("a file in a directory").to_path_buf(),
+            file: path.file_name().unwrap().to_string_lossy().into_owned(),
             doc,
         }
     }
@@ -86,17 +106,6 @@ impl Setup {
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Setup {
         let (table, last) = table_at(&mut self.doc, key);
         table.insert(last.to_string(), value.into());
-        self
-    }
-
-    /// Removes `key`, which must be there.
-    pub fn remove(mut self, key: &str) -> Setup {
-        let (table, last) = table_at(&mut self.doc, key);
-        assert!(
-            table.remove(last).is_some(),
-            "no {key} to remove in:\n{}",
-            self.toml()
-        );
         self
     }
 
@@ -140,14 +149,8 @@ impl Setup {
         self
     }
 
-    /// Delivers to `sink` (`[delivery] next_hop`), retrying after 1 s and at
-    /// most every 2 s.
-    pub fn deliver_to(self, sink: &Sink) -> Setup {
-        self.deliver_to_addr(sink.addr)
-    }
-
     /// Delivers to `addr`, retrying after 1 s and at most every 2 s.
-    pub fn deliver_to_addr(self, addr: SocketAddr) -> Setup {
+    pub fn deliver_to(self, addr: SocketAddr) -> Setup {
         self.set("delivery.next_hop", addr.to_string())
             .set("delivery.retry_initial_secs", 1)
             .set("delivery.retry_max_secs", 2)
@@ -181,9 +184,10 @@ impl Setup {
         toml::to_string(&self.doc).expect("a TOML table serialises")
     }
 
-    /// Writes the configuration to `relay.toml` in the PKI's directory.
+    /// Writes the configuration to `relay.toml` in the PKI's directory (or
+    /// back to the file [`Setup::read`] read).
     pub fn write(&self) -> PathBuf {
-        let path = self.path("relay.toml");
+        let path = self.path(&self.file);
         std::fs::write(&path, self.toml()).unwrap();
         path
     }
@@ -214,8 +218,9 @@ impl Setup {
     }
 
     /// Starts the relay in-process. Without a `delivery.next_hop` or
-    /// `delivery.directory`, it delivers to a fresh sink, the relay's `sink`, retrying after 1 s and
-    /// at most every 2 s unless `[delivery]` says otherwise.
+    /// `delivery.directory`, it delivers to a fresh sink (the relay's
+    /// `sink`), retrying after 1 s and at most every 2 s unless
+    /// `[delivery]` says otherwise.
     pub async fn start(self) -> Relay {
         let sink = Sink::start().await;
         let setup = if self.has("delivery.next_hop") || self.has("delivery.directory") {
