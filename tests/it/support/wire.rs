@@ -84,3 +84,35 @@ impl Relay {
         c
     }
 }
+
+/// A recipient on the Internet: relaying to it is what attribution decides.
+pub const EXT: &str = "someone@internet.example";
+
+/// A body that exercises dot-stuffing: as sent on the wire, and as it must arrive.
+pub fn body(subject: &str) -> (Vec<u8>, Vec<u8>) {
+    let original = format!(
+        "Subject: {subject}\r\nFrom: someone@example.test\r\nX-Attributed-Tenant: forged-by-client\r\n\r\nHello.\r\n.leading dot\r\n..two dots\r\n.\r\n\r\nlast line\r\n"
+    );
+    let mut wire = Vec::new();
+    for line in original.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line.as_bytes());
+    }
+    wire.extend_from_slice(b".\r\n");
+    let delivered = original.replace("X-Attributed-Tenant: forged-by-client\r\n", "");
+    (wire, delivered.into_bytes())
+}
+
+/// The values of header field `name` in `message` (its header section).
+pub fn header<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    let head = message.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .filter_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        })
+        .collect()
+}
