@@ -284,7 +284,7 @@ impl Writer {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the decision log");
             return batch.len();
         }
-        match whole_lines(self.out.max_bytes) {
+        match whole_lines(self.out.max_bytes.saturating_sub(self.out.size)) {
             0 => batch
                 .iter()
                 .position(|&b| b == b'\n')
@@ -416,8 +416,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_burst_written_as_one_batch_keeps_both_files_within_the_bound() {
+    /// Twenty records written to a log bounded at four and a half of them,
+    /// `pause` after each; the two files, each checked to be within the
+    /// bound.
+    fn rotated(pause: Option<std::time::Duration>) -> (tempfile::TempDir, [PathBuf; 2]) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("decisions.jsonl");
         let line = serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1;
@@ -425,6 +427,9 @@ mod tests {
         let log = DecisionLog::open(&path, bound).unwrap();
         for i in 0..20 {
             log.append(record(i));
+            if let Some(pause) = pause {
+                std::thread::sleep(pause);
+            }
         }
         log.close();
         let old = dir.path().join("decisions.jsonl.1");
@@ -432,29 +437,49 @@ mod tests {
             let size = std::fs::metadata(file).unwrap().len();
             assert!(size <= bound, "{}: {size} bytes", file.display());
         }
+        (dir, [path, old])
+    }
+
+    /// The writer itself, handed batches of lines as a burst gives them.
+    #[test]
+    fn a_batch_is_split_between_the_files_at_line_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut writer = Writer {
+            path: path.clone(),
+            out: OpenFile::open(&path, 10).unwrap(),
+            queued: Arc::default(),
+        };
+        // Four 4-byte lines in one batch: two fit under 10 bytes.
+        writer.write(b"aaa\nbbb\nccc\nddd\n").unwrap();
+        let old = dir.path().join("log.1");
+        assert_eq!(std::fs::read(&old).unwrap(), b"aaa\nbbb\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"ccc\nddd\n");
+        // A line longer than the bound goes alone into a fresh file.
+        writer.write(b"a line of twenty b\nx\n").unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"a line of twenty b\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"x\n");
+        // A rotation that fails (log.1 a directory with something in it)
+        // keeps appending: losing records is worse than a log past its bound.
+        std::fs::remove_file(&old).unwrap();
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("in the way"), b"").unwrap();
+        writer.write(b"yyyyyyyy\nzzzzzzzz\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"x\nyyyyyyyy\nzzzzzzzz\n");
+    }
+
+    #[test]
+    fn a_burst_written_as_one_batch_keeps_both_files_within_the_bound() {
+        let (_dir, [path, _]) = rotated(None);
         assert_eq!(read(&path).unwrap().last().unwrap().session, "s19");
     }
 
     #[test]
     fn the_log_rotates_at_its_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("decisions.jsonl");
-        let line = serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1;
-        let bound = 4 * line + line / 2;
-        let log = DecisionLog::open(&path, bound).unwrap();
-        for i in 0..20 {
-            log.append(record(i));
-            // One record per batch, as when traffic is not bursting.
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        log.close();
-        let old = dir.path().join("decisions.jsonl.1");
+        // One record per batch, as when traffic is not bursting.
+        let (_dir, [path, old]) = rotated(Some(std::time::Duration::from_millis(5)));
         let (now, before) = (read(&path).unwrap(), read(&old).unwrap());
-        for (file, records) in [(&path, &now), (&old, &before)] {
-            let size = std::fs::metadata(file).unwrap().len();
-            assert!(size <= bound, "{}: {size} bytes", file.display());
-            assert!(!records.is_empty());
-        }
+        assert!(!now.is_empty() && !before.is_empty());
         // The newest records, whole and in order; older generations are gone.
         assert_eq!(now.last().unwrap().session, "s19");
         assert_eq!(

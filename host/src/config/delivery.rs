@@ -141,10 +141,9 @@ pub(super) fn parse(
     delivery_raw: Option<RawDelivery>,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<(PathBuf, u64, DeliverySettings), ConfigError> {
-    let t = src.table("delivery");
-    let spool = src.table("spool");
+    let spool_table = src.table("spool");
     let spool_min_free_bytes = limit!(
-        spool,
+        spool_table,
         spool_raw.min_free_bytes,
         0..=1 << 50,
         crate::spool::DEFAULT_MIN_FREE_BYTES
@@ -154,83 +153,24 @@ pub(super) fn parse(
         .map(|p| resolve(p.get_ref()))
         .unwrap_or_else(|| resolve(Path::new("attrelay-data/spool")));
     let d = delivery_raw.unwrap_or_default();
-    let next_hop = match (&d.next_hop, &d.directory) {
-        (Some(n), Some(_)) => {
-            return Err(src.error(
-                n.span(),
-                "delivery.next_hop",
-                "give next_hop or directory, not both",
-            ));
-        }
-        (Some(n), None) if n.get_ref().trim() == "mx" => NextHop::Mx,
-        (Some(n), None) => {
-            let text = n.get_ref().trim();
-            let parsed = text.rsplit_once(':').and_then(|(h, p)| {
-                let h = h.trim_start_matches('[').trim_end_matches(']');
-                Some((h.to_string(), p.parse::<u16>().ok()?))
-                    .filter(|(h, p)| !h.is_empty() && *p > 0)
-            });
-            match parsed {
-                Some((host, port)) => NextHop::Smarthost { host, port },
-                None => {
-                    return Err(src.error(
-                        n.span(),
-                        "delivery.next_hop",
-                        format!(
-                            "'{text}' is neither \"mx\" nor host:port (such as smtp.example.net:25)"
-                        ),
-                    ));
-                }
-            }
-        }
-        (None, Some(dir)) => NextHop::Directory(resolve(dir.get_ref())),
-        (None, None) => NextHop::Directory(resolve(Path::new("attrelay-data/outbox"))),
-    };
-    if d.tls_cert.is_some() != d.tls_key.is_some() {
-        let span = d
-            .tls_cert
-            .as_ref()
-            .or(d.tls_key.as_ref())
-            .map(|x| x.span())
-            .unwrap_or(0..0);
-        return Err(src.error(
-            span,
-            "delivery.tls_cert",
-            "tls_cert and tls_key go together: give both or neither",
-        ));
-    }
-    let connections = pool_limits(src, &d)?;
+    src.both_or_neither(
+        "delivery",
+        ("tls_cert", &d.tls_cert),
+        ("tls_key", &d.tls_key),
+    )?;
+    let t = src.table("delivery");
     let defaults = DeliverySettings::default();
     let delivery = DeliverySettings {
-        next_hop,
-        tls_cert: d.tls_cert.map(|p| resolve(p.get_ref())),
-        tls_key: d.tls_key.map(|p| resolve(p.get_ref())),
+        next_hop: next_hop(src, &d, resolve)?,
+        tls_cert: d.tls_cert.as_ref().map(|p| resolve(p.get_ref())),
+        tls_key: d.tls_key.as_ref().map(|p| resolve(p.get_ref())),
         tls_ca: d.tls_ca.iter().map(|p| resolve(p.get_ref())).collect(),
         retry_initial: limit!(t, d.retry_initial_secs, secs 1..=86_400, defaults.retry_initial),
         retry_max: limit!(t, d.retry_max_secs, secs 1..=604_800, defaults.retry_max),
         max_queue_age: limit!(t, d.max_queue_age_secs, secs 1..=2_592_000, defaults.max_queue_age),
         concurrency: limit!(t, d.concurrency, 1..=1000, defaults.concurrency),
         timeout: limit!(t, d.timeout_secs, secs 1..=3600, defaults.timeout),
-        dns_servers: d
-            .dns_servers
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let text = a.get_ref();
-                text.parse::<SocketAddr>()
-                    .or_else(|_| {
-                        text.parse::<std::net::IpAddr>()
-                            .map(|ip| SocketAddr::new(ip, 53))
-                    })
-                    .map_err(|_| {
-                        src.error(
-                            a.span(),
-                            format!("delivery.dns_servers[{i}]"),
-                            format!("'{text}' is not an IP address (port 53) or address:port"),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+        dns_servers: dns_servers(src, &d)?,
         mx_port: limit!(t, d.mx_port, 1..=65_535, defaults.mx_port),
         dsn_rate_per_domain_per_hour: limit!(
             t,
@@ -242,7 +182,72 @@ pub(super) fn parse(
         attempt_timeout: limit!(t, d.attempt_timeout_secs, secs 1..=86_400, defaults.attempt_timeout),
         mx_address_limit: limit!(t, d.mx_address_limit, 1..=100, defaults.mx_address_limit),
         mx_session_limit: limit!(t, d.mx_session_limit, 1..=100, defaults.mx_session_limit),
-        connections,
+        connections: pool_limits(src, &d)?,
     };
     Ok((spool, spool_min_free_bytes, delivery))
+}
+
+/// `next_hop` (`mx` or host:port) or `directory`, not both; by default the
+/// directory `attrelay-data/outbox`.
+fn next_hop(
+    src: &Source<'_>,
+    d: &RawDelivery,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<NextHop, ConfigError> {
+    let n = match (&d.next_hop, &d.directory) {
+        (Some(n), Some(_)) => {
+            return Err(src.error(
+                n.span(),
+                "delivery.next_hop",
+                "give next_hop or directory, not both",
+            ));
+        }
+        (None, Some(dir)) => return Ok(NextHop::Directory(resolve(dir.get_ref()))),
+        (None, None) => {
+            return Ok(NextHop::Directory(resolve(Path::new(
+                "attrelay-data/outbox",
+            ))));
+        }
+        (Some(n), None) => n,
+    };
+    let text = n.get_ref().trim();
+    if text == "mx" {
+        return Ok(NextHop::Mx);
+    }
+    let parsed = text.rsplit_once(':').and_then(|(h, p)| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        Some((h.to_string(), p.parse::<u16>().ok()?)).filter(|(h, p)| !h.is_empty() && *p > 0)
+    });
+    parsed
+        .map(|(host, port)| NextHop::Smarthost { host, port })
+        .ok_or_else(|| {
+            src.error(
+                n.span(),
+                "delivery.next_hop",
+                format!("'{text}' is neither \"mx\" nor host:port (such as smtp.example.net:25)"),
+            )
+        })
+}
+
+/// `dns_servers`: IP addresses (port 53) or address:port.
+fn dns_servers(src: &Source<'_>, d: &RawDelivery) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut servers = Vec::new();
+    for (i, a) in d.dns_servers.iter().enumerate() {
+        let text = a.get_ref();
+        let server = text
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .map_err(|_| {
+                src.error(
+                    a.span(),
+                    format!("delivery.dns_servers[{i}]"),
+                    format!("'{text}' is not an IP address (port 53) or address:port"),
+                )
+            })?;
+        servers.push(server);
+    }
+    Ok(servers)
 }

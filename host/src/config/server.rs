@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::source::{ConfigError, Source, limit};
 use crate::smtp::server::{
-    DEFAULT_IPV6_PREFIX_LENGTH, DEFAULT_LISTEN, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_IP,
-    DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_IPV6_PREFIX_LENGTH as DEFAULT_IPV6_PREFIX, DEFAULT_LISTEN, DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_SESSIONS_PER_IP as DEFAULT_PER_IP, DEFAULT_SHUTDOWN_GRACE,
 };
 
 #[derive(Debug, Deserialize, Default)]
@@ -79,16 +79,39 @@ pub(super) fn parse(
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<ServerSettings, ConfigError> {
     let t = src.table("server");
-    let hostname_span = s.hostname.as_ref().map(|h| h.span()).unwrap_or(0..0);
-    let hostname = match s.hostname {
-        Some(h) => {
-            let span = h.span();
-            certname::validate(h.get_ref(), false).map_err(|e| {
-                src.error(span, "server.hostname", format!("'{}': {e}", h.get_ref()))
-            })?
-        }
-        None => "relay.attrelay.invalid".to_string(),
+    src.both_or_neither("server", ("tls_cert", &s.tls_cert), ("tls_key", &s.tls_key))?;
+    let hostname = hostname(src, &s)?;
+    Ok(ServerSettings {
+        postmaster: postmaster(src, &s, &hostname)?,
+        hostname,
+        listen: listen(src, &s)?,
+        tls_cert: s.tls_cert.as_ref().map(|p| resolve(p.get_ref())),
+        tls_key: s.tls_key.as_ref().map(|p| resolve(p.get_ref())),
+        client_ca: s.client_ca.iter().map(|p| resolve(p.get_ref())).collect(),
+        limits: limits(src, &s)?,
+        max_sessions: limit!(t, s.max_sessions, 1..=100_000, DEFAULT_MAX_SESSIONS),
+        shutdown_grace: limit!(t, s.shutdown_grace_secs, secs 0..=3600, DEFAULT_SHUTDOWN_GRACE),
+        max_sessions_per_ip: limit!(t, s.max_sessions_per_ip, 1..=100_000, DEFAULT_PER_IP),
+        ipv6_prefix_length: limit!(t, s.ipv6_prefix_length, 32..=128, DEFAULT_IPV6_PREFIX),
+    })
+}
+
+/// `hostname`: the relay's name in its greeting, EHLO and trace fields.
+fn hostname(src: &Source<'_>, s: &RawServer) -> Result<String, ConfigError> {
+    let Some(h) = &s.hostname else {
+        return Ok("relay.attrelay.invalid".to_string());
     };
+    certname::validate(h.get_ref(), false).map_err(|e| {
+        src.error(
+            h.span(),
+            "server.hostname",
+            format!("'{}': {e}", h.get_ref()),
+        )
+    })
+}
+
+/// `listen`: addresses with ports, [`DEFAULT_LISTEN`] when none.
+fn listen(src: &Source<'_>, s: &RawServer) -> Result<Vec<SocketAddr>, ConfigError> {
     let mut listen = Vec::new();
     for (i, l) in s.listen.iter().enumerate() {
         listen.push(l.get_ref().parse::<SocketAddr>().map_err(|_| {
@@ -105,102 +128,71 @@ pub(super) fn parse(
     if listen.is_empty() {
         listen.push(DEFAULT_LISTEN);
     }
-    if s.tls_cert.is_some() != s.tls_key.is_some() {
-        let span = s
-            .tls_cert
-            .as_ref()
-            .or(s.tls_key.as_ref())
-            .map(|x| x.span())
-            .unwrap_or(0..0);
-        return Err(src.error(
-            span,
-            "server.tls_cert",
-            "tls_cert and tls_key go together: give both or neither",
-        ));
+    Ok(listen)
+}
+
+/// `postmaster`, canonical; by default `postmaster@` the hostname, which
+/// must be a mailbox too: a host name certname accepts (an underscore) may
+/// not be a mail domain.
+fn postmaster(src: &Source<'_>, s: &RawServer, hostname: &str) -> Result<String, ConfigError> {
+    let (text, span, key) = match &s.postmaster {
+        Some(p) => (
+            p.get_ref().trim().to_string(),
+            p.span(),
+            "server.postmaster",
+        ),
+        None => (
+            format!("postmaster@{hostname}"),
+            s.hostname.as_ref().map(|h| h.span()).unwrap_or(0..0),
+            "server.hostname",
+        ),
+    };
+    let mailbox = crate::address::Mailbox::parse(&text, false).map_err(|e| {
+        let message = match &s.postmaster {
+            Some(p) => format!("'{}' is not a mailbox: {e}", p.get_ref()),
+            None => format!("{text} is not a mailbox ({e}): set server.postmaster"),
+        };
+        src.error(span, key, message)
+    })?;
+    Ok(mailbox.to_string())
+}
+
+/// The limits of each session, whose defaults are the SMTP server's.
+fn limits(src: &Source<'_>, s: &RawServer) -> Result<crate::smtp::Limits, ConfigError> {
+    let t = src.table("server");
+    let d = crate::smtp::Limits::default();
+    Ok(crate::smtp::Limits {
+        max_message_size: limit!(t, s.max_message_size, 1024..=1 << 31, d.max_message_size),
+        max_header_size: limit!(t, s.max_header_size, 1024..=64 << 20, d.max_header_size),
+        max_recipients: limit!(t, s.max_recipients, 1..=100_000, d.max_recipients),
+        idle_timeout: limit!(t, s.idle_timeout_secs, secs 1..=3600, d.idle_timeout),
+        max_errors: limit!(t, s.max_errors, 1..=1000, d.max_errors),
+        soft_errors: limit!(t, s.soft_error_limit, 0..=1000, d.soft_errors),
+        error_delay: limit!(t, s.error_delay_ms, millis 0..=60_000, d.error_delay),
+        max_hops: limit!(t, s.hopcount_limit, 1..=1000, d.max_hops),
+        max_session: limit!(t, s.max_session_secs, secs 1..=86_400, d.max_session),
+        pregreet_delay: limit!(t, s.pregreet_delay_ms, millis 0..=30_000, d.pregreet_delay),
+        bare_line_endings: bare_line_endings(src, s)?.unwrap_or(d.bare_line_endings),
+        ..d
+    })
+}
+
+/// `bare_line_endings`: `reject` or `normalize`.
+fn bare_line_endings(
+    src: &Source<'_>,
+    s: &RawServer,
+) -> Result<Option<crate::smtp::data::BareLineEndings>, ConfigError> {
+    use crate::smtp::data::BareLineEndings;
+    let Some(v) = &s.bare_line_endings else {
+        return Ok(None);
+    };
+    match v.get_ref().as_str() {
+        "reject" => Ok(Some(BareLineEndings::Reject)),
+        "normalize" => Ok(Some(BareLineEndings::Normalize)),
+        other => Err(src.error(
+            v.span(),
+            "server.bare_line_endings",
+            format!("'{other}' is neither 'reject' nor 'normalize'"),
+        )),
     }
-    let bare_line_endings = match &s.bare_line_endings {
-        None => None,
-        Some(v) => match v.get_ref().as_str() {
-            "reject" => Some(crate::smtp::data::BareLineEndings::Reject),
-            "normalize" => Some(crate::smtp::data::BareLineEndings::Normalize),
-            other => {
-                return Err(src.error(
-                    v.span(),
-                    "server.bare_line_endings",
-                    format!("'{other}' is neither 'reject' nor 'normalize'"),
-                ));
-            }
-        },
-    };
-    let postmaster = match &s.postmaster {
-        Some(p) => crate::address::Mailbox::parse(p.get_ref().trim(), false)
-            .map_err(|e| {
-                src.error(
-                    p.span(),
-                    "server.postmaster",
-                    format!("'{}' is not a mailbox: {e}", p.get_ref()),
-                )
-            })?
-            .to_string(),
-        // The default must be a mailbox too: a host name certname
-        // accepts (an underscore) may not be a mail domain.
-        None => crate::address::Mailbox::parse(&format!("postmaster@{hostname}"), false)
-            .map_err(|e| {
-                src.error(
-                    hostname_span.clone(),
-                    "server.hostname",
-                    format!("postmaster@{hostname} is not a mailbox ({e}): set server.postmaster"),
-                )
-            })?
-            .to_string(),
-    };
-    let defaults = crate::smtp::Limits::default();
-    let limits = crate::smtp::Limits {
-        max_message_size: limit!(
-            t,
-            s.max_message_size,
-            1024..=1 << 31,
-            defaults.max_message_size
-        ),
-        max_header_size: limit!(
-            t,
-            s.max_header_size,
-            1024..=64 << 20,
-            defaults.max_header_size
-        ),
-        max_recipients: limit!(t, s.max_recipients, 1..=100_000, defaults.max_recipients),
-        idle_timeout: limit!(t, s.idle_timeout_secs, secs 1..=3600, defaults.idle_timeout),
-        max_errors: limit!(t, s.max_errors, 1..=1000, defaults.max_errors),
-        soft_errors: limit!(t, s.soft_error_limit, 0..=1000, defaults.soft_errors),
-        error_delay: limit!(t, s.error_delay_ms, millis 0..=60_000, defaults.error_delay),
-        max_hops: limit!(t, s.hopcount_limit, 1..=1000, defaults.max_hops),
-        max_session: limit!(t, s.max_session_secs, secs 1..=86_400, defaults.max_session),
-        pregreet_delay: limit!(t, s.pregreet_delay_ms, millis 0..=30_000, defaults.pregreet_delay),
-        bare_line_endings: bare_line_endings.unwrap_or(defaults.bare_line_endings),
-        ..defaults
-    };
-    let server = ServerSettings {
-        postmaster,
-        hostname,
-        listen,
-        tls_cert: s.tls_cert.map(|p| resolve(p.get_ref())),
-        tls_key: s.tls_key.map(|p| resolve(p.get_ref())),
-        client_ca: s.client_ca.iter().map(|p| resolve(p.get_ref())).collect(),
-        limits,
-        max_sessions: limit!(t, s.max_sessions, 1..=100_000, DEFAULT_MAX_SESSIONS),
-        shutdown_grace: limit!(t, s.shutdown_grace_secs, secs 0..=3600, DEFAULT_SHUTDOWN_GRACE),
-        max_sessions_per_ip: limit!(
-            t,
-            s.max_sessions_per_ip,
-            1..=100_000,
-            DEFAULT_MAX_SESSIONS_PER_IP
-        ),
-        ipv6_prefix_length: limit!(
-            t,
-            s.ipv6_prefix_length,
-            32..=128,
-            DEFAULT_IPV6_PREFIX_LENGTH
-        ),
-    };
-    Ok(server)
 }

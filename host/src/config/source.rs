@@ -63,9 +63,9 @@ pub(super) fn yes() -> bool {
 /// Reads the limit in field `$field` of the raw section `$raw` through
 /// [`Table`]: a number, or with `secs`/`millis` before its bounds a
 /// duration written in that unit, or with `mib` a size in bytes written in
-/// MiB; within `$bounds`, or `$default` when
-/// absent. The key errors name is the field's own, so the two cannot drift
-/// apart. Returns early with the error.
+/// MiB; within `$bounds`, or `$default` when absent. The key errors name is
+/// the field's own, so the two cannot drift apart. Returns early with the
+/// error.
 macro_rules! limit {
     ($table:expr, $raw:ident . $field:ident, secs $bounds:expr, $default:expr) => {
         $table.secs(&$raw.$field, stringify!($field), $bounds, $default)?
@@ -94,7 +94,8 @@ impl Table<'_, '_> {
         format!("{}.{key}", self.name)
     }
 
-    /// [`Source::number`] for `key` of this table.
+    /// The number at `key`, which must lie within `bounds`, or `default`
+    /// when absent.
     pub(super) fn number<T: Number>(
         &self,
         v: &Option<Spanned<u64>>,
@@ -102,10 +103,19 @@ impl Table<'_, '_> {
         bounds: RangeInclusive<u64>,
         default: T,
     ) -> Result<T, ConfigError> {
-        self.src.number(v, &self.key(key), bounds, default)
+        debug_assert!(*bounds.end() <= T::MAX, "{key}: bounds past its type");
+        match v {
+            Some(x) if !bounds.contains(x.get_ref()) => Err(self.src.error(
+                x.span(),
+                self.key(key),
+                format!("must be between {} and {}", bounds.start(), bounds.end()),
+            )),
+            Some(x) => Ok(T::from_u64(*x.get_ref())),
+            None => Ok(default),
+        }
     }
 
-    /// [`Source::secs`] for `key` of this table.
+    /// A duration written in seconds (`*_secs`), within `bounds`.
     pub(super) fn secs(
         &self,
         v: &Option<Spanned<u64>>,
@@ -113,7 +123,20 @@ impl Table<'_, '_> {
         bounds: RangeInclusive<u64>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        self.src.secs(v, &self.key(key), bounds, default)
+        let secs = self.number(v, key, bounds, default.as_secs())?;
+        Ok(Duration::from_secs(secs))
+    }
+
+    /// A duration written in milliseconds (`*_ms`), within `bounds`.
+    pub(super) fn millis(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let millis = self.number(v, key, bounds, default.as_millis() as u64)?;
+        Ok(Duration::from_millis(millis))
     }
 
     /// A size written in MiB (`*_mib`) within `bounds`, in bytes;
@@ -126,26 +149,23 @@ impl Table<'_, '_> {
         default: T,
     ) -> Result<T, ConfigError> {
         const MIB: u64 = 1 << 20;
+        debug_assert!(
+            bounds.end().checked_mul(MIB).is_some_and(|b| b <= T::MAX)
+                && default.to_u64().is_multiple_of(MIB),
+            "{key}: bounds past its type, or a default not in whole MiB"
+        );
         let mib = self.number(v, key, bounds, default.to_u64() / MIB)?;
         Ok(T::from_u64(mib * MIB))
     }
-
-    /// [`Source::millis`] for `key` of this table.
-    pub(super) fn millis(
-        &self,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        bounds: RangeInclusive<u64>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        self.src.millis(v, &self.key(key), bounds, default)
-    }
 }
 
-/// A number type a limit is kept in. A limit's bounds fit its type (a
-/// debug assertion checks), so the conversion after the range check is
-/// exact.
+/// A number type a limit is kept in. A limit's bounds fit its type on the
+/// 64-bit targets the relay is built for (a debug assertion checks every
+/// bound as it is used, whatever the file says), so the conversion after
+/// the range check is exact.
 pub(super) trait Number: Copy {
+    /// The largest value of the type.
+    const MAX: u64;
     fn to_u64(self) -> u64;
     fn from_u64(v: u64) -> Self;
 }
@@ -153,6 +173,7 @@ pub(super) trait Number: Copy {
 macro_rules! number {
     ($($t:ty),*) => {$(
         impl Number for $t {
+            const MAX: u64 = <$t>::MAX as u64;
             fn to_u64(self) -> u64 {
                 self as u64
             }
@@ -195,48 +216,23 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// The number at `key`, which must lie within `bounds`, or `default`
-    /// when absent.
-    pub(super) fn number<T: Number>(
+    /// Two keys of `table` that go together (a certificate and its key):
+    /// both or neither, or an error at the one given.
+    pub(super) fn both_or_neither<T>(
         &self,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        bounds: RangeInclusive<u64>,
-        default: T,
-    ) -> Result<T, ConfigError> {
-        match v {
-            Some(x) if !bounds.contains(x.get_ref()) => Err(self.error(
-                x.span(),
-                key,
-                format!("must be between {} and {}", bounds.start(), bounds.end()),
-            )),
-            Some(x) => Ok(T::from_u64(*x.get_ref())),
-            None => Ok(default),
+        table: &str,
+        (first, a): (&str, &Option<Spanned<T>>),
+        (second, b): (&str, &Option<Spanned<T>>),
+    ) -> Result<(), ConfigError> {
+        if a.is_some() == b.is_some() {
+            return Ok(());
         }
-    }
-
-    /// A duration written in seconds (`*_secs`), within `bounds`.
-    pub(super) fn secs(
-        &self,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        bounds: RangeInclusive<u64>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        self.number(v, key, bounds, default.as_secs())
-            .map(Duration::from_secs)
-    }
-
-    /// A duration written in milliseconds (`*_ms`), within `bounds`.
-    pub(super) fn millis(
-        &self,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        bounds: RangeInclusive<u64>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        self.number(v, key, bounds, default.as_millis() as u64)
-            .map(Duration::from_millis)
+        let span = a.as_ref().or(b.as_ref()).map(|x| x.span()).unwrap_or(0..0);
+        Err(self.error(
+            span,
+            format!("{table}.{first}"),
+            format!("{first} and {second} go together: give both or neither"),
+        ))
     }
 
     /// The 1-based line and column of a byte offset.

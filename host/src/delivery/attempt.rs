@@ -310,6 +310,8 @@ mod tests {
             concurrency: 1,
             timeout: Duration::from_secs(1),
             dsn_rate_per_domain_per_hour,
+            // A resolver of its own: the tests read no /etc/resolv.conf.
+            dns_servers: vec!["127.0.0.1:53".parse().unwrap()],
             ..DeliverySettings::default()
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());

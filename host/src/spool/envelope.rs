@@ -107,10 +107,14 @@ impl Envelope {
 
     /// Reads an envelope file, in any format this relay knows, as the
     /// current one: a format-0 envelope that names no body gets its own.
-    /// A newer format, or a current one without its body's record, is an
-    /// error (the caller sets the file aside).
+    /// A newer format, a current one without its body's record, or names
+    /// the spool does not make (`../x`, `/etc/x`: the body's name becomes a
+    /// path) are errors (the caller sets the file aside).
     pub(super) fn from_json(bytes: &[u8]) -> Result<Envelope, String> {
         let mut e: Envelope = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !e.id.is_sound() || !(e.body.as_str().is_empty() || e.body.is_sound()) {
+            return Err("an id or body name that is not one the spool makes".into());
+        }
         match e.version {
             0 => {
                 if e.body.as_str().is_empty() {

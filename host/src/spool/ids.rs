@@ -22,6 +22,15 @@ macro_rules! spool_name {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Whether this can name a file of the spool: 1 to 64 ASCII
+            /// letters and digits, as the spool makes them. A name read
+            /// from a file on disk is checked before it becomes a path, so
+            /// that no envelope names a file outside its directory.
+            pub(super) fn is_sound(&self) -> bool {
+                (1..=64).contains(&self.0.len())
+                    && self.0.bytes().all(|b| b.is_ascii_alphanumeric())
+            }
         }
 
         impl fmt::Display for $name {

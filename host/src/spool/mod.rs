@@ -378,10 +378,16 @@ impl Spool {
             .collect()
     }
 
-    /// Number of queued messages (for status and metrics).
+    /// Number of queued messages (for status and metrics): the envelope
+    /// files in `queue/`, as [`Spool::list`] counts them, without reading
+    /// them.
     pub fn len(&self) -> usize {
         std::fs::read_dir(&self.layout.queue)
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| recover::queued_id(&e.path()).is_some())
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -749,6 +755,32 @@ mod tests {
         assert!(found.is_empty());
         assert_eq!(problems.len(), 1);
         assert!(dir.path().join(format!("corrupt/{}.json", e.id)).exists());
+    }
+
+    #[test]
+    fn an_envelope_naming_a_body_outside_the_spool_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool").as_path()).unwrap();
+        std::fs::write(dir.path().join("secret.eml"), b"not mail").unwrap();
+        for (file, body) in [("UP", "../../secret"), ("ABS", "/etc/passwd"), ("DOT", ".")] {
+            let json = FORMAT_0
+                .replace("OLD1", file)
+                .replace("\"tenant\"", &format!("\"body\":{body:?},\"tenant\""));
+            std::fs::write(dir.path().join(format!("spool/queue/{file}.json")), json).unwrap();
+        }
+        let (found, problems) = spool.recover().unwrap();
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.to_string().contains("not one the spool makes"))
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("secret.eml")).unwrap(),
+            b"not mail"
+        );
+        assert_eq!(spool.len(), 0);
     }
 
     #[test]

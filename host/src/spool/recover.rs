@@ -46,7 +46,7 @@ pub(super) fn read_envelope(layout: &Layout, id: &SpoolId) -> Result<Envelope, S
 }
 
 /// The queue id a file in `queue/` is named for, if it is an envelope's.
-fn queued_id(path: &Path) -> Option<SpoolId> {
+pub(super) fn queued_id(path: &Path) -> Option<SpoolId> {
     if path.extension().and_then(|e| e.to_str()) != Some("json") {
         return None;
     }

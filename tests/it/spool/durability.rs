@@ -456,7 +456,7 @@ async fn send_to_three_tenants(addr: SocketAddr, body_len: usize) -> support::sm
 /// Checks what a restarted relay delivered: each recipient's copy whole,
 /// every spool directory empty after.
 async fn check_delivered(sink: &Sink, spool: &Path, expected: &[String], body_len: usize) {
-    let got = sink.wait_for(expected.len()).await;
+    let got = sink.wait_for_recipients(expected).await;
     let mut recipients: Vec<String> = got.iter().flat_map(|m| m.recipients.clone()).collect();
     recipients.sort();
     recipients.dedup();

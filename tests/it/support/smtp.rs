@@ -438,4 +438,24 @@ impl Sink {
             self.received.lock().unwrap().len()
         );
     }
+
+    /// Waits until every one of `recipients` has had a message (30 s at
+    /// most); everything received by then. Where delivery is at least once
+    /// (after a crash), a count of messages can be reached by a duplicate
+    /// before the last recipient's copy arrives.
+    pub async fn wait_for_recipients(&self, recipients: &[String]) -> Vec<Received> {
+        for _ in 0..300 {
+            {
+                let r = self.received.lock().unwrap();
+                let has = |want: &String| r.iter().any(|m| m.recipients.contains(want));
+                if recipients.iter().all(has) {
+                    return r.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = self.received.lock().unwrap();
+        let got: Vec<&Vec<String>> = r.iter().map(|m| &m.recipients).collect();
+        panic!("expected messages for {recipients:?} at the next hop, got {got:?}");
+    }
 }

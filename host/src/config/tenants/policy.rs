@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::policy::{PolicySettings, setting_text};
-use super::super::source::{ConfigError, Source};
+use super::super::source::{ConfigError, Source, limit};
 use super::raw::RawTenant;
 
 /// `[[tenant]] policy = ...` and its settings and budgets.
@@ -50,12 +50,7 @@ pub(super) fn parse(
     Ok(Some(TenantPolicySettings {
         component: resolve(component.get_ref()),
         settings,
-        timeout: table.millis(
-            &t.policy_timeout_ms,
-            "policy_timeout_ms",
-            1..=60_000,
-            policy.timeout,
-        )?,
+        timeout: limit!(table, t.policy_timeout_ms, millis 1..=60_000, policy.timeout),
         memory_limit: memory_limit(src, &t.policy_memory_limit_mib, key, policy.memory_limit)?,
     }))
 }
