@@ -49,6 +49,10 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// before, so the log takes at most twice this on disk.
 pub const DEFAULT_MAX_MIB: u64 = 256;
 
+/// The mode a new log file is created with (`[policy] decision_log_mode`):
+/// its owner's only, since it names every sender, recipient and client.
+pub const DEFAULT_MODE: u32 = 0o600;
+
 /// An append-only JSON Lines file, written by a thread of its own.
 ///
 /// A policy call only serialises its record and hands the line over
@@ -92,20 +96,37 @@ struct OpenFile {
     size: u64,
     regular: bool,
     max_bytes: u64,
+    /// The mode the file is created with (and its rotation's next one).
+    mode: u32,
 }
 
 impl OpenFile {
-    fn open(path: &Path, max_bytes: u64) -> std::io::Result<OpenFile> {
+    fn open(path: &Path, max_bytes: u64, mode: u32) -> std::io::Result<OpenFile> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = open_append(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(mode)
+            .open(path)?;
         let meta = file.metadata()?;
+        let has = meta.permissions().mode() & 0o777;
+        if meta.is_file() && has & !mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = %format!("{has:04o}"),
+                "the decision log is open to more local users than decision_log_mode ({mode:04o}) allows: chmod {mode:o} {}",
+                path.display()
+            );
+        }
         Ok(OpenFile {
             file,
             size: meta.len(),
             regular: meta.is_file(),
             max_bytes,
+            mode,
         })
     }
 }
@@ -121,7 +142,14 @@ impl DecisionLog {
     /// writer already serving `path` the file opened anew. Errors opening
     /// the file are reported here, to the reload that asked.
     pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<DecisionLog> {
-        let file = OpenFile::open(path, max_bytes)?;
+        DecisionLog::open_with_mode(path, max_bytes, DEFAULT_MODE)
+    }
+
+    /// [`DecisionLog::open`], creating the file with `mode` (and its
+    /// rotations too); an existing file more open than `mode` draws a
+    /// warning with the `chmod` that closes it.
+    pub fn open_with_mode(path: &Path, max_bytes: u64, mode: u32) -> std::io::Result<DecisionLog> {
+        let file = OpenFile::open(path, max_bytes, mode)?;
         let mut logs = registry().lock().unwrap_or_else(|e| e.into_inner());
         logs.retain(|_, w| w.strong_count() > 0);
         if let Some(shared) = logs.get(path).and_then(Weak::upgrade) {
@@ -197,10 +225,6 @@ impl DecisionLog {
             let _ = h.join();
         }
     }
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// The writer thread's side: the path and the file it writes.
@@ -317,7 +341,7 @@ impl Writer {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
         std::fs::rename(&self.path, &old)?;
-        self.out = OpenFile::open(&self.path, self.out.max_bytes)?;
+        self.out = OpenFile::open(&self.path, self.out.max_bytes, self.out.mode)?;
         tracing::info!(path = %self.path.display(), "decision log rotated");
         Ok(())
     }
@@ -447,7 +471,7 @@ mod tests {
         let path = dir.path().join("log");
         let mut writer = Writer {
             path: path.clone(),
-            out: OpenFile::open(&path, 10).unwrap(),
+            out: OpenFile::open(&path, 10, DEFAULT_MODE).unwrap(),
             queued: Arc::default(),
         };
         // Four 4-byte lines in one batch: two fit under 10 bytes.

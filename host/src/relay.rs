@@ -214,9 +214,10 @@ pub async fn start_with(
         ctx.clone(),
         metrics.clone(),
     ));
-    if config_path.is_some() {
-        crate::reload::spawn_triggers(reloader.clone(), shutdown.clone());
-    }
+    // Also for the embedded configuration, which watches no file: SIGHUP
+    // must reload (a rebuild that says so), never take the default action
+    // of ending the process.
+    crate::reload::spawn_triggers(reloader.clone(), shutdown.clone());
     let admin = match &config.admin {
         Some(settings) => {
             let r = reloader.clone();

@@ -44,6 +44,7 @@ pub(super) struct RawDelivery {
     max_idle_connections: Option<Spanned<u64>>,
     max_idle_per_hop: Option<Spanned<u64>>,
     connection_idle_secs: Option<Spanned<u64>>,
+    delay_warning_secs: Option<Spanned<u64>>,
 }
 
 /// `[delivery] tls`: `opportunistic`, `required` or `verify`; by default
@@ -183,6 +184,7 @@ pub(super) fn parse(
         mx_address_limit: limit!(t, d.mx_address_limit, 1..=100, defaults.mx_address_limit),
         mx_session_limit: limit!(t, d.mx_session_limit, 1..=100, defaults.mx_session_limit),
         connections: pool_limits(src, &d)?,
+        delay_warning: limit!(t, d.delay_warning_secs, secs 0..=2_592_000, defaults.delay_warning),
     };
     Ok((spool, spool_min_free_bytes, delivery))
 }

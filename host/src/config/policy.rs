@@ -25,6 +25,7 @@ pub(super) struct RawPolicy {
     shadow: Option<Spanned<PathBuf>>,
     decision_log: Option<Spanned<PathBuf>>,
     decision_log_max_mib: Option<Spanned<u64>>,
+    decision_log_mode: Option<Spanned<String>>,
 }
 
 /// `[policy]`
@@ -53,6 +54,9 @@ pub struct PolicySettings {
     /// Rotate the decision log at this size (0: never; see
     /// [`crate::decisions::DecisionLog`]).
     pub decision_log_max_bytes: u64,
+    /// The mode the decision log is created with: `0600`, or `0640` for a
+    /// group that reads it (`decision_log_mode`).
+    pub decision_log_mode: u32,
 }
 
 impl Default for PolicySettings {
@@ -69,6 +73,7 @@ impl Default for PolicySettings {
             shadow: None,
             decision_log: None,
             decision_log_max_bytes: crate::decisions::DEFAULT_MAX_MIB * 1024 * 1024,
+            decision_log_mode: crate::decisions::DEFAULT_MODE,
         }
     }
 }
@@ -106,6 +111,23 @@ pub(super) fn setting_text(
     })
 }
 
+/// `decision_log_mode`: octal, its owner may write, a group may read and
+/// write; never other users, and never executable.
+fn decision_log_mode(src: &Source<'_>, v: &Spanned<String>) -> Result<u32, ConfigError> {
+    let text = v.get_ref().trim();
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8).ok();
+    match mode {
+        Some(m) if m & 0o600 == 0o600 && m & !0o660 == 0 => Ok(m),
+        _ => Err(src.error(
+            v.span(),
+            "policy.decision_log_mode",
+            format!(
+                "'{text}' is not a mode for the decision log: octal, readable and writable by its owner, at most by a group too, such as \"0600\" or \"0640\" (it names every sender, recipient and client)"
+            ),
+        )),
+    }
+}
+
 /// Validates `[policy]`.
 pub(super) fn parse(
     src: &Source<'_>,
@@ -129,6 +151,9 @@ pub(super) fn parse(
     policy.decision_log = p.decision_log.map(|c| resolve(c.get_ref()));
     policy.decision_log_max_bytes =
         limit!(t, p.decision_log_max_mib, mib 0..=1 << 20, policy.decision_log_max_bytes);
+    if let Some(v) = &p.decision_log_mode {
+        policy.decision_log_mode = decision_log_mode(src, v)?;
+    }
     let defaults = EngineLimits::default();
     policy.timeout = limit!(t, p.timeout_ms, millis 1..=60_000, defaults.call_timeout);
     policy.memory_limit = limit!(t, p.memory_limit_mib, mib 1..=4096, defaults.memory_limit);

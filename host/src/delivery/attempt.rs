@@ -1,7 +1,8 @@
 //! One delivery attempt of one message, step by step: open the spooled
 //! body (checked), deliver to the next hop, record each recipient's
-//! outcome, expire what waited too long, then either wait for the next
-//! attempt or finish (bounce what failed, remove the message).
+//! outcome, expire what waited too long, report what failed in this
+//! attempt (a DSN at once, not when the last recipient is final), then
+//! either wait for the next attempt or remove the message.
 
 use std::time::Duration;
 
@@ -34,17 +35,42 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryContext, envelope: Envelope) -
         Err(requeued) => return requeued,
     };
     envelope.attempts += 1;
-    let results = deliver(cfg, &envelope, &message).await;
-    record(cfg, &mut envelope, &results);
-    expire(cfg, &mut envelope);
+    // After a DSN that could not be spooled, only the report is left to do.
     if envelope.pending().next().is_some() {
-        envelope.next_attempt = now() + backoff(cfg, envelope.attempts).as_secs() as i64;
-        if let Err(e) = spool.update(&envelope) {
-            warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot update the envelope");
-        }
-        return vec![envelope];
+        let results = deliver(cfg, &envelope, &message).await;
+        record(cfg, &mut envelope, &results);
     }
-    finish(spool, cfg, envelope, &message).await
+    expire(cfg, &mut envelope);
+    let mut next = Vec::new();
+    let reported = match report(spool, cfg, &mut envelope, &message, &mut next).await {
+        Ok(()) => true,
+        Err(e) => {
+            // Kept until the bounce is safely spooled. (The retry asks the
+            // limiter again: a disk failure can spend a domain's
+            // allowance, never exceed it.)
+            warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
+            false
+        }
+    };
+    let pending = envelope.pending().next().is_some();
+    if pending && reported {
+        warn_if_delayed(spool, cfg, &mut envelope, &message, &mut next).await;
+    }
+    if !pending && reported {
+        spool.remove(&envelope).await;
+        return next;
+    }
+    let wait = if pending && reported {
+        backoff(cfg, envelope.attempts)
+    } else {
+        cfg.settings.retry_initial
+    };
+    envelope.next_attempt = now() + wait.as_secs() as i64;
+    if let Err(e) = spool.update(&envelope) {
+        warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot update the envelope");
+    }
+    next.push(envelope);
+    next
 }
 
 /// The spooled message, checked. `Err`: what to queue again — nothing for
@@ -137,6 +163,7 @@ fn record(cfg: &DeliveryContext, envelope: &mut Envelope, results: &[(String, Ou
             Outcome::Permanent(reply) => {
                 r.state = RecipientState::Failed {
                     reply: reply.clone(),
+                    reported: false,
                 }
             }
             Outcome::Temporary(reply) => envelope.last_error = Some(reply.clone()),
@@ -161,66 +188,113 @@ fn expire(cfg: &DeliveryContext, envelope: &mut Envelope) {
             reply: format!(
                 "554 4.4.7 Message expired after {age} hours in the queue; last error: {last}"
             ),
+            reported: false,
         };
     }
 }
 
-/// Every recipient has its final state: bounce what failed, then forget
-/// the message — unless its DSN could not be spooled, then it waits.
-async fn finish(
+/// Tells the sender of the recipients that failed since the last report:
+/// a DSN for them (into `next`, to be queued), or none where none is due
+/// (the null sender, a DSN, the backscatter limit); either way they are
+/// marked reported. `Err`: the DSN could not be spooled, and they stay
+/// unreported for the next try.
+async fn report(
     spool: &Spool,
     cfg: &DeliveryContext,
-    mut envelope: Envelope,
+    envelope: &mut Envelope,
     message: &Stored,
-) -> Vec<Envelope> {
-    let mut next = Vec::new();
-    let failed = envelope
+    next: &mut Vec<Envelope>,
+) -> Result<(), String> {
+    if !envelope
         .recipients
         .iter()
-        .any(|r| matches!(r.state, RecipientState::Failed { .. }));
-    if failed {
-        match bounce(cfg, &envelope) {
-            Bounce::Send(returned) => {
-                // What a DSN can carry back: the header section, bounded.
-                let returned_part = message.prefix(dsn::MAX_RETURNED_HEADERS + 4).await;
-                let queued = match returned_part {
-                    Ok(original) => make_dsn(spool, cfg, &envelope, &original, returned)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("the spooled message could not be read: {e}")),
-                };
-                match queued {
-                    Ok(d) => next.push(d),
-                    Err(e) => {
-                        // Keep the original until the bounce is safely spooled.
-                        // (The retry asks the limiter again: a disk failure can
-                        // spend a domain's allowance, never exceed it.)
-                        warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
-                        envelope.next_attempt = now() + cfg.settings.retry_initial.as_secs() as i64;
-                        next.push(envelope);
-                        return next;
-                    }
-                }
+        .any(|r| r.state.unreported_failure())
+    {
+        return Ok(());
+    }
+    match bounce(cfg, envelope) {
+        Bounce::Send(returned) => {
+            // What a DSN can carry back: the header section, bounded.
+            let original = message
+                .prefix(dsn::MAX_RETURNED_HEADERS + 4)
+                .await
+                .map_err(|e| format!("the spooled message could not be read: {e}"))?;
+            let d = make_dsn(
+                spool,
+                cfg,
+                envelope,
+                &original,
+                returned,
+                dsn::Notice::Failed,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            next.push(d);
+        }
+        Bounce::Never => {
+            info!(target: "attrelay::delivery", queue_id = %envelope.id, "failed recipients of a message with a null sender: no DSN");
+        }
+        Bounce::Suppressed => {
+            info!(
+                target: "attrelay::delivery",
+                queue_id = %envelope.id,
+                sender = ?envelope.sender,
+                suppressed_total = cfg.dsn_limiter.suppressed(),
+                "DSN suppressed: unauthenticated sender whose domain has used up its DSNs for the hour (dsn_rate_per_domain_per_hour)"
+            );
+        }
+    }
+    for r in &mut envelope.recipients {
+        if let RecipientState::Failed { reported, .. } = &mut r.state {
+            *reported = true;
+        }
+    }
+    Ok(())
+}
+
+/// Tells the sender, once, that `envelope` is still being retried after
+/// `[delivery] delay_warning_secs`, within the same limits as a bounce. A
+/// DSN that cannot be spooled now is tried again at the next attempt.
+async fn warn_if_delayed(
+    spool: &Spool,
+    cfg: &DeliveryContext,
+    envelope: &mut Envelope,
+    message: &Stored,
+    next: &mut Vec<Envelope>,
+) {
+    let after = cfg.settings.delay_warning.as_secs() as i64;
+    if envelope.delay_warned || after == 0 || now() - envelope.received_at < after {
+        return;
+    }
+    if let Bounce::Send(returned) = bounce(cfg, envelope) {
+        let original = match message.prefix(dsn::MAX_RETURNED_HEADERS + 4).await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot read the message for its delay warning; will retry");
+                return;
             }
-            Bounce::Never => {
-                info!(target: "attrelay::delivery", queue_id = %envelope.id, "failed message with a null sender: no DSN");
-            }
-            Bounce::Suppressed => {
-                info!(
-                    target: "attrelay::delivery",
-                    queue_id = %envelope.id,
-                    sender = ?envelope.sender,
-                    suppressed_total = cfg.dsn_limiter.suppressed(),
-                    "DSN suppressed: unauthenticated sender whose domain has used up its DSNs for the hour (dsn_rate_per_domain_per_hour)"
-                );
+        };
+        match make_dsn(
+            spool,
+            cfg,
+            envelope,
+            &original,
+            returned,
+            dsn::Notice::Delayed,
+        )
+        .await
+        {
+            Ok(d) => next.push(d),
+            Err(e) => {
+                warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the delay warning; will retry");
+                return;
             }
         }
     }
-    spool.remove(&envelope).await;
-    next
+    envelope.delay_warned = true;
 }
 
-/// What the sender of a finished message with failed recipients gets.
+/// What the sender of a message with newly failed recipients gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bounce {
     /// A DSN returning what [`dsn::Returned`] allows of the message.
@@ -256,6 +330,7 @@ async fn make_dsn(
     original: &Envelope,
     message: &[u8],
     returned: dsn::Returned,
+    notice: dsn::Notice,
 ) -> Result<Envelope, crate::spool::SpoolError> {
     let id = spool.new_id();
     let date = crate::intake::rfc2822_now();
@@ -268,6 +343,7 @@ async fn make_dsn(
         original,
         message,
         returned,
+        notice,
         id.as_str(),
         &date,
     ));
@@ -292,7 +368,7 @@ async fn make_dsn(
     )
     .await?;
     let envelope = queued.expect("accept hands over every copy it stored");
-    info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = ?original.sender, returned = ?returned, "DSN queued");
+    info!(target: "attrelay::delivery", queue_id = %envelope.id, original = %original.id, to = ?original.sender, returned = ?returned, notice = ?notice, "DSN queued");
     Ok(envelope)
 }
 
@@ -331,6 +407,7 @@ mod tests {
             address: "nobody@contoso.com".into(),
             state: RecipientState::Failed {
                 reply: "550 5.1.1 User unknown".into(),
+                reported: false,
             },
         }];
         Envelope {

@@ -207,28 +207,61 @@ fn header_section(message: &[u8]) -> &[u8] {
     &message[..lines]
 }
 
-/// Builds the DSN message for the failed recipients of `original`,
-/// returning what `returned` allows of `message`.
+/// What a DSN tells the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The recipients that failed for good and were not reported yet
+    /// (earlier attempts' failures went in DSNs of their own).
+    Failed,
+    /// The recipients still pending after `[delivery] delay_warning_secs`:
+    /// the relay keeps trying (RFC 3464 `Action: delayed`).
+    Delayed,
+}
+
+/// Builds the DSN message `notice` describes for `original`, returning
+/// what `returned` allows of `message`.
 pub fn build(
     hostname: &str,
     original: &Envelope,
     message: &[u8],
     returned: Returned,
+    notice: Notice,
     id: &str,
     date: &str,
 ) -> Vec<u8> {
-    let failed: Vec<&Recipient> = original
+    let last = original.last_error.clone().unwrap_or_default();
+    let listed: Vec<(&Recipient, &str)> = original
         .recipients
         .iter()
-        .filter(|r| matches!(r.state, RecipientState::Failed { .. }))
+        .filter_map(|r| match (&r.state, notice) {
+            (RecipientState::Failed { reply, .. }, Notice::Failed)
+                if r.state.unreported_failure() =>
+            {
+                Some((r, reply.as_str()))
+            }
+            (RecipientState::Pending, Notice::Delayed) => Some((r, last.as_str())),
+            _ => None,
+        })
         .collect();
+    let (subject, what, action) = match notice {
+        Notice::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "could not be delivered to one or more\r\nrecipients.",
+            "failed",
+        ),
+        Notice::Delayed => (
+            "Delayed Mail (still being retried)",
+            "has not yet been delivered to one or more\r\nrecipients. The relay keeps trying; no action is needed, and you will\r\nhear again only if it gives up.",
+            "delayed",
+        ),
+    };
     let boundary = format!("{id}/{hostname}");
     let mut m = String::new();
     m.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
     ));
     m.push_str(&format!("To: <{}>\r\n", original.sender));
-    m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    m.push_str(&format!("Subject: {subject}\r\n"));
     m.push_str(&format!("Date: {date}\r\n"));
     m.push_str(&format!("Message-ID: <{id}@{hostname}>\r\n"));
     m.push_str("Auto-Submitted: auto-replied\r\n");
@@ -241,7 +274,7 @@ pub fn build(
         "--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     ));
     m.push_str(&format!(
-        "This is the mail system at host {hostname}.\r\n\r\nYour message (queue id {}) could not be delivered to one or more\r\nrecipients. {}\r\n\r\n",
+        "This is the mail system at host {hostname}.\r\n\r\nYour message (queue id {}) {what} {}\r\n\r\n",
         original.id,
         match returned {
             Returned::Headers => "Its header section is attached below.",
@@ -250,10 +283,8 @@ pub fn build(
             }
         }
     ));
-    for r in &failed {
-        if let RecipientState::Failed { reply } = &r.state {
-            m.push_str(&format!("<{}>: {}\r\n", r.address, reply));
-        }
+    for (r, reply) in &listed {
+        m.push_str(&format!("<{}>: {}\r\n", r.address, reply));
     }
     m.push_str(&format!(
         "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
@@ -274,14 +305,19 @@ pub fn build(
         })
         .unwrap_or_default();
     m.push_str(&format!("Arrival-Date: {arrival}\r\n"));
-    for r in &failed {
-        if let RecipientState::Failed { reply } = &r.state {
-            m.push_str(&format!(
-                "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
-                r.address,
-                status_of(reply),
-                reply
-            ));
+    for (r, reply) in &listed {
+        let status = match status_of(reply) {
+            // Still being retried: a temporary status whatever the last
+            // error said (or if there was none).
+            s if notice == Notice::Delayed && !s.starts_with('4') => "4.0.0".to_string(),
+            s => s,
+        };
+        m.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {status}\r\n",
+            r.address,
+        ));
+        if !reply.is_empty() {
+            m.push_str(&format!("Diagnostic-Code: smtp; {reply}\r\n"));
         }
     }
     let mut bytes = m.into_bytes();
@@ -313,6 +349,7 @@ mod tests {
                 address: "a@x.example".into(),
                 state: RecipientState::Failed {
                     reply: "550 5.1.1 User unknown".into(),
+                    reported: false,
                 },
             },
             Recipient {
@@ -339,6 +376,7 @@ mod tests {
             &failed_once(),
             b"Subject: hi\r\nFrom: j\r\n\r\nsecret body\r\n",
             returned,
+            Notice::Failed,
             "D1",
             "Mon, 1 Jan 2024 00:00:00 +0000",
         ))

@@ -56,6 +56,9 @@ pub struct DeliverySettings {
     pub mx_session_limit: usize,
     /// Connections to next hops: how many, and which idle ones are kept.
     pub connections: PoolLimits,
+    /// After this long in the queue, the sender of a message still being
+    /// retried is told so, once (zero: never).
+    pub delay_warning: Duration,
 }
 
 /// The whole of one delivery attempt, by default: long enough for a large
@@ -78,6 +81,10 @@ pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MX_PORT: u16 = 25;
 /// MX addresses tried per domain and attempt (Postfix: 5).
 pub const DEFAULT_MX_ADDRESS_LIMIT: usize = 5;
+/// When a sender hears that its message is delayed
+/// (`delay_warning_secs`): four hours, as Postfix's `delay_warning_time`
+/// where it is set.
+pub const DEFAULT_DELAY_WARNING: Duration = Duration::from_secs(4 * 3600);
 /// MX hosts per domain and attempt that may stall (Postfix: 2).
 pub const DEFAULT_MX_SESSION_LIMIT: usize = 2;
 
@@ -123,6 +130,7 @@ impl Default for DeliverySettings {
             mx_address_limit: DEFAULT_MX_ADDRESS_LIMIT,
             mx_session_limit: DEFAULT_MX_SESSION_LIMIT,
             connections: PoolLimits::default(),
+            delay_warning: DEFAULT_DELAY_WARNING,
         }
     }
 }

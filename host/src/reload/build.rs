@@ -82,8 +82,12 @@ pub fn build(
     };
     let decision_log = match &config.policy.decision_log {
         Some(path) => Some(Arc::new(
-            DecisionLog::open(path, config.policy.decision_log_max_bytes)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
+            DecisionLog::open_with_mode(
+                path,
+                config.policy.decision_log_max_bytes,
+                config.policy.decision_log_mode,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))?,
         )),
         None => None,
     };

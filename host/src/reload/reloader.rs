@@ -185,7 +185,10 @@ impl Reloader {
                     let config = Config::parse(p, &read.text).map_err(|e| e.to_string())?;
                     (config, Some(read))
                 }
-                None => (Config::embedded_default(), None),
+                None => {
+                    info!(target: "attrelay::reload", "the embedded configuration has no file to re-read: rebuilt as it was");
+                    (Config::embedded_default(), None)
+                }
             };
             for w in &config.warnings {
                 warn!(config = %config.source.display(), "{w}");

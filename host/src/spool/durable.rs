@@ -30,9 +30,16 @@ pub fn replace_durably(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<(), Wr
         .map_err(WriteError::at(dir))
 }
 
-/// Creates `path` with `bytes`, fsynced.
+/// Creates `path` with `bytes`, fsynced, readable by its owner only: it
+/// holds mail.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(super::private::FILE_MODE)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }

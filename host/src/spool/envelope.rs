@@ -20,8 +20,32 @@ pub const ENVELOPE_VERSION: u32 = 1;
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum RecipientState {
     Pending,
-    Delivered { reply: String },
-    Failed { reply: String },
+    Delivered {
+        reply: String,
+    },
+    Failed {
+        reply: String,
+        /// The sender was told (a DSN queued, or none due: the null
+        /// sender, the backscatter limit). Set at the end of the attempt
+        /// the recipient failed in, so that a permanent failure is reported
+        /// at once, not when the last recipient is final. Missing in files
+        /// of earlier relays, which told at the end: `false`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reported: bool,
+    },
+}
+
+impl RecipientState {
+    /// A failure the sender has not been told of yet.
+    pub fn unreported_failure(&self) -> bool {
+        matches!(
+            self,
+            RecipientState::Failed {
+                reported: false,
+                ..
+            }
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +92,10 @@ pub struct Envelope {
     /// body is stored once.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub head: String,
+    /// The sender was told that delivery is delayed (`[delivery]
+    /// delay_warning_secs`): once per message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_warned: bool,
     /// The body file this envelope shares with the message's other
     /// envelopes (`msg/BODY.eml`), named at the commit.
     #[serde(default)]
@@ -99,6 +127,7 @@ impl Envelope {
             client: String::new(),
             authenticated: false,
             head: String::new(),
+            delay_warned: false,
             body: BodyId::default(),
             body_sha256: String::new(),
             body_len: 0,

@@ -11,7 +11,8 @@
 //! - `corrupt/`: what recovery or delivery found damaged, set aside for an
 //!   operator, never delivered.
 //!
-//! Every path is made here and nowhere else.
+//! Every path is made here and nowhere else, each directory private
+//! (`private.rs`).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use super::error::{SpoolError, io};
 use super::ids::{BodyId, SpoolId};
 use super::pool::Pool;
+use super::private::private_dir;
 
 /// The spool's directories, with the two the committer syncs kept open
 /// (one `open` fewer per sync).
@@ -41,8 +43,8 @@ impl Layout {
     /// to (`corrupt/` only when something is set aside).
     pub(super) fn open(root: &Path) -> Result<Layout, SpoolError> {
         let (msg, queue, tmp) = (root.join("msg"), root.join("queue"), root.join("tmp"));
-        for d in [&msg, &queue, &tmp] {
-            fs::create_dir_all(d).map_err(io(d))?;
+        for d in [root, &msg, &queue, &tmp] {
+            private_dir(d).map_err(io(d))?;
         }
         let free = root.join("free");
         Ok(Layout {
@@ -75,7 +77,7 @@ impl Layout {
     /// name. Best effort: what cannot be moved stays where it is, and is
     /// found again at the next recovery.
     pub(super) fn set_aside(&self, path: &Path) {
-        let _ = fs::create_dir_all(&self.corrupt);
+        let _ = private_dir(&self.corrupt);
         let _ = fs::rename(
             path,
             self.corrupt.join(path.file_name().unwrap_or_default()),

@@ -26,6 +26,7 @@ mod error;
 mod ids;
 mod layout;
 mod pool;
+mod private;
 mod recover;
 mod room;
 mod shares;

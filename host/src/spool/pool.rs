@@ -17,7 +17,7 @@
 //! could still bring its old name back.
 
 use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,14 +46,19 @@ impl Pool {
     /// The pool in `dir`, with the files a previous run left there (up to
     /// [`CAP`]; the rest are removed).
     pub(super) fn open(dir: &Path) -> std::io::Result<Pool> {
-        fs::create_dir_all(dir)?;
+        super::private::private_dir(dir)?;
         let mut free = Vec::new();
         for entry in fs::read_dir(dir)?.flatten() {
             let path = entry.path();
             // A file also named elsewhere belongs to a message (see above).
-            let usable = entry
-                .metadata()
-                .is_ok_and(|m| m.is_file() && m.len() <= MAX_SIZE && m.nlink() == 1);
+            let usable = entry.metadata().is_ok_and(|m| {
+                m.is_file()
+                        && m.len() <= MAX_SIZE
+                        && m.nlink() == 1
+                        // A file an older relay left readable by others is
+                        // not handed a message.
+                        && m.mode() & 0o077 == 0
+            });
             if usable && free.len() < CAP {
                 free.push(path);
             } else {
@@ -101,7 +106,11 @@ impl Pool {
                 }
             }
         }
-        let file = File::options().write(true).create_new(true).open(path)?;
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(super::private::FILE_MODE)
+            .open(path)?;
         Ok(Opened {
             file,
             recycled: false,

@@ -1,5 +1,7 @@
-//! The command line: check, inspect, configuration errors and scale.
+//! The command line: check, inspect, configuration errors and scale, and
+//! the binary's response to signals.
 
 mod commands;
 mod config_errors;
 mod config_scale;
+mod serve;

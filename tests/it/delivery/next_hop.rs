@@ -203,3 +203,95 @@ async fn next_hop_starttls_with_our_client_certificate() {
     a.handle.stop().await;
     b.handle.stop().await;
 }
+
+/// One recipient delivered, one refused for good (`550`), one deferred at
+/// every attempt (`451`): the sender hears of the `550` at the end of the
+/// first attempt, while the deferred recipient still waits, and only once
+/// however many attempts follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_reported_while_another_recipient_is_still_deferred() {
+    let relay = Relay::start("").await;
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    for to in ["ok", "reject", "defer"] {
+        let r = c.cmd(&format!("RCPT TO:<{to}@internet.example>")).await;
+        assert_eq!(r.code, 250, "{to}: {r:?}");
+    }
+    assert_eq!(c.data(&body("three fates").0).await.code, 250);
+    let got = relay
+        .sink
+        .wait_for_recipients(&["john@contoso.com".to_string()])
+        .await;
+    let dsns: Vec<String> = got
+        .iter()
+        .filter(|m| m.sender.is_empty())
+        .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+        .collect();
+    assert_eq!(dsns.len(), 1, "{dsns:?}");
+    assert!(
+        dsns[0].contains("Final-Recipient: rfc822; reject@internet.example\r\nAction: failed"),
+        "{}",
+        dsns[0]
+    );
+    assert!(!dsns[0].contains("defer@internet.example"), "{}", dsns[0]);
+    let queued = relay.handle.context.spool.entries();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].pending, ["defer@internet.example"]);
+    // Two more attempts (retries every 1 to 2 s): no second report.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let received = relay.sink.received.lock().unwrap().clone();
+    let again = received.iter().filter(|m| m.sender.is_empty()).count();
+    assert_eq!(again, 1, "one DSN for the 550, whatever the retries");
+    relay.handle.stop().await;
+}
+
+/// A recipient still deferred after `delay_warning_secs`: the sender gets
+/// one "delayed" report (RFC 3464 `Action: delayed`, a `4.x.x` status), and
+/// one only, while the relay keeps trying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_still_deferred_after_the_delay_warning_time_is_reported_once() {
+    let relay = Relay::start("[delivery]\ndelay_warning_secs = 1\n").await;
+    let mut c = relay.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    for to in ["ok", "defer"] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{to}@internet.example>"))
+                .await
+                .code,
+            250
+        );
+    }
+    assert_eq!(c.data(&body("slow").0).await.code, 250);
+    let got = relay
+        .sink
+        .wait_for_recipients(&["john@contoso.com".to_string()])
+        .await;
+    let warning = got
+        .iter()
+        .find(|m| m.sender.is_empty())
+        .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+        .expect("a delay warning");
+    assert!(
+        warning.contains("Subject: Delayed Mail (still being retried)"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains(
+            "Final-Recipient: rfc822; defer@internet.example\r\nAction: delayed\r\nStatus: 4.3.0"
+        ),
+        "{warning}"
+    );
+    assert!(
+        !warning.contains("rfc822; ok@internet.example"),
+        "{warning}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let received = relay.sink.received.lock().unwrap().clone();
+    let warnings = received.iter().filter(|m| m.sender.is_empty()).count();
+    assert_eq!(warnings, 1, "one warning per message");
+    assert_eq!(
+        relay.handle.context.spool.entries()[0].pending,
+        ["defer@internet.example"]
+    );
+    relay.handle.stop().await;
+}

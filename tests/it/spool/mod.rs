@@ -1,4 +1,5 @@
-//! The spool: durability across kills, a full disk.
+//! The spool: durability across kills, a full disk, its files private.
 
 mod disk;
 mod durability;
+mod private;
