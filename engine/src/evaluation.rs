@@ -166,10 +166,17 @@ impl Judges {
     /// Judges for one session; `client` names it in the decision log (a
     /// sequence number is appended, so ids are unique within a process).
     pub fn new(eval: Arc<Evaluation>, facts: SessionFacts, client: &str) -> Judges {
+        let id = format!("{client}-{}", next_session_number());
+        Judges::with_id(eval, facts, id)
+    }
+
+    /// Judges for one session the caller has named `id` (its logs name it
+    /// so too): the decision log's `session`.
+    pub fn with_id(eval: Arc<Evaluation>, facts: SessionFacts, id: String) -> Judges {
         Judges {
             eval,
             facts,
-            id: format!("{client}-{}", next_session_number()),
+            id,
             base: None,
             shadow: None,
             tenants: HashMap::new(),

@@ -139,6 +139,7 @@ fn record(cfg: &DeliveryContext, envelope: &mut Envelope, results: &[(String, Ou
             target: "attrelay::delivery",
             queue_id = %envelope.id,
             attempt = envelope.attempts,
+            delay_secs = now() - envelope.received_at,
             recipient = ?rcpt,
             next_hop = %hop,
             tenant = envelope.tenant.as_deref().unwrap_or("-"),
@@ -333,6 +334,7 @@ async fn make_dsn(
     notice: dsn::Notice,
 ) -> Result<Envelope, crate::spool::SpoolError> {
     let id = spool.new_id();
+    let id_text = id.to_string();
     let date = crate::intake::rfc2822_now();
     // No X-Attributed-Tenant: a DSN goes to a reverse-path anyone can
     // forge, possibly another tenant's address, and must not carry one
@@ -362,6 +364,7 @@ async fn make_dsn(
         spool,
         crate::intake::Message {
             envelopes: vec![envelope],
+            message_id: Some(format!("<{id_text}@{}>", cfg.hostname)),
             body: spool.body_of(&bytes),
         },
         |e| queued = Some(e),

@@ -35,6 +35,8 @@ pub struct Incoming {
     too_big: bool,
     /// `Received` fields in the header section.
     hops: usize,
+    /// The client's Message-ID, for the logs.
+    message_id: Option<String>,
     body: Body,
 }
 
@@ -45,6 +47,8 @@ pub struct Received {
     pub body: Body,
     /// `Received` fields in its header section.
     pub hops: usize,
+    /// Its Message-ID, for the logs (see [`trace::message_id`]).
+    pub message_id: Option<String>,
 }
 
 impl Incoming {
@@ -55,6 +59,7 @@ impl Incoming {
             next_look: 0,
             too_big: false,
             hops: 0,
+            message_id: None,
             body,
         }
     }
@@ -92,6 +97,7 @@ impl Incoming {
             return;
         };
         self.hops = trace::count_received(&start);
+        self.message_id = trace::message_id(&start);
         let stripped = trace::strip_trusted(&start);
         drop(start);
         self.body.write(&stripped).await;
@@ -107,6 +113,7 @@ impl Incoming {
         Ok(Received {
             body: self.body,
             hops: self.hops,
+            message_id: self.message_id,
         })
     }
 }

@@ -58,6 +58,8 @@ pub struct Origin<'a> {
 pub struct Message {
     /// One per copy, each with its head ([`Envelope::head`]).
     pub envelopes: Vec<Envelope>,
+    /// The message's Message-ID, for the `queued` log line.
+    pub message_id: Option<String>,
     /// What every copy carries after its head: the client's message without
     /// its copies of the relay's fields, or a DSN.
     pub body: Body,
@@ -85,7 +87,11 @@ impl Message {
                 envelope_for_tenant(spool, origin, sender, tenant, &recipients, &date)
             })
             .collect();
-        Message { envelopes, body }
+        Message {
+            envelopes,
+            message_id: None,
+            body,
+        }
     }
 }
 
@@ -159,6 +165,7 @@ pub async fn accept(
     mut enqueue: impl FnMut(Envelope),
 ) -> Result<Vec<SpoolId>, SpoolError> {
     let size = message.body.len();
+    let message_id = message.message_id;
     let stored = spool.commit(message.body, message.envelopes).await?;
     let ids = stored.iter().map(|e| e.id.clone()).collect();
     for e in stored {
@@ -171,6 +178,7 @@ pub async fn accept(
             tenant = e.tenant.as_deref().unwrap_or("-"),
             dsn = e.is_dsn,
             size,
+            message_id = message_id.as_deref().unwrap_or("-"),
             "queued"
         );
         enqueue(e);

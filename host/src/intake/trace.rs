@@ -349,6 +349,33 @@ pub fn count_received(message: &[u8]) -> usize {
         .count()
 }
 
+/// The longest Message-ID a log line carries; a longer one is cut.
+const MAX_LOGGED_MESSAGE_ID: usize = 256;
+
+/// The first `Message-ID` of the header section of `message`, unfolded,
+/// for the logs: at most [`MAX_LOGGED_MESSAGE_ID`] bytes, anything but
+/// printable ASCII replaced with `?` (it is the client's text).
+pub fn message_id(message: &[u8]) -> Option<String> {
+    let fields = split_header(message).fields;
+    let field = fields
+        .into_iter()
+        .find(|f| field_name(f).is_some_and(|n| name_is(n, "Message-ID")))?;
+    let colon = field.iter().position(|&b| b == b':')?;
+    let value: String = field[colon + 1..]
+        .iter()
+        .filter(|&&b| b != b'\r' && b != b'\n')
+        .take(MAX_LOGGED_MESSAGE_ID)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    Some(value.trim().to_string()).filter(|v| !v.is_empty())
+}
+
 /// Where the header section ends in a message that begins with `prefix`,
 /// when `prefix` already decides it: the offset of the empty line, or of
 /// the first line that is no well-formed field, once that line is

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tokio::time::{Instant, timeout_at};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use super::{Flow, Session, reply};
 use crate::intake::{self, HeaderTooBig, Incoming, Message, Origin};
@@ -76,14 +76,20 @@ impl<S: Io> Session<S> {
             with,
             tls: self.tls.as_ref(),
         };
-        let prepared = Message::from_client(
-            &self.ctx.spool,
-            &origin,
-            &tx.sender,
-            &tx.recipients,
-            received.body,
-        );
+        let prepared = Message {
+            message_id: received.message_id,
+            ..Message::from_client(
+                &self.ctx.spool,
+                &origin,
+                &tx.sender,
+                &tx.recipients,
+                received.body,
+            )
+        };
         let line = store(self.ctx.clone(), self.peer.ip(), prepared).await;
+        if line.starts_with("250") {
+            self.messages += 1;
+        }
         self.send(line).await?;
         Ok(Flow::Continue)
     }
@@ -132,7 +138,7 @@ impl<S: Io> Session<S> {
 /// session is cut off meanwhile, a message that reached the spool is still
 /// queued, never left committed but undelivered until a restart.
 async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, message: Message) -> String {
-    let task = tokio::spawn(async move {
+    let accepted = async move {
         let accepted = intake::accept(&ctx.spool, message, |e| ctx.queue.enqueue(e)).await;
         match accepted {
             Ok(ids) => reply(
@@ -155,7 +161,10 @@ async fn store(ctx: Arc<ServerContext>, client: std::net::IpAddr, message: Messa
                 reply(451, "4.3.0", "Local error in processing; try again later")
             }
         }
-    });
+    }
+    // Its lines (`queued`) belong to the session too.
+    .in_current_span();
+    let task = tokio::spawn(accepted);
     task.await
         .unwrap_or_else(|_| reply(451, "4.3.0", "Local error in processing; try again later"))
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use attrelay_policy::model::{SessionFacts, TlsFacts, Verdict};
 use smtp_proto::{Error as ParseError, Request};
 use tokio::time::{Instant, timeout, timeout_at};
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use super::context::ServerContext;
 use super::stream::{Connection, Io, Line};
@@ -54,6 +54,12 @@ pub struct Session<S> {
     ctx: Arc<ServerContext>,
     conn: Connection<S>,
     peer: SocketAddr,
+    /// The session's name in every log line of it (a `session{id=...}`
+    /// span) and in the decision log: the client's address and port and a
+    /// number unique within the process.
+    id: String,
+    /// Messages answered `250`.
+    messages: u32,
     /// The policy and directory this session started with: a reload never
     /// changes them under a session in flight.
     eval: Arc<Evaluation>,
@@ -75,6 +81,12 @@ pub struct Session<S> {
     deadline: Instant,
 }
 
+/// A number for the next session's id.
+fn next_number() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn reply(code: u16, enhanced: &str, text: &str) -> String {
     format!("{code} {enhanced} {text}\r\n")
 }
@@ -83,10 +95,13 @@ impl<S: Io> Session<S> {
     pub fn new(ctx: Arc<ServerContext>, io: S, peer: SocketAddr) -> Session<S> {
         let eval = ctx.evaluation.load_full();
         let deadline = Instant::now() + ctx.limits.max_session;
+        let peer = SocketAddr::new(canonical_ip(peer.ip()), peer.port());
         Session {
             ctx,
             conn: Connection::new(io),
-            peer: SocketAddr::new(canonical_ip(peer.ip()), peer.port()),
+            id: format!("{peer}-{}", next_number()),
+            messages: 0,
+            peer,
             eval,
             helo: None,
             esmtp: false,
@@ -107,7 +122,29 @@ impl<S: Io> Session<S> {
     /// it passes is still queued and answered. The hard stop here, a little
     /// later, only catches a client that stops reading our replies; even
     /// then a spooled message is queued (see `store`).
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let span = tracing::info_span!("session", id = %self.id);
+        self.run_logged().instrument(span).await
+    }
+
+    /// [`Session::run`], with a line when the session opens and one when
+    /// it closes (how long, how many messages, how many commands refused),
+    /// as Postfix's `connect from` and `disconnect from`.
+    async fn run_logged(mut self) {
+        let opened = std::time::Instant::now();
+        info!(target: "attrelay::session", client = %self.peer.ip(), port = self.peer.port(), "connect");
+        self.run_to_end().await;
+        info!(
+            target: "attrelay::session",
+            client = %self.peer.ip(),
+            duration_ms = opened.elapsed().as_millis() as u64,
+            messages = self.messages,
+            refused = self.errors,
+            "disconnect"
+        );
+    }
+
+    async fn run_to_end(&mut self) {
         let peer = self.peer;
         let backstop = self.deadline + Self::BACKSTOP;
         match timeout_at(backstop, self.serve()).await {
@@ -412,7 +449,7 @@ impl<S: Io> Session<S> {
     async fn ask(&mut self, stage: Stage) -> Verdict {
         let judges = match self.policy.take() {
             Some(j) => j,
-            None => Judges::new(self.eval.clone(), self.facts(), &self.peer.to_string())
+            None => Judges::with_id(self.eval.clone(), self.facts(), self.id.clone())
                 .with_decision_budget(self.decisions.clone()),
         };
         let sender = self
