@@ -17,7 +17,7 @@
 //!   ([`relay::start`], [`relay::RelayHandle`]);
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
 //! - [`commands`]: the command-line tools (`check`, `cert inspect`,
-//!   `policy diff` and `validate`, `queue list`, `bench`);
+//!   `policy diff` and `validate`, `queue list`, `config test`, `bench`);
 //! - [`smtp`]: the SMTP server (STARTTLS, client certificates, pipelining),
 //!   whose [`smtp::Session`] the tests drive in memory;
 //! - [`intake`]: the one way a message enters the queue, and
@@ -34,7 +34,8 @@
 //!
 //! Inside the crate only: `judges` (asking the evaluation from async code,
 //! with metrics), `metrics` (what the admin endpoint exports) and
-//! `open_files` (the open-file budget planned at start).
+//! `open_files` (the open-file budget planned at start) and `preflight`
+//! (what `serve` checks before it listens, for `config test` and reloads).
 
 pub mod admin;
 pub mod clock;
@@ -47,6 +48,7 @@ pub mod logs;
 pub(crate) mod metrics;
 pub(crate) mod open_files;
 pub mod policyd;
+pub(crate) mod preflight;
 pub mod relay;
 pub mod reload;
 pub mod smtp;

@@ -45,6 +45,22 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check everything serve checks before it listens (certificates, keys,
+    /// CA files, policies, writable directories), binding and writing
+    /// nothing; exit 1 with every problem listed.
+    Test {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +136,9 @@ fn main() -> ExitCode {
                     config,
                 },
         } => commands::policy::diff(&old, &new, &decisions, config.as_ref(), &mut stdout),
+        Command::Config {
+            command: ConfigCommand::Test { config },
+        } => commands::config::test(config.as_ref(), &mut stdout),
         Command::Queue {
             command: QueueCommand::List { config, json },
         } => commands::queue::list(config.as_ref(), json, &mut stdout),

@@ -39,7 +39,7 @@ pub fn reply_outcome(r: &Reply) -> Outcome {
 pub fn hop_outcome(e: &HopError) -> Outcome {
     let code = match e {
         HopError::Timeout => "4.4.1",
-        HopError::Io(_) | HopError::Closed => "4.4.2",
+        HopError::Io(_) | HopError::Connect { .. } | HopError::Closed => "4.4.2",
         HopError::Unparseable | HopError::TooLong | HopError::OutOfStep => "4.5.0",
         HopError::Tls(_) => "4.7.5",
     };

@@ -131,7 +131,7 @@ impl Session {
         let tcp = tokio::time::timeout(client.timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| HopError::Timeout)?
-            .map_err(HopError::Io)?;
+            .map_err(|source| HopError::Connect { addr, source })?;
         // Without TCP_NODELAY, the small last write of a message (".\r\n")
         // waits for the ACK of the body, which the next hop delays by up to
         // 40 ms: that alone capped delivery at ~25 messages/s per connection.

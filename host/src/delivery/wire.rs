@@ -37,7 +37,13 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 pub enum HopError {
     #[error("timeout talking to the next hop")]
     Timeout,
-    #[error("connection to the next hop failed: {0}")]
+    /// The connection could not be made (refused, unreachable).
+    #[error("connect to {addr}: {}", words(.source))]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
+    #[error("connection to the next hop failed: {}", words(.0))]
     Io(#[from] io::Error),
     #[error("the next hop closed the connection")]
     Closed,
@@ -49,8 +55,24 @@ pub enum HopError {
     /// twice, or injected before a TLS handshake.
     #[error("the next hop sent more than it was asked for")]
     OutOfStep,
-    #[error("TLS handshake with the next hop failed: {0}")]
+    #[error("TLS handshake with the next hop failed: {}", words(.0))]
     Tls(io::Error),
+}
+
+/// An I/O error as an operator reads it in a log, a queue listing or a
+/// DSN: what the system said, without Rust's `(os error N)`, in lower case
+/// (`connection refused`).
+pub(crate) fn words(e: &io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => text.as_str(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 impl HopError {
@@ -264,6 +286,21 @@ pub fn capabilities(ehlo: &Reply) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_errors_read_as_words() {
+        let refused = io::Error::from_raw_os_error(111);
+        assert_eq!(words(&refused), "connection refused");
+        let hop = HopError::Connect {
+            addr: "127.0.0.1:2599".parse().unwrap(),
+            source: refused,
+        };
+        assert_eq!(
+            hop.to_string(),
+            "connect to 127.0.0.1:2599: connection refused"
+        );
+        assert_eq!(words(&io::Error::other("Broken pipe")), "broken pipe");
+    }
     use tokio::io::AsyncWriteExt;
 
     /// A wire over loopback TCP, and the hop's end.

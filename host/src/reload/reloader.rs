@@ -193,6 +193,17 @@ impl Reloader {
             for w in &config.warnings {
                 warn!(config = %config.source.display(), "{w}");
             }
+            // What the next start would refuse (restart-only settings
+            // included) is refused now, while the running configuration
+            // still serves.
+            let problems = crate::preflight::files(&config);
+            if !problems.is_empty() {
+                return Err(format!(
+                    "{}: {}",
+                    config.source.display(),
+                    problems.join("; ")
+                ));
+            }
             let generation = self.generation.load(Ordering::SeqCst) + 1;
             let (evaluation, scenarios) = build(&config, &self.engine, generation)?;
             let outcome = ReloadOutcome {

@@ -189,10 +189,13 @@ pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     {
         let hup_tx = tx.clone();
         let hup_shutdown = shutdown.clone();
+        // Registered here, before the relay says it is listening: a SIGHUP
+        // that came before a spawned task registered it would take the
+        // signal's default action and end the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
+            let Ok(mut hup) = hup else {
+                warn!("SIGHUP cannot be handled; reload with the admin endpoint");
                 return;
             };
             loop {

@@ -765,3 +765,19 @@ async fn a_low_open_file_limit_scales_the_relay_down_instead_of_failing() {
     assert_eq!(got[0].recipients, ["x@internet.example"]);
     assert!(!logs.lock().unwrap().contains("Too many open files"));
 }
+
+/// A next hop that refuses the connection: the error reads as words with
+/// the address it was (`connect to 127.0.0.1:PORT: connection refused`) in
+/// the queue's last error, never Rust's debug text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_reported_in_words_with_its_address() {
+    let hop = SocketAddr::from(([127, 0, 0, 1], support::postfix::free_port()));
+    let (relay, _pki) = relay("", &format!("next_hop = \"{hop}\"\n")).await;
+    send(&relay, &["someone@internet.example"]).await;
+    let error = first_attempt(&relay, Duration::from_secs(10)).await;
+    assert_eq!(
+        error,
+        format!("451 4.4.2 connect to {hop}: connection refused")
+    );
+    relay.stop().await;
+}

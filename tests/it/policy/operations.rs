@@ -890,3 +890,22 @@ async fn a_changed_trust_anchor_file_is_reloaded_and_an_untouched_one_is_not() {
     assert_eq!(r.code, 550, "{r:?}");
     live.handle.stop().await;
 }
+
+/// A change the next start would refuse — a server certificate that is no
+/// PEM, in a restart-only section — is refused by the reload too, and the
+/// running configuration keeps serving: no reload leaves a file behind on
+/// which the relay could not start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_what_the_next_start_would_refuse() {
+    let live = Live::start("", &[]).await;
+    std::fs::write(live.pki.path("server.der"), [0x30u8, 0x82, 0x01, 0x0a]).unwrap();
+    Setup::read(&live.config)
+        .set("server.tls_cert", "server.der")
+        .set("server.tls_key", "contoso.key")
+        .write();
+    let (code, body) = http(live.admin(), "POST", "/reload").await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("tls_cert"), "{body}");
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+}

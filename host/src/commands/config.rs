@@ -1,0 +1,33 @@
+//! `attrelay config test`: everything `serve` checks before it listens,
+//! with every problem listed (see `preflight.rs`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config};
+use crate::policy::{EngineLimits, PolicyEngine};
+
+/// Tests the configuration at `config` (or the embedded one): exit 0 when
+/// `serve` would start on it, 1 with each problem on a line of its own. A
+/// file that does not parse is a usage error (exit 2), as everywhere.
+pub fn test(config: Option<&PathBuf>, out: &mut dyn Write) -> Result<u8, UsageError> {
+    let config = load_config(config.map(PathBuf::as_path))?;
+    let engine = PolicyEngine::new(EngineLimits::from(&config.policy)).map_err(UsageError::new)?;
+    let mut problems = crate::preflight::files(&config);
+    // The policies, as a reload builds them; the decision log is not
+    // opened (that would create it): `preflight` checks it can be.
+    let mut without_log = config.clone();
+    without_log.policy.decision_log = None;
+    if let Err(e) = crate::reload::build(&without_log, &engine, 0) {
+        problems.push(e);
+    }
+    let source = config.source.display();
+    if problems.is_empty() {
+        writeln!(out, "{source}: ok").map_err(UsageError::new)?;
+        return Ok(EXIT_OK);
+    }
+    for p in &problems {
+        writeln!(out, "{source}: {p}").map_err(UsageError::new)?;
+    }
+    Ok(EXIT_REFUSED)
+}

@@ -1,0 +1,90 @@
+//! What `serve` needs of a configuration before it listens, checked
+//! without binding a port or writing a file: the server's certificate and
+//! key (and that they match), the client-certificate CA files, the
+//! delivery client's certificate, key and CA files, the policies and
+//! tenant policies, and the directories the relay will write to.
+//!
+//! The policies are checked by building the evaluation (`reload::build`),
+//! which a reload does anyway; this module checks the rest. `attrelay
+//! config test` reports every problem; a reload refuses a configuration
+//! with any, restart-only settings included, so that a reload never
+//! accepts a file the next start would refuse.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::pem::read_certificates;
+use crate::tls::server as tls_server;
+
+/// The problems with the files `config` names that a reload does not read
+/// otherwise: the certificates and keys, and the directories.
+pub fn files(config: &Config) -> Vec<String> {
+    let mut found = Vec::new();
+    let s = &config.server;
+    if let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) {
+        let loaded = read_certificates(cert)
+            .map_err(|e| e.to_string())
+            .and_then(|certs| {
+                let key = tls_server::read_private_key(key).map_err(|e| e.to_string())?;
+                Ok((certs, key))
+            })
+            .and_then(|(certs, key)| {
+                tls_server::server_config(certs, key, &s.client_ca).map_err(|e| e.to_string())
+            });
+        if let Err(e) = loaded {
+            found.push(format!("[server] tls_cert / tls_key: {e}"));
+        }
+    }
+    let d = &config.delivery;
+    let client_cert = match (&d.tls_cert, &d.tls_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    if let Err(e) = crate::tls::client_config(&d.tls_ca, client_cert) {
+        found.push(format!("[delivery] tls_cert / tls_key / tls_ca: {e}"));
+    }
+    found.extend(writable_dir(&config.spool, "[spool] path"));
+    if let Some(cache) = &config.policy.cache {
+        found.extend(writable_dir(cache, "[policy] cache"));
+    }
+    if let Some(log) = &config.policy.decision_log {
+        found.extend(writable_file(log, "[policy] decision_log"));
+    }
+    found
+}
+
+/// A directory the relay will create or write in: it is one (and may be
+/// read), or the nearest part of its path that exists is a directory the
+/// relay may write in.
+fn writable_dir(dir: &Path, key: &str) -> Option<String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Some(format!("{key}: {} is not a directory", dir.display())),
+        Ok(_) => std::fs::read_dir(dir)
+            .err()
+            .map(|e| format!("{key}: {}: {e}", dir.display())),
+        Err(_) => {
+            let parent = dir.ancestors().skip(1).find(|a| a.exists())?;
+            let writable = rustix::fs::access(parent, rustix::fs::Access::WRITE_OK).is_ok();
+            (!writable || !parent.is_dir()).then(|| {
+                format!(
+                    "{key}: {} cannot be created: {} is not a directory this user may write in",
+                    dir.display(),
+                    parent.display()
+                )
+            })
+        }
+    }
+}
+
+/// A file the relay will append to: a writable file, or one it may create.
+fn writable_file(file: &Path, key: &str) -> Option<String> {
+    match std::fs::metadata(file) {
+        Ok(_) => rustix::fs::access(file, rustix::fs::Access::WRITE_OK)
+            .err()
+            .map(|e| format!("{key}: {}: cannot write: {e}", file.display())),
+        Err(_) => {
+            let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
+            writable_dir(dir.unwrap_or(Path::new(".")), key)
+        }
+    }
+}
