@@ -4,13 +4,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
 use crate::support::Pki;
+use crate::support::binary::serve;
 use crate::support::relay::Setup;
 use crate::support::smtp::Client;
 use crate::support::wire::{CONTOSO_IP, EXT, body};
@@ -102,28 +99,9 @@ async fn a_spool_open_to_other_users_is_reported_at_start() {
     let config = Setup::for_pki(&pki)
         .set("delivery.directory", "outbox")
         .write();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut relay = serve(Some(&config), &pki.path("")).await;
     let want = format!("chmod 700 {}", spool.display());
-    let said = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut said = String::new();
-        while let Ok(Some(line)) = err.next_line().await {
-            said.push_str(&line);
-            said.push('\n');
-            if line.contains(&want) {
-                return said;
-            }
-        }
-        panic!("attrelay said nothing of the open spool: {said}");
-    })
-    .await
-    .expect("a warning at start");
+    let said = relay.log_until(|l| l.contains(&want)).await.join("\n");
     assert!(said.contains("open to other local users"), "{said}");
-    assert!(child.try_wait().unwrap().is_none(), "it serves anyway");
+    assert!(relay.running(), "it serves anyway");
 }

@@ -2,6 +2,7 @@
 //! fixture tenants rendered as a configuration file, one policy engine per
 //! test process, and the rogue component built from source.
 
+pub mod binary;
 pub mod dns;
 pub mod postfix;
 pub mod relay;
