@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use attrelay::relay::RelayHandle;
 use support::Pki;
+use support::binary::Launch;
 use support::dns::{self, Rec};
 use support::relay::Setup;
 use support::smtp::{Client, Sink};
@@ -609,7 +610,8 @@ async fn idle_connections_stay_bounded_under_a_low_open_file_limit() {
         ),
     );
     let config = setup.write();
-    let (_relay, addr, logs) = serve_with_file_limit(&config, 256).await;
+    let relay = Launch::new(Some(&config)).open_files(256).start().await;
+    let addr = relay.addr;
 
     // Watch the connections the hop sees open.
     let (open, most) = (sink.open.clone(), Arc::new(AtomicUsize::new(0)));
@@ -661,7 +663,7 @@ async fn idle_connections_stay_bounded_under_a_low_open_file_limit() {
     assert!(
         all_in.is_ok(),
         "not every domain got its mail: {}",
-        logs.lock().unwrap()
+        relay.log()
     );
     assert!(
         most.load(Ordering::SeqCst) <= MAX_CONNECTIONS,
@@ -680,53 +682,9 @@ async fn idle_connections_stay_bounded_under_a_low_open_file_limit() {
         "idle connections swept"
     );
     watcher.abort();
-    let logs = logs.lock().unwrap().clone();
+    let logs = relay.log();
     assert!(!logs.contains("Too many open files"), "{logs}");
     assert!(!logs.contains("4.4.5"), "the budget sufficed: {logs}");
-}
-
-/// `attrelay serve` under an open-file limit of `files`: the child, the
-/// address it listens on, and its log so far (kept up to date).
-async fn serve_with_file_limit(
-    config: &std::path::Path,
-    files: u64,
-) -> (tokio::process::Child, SocketAddr, Shared<String>) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n {files} && exec \"$0\" serve --config \"$1\""
-        ))
-        .arg(env!("CARGO_BIN_EXE_attrelay"))
-        .arg(config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let logs: Shared<String> = Arc::default();
-    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let kept = logs.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = err.next_line().await {
-            let mut l = kept.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = out.next_line().await {
-            if let Some(rest) = line.strip_prefix("attrelay: listening on ") {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("attrelay exited before listening");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("attrelay did not start: {}", logs.lock().unwrap()));
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    (child, addr, logs)
 }
 
 /// The binary under `ulimit -n 128` with the fixture's defaults (256
@@ -738,9 +696,12 @@ async fn a_low_open_file_limit_scales_the_relay_down_instead_of_failing() {
     let sink = Sink::start().await;
     let setup = setup("", &format!("next_hop = \"{}\"\n", sink.addr));
     let config = setup.write();
-    let (_relay, addr, logs) = serve_with_file_limit(&config, 128).await;
-    let said = logs.lock().unwrap().clone();
-    assert!(said.contains("serving with max_sessions = "), "{said}");
+    let relay = Launch::new(Some(&config)).open_files(128).start().await;
+    let addr = relay.addr;
+    // Waited for: the log is written out a tenth of a second at a time.
+    relay
+        .log_until(|l| l.contains("serving with max_sessions = "))
+        .await;
     // Sessions up to the lowered bound, then 421 for the next.
     let mut held = Vec::new();
     let refused = loop {
@@ -763,7 +724,7 @@ async fn a_low_open_file_limit_scales_the_relay_down_instead_of_failing() {
         .await
         .expect("delivered under the low limit");
     assert_eq!(got[0].recipients, ["x@internet.example"]);
-    assert!(!logs.lock().unwrap().contains("Too many open files"));
+    assert!(!relay.log().contains("Too many open files"));
 }
 
 /// A next hop that refuses the connection: the error reads as words with

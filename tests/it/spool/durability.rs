@@ -6,14 +6,14 @@ use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::Pki;
+use support::binary::Launch;
 use support::relay::Setup;
 use support::smtp::{Client, Sink};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// Starts `attrelay serve` and returns it with the address it listens on.
 async fn serve(config: &Path) -> (Child, SocketAddr) {
@@ -23,36 +23,12 @@ async fn serve(config: &Path) -> (Child, SocketAddr) {
 /// [`serve`], killing itself with SIGKILL at the spool's step `crash_at`
 /// (`ATTRELAY_CRASH_AT`, honoured by debug builds: see `spool/crash.rs`).
 async fn serve_crashing_at(config: &Path, crash_at: Option<&str>) -> (Child, SocketAddr) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_attrelay"));
+    let mut launch = Launch::new(Some(config));
     if let Some(step) = crash_at {
-        command.env("ATTRELAY_CRASH_AT", step);
+        launch = launch.env("ATTRELAY_CRASH_AT", step);
     }
-    let mut child = command
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.strip_prefix("attrelay: listening on ") {
-                return rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap();
-            }
-        }
-        panic!("attrelay exited before listening");
-    })
-    .await
-    .expect("attrelay did not start listening");
-    // Keep draining stdout so the child never blocks on it.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    let served = launch.start().await;
+    (served.child, served.addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,21 +93,8 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
         .set("server.shutdown_grace_secs", 5)
         .set("delivery.next_hop", sink.addr.to_string())
         .write();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "attrelay=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = out.next_line().await.unwrap().expect("attrelay exited");
-        if let Some(rest) = line.strip_prefix("attrelay: listening on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let mut relay = Launch::new(Some(&config)).start().await;
+    let (child, addr) = (&mut relay.child, relay.addr);
     let (mut c, _) = Client::connect_from(addr, "127.0.1.10".parse().unwrap()).await;
     assert_eq!(c.cmd("EHLO onprem.contoso.com").await.code, 250);
     assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
@@ -163,12 +126,14 @@ async fn sigterm_shuts_down_gracefully_with_structured_logs() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 
-    let mut logs = String::new();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    while let Ok(Some(l)) = err.next_line().await {
-        logs.push_str(&l);
-        logs.push('\n');
-    }
+    // It has exited: every line comes.
+    relay
+        .log_until(|l| l.contains("SIGTERM: shutting down"))
+        .await;
+    let logs = relay
+        .log_until(|l| l.contains("delivery attempt"))
+        .await
+        .join("\n");
     let decision = logs
         .lines()
         .find(|l| l.contains("decision") && l.contains("stage=\"rcpt-to\""))
@@ -211,20 +176,8 @@ async fn sighup_reloads_the_running_binary() {
     let config = Setup::for_pki(&pki)
         .set("delivery.directory", "outbox")
         .write();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attrelay"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let admin: SocketAddr = loop {
-        let line = out.next_line().await.unwrap().expect("attrelay exited");
-        if let Some(rest) = line.strip_prefix("attrelay: admin endpoint on http://") {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
+    let relay = Launch::new(Some(&config)).start().await;
+    let admin = relay.admin().await;
     let generation = || async move {
         let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -239,7 +192,7 @@ async fn sighup_reloads_the_running_binary() {
             .unwrap()
     };
     assert_eq!(generation().await, 0);
-    let pid = child.id().unwrap().to_string();
+    let pid = relay.child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
             .args(["-HUP", &pid])
