@@ -874,6 +874,35 @@ X-Attributed-Tenant : body\r\n";
         );
     }
 
+    /// The Message-ID is the client's text on its way into a log line:
+    /// unfolded, bounded, anything but printable ASCII replaced; the log
+    /// writer quotes it, so a quote in it cannot end the field.
+    #[test]
+    fn the_logged_message_id_is_unfolded_bounded_and_printable() {
+        assert_eq!(
+            message_id(b"Subject: x\r\nmessage-id:\r\n <a.1@b>\r\n\r\n").as_deref(),
+            Some("<a.1@b>")
+        );
+        let hostile = b"Message-ID: <a\x1b[31m\"\x00 queue_id=forged@b>\r\n\r\n";
+        let id = message_id(hostile).unwrap();
+        assert!(
+            id.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+            "{id:?}"
+        );
+        assert_eq!(id, "<a?[31m\"? queue_id=forged@b>");
+        let long = format!("Message-ID: <{}@b>\r\n\r\n", "x".repeat(10_000));
+        let cut = message_id(long.as_bytes()).unwrap();
+        assert!(
+            cut.starts_with("<xxx") && cut.len() <= MAX_LOGGED_MESSAGE_ID,
+            "{}",
+            cut.len()
+        );
+        assert_eq!(
+            message_id(b"Subject: none\r\n\r\nMessage-ID: <in@body>\r\n"),
+            None
+        );
+    }
+
     #[test]
     fn received_fields_are_counted_in_every_spelling() {
         let m = b"Received: a\r\nreceived : b\r\nRECEIVED\t:c\r\n folded Received: no\r\nX-Received: no\r\nSubject: x\r\n\r\nReceived: in the body\r\n";
