@@ -1,5 +1,7 @@
 //! The operations endpoint: `GET /metrics` (Prometheus), `GET /status`
-//! (JSON), `GET /queue`, `POST /reload`, `POST /queue/flush`.
+//! (JSON), `GET /queue`, `POST /reload`, `POST /queue/flush`, and one
+//! message's: `GET /queue/ID`, `DELETE /queue/ID`, `POST
+//! /queue/ID/{hold,release,flush,bounce}` (`?reason=` for a bounce).
 //!
 //! It is not an open door (docs/SECURITY.md):
 //! - a request whose `Host` is not `localhost`, `127.0.0.1`, `[::1]` or the
@@ -31,8 +33,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::control::{Action, Done, Report};
 use crate::metrics::Metrics;
 use crate::smtp::ServerContext;
+use crate::spool::SpoolId;
 use crate::throttle::Throttled;
 
 /// Connections served at once. An operator and a Prometheus server need a
@@ -90,6 +94,9 @@ pub struct AdminSettings {
     /// Required as `Authorization: Bearer` by `/reload`, `/queue` and
     /// `/queue/flush`. `None` is allowed on a loopback listener only.
     pub token: Option<AdminToken>,
+    /// Where the token was read from: `attrelay queue` reads it there to
+    /// act through the running relay.
+    pub token_file: Option<std::path::PathBuf>,
     pub limits: AdminLimits,
 }
 
@@ -299,12 +306,37 @@ fn bearer(value: &HeaderValue) -> Option<&str> {
 }
 
 /// The requests that need the token: they change state (`/reload`,
-/// `/queue/flush`) or show every queued sender and recipient (`/queue`).
+/// anything under `/queue`) or show queued senders, recipients and
+/// headers (`/queue`). Only `/metrics` and `/status` are open.
 fn needs_token(method: &Method, path: &str) -> bool {
-    matches!(
-        (method, path),
-        (&Method::POST, "/reload") | (&Method::POST, "/queue/flush") | (&Method::GET, "/queue")
-    )
+    (method == Method::POST && path == "/reload") || path == "/queue" || path.starts_with("/queue/")
+}
+
+/// `/queue/ID` → (ID, None); `/queue/ID/ACTION` → (ID, Some(ACTION)).
+fn queue_path(path: &str) -> Option<(SpoolId, Option<&str>)> {
+    let rest = path.strip_prefix("/queue/")?;
+    let (id, action) = match rest.split_once('/') {
+        Some((id, action)) => (id, Some(action)),
+        None => (rest, None),
+    };
+    Some((SpoolId::from(id), action))
+}
+
+/// The `reason` of a query string (`reason=...`, form-encoded).
+fn reason(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "reason")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The HTTP status of an action's report.
+fn report_status(report: &Report) -> StatusCode {
+    match report.result {
+        Done::AfterAttempt => StatusCode::ACCEPTED,
+        Done::NotQueued => StatusCode::NOT_FOUND,
+        Done::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::OK,
+    }
 }
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -368,11 +400,74 @@ pub struct Admin {
 
 impl Admin {
     fn refresh_queue_gauges(&self) {
-        let (size, oldest) = self.ctx.queue.contents();
-        self.metrics.queue_size.set(size as i64);
+        let queue = self.ctx.queue.contents();
+        self.metrics.queue_size.set(queue.messages as i64);
+        self.metrics.queue_held.set(queue.held as i64);
         self.metrics
             .queue_oldest_age
-            .set(oldest.map(|t| crate::clock::now() - t).unwrap_or(0));
+            .set(queue.oldest.map(|t| crate::clock::now() - t).unwrap_or(0));
+    }
+
+    /// `/queue/ID...`: one message shown, or an action on it.
+    async fn message(
+        &self,
+        method: &Method,
+        id: SpoolId,
+        action: Option<&str>,
+        query: Option<&str>,
+    ) -> Response<Full<Bytes>> {
+        let action = match (method, action) {
+            (&Method::GET, None) => return self.show(id).await,
+            (&Method::DELETE, None) => Action::Delete,
+            (&Method::POST, Some(word)) if word != "delete" => {
+                match Action::named(word, reason(query).as_deref()) {
+                    Some(action) => action,
+                    None => {
+                        return text(
+                            StatusCode::NOT_FOUND,
+                            "actions: POST /queue/ID/hold, /release, /flush, /bounce?reason=...; DELETE /queue/ID\n",
+                        );
+                    }
+                }
+            }
+            _ => {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "GET or DELETE /queue/ID, POST /queue/ID/ACTION\n",
+                );
+            }
+        };
+        match self.ctx.queue.act(id, action).await {
+            Ok(report) => respond(
+                report_status(&report),
+                "application/json",
+                format!("{}\n", serde_json::to_string(&report).unwrap_or_default()),
+            ),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+        }
+    }
+
+    /// `GET /queue/ID`: the envelope and the start of the header section.
+    async fn show(&self, id: SpoolId) -> Response<Full<Bytes>> {
+        let root = self.ctx.spool.root().to_path_buf();
+        match tokio::task::spawn_blocking(move || crate::spool::show(&root, &id)).await {
+            Ok(Ok(shown)) => respond(
+                StatusCode::OK,
+                "application/json",
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "envelope": shown.envelope,
+                        "header": String::from_utf8_lossy(&shown.header),
+                    })
+                ),
+            ),
+            Ok(Err(e @ crate::spool::SpoolError::NotQueued { .. })) => {
+                text(StatusCode::NOT_FOUND, &format!("{e}\n"))
+            }
+            Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        }
     }
 
     /// Whether the request carries the token, when one is configured.
@@ -410,13 +505,19 @@ impl Admin {
             return Ok(refusal);
         }
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let query = req.uri().query().map(str::to_owned);
         // The body is never needed: dropping it now tells hyper to stop
         // reading it (it drains what is buffered, else closes the connection).
         drop(req);
-        Ok(self.route(&method, &path).await)
+        Ok(self.route(&method, &path, query.as_deref()).await)
     }
 
-    async fn route(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    async fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<Full<Bytes>> {
         let ok = |ct: &str, b: String| respond(StatusCode::OK, ct, b);
         match (method, path) {
             (&Method::GET, "/metrics") => {
@@ -436,7 +537,8 @@ impl Admin {
                     "tenants": eval.directory.tenant_count(),
                     "tenant_policies": eval.tenant_policies.keys().collect::<Vec<_>>(),
                     "shadow": eval.shadow.as_ref().map(|s| s.origin()),
-                    "queue": self.ctx.queue.contents().0,
+                    "queue": self.ctx.queue.contents().messages,
+                    "queue_held": self.ctx.queue.contents().held,
                     "sessions_active": self.metrics.sessions_active.get(),
                 });
                 ok("application/json", format!("{body}\n"))
@@ -481,10 +583,13 @@ impl Admin {
             (_, "/metrics" | "/status" | "/reload" | "/queue" | "/queue/flush") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "try GET /metrics, /status, /queue or POST /reload, /queue/flush\n",
-            ),
+            _ => match queue_path(path) {
+                Some((id, action)) => self.message(method, id, action, query).await,
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "try GET /metrics, /status, /queue, /queue/ID or POST /reload, /queue/flush\n",
+                ),
+            },
         }
     }
 

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use attrelay::commands::{self, EXIT_USAGE, check::CheckArgs, inspect::InspectArgs};
+use attrelay::commands::{self, EXIT_USAGE, check::CheckArgs, inspect::InspectArgs, queue};
+use attrelay::delivery::control::Action;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,7 +41,8 @@ enum Command {
     /// Load an SMTP server: sessions at once, messages per session, STARTTLS
     /// with a client certificate; messages per second and latency per stage.
     Bench(commands::bench::BenchArgs),
-    /// Queue tools (flushing is `POST /queue/flush` on the admin endpoint).
+    /// The queue: list, show, and act on messages (through the running
+    /// relay, or on its spool when it is stopped).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -70,10 +72,51 @@ enum QueueCommand {
         /// The relay's configuration (for its spool path).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        filter: queue::Filter,
         /// One JSON array, as GET /queue returns it.
         #[arg(long)]
         json: bool,
     },
+    /// Show one queued message: envelope, each recipient's state and last
+    /// reply, the header section.
+    Show {
+        id: String,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// As GET /queue/ID returns it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete messages: never attempted again, no DSN.
+    Delete(QueueAction),
+    /// Hold messages: not attempted, and not ageing, until released.
+    Hold(QueueAction),
+    /// Release held messages: due now.
+    Release(QueueAction),
+    /// Make messages due now (without ids: every waiting message).
+    Flush(QueueAction),
+    /// Return messages to their senders now: a DSN with --reason, then gone.
+    Bounce {
+        #[command(flatten)]
+        action: QueueAction,
+        /// Why, for the sender (one line; cut at 200 characters).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+}
+
+/// What every queue action takes. Acts through the running relay's admin
+/// endpoint, or on the spool when no relay runs on it.
+#[derive(clap::Args)]
+struct QueueAction {
+    #[command(flatten)]
+    targets: queue::Targets,
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// One JSON array of reports.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -139,9 +182,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Test { config },
         } => commands::config::test(config.as_ref(), &mut stdout),
-        Command::Queue {
-            command: QueueCommand::List { config, json },
-        } => commands::queue::list(config.as_ref(), json, &mut stdout),
+        Command::Queue { command } => queue_command(command, &mut stdout),
     };
     let _ = stdout.flush();
     // The log lines before the outcome, in order.
@@ -153,6 +194,30 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+fn queue_command(command: QueueCommand, out: &mut dyn Write) -> Result<u8, commands::UsageError> {
+    let (action, a) = match command {
+        QueueCommand::List {
+            config,
+            filter,
+            json,
+        } => return queue::list(config.as_ref(), &filter, json, out),
+        QueueCommand::Show { id, config, json } => {
+            return queue::show(config.as_ref(), &id, json, out);
+        }
+        QueueCommand::Delete(a) => (Action::Delete, a),
+        QueueCommand::Hold(a) => (Action::Hold, a),
+        QueueCommand::Release(a) => (Action::Release, a),
+        QueueCommand::Flush(a) => (Action::Flush, a),
+        QueueCommand::Bounce { action, reason } => (
+            Action::Bounce(attrelay::delivery::control::operator_reason(
+                reason.as_deref().unwrap_or(""),
+            )),
+            action,
+        ),
+    };
+    queue::act(a.config.as_ref(), action, &a.targets, a.json, out)
 }
 
 /// Runs `attrelay bench` on a runtime of its own.

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub queue_size: Gauge,
+    pub queue_held: Gauge,
     pub queue_oldest_age: Gauge,
     pub policyd_requests: Counter,
     pub policyd_errors: Counter,
@@ -68,6 +69,7 @@ impl Metrics {
             deliveries: Family::default(),
             reloads: Family::default(),
             queue_size: Gauge::default(),
+            queue_held: Gauge::default(),
             queue_oldest_age: Gauge::default(),
             policyd_requests: Counter::default(),
             policyd_errors: Counter::default(),
@@ -117,6 +119,11 @@ impl Metrics {
             m.reloads.clone(),
         );
         registry.register("queue_size", "Messages in the spool", m.queue_size.clone());
+        registry.register(
+            "queue_held",
+            "Messages held by an operator (not attempted until released)",
+            m.queue_held.clone(),
+        );
         registry.register(
             "queue_oldest_age_seconds",
             "Age of the oldest message in the spool",

@@ -169,7 +169,7 @@ pub async fn start_with(
     };
     let tls = TlsAcceptor::from(tls_server::server_config(certs, key, &s.client_ca)?);
 
-    let spool = Arc::new(Spool::open_with(
+    let spool = Arc::new(Spool::open_owned(
         &config.spool,
         config.spool_min_free_bytes,
     )?);

@@ -59,6 +59,7 @@ pub(super) fn parse(
     Ok(AdminSettings {
         listen,
         token,
+        token_file: a.token_file.as_ref().map(|f| resolve(f.get_ref())),
         limits: AdminLimits::default(),
     })
 }

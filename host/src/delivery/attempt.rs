@@ -73,6 +73,51 @@ pub async fn attempt(spool: &Spool, cfg: &DeliveryContext, envelope: Envelope) -
     next
 }
 
+/// An operator's bounce (`attrelay queue bounce`): every pending
+/// recipient fails now with `reason`, reported in a DSN at once as an
+/// attempt's failures are, and the message leaves the queue. `Ok` holds
+/// what to queue: the DSN, and the envelope too if the DSN could not be
+/// spooled (the next attempt sends it). `Err`: the message could not be
+/// read (set aside if damaged), with what stays queued.
+pub async fn return_to_sender(
+    spool: &Spool,
+    cfg: &DeliveryContext,
+    mut envelope: Envelope,
+    reason: &str,
+) -> Result<Vec<Envelope>, (String, Vec<Envelope>)> {
+    let message = match spool.open_checked(&envelope).await {
+        Ok(m) => m,
+        Err(e) if e.is_corrupt() => return Err((e.to_string(), Vec::new())),
+        Err(e) => return Err((e.to_string(), vec![envelope])),
+    };
+    let reply = format!(
+        "550 5.0.0 Returned to the sender by the operator of {}: {reason}",
+        cfg.hostname
+    );
+    for r in envelope
+        .recipients
+        .iter_mut()
+        .filter(|r| r.state == RecipientState::Pending)
+    {
+        r.state = RecipientState::Failed {
+            reply: reply.clone(),
+            reported: false,
+        };
+    }
+    let mut next = Vec::new();
+    if let Err(e) = report(spool, cfg, &mut envelope, &message, &mut next).await {
+        warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot spool the DSN; will retry");
+        envelope.next_attempt = now() + cfg.settings.retry_initial.as_secs() as i64;
+        if let Err(e) = spool.update(&envelope) {
+            warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot update the envelope");
+        }
+        next.push(envelope);
+        return Ok(next);
+    }
+    spool.remove(&envelope).await;
+    Ok(next)
+}
+
 /// The spooled message, checked. `Err`: what to queue again — nothing for
 /// a damaged message (set aside, never delivered), the envelope after
 /// `retry_max` for one that cannot be read now.
@@ -175,7 +220,7 @@ fn record(cfg: &DeliveryContext, envelope: &mut Envelope, results: &[(String, Ou
 /// A message older than `max_queue_age`: its pending recipients fail, with
 /// the last error.
 fn expire(cfg: &DeliveryContext, envelope: &mut Envelope) {
-    if now() - envelope.received_at <= cfg.settings.max_queue_age.as_secs() as i64 {
+    if envelope.age(now()) <= cfg.settings.max_queue_age.as_secs() as i64 {
         return;
     }
     let age = cfg.settings.max_queue_age.as_secs() / 3600;
@@ -264,7 +309,7 @@ async fn warn_if_delayed(
     next: &mut Vec<Envelope>,
 ) {
     let after = cfg.settings.delay_warning.as_secs() as i64;
-    if envelope.delay_warned || after == 0 || now() - envelope.received_at < after {
+    if envelope.delay_warned || after == 0 || envelope.age(now()) < after {
         return;
     }
     if let Bounce::Send(returned) = bounce(cfg, envelope) {

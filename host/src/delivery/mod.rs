@@ -9,6 +9,7 @@
 
 mod attempt;
 mod context;
+pub mod control;
 mod data;
 mod directory;
 mod dsn;

@@ -96,6 +96,14 @@ pub struct Envelope {
     /// delay_warning_secs`): once per message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_warned: bool,
+    /// Held by an operator since then (Unix seconds): not attempted, and
+    /// not ageing towards `max_queue_age`, until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<i64>,
+    /// Seconds spent held before the current hold, not counted in the
+    /// message's age.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_secs: i64,
     /// The body file this envelope shares with the message's other
     /// envelopes (`msg/BODY.eml`), named at the commit.
     #[serde(default)]
@@ -128,6 +136,8 @@ impl Envelope {
             authenticated: false,
             head: String::new(),
             delay_warned: false,
+            held_since: None,
+            held_secs: 0,
             body: BodyId::default(),
             body_sha256: String::new(),
             body_len: 0,
@@ -176,10 +186,40 @@ impl Envelope {
             .filter(|r| r.state == RecipientState::Pending)
     }
 
+    pub fn is_held(&self) -> bool {
+        self.held_since.is_some()
+    }
+
+    /// Holds the message from `at` on (no change if it is held already).
+    pub fn hold(&mut self, at: i64) {
+        self.held_since.get_or_insert(at);
+    }
+
+    /// Releases a held message at `at`, due then; the time it was held
+    /// does not count in its age.
+    pub fn release(&mut self, at: i64) {
+        if let Some(since) = self.held_since.take() {
+            self.held_secs = self.held_secs.saturating_add((at - since).max(0));
+            self.next_attempt = at;
+        }
+    }
+
+    /// Seconds the message has waited to be delivered at `at`: its time in
+    /// the queue less the time an operator held it. What `max_queue_age`
+    /// and `delay_warning_secs` are measured against.
+    pub fn age(&self, at: i64) -> i64 {
+        let held_now = self.held_since.map_or(0, |since| (at - since).max(0));
+        at - self.received_at - self.held_secs - held_now
+    }
+
     /// Bytes of the message as it will be sent: the head and the body.
     pub fn size(&self) -> u64 {
         self.head.len() as u64 + self.body_len
     }
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// One queued message as `GET /queue` and `attrelay queue list` show it.
@@ -198,6 +238,9 @@ pub struct QueueEntry {
     pub is_dsn: bool,
     /// Bytes of the message as it will be sent.
     pub size: u64,
+    /// Held by an operator: not attempted until released.
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl From<Envelope> for QueueEntry {
@@ -205,6 +248,7 @@ impl From<Envelope> for QueueEntry {
         QueueEntry {
             pending: e.pending().map(|r| r.address.clone()).collect(),
             size: e.size(),
+            held: e.is_held(),
             id: e.id,
             sender: e.sender,
             tenant: e.tenant,

@@ -23,6 +23,18 @@ pub enum SpoolError {
         available: u64,
         needed: u64,
     },
+    /// Another process owns the spool (`lock.rs`).
+    #[error(
+        "spool {}: another process holds its lock (a relay runs on this spool)",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    /// No message of that id is queued.
+    #[error("no queued message has the id {id:?}")]
+    NotQueued { id: String },
+    /// There is no spool at the configured path.
+    #[error("spool {}: no spool there (queue/ is missing); check [spool] path", path.display())]
+    Missing { path: PathBuf },
 }
 
 impl SpoolError {
@@ -44,7 +56,10 @@ impl SpoolError {
                 source.kind(),
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
             ),
-            SpoolError::Corrupt { .. } => false,
+            SpoolError::Corrupt { .. }
+            | SpoolError::Locked { .. }
+            | SpoolError::Missing { .. }
+            | SpoolError::NotQueued { .. } => false,
         }
     }
 }

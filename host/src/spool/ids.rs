@@ -27,7 +27,7 @@ macro_rules! spool_name {
             /// letters and digits, as the spool makes them. A name read
             /// from a file on disk is checked before it becomes a path, so
             /// that no envelope names a file outside its directory.
-            pub(super) fn is_sound(&self) -> bool {
+            pub fn is_sound(&self) -> bool {
                 (1..=64).contains(&self.0.len())
                     && self.0.bytes().all(|b| b.is_ascii_alphanumeric())
             }

@@ -23,6 +23,21 @@ use super::ids::{BodyId, SpoolId};
 use super::pool::Pool;
 use super::private::private_dir;
 
+/// `queue/` under `root`.
+pub(super) fn queue_dir(root: &Path) -> PathBuf {
+    root.join("queue")
+}
+
+/// The body file `body` under `root`.
+pub(super) fn body_path(root: &Path, body: &BodyId) -> PathBuf {
+    root.join("msg").join(format!("{body}.eml"))
+}
+
+/// The envelope file of `id` under `root`.
+pub(super) fn envelope_path(root: &Path, id: &SpoolId) -> PathBuf {
+    queue_dir(root).join(format!("{id}.json"))
+}
+
 /// The spool's directories, with the two the committer syncs kept open
 /// (one `open` fewer per sync).
 #[derive(Debug, Clone)]
@@ -42,7 +57,7 @@ impl Layout {
     /// Opens the layout at `root`, creating the directories mail is written
     /// to (`corrupt/` only when something is set aside).
     pub(super) fn open(root: &Path) -> Result<Layout, SpoolError> {
-        let (msg, queue, tmp) = (root.join("msg"), root.join("queue"), root.join("tmp"));
+        let (msg, queue, tmp) = (root.join("msg"), queue_dir(root), root.join("tmp"));
         for d in [root, &msg, &queue, &tmp] {
             private_dir(d).map_err(io(d))?;
         }
@@ -60,11 +75,11 @@ impl Layout {
     }
 
     pub(super) fn body_path(&self, body: &BodyId) -> PathBuf {
-        self.msg.join(format!("{body}.eml"))
+        body_path(&self.root, body)
     }
 
     pub(super) fn envelope_path(&self, id: &SpoolId) -> PathBuf {
-        self.queue.join(format!("{id}.json"))
+        envelope_path(&self.root, id)
     }
 
     /// A file in `tmp/` for a new version of envelope `id`; `serial`

@@ -25,6 +25,8 @@ mod envelope;
 mod error;
 mod ids;
 mod layout;
+mod lock;
+mod peek;
 mod pool;
 mod private;
 mod recover;
@@ -41,7 +43,8 @@ pub use envelope::{ENVELOPE_VERSION, Envelope, QueueEntry, Recipient, RecipientS
 pub use error::SpoolError;
 pub(crate) use error::WriteError;
 pub use ids::{BodyId, SpoolId};
-pub use recover::Listing;
+pub use lock::SpoolLock;
+pub use peek::{Listing, MAX_SHOWN_HEADER, Shown, list, show};
 pub(crate) use stored::Stored;
 
 use commit::{Committer, Job};
@@ -68,6 +71,9 @@ pub struct Spool {
     /// [`Spool::recover`].
     shares: Arc<Shares>,
     committer: Committer,
+    /// Held by the spool's owner ([`Spool::open_owned`]) for as long as it
+    /// has the spool open.
+    _lock: Option<SpoolLock>,
 }
 
 impl Spool {
@@ -89,6 +95,20 @@ impl Spool {
             room: Arc::new(Room::new(root, min_free_bytes)),
             shares: Arc::default(),
             committer,
+            _lock: None,
+        })
+    }
+
+    /// [`Spool::open_with`] for the spool's owner (the relay, or `attrelay
+    /// queue` acting on a stopped relay's spool): fails with
+    /// [`SpoolError::Locked`] while another process owns it, and holds its
+    /// lock until the spool is dropped.
+    pub fn open_owned(root: &Path, min_free_bytes: u64) -> Result<Spool, SpoolError> {
+        private::private_dir(root).map_err(io(root))?;
+        let lock = SpoolLock::acquire(root)?;
+        Ok(Spool {
+            _lock: Some(lock),
+            ..Spool::open_with(root, min_free_bytes)?
         })
     }
 
@@ -367,7 +387,7 @@ impl Spool {
     /// The queued envelopes, oldest first, read-only (no clean-up): for an
     /// operator's look at the queue and for metrics.
     pub fn list(&self) -> Listing {
-        recover::list(&self.layout)
+        peek::list(&self.layout.root).unwrap_or_default()
     }
 
     /// Every queued message as `queue list` and `GET /queue` show it.

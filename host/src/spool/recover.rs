@@ -1,6 +1,6 @@
-//! Reading the queue back: after a restart ([`recover`], which also cleans
-//! up after interrupted writes) and for an operator's look ([`list`],
-//! which changes nothing).
+//! Reading the queue back after a restart ([`recover`], which also cleans
+//! up after interrupted writes). An operator's look, which changes
+//! nothing, is `peek.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -40,7 +40,12 @@ pub(super) fn recover(
 
 /// Reads envelope `id` from `queue/`.
 pub(super) fn read_envelope(layout: &Layout, id: &SpoolId) -> Result<Envelope, SpoolError> {
-    let p = layout.envelope_path(id);
+    read_envelope_at(&layout.root, id)
+}
+
+/// Reads envelope `id` from the spool at `root`.
+pub(super) fn read_envelope_at(root: &Path, id: &SpoolId) -> Result<Envelope, SpoolError> {
+    let p = super::layout::envelope_path(root, id);
     let bytes = fs::read(&p).map_err(io(&p))?;
     Envelope::from_json(&bytes).map_err(|detail| SpoolError::Corrupt { path: p, detail })
 }
@@ -130,32 +135,4 @@ fn sweep_bodies(
         }
     }
     Ok(())
-}
-
-/// What `list` found in `queue/`.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// The readable envelopes, oldest first.
-    pub envelopes: Vec<Envelope>,
-    /// Envelope files that could not be read (recovery sets them aside).
-    pub unreadable: usize,
-}
-
-/// The queued envelopes, read-only (no clean-up): for metrics and an
-/// operator's look at the queue. Reads each envelope: not for periodic
-/// scraping of a large queue.
-pub(super) fn list(layout: &Layout) -> Listing {
-    let mut listing = Listing::default();
-    if let Ok(dir) = fs::read_dir(&layout.queue) {
-        for id in dir.flatten().filter_map(|entry| queued_id(&entry.path())) {
-            match read_envelope(layout, &id) {
-                Ok(e) => listing.envelopes.push(e),
-                Err(_) => listing.unreadable += 1,
-            }
-        }
-    }
-    listing
-        .envelopes
-        .sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
-    listing
 }

@@ -172,12 +172,12 @@ async fn a_session_runs_a_bounded_number_of_tenant_policies() {
     let r = c.data(b"Subject: greedy\r\n\r\nx\r\n.\r\n").await;
     assert_eq!(r.code, 250, "{r:?}");
     for _ in 0..100 {
-        if handle.context.queue.contents().0 == 0 {
+        if handle.context.queue.contents().messages == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(handle.context.queue.contents().0, 0, "delivered");
+    assert_eq!(handle.context.queue.contents().messages, 0, "delivered");
     let mut envelopes = String::new();
     for entry in std::fs::read_dir(pki.path("out")).unwrap() {
         let p = entry.unwrap().path();

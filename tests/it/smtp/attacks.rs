@@ -248,7 +248,7 @@ async fn a_loop_through_the_relay_itself_stops_at_the_hop_limit() {
     let mut drained = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if handle.context.queue.contents().0 == 0 {
+        if handle.context.queue.contents().messages == 0 {
             drained = true;
             break;
         }
@@ -344,7 +344,7 @@ async fn the_session_deadline_ends_data_in_flight_without_stranding_mail() {
     let got = relay.sink.wait_for(1).await;
     assert_eq!(got.len(), 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(relay.handle.context.queue.contents().0, 0);
+    assert_eq!(relay.handle.context.queue.contents().messages, 0);
     let queued = std::fs::read_dir(relay.pki.path("spool/queue"))
         .unwrap()
         .count();
