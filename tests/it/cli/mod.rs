@@ -5,4 +5,5 @@ mod commands;
 mod config_errors;
 mod config_scale;
 mod config_test;
+mod queue;
 mod serve;
