@@ -192,6 +192,7 @@ pub async fn start_with(
         config.server.shutdown_grace,
         &metrics,
     )?;
+    delivery_cfg.set_routes(config.routes.clone());
     let (queue, queue_task) =
         delivery::queue::start(spool.clone(), delivery_cfg, recovered, shutdown.clone());
 

@@ -106,6 +106,10 @@ pub struct RecipientReport {
     /// decision differs (it never decides).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Reply>,
+    /// Where an accepted recipient's mail would be delivered: its domain's
+    /// route, or `[delivery]`'s next hop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -240,10 +244,16 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
             } else {
                 (mail.clone(), None)
             };
+            let delivery =
+                (v.action == Action::Accept).then(|| match config.routes.for_recipient(&rcpt) {
+                    Some(route) => route.to_string(),
+                    None => format!("{} ([delivery])", config.delivery.next_hop),
+                });
             RecipientReport {
                 rcpt,
                 reply: v.into(),
                 shadow: shadow.map(Reply::from),
+                delivery,
             }
         })
         .collect();
@@ -309,6 +319,9 @@ fn write_text(r: &CheckReport, sender: &str, out: &mut dyn Write) -> std::io::Re
         }
         if let Some(sh) = &x.shadow {
             writeln!(out, "  shadow: {} {} {}", sh.code, sh.enhanced, sh.text)?;
+        }
+        if let Some(d) = &x.delivery {
+            writeln!(out, "  delivery: {d}")?;
         }
         writeln!(out, "  why:")?;
         for line in &x.reply.explanation {

@@ -45,6 +45,10 @@ pub(super) struct RawDelivery {
     max_idle_per_hop: Option<Spanned<u64>>,
     connection_idle_secs: Option<Spanned<u64>>,
     delay_warning_secs: Option<Spanned<u64>>,
+    /// `[[delivery.route]]`, parsed with the tenants' smart hosts
+    /// (`routes.rs`).
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<super::routes::RawRoute>,
 }
 
 /// `[delivery] tls`: `opportunistic`, `required` or `verify`; by default
@@ -216,11 +220,7 @@ fn next_hop(
     if text == "mx" {
         return Ok(NextHop::Mx);
     }
-    let parsed = text.rsplit_once(':').and_then(|(h, p)| {
-        let h = h.trim_start_matches('[').trim_end_matches(']');
-        Some((h.to_string(), p.parse::<u16>().ok()?)).filter(|(h, p)| !h.is_empty() && *p > 0)
-    });
-    parsed
+    crate::delivery::routes::parse_host_port(text)
         .map(|(host, port)| NextHop::Smarthost { host, port })
         .ok_or_else(|| {
             src.error(

@@ -18,6 +18,7 @@ mod admin;
 mod delivery;
 mod policy;
 mod policyd;
+mod routes;
 mod server;
 mod source;
 mod tenants;
@@ -57,6 +58,9 @@ pub struct Config {
     /// spool's filesystem (`452 4.3.1` otherwise); 0 turns the check off.
     pub spool_min_free_bytes: u64,
     pub delivery: crate::delivery::DeliverySettings,
+    /// Routes by recipient domain (tenants' `smart_hosts`,
+    /// `[[delivery.route]]`); reloadable, unlike the rest of delivery.
+    pub routes: crate::delivery::routes::Routes,
     /// The admin endpoint (metrics, status, queue, reload), if enabled: its
     /// listener, token and limits. Restart-only (see `reload::restart_required`).
     pub admin: Option<AdminSettings>,
@@ -104,10 +108,16 @@ impl Config {
         let mut warnings = Vec::new();
 
         let server = server::parse(&src, raw.server, &resolve)?;
+        let mut raw_delivery = raw.delivery;
+        let raw_routes = raw_delivery
+            .as_mut()
+            .map(|d| std::mem::take(&mut d.routes))
+            .unwrap_or_default();
         let (spool, spool_min_free_bytes, delivery) =
-            delivery::parse(&src, raw.spool, raw.delivery, &resolve)?;
+            delivery::parse(&src, raw.spool, raw_delivery, &resolve)?;
         let policy = policy::parse(&src, raw.policy, &resolve)?;
         let tenants = tenants::parse(&src, raw.tenants, &policy, &resolve, &mut warnings)?;
+        let routes = routes::parse(&src, &raw_routes, &tenants)?;
         let admin = match raw.admin {
             Some(a) if !a.enabled => None,
             a => Some(admin::parse(
@@ -135,6 +145,7 @@ impl Config {
             spool,
             spool_min_free_bytes,
             delivery,
+            routes,
             tenants,
             warnings,
         })

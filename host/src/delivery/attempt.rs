@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use super::context::DeliveryContext;
 use super::outcome::Outcome;
 use super::outcome::{all, attempt_timed_out};
+use super::routes::Via;
 use super::settings::NextHop;
 use super::{directory, dsn, mx, smtp};
 use crate::clock::now;
@@ -143,7 +144,9 @@ async fn open(
 
 /// Each pending recipient's outcome and the next hop that gave it, within
 /// the attempt's deadline: a next hop that accepts and then stalls at every
-/// step cannot hold a delivery slot for long.
+/// step cannot hold a delivery slot for long. Recipients are delivered by
+/// their domain's route (`routes.rs`, read now: a reload applies to mail
+/// already queued), the rest by `[delivery]`'s next hop.
 async fn deliver(
     cfg: &DeliveryContext,
     envelope: &Envelope,
@@ -151,23 +154,56 @@ async fn deliver(
 ) -> Vec<(String, Outcome, String)> {
     let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
     let deadline = tokio::time::Instant::now() + cfg.settings.attempt_timeout;
-    match &cfg.settings.next_hop {
-        NextHop::Directory(dir) => directory::deliver(dir, envelope, message)
-            .await
-            .into_iter()
-            .map(|(r, o)| (r, o, format!("dir:{}", dir.display())))
-            .collect(),
-        NextHop::Smarthost { host, port } => {
-            let delivery = smtp::deliver(cfg, host, *port, &envelope.sender, &pending, message);
-            let outcomes = tokio::time::timeout_at(deadline, delivery)
+    let routes = cfg.routes.load_full();
+    let mut results = Vec::new();
+    for (route, rcpts) in routes.split(&pending) {
+        let via = match &route {
+            Some(route) => route.via.clone(),
+            None => match &cfg.settings.next_hop {
+                NextHop::Directory(dir) => {
+                    let delivered = directory::deliver(dir, envelope, &rcpts, message).await;
+                    results.extend(
+                        delivered
+                            .into_iter()
+                            .map(|(r, o)| (r, o, format!("dir:{}", dir.display()))),
+                    );
+                    continue;
+                }
+                NextHop::Smarthost { host, port } => Via::Hosts(vec![(host.clone(), *port)]),
+                NextHop::Mx => Via::Mx,
+            },
+        };
+        results.extend(deliver_via(cfg, &via, &envelope.sender, &rcpts, message, deadline).await);
+    }
+    results
+}
+
+/// `rcpts` delivered by SMTP as `via` says, by `deadline`.
+async fn deliver_via(
+    cfg: &DeliveryContext,
+    via: &Via,
+    sender: &str,
+    rcpts: &[String],
+    message: &Stored,
+    deadline: tokio::time::Instant,
+) -> Vec<(String, Outcome, String)> {
+    match via {
+        Via::Mx => mx::deliver(cfg, sender, rcpts, message, deadline).await,
+        Via::Hosts(hosts) => {
+            let delivery = smtp::deliver_hosts(cfg, hosts, sender, rcpts, message);
+            tokio::time::timeout_at(deadline, delivery)
                 .await
-                .unwrap_or_else(|_| all(&pending, attempt_timed_out(cfg.settings.attempt_timeout)));
-            outcomes
-                .into_iter()
-                .map(|(r, o)| (r, o, format!("{host}:{port}")))
-                .collect()
+                .unwrap_or_else(|_| {
+                    let hop = hosts
+                        .first()
+                        .map(|(h, p)| super::routes::host_port(h, *p))
+                        .unwrap_or_default();
+                    all(rcpts, attempt_timed_out(cfg.settings.attempt_timeout))
+                        .into_iter()
+                        .map(|(r, o)| (r, o, hop.clone()))
+                        .collect()
+                })
         }
-        NextHop::Mx => mx::deliver(cfg, &envelope.sender, &pending, message, deadline).await,
     }
 }
 
@@ -186,7 +222,7 @@ fn record(cfg: &DeliveryContext, envelope: &mut Envelope, results: &[(String, Ou
             attempt = envelope.attempts,
             delay_secs = now() - envelope.received_at,
             recipient = ?rcpt,
-            next_hop = %hop,
+            relay = %hop,
             tenant = envelope.tenant.as_deref().unwrap_or("-"),
             result,
             reply = ?reply,

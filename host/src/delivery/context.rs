@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
+use super::routes::Routes;
 use super::session::Connections;
 use super::settings::{DeliverySettings, NextHop};
 use super::{dsn, pool, resolver};
@@ -31,6 +34,8 @@ pub struct DeliveryContext {
     /// DSNs per sender domain for unauthenticated senders, shared by all
     /// attempts (`[delivery] dsn_rate_per_domain_per_hour`).
     pub dsn_limiter: Arc<dsn::DsnLimiter>,
+    /// Routes by recipient domain, swapped whole by a reload.
+    pub routes: Arc<ArcSwap<Routes>>,
 }
 
 /// Why delivery could not be set up from its settings.
@@ -60,11 +65,15 @@ impl DeliveryContext {
         };
         // The CA files serve `tls = "verify"` only (the configuration checks).
         let client_tls = crate::tls::client::client_config(&d.tls_ca, client_cert)?;
-        let resolver = match d.next_hop {
-            NextHop::Mx => Some(Arc::new(
-                resolver::resolver(&d.dns_servers).map_err(SetupError::Resolver)?,
-            )),
-            _ => None,
+        // Built even when `[delivery]` does not deliver by MX, so that a
+        // reload may add a route that does; only then is a failure an error.
+        let resolver = match (resolver::resolver(&d.dns_servers), &d.next_hop) {
+            (Ok(r), _) => Some(Arc::new(r)),
+            (Err(e), NextHop::Mx) => return Err(SetupError::Resolver(e)),
+            (Err(e), _) => {
+                tracing::debug!(error = %e, "no DNS resolver: routes by MX will be deferred");
+                None
+            }
         };
         let connections = Connections::new(
             d.connections,
@@ -85,6 +94,12 @@ impl DeliveryContext {
             connections: Arc::new(connections),
             metrics: metrics.clone(),
             dsn_limiter: Arc::new(dsn::DsnLimiter::new(d.dsn_rate_per_domain_per_hour)),
+            routes: Arc::default(),
         })
+    }
+
+    /// Delivers by `routes` from now on (at start, and at each reload).
+    pub fn set_routes(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
     }
 }

@@ -15,9 +15,9 @@ use crate::spool::Envelope;
 pub(super) async fn deliver(
     dir: &std::path::Path,
     envelope: &Envelope,
+    pending: &[String],
     message: &crate::spool::Stored,
 ) -> Vec<(String, Outcome)> {
-    let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
     let meta = serde_json::json!({
         "id": envelope.id,
         "sender": envelope.sender,
@@ -46,7 +46,10 @@ pub(super) async fn deliver(
             "451 4.3.0 the spooled message could not be read: {e}"
         )),
     };
-    pending.into_iter().map(|r| (r, outcome.clone())).collect()
+    pending
+        .iter()
+        .map(|r| (r.clone(), outcome.clone()))
+        .collect()
 }
 
 /// `ID.json`, then `ID.eml`, into `dir`, each durably (temporary name,

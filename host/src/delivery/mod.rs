@@ -18,6 +18,7 @@ mod outcome;
 pub(crate) mod pool;
 pub(crate) mod queue;
 mod resolver;
+pub mod routes;
 mod session;
 mod settings;
 mod smtp;

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::attempt::attempt;
 use super::context::DeliveryContext;
 use super::control::{self, Action, Done, Report};
+use super::routes::Routes;
 use crate::clock::now;
 use crate::spool::{Envelope, Spool, SpoolId};
 
@@ -32,6 +33,8 @@ pub struct QueueHandle {
     control: mpsc::UnboundedSender<Request>,
     contents: Arc<QueueContents>,
     flush: Arc<tokio::sync::Notify>,
+    /// The routes every attempt reads (`DeliveryContext::routes`).
+    routes: Arc<arc_swap::ArcSwap<Routes>>,
 }
 
 /// An operator's action on its way to the queue.
@@ -77,6 +80,11 @@ impl QueueHandle {
     pub fn flush(&self) -> usize {
         self.flush.notify_one();
         self.contents().messages
+    }
+
+    /// Delivers by `routes` from the next attempt on (a reload).
+    pub fn set_routes(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
     }
 
     /// Applies an operator's `action` to message `id`; answers once it is
@@ -142,6 +150,7 @@ pub fn start(
         control,
         contents: contents.clone(),
         flush: flush.clone(),
+        routes: cfg.routes.clone(),
     };
     for mut e in recovered {
         e.next_attempt = now();

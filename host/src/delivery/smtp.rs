@@ -51,23 +51,40 @@ impl HopResult {
     }
 }
 
-/// Delivers to `host:port`; connection-level failures are temporary for all.
-pub async fn deliver(
+/// Delivers to `hosts` (`host:port` each) in order: the next when one
+/// could not be resolved, reached or talked to (no reply decided any
+/// recipient and no message can have reached it), as with MX hosts (RFC
+/// 5321 5.1). Each outcome comes with the hop that gave it, as the log's
+/// `relay` names it: `host[address]:port`.
+pub async fn deliver_hosts(
     cfg: &DeliveryContext,
-    host: &str,
-    port: u16,
+    hosts: &[(String, u16)],
     sender: &str,
     recipients: &[String],
     message: &Stored,
-) -> Vec<(String, Outcome)> {
-    match resolve(host, port, cfg.settings.timeout).await {
-        Ok(addr) => {
-            deliver_at(cfg, host, addr, sender, recipients, message)
-                .await
-                .outcomes
+) -> Vec<(String, Outcome, String)> {
+    let mut last = Vec::new();
+    for (host, port) in hosts {
+        let (result, relay) = match resolve(host, *port, cfg.settings.timeout).await {
+            Ok(addr) => (
+                deliver_at(cfg, host, addr, sender, recipients, message).await,
+                format!("{host}[{}]:{}", addr.ip(), addr.port()),
+            ),
+            Err(e) => (
+                HopResult::untouched(recipients, &e),
+                super::routes::host_port(host, *port),
+            ),
+        };
+        last = result
+            .outcomes
+            .into_iter()
+            .map(|(r, o)| (r, o, relay.clone()))
+            .collect();
+        if result.reach == Reach::Decided {
+            break;
         }
-        Err(e) => all(recipients, hop_outcome(&e)),
     }
+    last
 }
 
 /// Delivers to `host` at an address already resolved (MX delivery resolves

@@ -218,6 +218,7 @@ impl Reloader {
                 restart_required: restart_required(&self.started_with, &config),
             };
             self.ctx.evaluation.store(Arc::new(evaluation));
+            self.ctx.queue.set_routes(config.routes.clone());
             self.generation.store(generation, Ordering::SeqCst);
             if let Some(read) = read {
                 self.record(read, Some(digest));

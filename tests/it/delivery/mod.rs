@@ -6,3 +6,4 @@ mod connections;
 mod delivery_bounds;
 mod mx;
 mod next_hop;
+mod routes;

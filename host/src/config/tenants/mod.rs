@@ -40,6 +40,9 @@ pub struct Tenant {
     pub recipients: Option<Vec<crate::address::Mailbox>>,
     /// The file part of that list came from (resolved), for reload triggers.
     pub recipients_file: Option<PathBuf>,
+    /// Where mail for the accepted domains is delivered (`smart_hosts`),
+    /// in order; empty: as any other domain's.
+    pub smart_hosts: Vec<(String, u16)>,
 }
 
 impl Tenant {
@@ -125,7 +128,9 @@ fn tenant(
         accepted: &accepted,
     }
     .list(src, t.recipients.as_ref(), recipients_file.as_ref())?;
+    let smart_hosts = smart_hosts(src, t, key)?;
     let tenant = Tenant {
+        smart_hosts,
         id,
         accepted_domains: accepted,
         connectors,
@@ -135,6 +140,30 @@ fn tenant(
         recipients_file: recipients_file.map(|(path, _)| path),
     };
     Ok((tenant, lines))
+}
+
+/// `smart_hosts`: each `host:port`.
+fn smart_hosts(
+    src: &Source<'_>,
+    t: &RawTenant,
+    key: &str,
+) -> Result<Vec<(String, u16)>, ConfigError> {
+    t.smart_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            crate::delivery::routes::parse_host_port(h.get_ref()).ok_or_else(|| {
+                src.error(
+                    h.span(),
+                    format!("{key}.smart_hosts[{i}]"),
+                    format!(
+                        "'{}' is not host:port (such as mail.contoso.com:25)",
+                        h.get_ref()
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The tenant's id: 1 to 128 letters, digits, `-`, `_` or `.`, unique.

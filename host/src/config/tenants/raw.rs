@@ -23,6 +23,8 @@ pub(in crate::config) struct RawTenant {
     pub(super) policy_memory_limit_mib: Option<Spanned<u64>>,
     pub(super) recipients: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) recipients_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) smart_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
