@@ -338,13 +338,18 @@ impl Writer {
     /// `<path>` becomes `<path>.1` (replacing it) and a new `<path>` is
     /// started.
     fn rotate(&mut self) -> std::io::Result<()> {
-        let mut old = self.path.clone().into_os_string();
-        old.push(".1");
-        std::fs::rename(&self.path, &old)?;
+        std::fs::rename(&self.path, rotated(&self.path))?;
         self.out = OpenFile::open(&self.path, self.out.max_bytes, self.out.mode)?;
         tracing::info!(path = %self.path.display(), "decision log rotated");
         Ok(())
     }
+}
+
+/// Where a rotated decision log goes: `<path>.1`.
+pub fn rotated(path: &Path) -> PathBuf {
+    let mut old = path.to_path_buf().into_os_string();
+    old.push(".1");
+    PathBuf::from(old)
 }
 
 /// Records one SMTP connection may append to the decision log.

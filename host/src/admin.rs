@@ -531,6 +531,10 @@ impl Admin {
                 let eval = self.ctx.evaluation.load();
                 let body = serde_json::json!({
                     "hostname": self.ctx.hostname,
+                    // Who the relay runs as: root only when `[server] user`
+                    // is not set (a warning at start says so too).
+                    "user": crate::privileges::current_user(),
+                    "root": crate::privileges::is_root(),
                     "generation": eval.generation,
                     "policy": eval.policy.origin(),
                     "sha256": eval.policy.sha256(),
@@ -593,26 +597,32 @@ impl Admin {
         }
     }
 
-    /// Binds `settings.listen` and serves until shutdown; returns the bound
-    /// address. Refuses a listener off loopback without a token even when
-    /// the configuration was built in code rather than parsed.
-    pub async fn serve(
-        self: Arc<Self>,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<SocketAddr> {
-        let addr = self.settings.listen;
-        if self.settings.token.is_none() && !is_loopback(addr.ip()) {
+    /// Binds `settings.listen`. Refuses a listener off loopback without a
+    /// token even when the configuration was built in code rather than
+    /// parsed.
+    pub async fn listen(settings: &AdminSettings) -> std::io::Result<TcpListener> {
+        let addr = settings.listen;
+        if settings.token.is_none() && !is_loopback(addr.ip()) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("admin endpoint: {addr} is not a loopback address and no token is set"),
             ));
         }
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
+        TcpListener::bind(addr).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("admin endpoint: cannot listen on {addr}: {e}"),
             )
-        })?;
+        })
+    }
+
+    /// Serves on `listener` (from [`Admin::listen`]) until shutdown;
+    /// returns its address.
+    pub fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
         let local = listener.local_addr()?;
         tokio::spawn(self.accept_loop(listener, shutdown));
         Ok(local)

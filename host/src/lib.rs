@@ -30,13 +30,17 @@
 //!   triggers a reload;
 //! - [`tls`]: the server's and the client's TLS (rustls);
 //! - [`admin`]: the HTTP endpoint; [`logs`]: the log writer;
-//!   [`clock`]: the relay's clock.
+//!   [`clock`]: the relay's clock;
+//! - [`privileges`]: giving up root for `[server] user` once the listeners
+//!   are bound.
 //!
 //! Inside the crate only: `judges` (asking the evaluation from async code,
 //! with metrics), `metrics` (what the admin endpoint exports) and
 //! `open_files` (the open-file budget planned at start) and `preflight`
-//! (what `serve` checks before it listens, for `config test` and reloads).
+//! (what `serve` checks before it listens, for `config test` and reloads)
+//! and `accounts` (users and groups by name).
 
+pub(crate) mod accounts;
 pub mod admin;
 pub mod clock;
 pub mod commands;
@@ -49,6 +53,7 @@ pub(crate) mod metrics;
 pub(crate) mod open_files;
 pub mod policyd;
 pub(crate) mod preflight;
+pub mod privileges;
 pub mod relay;
 pub mod reload;
 pub mod smtp;

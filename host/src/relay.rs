@@ -142,19 +142,21 @@ pub async fn start_with(
         }
     };
     let s = &config.server;
+    // Every listener first: a relay whose port is taken has written
+    // nothing, and port 25 needs root, which the relay may give up next.
+    let listeners = Listeners::bind(config).await?;
+    let (certs, key) = match (&s.tls_cert, &s.tls_key) {
+        (Some(c), Some(k)) => (read_certificates(c)?, tls_server::read_private_key(k)?),
+        _ => tls_server::ephemeral_certificate(&s.hostname)?,
+    };
+    let tls = TlsAcceptor::from(tls_server::server_config(certs, key, &s.client_ca)?);
+    settle_user(config)?;
     let metrics = Arc::new(Metrics::new());
     let limits = EngineLimits {
         max_instances: policy_pool_size(config),
         ..EngineLimits::from(&config.policy)
     };
-    let cache_dir = config.policy.cache.clone().unwrap_or_else(|| {
-        config
-            .spool
-            .parent()
-            .map(|p| p.join("policy-cache"))
-            .unwrap_or_else(|| "policy-cache".into())
-    });
-    let engine = PolicyEngine::with_cache(limits, Some(cache_dir))?;
+    let engine = PolicyEngine::with_cache(limits, Some(config.policy_cache()))?;
     let (evaluation, report) =
         crate::reload::build(config, &engine, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !report.differing.is_empty() {
@@ -163,11 +165,6 @@ pub async fn start_with(
             "the policy answers some reference scenarios differently (by design?)"
         );
     }
-    let (certs, key) = match (&s.tls_cert, &s.tls_key) {
-        (Some(c), Some(k)) => (read_certificates(c)?, tls_server::read_private_key(k)?),
-        _ => tls_server::ephemeral_certificate(&s.hostname)?,
-    };
-    let tls = TlsAcceptor::from(tls_server::server_config(certs, key, &s.client_ca)?);
 
     let spool = Arc::new(Spool::open_owned(
         &config.spool,
@@ -231,27 +228,29 @@ pub async fn start_with(
                 metrics: metrics.clone(),
                 settings: settings.clone(),
             });
-            Some(admin.serve(shutdown.clone()).await?)
+            listeners
+                .admin
+                .map(|l| admin.serve(l, shutdown.clone()))
+                .transpose()?
         }
         None => None,
     };
-    let server = Server::bind(
+    let server = Server::new(
         ctx.clone(),
-        &s.listen,
+        listeners.smtp,
         s.max_sessions,
         s.max_sessions_per_ip,
         s.ipv6_prefix_length,
-    )
-    .await?;
+    );
     let addrs = server.local_addrs();
-    let (policyd, policyd_task) = match &config.policyd {
-        Some(settings) => {
-            let p = PolicyServer::bind(ctx.clone(), settings.clone()).await?;
+    let (policyd, policyd_task) = match (&config.policyd, listeners.policyd) {
+        (Some(settings), Some(bound)) => {
+            let p = PolicyServer::new(ctx.clone(), settings.clone(), bound);
             let addrs = p.local_addrs();
             info!(listen = ?settings.listen, "Postfix policy-delegation service listening");
             (addrs, Some(tokio::spawn(p.run())))
         }
-        None => (Vec::new(), None),
+        _ => (Vec::new(), None),
     };
     let grace = s.shutdown_grace;
     let server_task = tokio::spawn(server.run(grace));
@@ -267,6 +266,55 @@ pub async fn start_with(
         server: server_task,
         queue: queue_task,
     })
+}
+
+/// The relay's sockets, bound before anything else is done.
+struct Listeners {
+    smtp: Vec<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+    policyd: Option<crate::policyd::PolicydListeners>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            smtp: Server::listen(&config.server.listen).await?,
+            admin: match &config.admin {
+                Some(settings) => Some(Admin::listen(settings).await?),
+                None => None,
+            },
+            policyd: match &config.policyd {
+                Some(settings) => Some(PolicyServer::listen(settings).await?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Becomes `[server] user` (its spool, policy cache and decision log made
+/// its own first), or says that the relay runs as root.
+fn settle_user(config: &Config) -> anyhow::Result<()> {
+    match &config.server.run_as {
+        Some(run_as) => {
+            let files: Vec<std::path::PathBuf> = config
+                .policy
+                .decision_log
+                .iter()
+                .flat_map(|log| [log.clone(), crate::decisions::rotated(log)])
+                .collect();
+            let files: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
+            let cache = config.policy_cache();
+            crate::privileges::become_user(run_as, &[&config.spool, &cache], &files)?;
+            info!(user = %run_as.user, uid = run_as.uid, gid = run_as.gid, "listeners bound; running as {}", run_as.user);
+        }
+        None if crate::privileges::is_root() => {
+            warn!(
+                "running as root: set [server] user to a dedicated user (docs/OPERATIONS.md, \"Port 25 and the service\")"
+            );
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -71,6 +71,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// `[policy] cache`, by default `policy-cache` beside the spool.
+    pub fn policy_cache(&self) -> PathBuf {
+        self.policy.cache.clone().unwrap_or_else(|| {
+            self.spool
+                .parent()
+                .map(|p| p.join("policy-cache"))
+                .unwrap_or_else(|| "policy-cache".into())
+        })
+    }
+
     /// The tenant directory of this configuration, indexed.
     pub fn directory(&self) -> crate::directory::Directory {
         crate::directory::Directory::from_tenants(self.tenants.iter().map(Tenant::record))

@@ -112,7 +112,7 @@ pub(super) fn parse(
         socket_mode,
         socket_group: match &p.socket_group {
             None => None,
-            Some(g) => Some(group_id(g.get_ref()).ok_or_else(|| {
+            Some(g) => Some(crate::accounts::group_id(g.get_ref()).ok_or_else(|| {
                 src.error(
                     g.span(),
                     "policyd.socket_group",
@@ -129,19 +129,5 @@ pub(super) fn parse(
             1..=100_000,
             defaults.max_connections_per_client
         ),
-    })
-}
-
-/// A group's id: numeric, or looked up by name in `/etc/group`.
-fn group_id(group: &str) -> Option<u32> {
-    if let Ok(gid) = group.parse() {
-        return Some(gid);
-    }
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let gid = fields.nth(1)?;
-        (name == group).then(|| gid.parse().ok()).flatten()
     })
 }

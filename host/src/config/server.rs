@@ -42,6 +42,8 @@ pub(super) struct RawServer {
     soft_error_limit: Option<Spanned<u64>>,
     error_delay_ms: Option<Spanned<u64>>,
     hopcount_limit: Option<Spanned<u64>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 /// `[server]`
@@ -70,6 +72,52 @@ pub struct ServerSettings {
     pub ipv6_prefix_length: u8,
     /// The mailbox `RCPT TO:<postmaster>` is delivered to (canonical).
     pub postmaster: String,
+    /// `user` / `group`: who the relay runs as once its listeners are
+    /// bound (`crate::privileges`); `None` keeps the starting user.
+    pub run_as: Option<crate::privileges::RunAs>,
+}
+
+/// `user` (a name in /etc/passwd or a uid) and `group` (a name in
+/// /etc/group or a gid; by default the user's primary group).
+fn run_as(
+    src: &Source<'_>,
+    s: &RawServer,
+) -> Result<Option<crate::privileges::RunAs>, ConfigError> {
+    let Some(user) = &s.user else {
+        if let Some(g) = &s.group {
+            return Err(src.error(
+                g.span(),
+                "server.group",
+                "group needs user (the user the relay runs as)",
+            ));
+        }
+        return Ok(None);
+    };
+    let (uid, primary) = crate::accounts::user(user.get_ref()).ok_or_else(|| {
+        src.error(
+            user.span(),
+            "server.user",
+            format!("'{}' is neither a user of /etc/passwd nor a numeric user id (create it: useradd --system attrelay)", user.get_ref()),
+        )
+    })?;
+    let gid = match &s.group {
+        None => primary,
+        Some(g) => crate::accounts::group_id(g.get_ref()).ok_or_else(|| {
+            src.error(
+                g.span(),
+                "server.group",
+                format!(
+                    "'{}' is neither a group of /etc/group nor a numeric group id",
+                    g.get_ref()
+                ),
+            )
+        })?,
+    };
+    Ok(Some(crate::privileges::RunAs {
+        user: user.get_ref().clone(),
+        uid,
+        gid,
+    }))
 }
 
 /// Validates `[server]`.
@@ -82,6 +130,7 @@ pub(super) fn parse(
     src.both_or_neither("server", ("tls_cert", &s.tls_cert), ("tls_key", &s.tls_key))?;
     let hostname = hostname(src, &s)?;
     Ok(ServerSettings {
+        run_as: run_as(src, &s)?,
         postmaster: postmaster(src, &s, &hostname)?,
         hostname,
         listen: listen(src, &s)?,

@@ -22,4 +22,4 @@ mod server;
 
 pub use query::{AcceptAction, query};
 pub use request::{PolicyRequest, RequestDecoder, RequestError, RequestLimits};
-pub use server::{PolicyServer, PolicydListen, PolicydSettings};
+pub use server::{PolicyServer, PolicydListen, PolicydListeners, PolicydSettings};

@@ -96,6 +96,10 @@ enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
+/// The policy service's sockets, bound before the rest of the relay is
+/// set up (and before it gives up root, `privileges.rs`).
+pub struct PolicydListeners(Vec<Listener>);
+
 /// The bound policy service.
 pub struct PolicyServer {
     ctx: Arc<ServerContext>,
@@ -109,10 +113,9 @@ fn bind_error(what: &PolicydListen, e: std::io::Error) -> std::io::Error {
 }
 
 impl PolicyServer {
-    pub async fn bind(
-        ctx: Arc<ServerContext>,
-        settings: PolicydSettings,
-    ) -> std::io::Result<PolicyServer> {
+    /// Binds every `listen` address of `settings` (a UNIX socket with its
+    /// mode and group).
+    pub async fn listen(settings: &PolicydSettings) -> std::io::Result<PolicydListeners> {
         let mut listeners = Vec::new();
         for l in &settings.listen {
             match l {
@@ -127,11 +130,20 @@ impl PolicyServer {
                 }
             }
         }
-        Ok(PolicyServer {
+        Ok(PolicydListeners(listeners))
+    }
+
+    /// The service on `listeners`, judging with `ctx`.
+    pub fn new(
+        ctx: Arc<ServerContext>,
+        settings: PolicydSettings,
+        listeners: PolicydListeners,
+    ) -> PolicyServer {
+        PolicyServer {
             ctx,
             settings: Arc::new(settings),
-            listeners,
-        })
+            listeners: listeners.0,
+        }
     }
 
     /// The bound TCP addresses (with the real port when 0 was asked for).

@@ -95,13 +95,7 @@ impl Drop for PerIpSlot {
 }
 
 impl Server {
-    pub async fn bind(
-        ctx: Arc<ServerContext>,
-        addrs: &[SocketAddr],
-        max_sessions: usize,
-        max_per_ip: usize,
-        ipv6_prefix_length: u8,
-    ) -> std::io::Result<Server> {
+    pub async fn listen(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
         let mut listeners = Vec::new();
         for a in addrs {
             let l = TcpListener::bind(a)
@@ -109,13 +103,24 @@ impl Server {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
             listeners.push(l);
         }
-        Ok(Server {
+        Ok(listeners)
+    }
+
+    /// The server on `listeners` (from [`Server::listen`]).
+    pub fn new(
+        ctx: Arc<ServerContext>,
+        listeners: Vec<TcpListener>,
+        max_sessions: usize,
+        max_per_ip: usize,
+        ipv6_prefix_length: u8,
+    ) -> Server {
+        Server {
             ctx,
             listeners,
             max_sessions,
             max_per_ip,
             ipv6_prefix_length,
-        })
+        }
     }
 
     /// The bound addresses (with the real port when 0 was asked for).

@@ -5,5 +5,6 @@ mod commands;
 mod config_errors;
 mod config_scale;
 mod config_test;
+mod privileges;
 mod queue;
 mod serve;
