@@ -86,3 +86,24 @@ async fn a_session_and_its_message_can_be_followed_in_the_log() {
         "{delivery}"
     );
 }
+
+/// `serve` binds its listeners before it writes anything: a relay whose
+/// port is taken leaves no spool, policy cache or decision log behind, and
+/// says which address was busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_port_is_taken_creates_nothing() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let pki = Pki::new();
+    let config = Setup::for_pki(&pki)
+        .set("server.listen", toml::Value::Array(vec![addr.to_string().into()]))
+        .set("policy.decision_log", pki.path("decisions.jsonl").display().to_string())
+        .write();
+    let out = crate::support::attrelay(&["serve", "--config", &config.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = crate::support::stderr(&out);
+    assert!(said.contains(&format!("cannot listen on {addr}")), "{said}");
+    for left in ["spool", "policy-cache", "decisions.jsonl"] {
+        assert!(!pki.path(left).exists(), "{left} was created: {said}");
+    }
+}
