@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 
-use super::queue::terminal_safe;
+use super::terminal::terminal_safe;
 use super::{EXIT_OK, EXIT_REFUSED, UsageError};
 use crate::smtp::stream::Io;
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod inspect;
 pub mod policy;
 pub mod queue;
+pub mod terminal;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

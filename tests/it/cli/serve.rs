@@ -96,8 +96,14 @@ async fn a_relay_whose_port_is_taken_creates_nothing() {
     let addr = busy.local_addr().unwrap();
     let pki = Pki::new();
     let config = Setup::for_pki(&pki)
-        .set("server.listen", toml::Value::Array(vec![addr.to_string().into()]))
-        .set("policy.decision_log", pki.path("decisions.jsonl").display().to_string())
+        .set(
+            "server.listen",
+            toml::Value::Array(vec![addr.to_string().into()]),
+        )
+        .set(
+            "policy.decision_log",
+            pki.path("decisions.jsonl").display().to_string(),
+        )
         .write();
     let out = crate::support::attrelay(&["serve", "--config", &config.display().to_string()]);
     assert_eq!(out.status.code(), Some(2));

@@ -158,7 +158,7 @@ async fn through_relay(
 fn refused(status: StatusCode, answer: &str) -> UsageError {
     UsageError(format!(
         "the admin endpoint answered {status}: {}",
-        super::terminal_safe(answer.trim())
+        super::super::terminal::terminal_safe(answer.trim())
     ))
 }
 
@@ -240,11 +240,15 @@ fn print(reports: &[Report], json: bool, out: &mut dyn Write) -> std::io::Result
         write!(
             out,
             "{}  {} {result}",
-            super::terminal_safe(&r.id),
+            super::super::terminal::terminal_safe(&r.id),
             r.action
         )?;
         if !r.detail.is_empty() {
-            write!(out, ": {}", super::terminal_safe(&r.detail))?;
+            write!(
+                out,
+                ": {}",
+                super::super::terminal::terminal_safe(&r.detail)
+            )?;
         }
         writeln!(out)?;
     }
