@@ -17,38 +17,68 @@ use crate::pem::read_certificates;
 use crate::tls::server as tls_server;
 
 /// The problems with the files `config` names that a reload does not read
-/// otherwise: the certificates and keys, and the directories.
+/// otherwise: the certificates, keys and CA files, and the directories.
+/// Each names the configuration's file, line and key, then the file and
+/// what is wrong with it.
 pub fn files(config: &Config) -> Vec<String> {
+    let at = |key: &str| config.file_keys.at(key);
     let mut found = Vec::new();
     let s = &config.server;
-    if let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) {
-        let loaded = read_certificates(cert)
-            .map_err(|e| e.to_string())
-            .and_then(|certs| {
-                let key = tls_server::read_private_key(key).map_err(|e| e.to_string())?;
-                Ok((certs, key))
-            })
-            .and_then(|(certs, key)| {
-                tls_server::server_config(certs, key, &s.client_ca).map_err(|e| e.to_string())
-            });
-        if let Err(e) = loaded {
-            found.push(format!("[server] tls_cert / tls_key: {e}"));
+    for (i, ca) in s.client_ca.iter().enumerate() {
+        if let Err(e) = read_certificates(ca) {
+            found.push(format!("{}: {e}", at(&format!("server.client_ca[{i}]"))));
         }
     }
+    if let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) {
+        let certs = read_certificates(cert)
+            .map_err(|e| found.push(format!("{}: {e}", at("server.tls_cert"))));
+        let key = tls_server::read_private_key(key)
+            .map_err(|e| found.push(format!("{}: {e}", at("server.tls_key"))));
+        if let (Ok(certs), Ok(key)) = (certs, key)
+            && let Err(e) = tls_server::server_config(certs, key, &s.client_ca)
+        {
+            found.push(format!("{} / tls_key: {e}", at("server.tls_cert")));
+        }
+    }
+    found.extend(delivery_files(config));
+    found.extend(writable_dir(&config.spool, &at("spool.path")));
+    if let Some(cache) = &config.policy.cache {
+        found.extend(writable_dir(cache, &at("policy.cache")));
+    }
+    if let Some(log) = &config.policy.decision_log {
+        found.extend(writable_file(log, &at("policy.decision_log")));
+    }
+    found
+}
+
+/// `[delivery] tls_cert`, `tls_key` and `tls_ca`, each read, then together.
+fn delivery_files(config: &Config) -> Vec<String> {
+    let at = |key: &str| config.file_keys.at(key);
     let d = &config.delivery;
+    let mut found = Vec::new();
+    if let Some(Err(e)) = d.tls_cert.as_deref().map(read_certificates) {
+        found.push(format!("{}: {e}", at("delivery.tls_cert")));
+    }
+    if let Some(Err(e)) = d.tls_key.as_deref().map(tls_server::read_private_key) {
+        found.push(format!("{}: {e}", at("delivery.tls_key")));
+    }
+    for (i, ca) in d.tls_ca.iter().enumerate() {
+        if let Err(e) = read_certificates(ca) {
+            found.push(format!("{}: {e}", at(&format!("delivery.tls_ca[{i}]"))));
+        }
+    }
+    if !found.is_empty() {
+        return found;
+    }
     let client_cert = match (&d.tls_cert, &d.tls_key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
     if let Err(e) = crate::tls::client_config(&d.tls_ca, client_cert) {
-        found.push(format!("[delivery] tls_cert / tls_key / tls_ca: {e}"));
-    }
-    found.extend(writable_dir(&config.spool, "[spool] path"));
-    if let Some(cache) = &config.policy.cache {
-        found.extend(writable_dir(cache, "[policy] cache"));
-    }
-    if let Some(log) = &config.policy.decision_log {
-        found.extend(writable_file(log, "[policy] decision_log"));
+        found.push(format!(
+            "{} / tls_key / tls_ca: {e}",
+            at("delivery.tls_cert")
+        ));
     }
     found
 }

@@ -142,6 +142,12 @@ pub async fn start_with(
         }
     };
     let s = &config.server;
+    // The files it names, each problem with the configuration's file, line
+    // and key, before anything is bound or written.
+    let problems = crate::preflight::files(config);
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
     // Every listener first: a relay whose port is taken has written
     // nothing, and port 25 needs root, which the relay may give up next.
     let listeners = Listeners::bind(config).await?;

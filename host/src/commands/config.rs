@@ -19,15 +19,15 @@ pub fn test(config: Option<&PathBuf>, out: &mut dyn Write) -> Result<u8, UsageEr
     let mut without_log = config.clone();
     without_log.policy.decision_log = None;
     if let Err(e) = crate::reload::build(&without_log, &engine, 0) {
-        problems.push(e);
+        problems.push(format!("{}: {e}", config.source.display()));
     }
-    let source = config.source.display();
     if problems.is_empty() {
-        writeln!(out, "{source}: ok").map_err(UsageError::new)?;
+        writeln!(out, "{}: ok", config.source.display()).map_err(UsageError::new)?;
         return Ok(EXIT_OK);
     }
+    // Each problem names the file (and line and key) itself.
     for p in &problems {
-        writeln!(out, "{source}: {p}").map_err(UsageError::new)?;
+        writeln!(out, "{p}").map_err(UsageError::new)?;
     }
     Ok(EXIT_REFUSED)
 }

@@ -155,7 +155,7 @@ pub(super) fn parse(
     );
     let spool = spool_raw
         .path
-        .map(|p| resolve(p.get_ref()))
+        .map(|p| src.file("spool.path", &p, resolve))
         .unwrap_or_else(|| resolve(Path::new("attrelay-data/spool")));
     let d = delivery_raw.unwrap_or_default();
     src.both_or_neither(
@@ -167,9 +167,20 @@ pub(super) fn parse(
     let defaults = DeliverySettings::default();
     let delivery = DeliverySettings {
         next_hop: next_hop(src, &d, resolve)?,
-        tls_cert: d.tls_cert.as_ref().map(|p| resolve(p.get_ref())),
-        tls_key: d.tls_key.as_ref().map(|p| resolve(p.get_ref())),
-        tls_ca: d.tls_ca.iter().map(|p| resolve(p.get_ref())).collect(),
+        tls_cert: d
+            .tls_cert
+            .as_ref()
+            .map(|p| src.file("delivery.tls_cert", p, resolve)),
+        tls_key: d
+            .tls_key
+            .as_ref()
+            .map(|p| src.file("delivery.tls_key", p, resolve)),
+        tls_ca: d
+            .tls_ca
+            .iter()
+            .enumerate()
+            .map(|(i, p)| src.file(format!("delivery.tls_ca[{i}]"), p, resolve))
+            .collect(),
         retry_initial: limit!(t, d.retry_initial_secs, secs 1..=86_400, defaults.retry_initial),
         retry_max: limit!(t, d.retry_max_secs, secs 1..=604_800, defaults.retry_max),
         max_queue_age: limit!(t, d.max_queue_age_secs, secs 1..=2_592_000, defaults.max_queue_age),

@@ -26,7 +26,7 @@ mod tenants;
 pub use policy::PolicySettings;
 pub use server::ServerSettings;
 use source::Source;
-pub use source::{ConfigError, ConfigWarning};
+pub use source::{ConfigError, ConfigWarning, FileKeys};
 pub use tenants::{Tenant, TenantPolicySettings};
 
 #[derive(Debug, Deserialize, Default)]
@@ -68,6 +68,9 @@ pub struct Config {
     pub policyd: Option<PolicydSettings>,
     pub tenants: Vec<Tenant>,
     pub warnings: Vec<ConfigWarning>,
+    /// Where each key naming a file is written, for problems found when
+    /// the file is read.
+    pub file_keys: FileKeys,
 }
 
 impl Config {
@@ -158,6 +161,7 @@ impl Config {
             routes,
             tenants,
             warnings,
+            file_keys: src.file_keys(),
         })
     }
 }

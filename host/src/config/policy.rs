@@ -136,7 +136,9 @@ pub(super) fn parse(
 ) -> Result<PolicySettings, ConfigError> {
     let t = src.table("policy");
     let mut policy = PolicySettings {
-        component: p.component.map(|c| resolve(c.get_ref())),
+        component: p
+            .component
+            .map(|c| src.file("policy.component", &c, resolve)),
         ..PolicySettings::default()
     };
     for (key, value) in &p.settings {
@@ -146,9 +148,11 @@ pub(super) fn parse(
             .insert(key.clone(), src.line(&value.span()));
         policy.settings.push((key.clone(), text));
     }
-    policy.cache = p.cache.map(|c| resolve(c.get_ref()));
-    policy.shadow = p.shadow.map(|c| resolve(c.get_ref()));
-    policy.decision_log = p.decision_log.map(|c| resolve(c.get_ref()));
+    policy.cache = p.cache.map(|c| src.file("policy.cache", &c, resolve));
+    policy.shadow = p.shadow.map(|c| src.file("policy.shadow", &c, resolve));
+    policy.decision_log = p
+        .decision_log
+        .map(|c| src.file("policy.decision_log", &c, resolve));
     policy.decision_log_max_bytes =
         limit!(t, p.decision_log_max_mib, mib 0..=1 << 20, policy.decision_log_max_bytes);
     if let Some(v) = &p.decision_log_mode {

@@ -134,9 +134,20 @@ pub(super) fn parse(
         postmaster: postmaster(src, &s, &hostname)?,
         hostname,
         listen: listen(src, &s)?,
-        tls_cert: s.tls_cert.as_ref().map(|p| resolve(p.get_ref())),
-        tls_key: s.tls_key.as_ref().map(|p| resolve(p.get_ref())),
-        client_ca: s.client_ca.iter().map(|p| resolve(p.get_ref())).collect(),
+        tls_cert: s
+            .tls_cert
+            .as_ref()
+            .map(|p| src.file("server.tls_cert", p, resolve)),
+        tls_key: s
+            .tls_key
+            .as_ref()
+            .map(|p| src.file("server.tls_key", p, resolve)),
+        client_ca: s
+            .client_ca
+            .iter()
+            .enumerate()
+            .map(|(i, p)| src.file(format!("server.client_ca[{i}]"), p, resolve))
+            .collect(),
         limits: limits(src, &s)?,
         max_sessions: limit!(t, s.max_sessions, 1..=100_000, DEFAULT_MAX_SESSIONS),
         shutdown_grace: limit!(t, s.shutdown_grace_secs, secs 0..=3600, DEFAULT_SHUTDOWN_GRACE),

@@ -194,6 +194,29 @@ pub(super) struct Source<'a> {
     /// binary search, not a scan of the text before it (which made loading
     /// N tenants quadratic: 10 000 took 31 s).
     line_starts: Vec<usize>,
+    /// The line of each key that names a file, for problems found when the
+    /// file is read (`config test`, `serve`, a reload).
+    file_keys: std::cell::RefCell<std::collections::BTreeMap<String, usize>>,
+}
+
+/// Where each key naming a file is written, so that a problem with the file
+/// found later (reading a certificate at start) names the configuration's
+/// file, line and key like any configuration error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileKeys {
+    pub file: PathBuf,
+    lines: std::collections::BTreeMap<String, usize>,
+}
+
+impl FileKeys {
+    /// `relay.toml:12: server.tls_cert` (without the line where it is not
+    /// known: a key set in code, a default).
+    pub fn at(&self, key: &str) -> String {
+        match self.lines.get(key) {
+            Some(line) => format!("{}:{line}: {key}", self.file.display()),
+            None => format!("{}: {key}", self.file.display()),
+        }
+    }
 }
 
 impl<'a> Source<'a> {
@@ -205,6 +228,7 @@ impl<'a> Source<'a> {
             file,
             text,
             line_starts,
+            file_keys: Default::default(),
         }
     }
 
@@ -256,6 +280,27 @@ impl<'a> Source<'a> {
             column,
             key: key.into(),
             message: message.into(),
+        }
+    }
+
+    /// `path` as the relay uses it (`resolve`d against the configuration's
+    /// folder), its key's line remembered ([`FileKeys`]).
+    pub(super) fn file(
+        &self,
+        key: impl Into<String>,
+        path: &toml::Spanned<PathBuf>,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> PathBuf {
+        let line = self.line(&path.span());
+        self.file_keys.borrow_mut().insert(key.into(), line);
+        resolve(path.get_ref())
+    }
+
+    /// The keys [`Source::file`] saw.
+    pub(super) fn file_keys(&self) -> FileKeys {
+        FileKeys {
+            file: self.file.to_path_buf(),
+            lines: self.file_keys.borrow().clone(),
         }
     }
 

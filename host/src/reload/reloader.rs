@@ -198,11 +198,8 @@ impl Reloader {
             // still serves.
             let problems = crate::preflight::files(&config);
             if !problems.is_empty() {
-                return Err(format!(
-                    "{}: {}",
-                    config.source.display(),
-                    problems.join("; ")
-                ));
+                // Each names the file, line and key itself.
+                return Err(problems.join("; "));
             }
             let generation = self.generation.load(Ordering::SeqCst) + 1;
             let (evaluation, scenarios) = build(&config, &self.engine, generation)?;

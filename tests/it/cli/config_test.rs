@@ -32,19 +32,58 @@ fn every_file_serve_would_refuse_is_listed() {
     let out = attrelay(&["config", "test", "--config", path.to_str().unwrap()]);
     let said = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
+    // Each problem names the configuration's file, line and key, then the
+    // file and its cause, once.
+    let file = path.display().to_string();
+    let line_of = |key: &str| {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (table, name) = key.split_once('.').unwrap();
+        let mut in_table = false;
+        text.lines()
+            .position(|l| {
+                if l.starts_with('[') {
+                    in_table = l == format!("[{table}]");
+                }
+                in_table && l.starts_with(&format!("{name} ="))
+            })
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{key} in {text}"))
+    };
+    let cert = said
+        .lines()
+        .find(|l| l.contains("server.tls_cert"))
+        .unwrap_or_else(|| panic!("{said}"));
     assert!(
-        said.contains("[server] tls_cert / tls_key:") && said.contains("server.der"),
+        cert.starts_with(&format!(
+            "{file}:{}: server.tls_cert: ",
+            line_of("server.tls_cert")
+        )),
+        "{cert}"
+    );
+    assert!(
+        cert.contains("server.der") && cert.contains("openssl x509 -inform der"),
+        "{cert}"
+    );
+    assert!(
+        said.contains(&format!(
+            "{file}:{}: delivery.tls_ca[0]: ",
+            line_of("delivery.tls_ca")
+        )) && said.contains("no-such-ca.pem"),
         "{said}"
     );
     assert!(
-        said.contains("[delivery] tls_cert / tls_key / tls_ca:") && said.contains("no-such-ca.pem"),
-        "{said}"
-    );
-    assert!(
-        said.contains("[spool] path: /etc/hostname/spool cannot be created"),
+        said.contains(&format!(
+            "{file}:{}: spool.path: /etc/hostname/spool cannot be created",
+            line_of("spool.path")
+        )),
         "{said}"
     );
     assert_eq!(said.lines().count(), 3, "one line per problem: {said}");
+    assert_eq!(
+        said.matches("No such file or directory").count(),
+        1,
+        "each cause once: {said}"
+    );
 }
 
 #[test]
@@ -57,5 +96,30 @@ fn a_key_that_is_not_the_certificates_is_refused() {
     let out = attrelay(&["config", "test", "--config", path.to_str().unwrap()]);
     let said = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("[server] tls_cert / tls_key:"), "{said}");
+    assert!(said.contains("server.tls_cert / tls_key:"), "{said}");
+}
+
+/// `serve` says the same as `config test` about the files it names, and
+/// binds nothing: a missing certificate is named with the configuration's
+/// file, line and key, and its cause once.
+#[test]
+fn serve_names_the_key_of_a_file_it_cannot_read() {
+    let setup = Setup::new()
+        .set("server.tls_cert", "certs/nope.pem")
+        .set("server.tls_key", "contoso.key");
+    let path = setup.write();
+    let out = attrelay(&["serve", "--config", path.to_str().unwrap()]);
+    let said = crate::support::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!("{}:", path.display())) && said.contains(": server.tls_cert: "),
+        "{said}"
+    );
+    assert!(said.contains("certs/nope.pem"), "{said}");
+    assert_eq!(
+        said.matches("No such file or directory").count(),
+        1,
+        "{said}"
+    );
+    assert!(!setup.path("spool").exists(), "nothing written");
 }

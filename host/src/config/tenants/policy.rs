@@ -48,7 +48,7 @@ pub(super) fn parse(
     }
     let table = src.table(key);
     Ok(Some(TenantPolicySettings {
-        component: resolve(component.get_ref()),
+        component: src.file(format!("{key}.policy"), component, resolve),
         settings,
         timeout: limit!(table, t.policy_timeout_ms, millis 1..=60_000, policy.timeout),
         memory_limit: memory_limit(src, &t.policy_memory_limit_mib, key, policy.memory_limit)?,
