@@ -63,6 +63,15 @@ enum ConfigCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print the configuration in effect as TOML: the keys the file sets,
+    /// each with the value the relay uses (like postconf -n).
+    Show {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Every key, the defaults written out (like postconf).
+        #[arg(long)]
+        defaults: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -182,6 +191,9 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Test { config },
         } => commands::config::test(config.as_ref(), &mut stdout),
+        Command::Config {
+            command: ConfigCommand::Show { config, defaults },
+        } => commands::config::show(config.as_ref(), defaults, &mut stdout),
         Command::Queue { command } => queue_command(command, &mut stdout),
     };
     let _ = stdout.flush();

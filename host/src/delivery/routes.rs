@@ -65,6 +65,8 @@ pub fn parse_host_port(text: &str) -> Option<(String, u16)> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     by_domain: HashMap<String, Arc<Route>>,
+    /// Each route with its domains, in the configuration's order.
+    listed: Vec<(Arc<Route>, Vec<String>)>,
 }
 
 impl Routes {
@@ -72,15 +74,26 @@ impl Routes {
     /// first route (the configuration refuses that before).
     pub fn new(routes: impl IntoIterator<Item = (Route, Vec<String>)>) -> Routes {
         let mut by_domain = HashMap::new();
+        let mut listed = Vec::new();
         for (route, domains) in routes {
             let route = Arc::new(route);
-            for d in domains {
-                by_domain
-                    .entry(certname::normalize(&d))
-                    .or_insert_with(|| route.clone());
+            let domains: Vec<String> = domains.iter().map(|d| certname::normalize(d)).collect();
+            for d in &domains {
+                by_domain.entry(d.clone()).or_insert_with(|| route.clone());
             }
+            listed.push((route, domains));
         }
-        Routes { by_domain }
+        Routes { by_domain, listed }
+    }
+
+    /// The operator's routes (`[[delivery.route]]`, not the tenants'
+    /// smart hosts), in order, with their domains.
+    pub fn operator_routes(&self) -> Vec<(&Route, &[String])> {
+        self.listed
+            .iter()
+            .filter(|(r, _)| r.name.starts_with("delivery.route"))
+            .map(|(r, d)| (r.as_ref(), d.as_slice()))
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -123,3 +123,67 @@ fn serve_names_the_key_of_a_file_it_cannot_read() {
     );
     assert!(!setup.path("spool").exists(), "nothing written");
 }
+
+/// `config show` prints the keys the file sets with the values in effect
+/// (paths resolved, domains normalised); `--defaults` every key, and what
+/// it prints is itself a configuration with the same effect.
+#[test]
+fn config_show_prints_what_is_in_effect_and_its_defaults_round_trip() {
+    let setup = Setup::new()
+        .set("server.idle_timeout_secs", 30)
+        .set("delivery.next_hop", "smtp.example.net:2525")
+        .merge_tenant("contoso", "smart_hosts = [\"mail.contoso.com:25\"]");
+    let path = setup.write();
+    let shown = crate::support::succeeded(&attrelay(&[
+        "config",
+        "show",
+        "--config",
+        path.to_str().unwrap(),
+    ]));
+    assert!(shown.contains("idle_timeout_secs = 30"), "{shown}");
+    assert!(
+        shown.contains("next_hop = \"smtp.example.net:2525\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("smart_hosts = [\"mail.contoso.com:25\"]"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("path = \"{}\"", setup.path("spool").display())),
+        "resolved: {shown}"
+    );
+    assert!(
+        !shown.contains("retry_max_secs"),
+        "not set in the file: {shown}"
+    );
+
+    let full = crate::support::succeeded(&attrelay(&[
+        "config",
+        "show",
+        "--defaults",
+        "--config",
+        path.to_str().unwrap(),
+    ]));
+    for default in [
+        "retry_max_secs = 3600",
+        "max_queue_age_secs = 432000",
+        "idle_timeout_secs = 30",
+        "timeout_ms = 200",
+    ] {
+        assert!(full.contains(default), "{default}: {full}");
+    }
+    let again = setup.path("shown.toml");
+    std::fs::write(&again, &full).unwrap();
+    let tested = attrelay(&["config", "test", "--config", again.to_str().unwrap()]);
+    assert_eq!(tested.status.code(), Some(0), "{}", stdout(&tested));
+    let full_again = crate::support::succeeded(&attrelay(&[
+        "config",
+        "show",
+        "--defaults",
+        "--config",
+        again.to_str().unwrap(),
+    ]));
+    let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&full_again), body(&full), "the same configuration");
+}

@@ -1,5 +1,8 @@
 //! `attrelay config test`: everything `serve` checks before it listens,
-//! with every problem listed (see `preflight.rs`).
+//! with every problem listed (see `preflight.rs`); `attrelay config show`:
+//! the configuration in effect (`render.rs`).
+
+mod render;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,4 +33,32 @@ pub fn test(config: Option<&PathBuf>, out: &mut dyn Write) -> Result<u8, UsageEr
         writeln!(out, "{p}").map_err(UsageError::new)?;
     }
     Ok(EXIT_REFUSED)
+}
+
+/// Prints the configuration in effect as TOML: the keys the file sets, or
+/// with `defaults` every key, each with the value the relay uses.
+pub fn show(
+    config: Option<&PathBuf>,
+    defaults: bool,
+    out: &mut dyn Write,
+) -> Result<u8, UsageError> {
+    let loaded = load_config(config.map(PathBuf::as_path))?;
+    let written = match config {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?,
+        None => crate::config::EMBEDDED_DEFAULT.to_string(),
+    };
+    writeln!(
+        out,
+        "# attrelay: the configuration in effect ({}{})",
+        loaded.source.display(),
+        if defaults {
+            ", every default written out"
+        } else {
+            ""
+        }
+    )
+    .map_err(UsageError::new)?;
+    write!(out, "{}", render::render(&loaded, &written, defaults)).map_err(UsageError::new)?;
+    Ok(EXIT_OK)
 }
