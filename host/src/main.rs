@@ -263,7 +263,7 @@ fn serve(config: Option<PathBuf>) -> Result<u8, commands::UsageError> {
             let _ = writeln!(out, "attrelay: listening on {a} as {}", cfg.server.hostname);
         }
         if let Some(a) = handle.admin {
-            let _ = writeln!(out, "attrelay: admin endpoint on http://{a}/ (GET /metrics, /status, /queue; POST /reload, /queue/flush)");
+            let _ = writeln!(out, "attrelay: admin endpoint on http://{a}/ (GET /metrics, /status, /queue[/ID]; POST /reload, /queue/flush, /queue/ID/ACTION; DELETE /queue/ID)");
         }
         if let Some(p) = &cfg.policyd {
             for l in &p.listen {
