@@ -437,6 +437,15 @@ impl Admin {
                 );
             }
         };
+        // Deleting, holding or returning someone's mail is an operator's
+        // act: without a token, every local user (and anything that can be
+        // made to send a request from this host) could do it.
+        if self.settings.token.is_none() && !matches!(action, Action::Flush) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "deleting, holding, releasing or bouncing a message needs [admin] token_file\n",
+            );
+        }
         match self.ctx.queue.act(id, action).await {
             Ok(report) => respond(
                 report_status(&report),

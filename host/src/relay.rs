@@ -156,8 +156,15 @@ pub async fn start_with(
         _ => tls_server::ephemeral_certificate(&s.hostname)?,
     };
     let tls = TlsAcceptor::from(tls_server::server_config(certs, key, &s.client_ca)?);
-    settle_user(config)?;
     let metrics = Arc::new(Metrics::new());
+    // The delivery client's key too is read before the relay gives up root.
+    let delivery_cfg = DeliveryContext::new(
+        &config.delivery,
+        &config.server.hostname,
+        config.server.shutdown_grace,
+        &metrics,
+    )?;
+    settle_user(config)?;
     let limits = EngineLimits {
         max_instances: policy_pool_size(config),
         ..EngineLimits::from(&config.policy)
@@ -189,12 +196,6 @@ pub async fn start_with(
     if !recovered.is_empty() {
         info!(messages = recovered.len(), spool = %config.spool.display(), "recovered queued messages; delivering now");
     }
-    let delivery_cfg = DeliveryContext::new(
-        &config.delivery,
-        &config.server.hostname,
-        config.server.shutdown_grace,
-        &metrics,
-    )?;
     delivery_cfg.set_routes(config.routes.clone());
     let (queue, queue_task) =
         delivery::queue::start(spool.clone(), delivery_cfg, recovered, shutdown.clone());

@@ -10,7 +10,6 @@ use tracing::{info, warn};
 
 use super::context::DeliveryContext;
 use super::outcome::Outcome;
-use super::outcome::{all, attempt_timed_out};
 use super::routes::Via;
 use super::settings::NextHop;
 use super::{directory, dsn, mx, smtp};
@@ -115,6 +114,12 @@ pub async fn return_to_sender(
         next.push(envelope);
         return Ok(next);
     }
+    // Failed and reported on disk before it goes: should the removal not
+    // last (a crash, a disk error), the message comes back with nothing
+    // left to deliver, never delivered after its sender heard it was not.
+    if let Err(e) = spool.update(&envelope) {
+        warn!(target: "attrelay::delivery", queue_id = %envelope.id, error = %e, "cannot update the envelope");
+    }
     spool.remove(&envelope).await;
     Ok(next)
 }
@@ -146,7 +151,8 @@ async fn open(
 /// the attempt's deadline: a next hop that accepts and then stalls at every
 /// step cannot hold a delivery slot for long. Recipients are delivered by
 /// their domain's route (`routes.rs`, read now: a reload applies to mail
-/// already queued), the rest by `[delivery]`'s next hop.
+/// already queued), the rest by `[delivery]`'s next hop; the routes side by
+/// side, so that one whose hosts stall delays no other.
 async fn deliver(
     cfg: &DeliveryContext,
     envelope: &Envelope,
@@ -155,54 +161,54 @@ async fn deliver(
     let pending: Vec<String> = envelope.pending().map(|r| r.address.clone()).collect();
     let deadline = tokio::time::Instant::now() + cfg.settings.attempt_timeout;
     let routes = cfg.routes.load_full();
-    let mut results = Vec::new();
-    for (route, rcpts) in routes.split(&pending) {
-        let via = match &route {
-            Some(route) => route.via.clone(),
-            None => match &cfg.settings.next_hop {
-                NextHop::Directory(dir) => {
-                    let delivered = directory::deliver(dir, envelope, &rcpts, message).await;
-                    results.extend(
-                        delivered
-                            .into_iter()
-                            .map(|(r, o)| (r, o, format!("dir:{}", dir.display()))),
-                    );
-                    continue;
-                }
-                NextHop::Smarthost { host, port } => Via::Hosts(vec![(host.clone(), *port)]),
-                NextHop::Mx => Via::Mx,
-            },
-        };
-        results.extend(deliver_via(cfg, &via, &envelope.sender, &rcpts, message, deadline).await);
-    }
-    results
+    // Built before they run (see `mx::deliver`: a lazy map over borrowed
+    // groups is not a future the compiler can prove `Send`).
+    let shares: Vec<_> = routes
+        .split(&pending)
+        .into_iter()
+        .map(|(route, rcpts)| {
+            deliver_group(
+                cfg,
+                route.map(|r| r.via.clone()),
+                envelope,
+                rcpts,
+                message,
+                deadline,
+            )
+        })
+        .collect();
+    futures_util::future::join_all(shares)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
-/// `rcpts` delivered by SMTP as `via` says, by `deadline`.
-async fn deliver_via(
+/// One route's recipients: by `via`, or by `[delivery]` for `None`.
+async fn deliver_group(
     cfg: &DeliveryContext,
-    via: &Via,
-    sender: &str,
-    rcpts: &[String],
+    via: Option<Via>,
+    envelope: &Envelope,
+    rcpts: Vec<String>,
     message: &Stored,
     deadline: tokio::time::Instant,
 ) -> Vec<(String, Outcome, String)> {
-    match via {
-        Via::Mx => mx::deliver(cfg, sender, rcpts, message, deadline).await,
-        Via::Hosts(hosts) => {
-            let delivery = smtp::deliver_hosts(cfg, hosts, sender, rcpts, message);
-            tokio::time::timeout_at(deadline, delivery)
+    let via = match (via, &cfg.settings.next_hop) {
+        (Some(via), _) => via,
+        (None, NextHop::Directory(dir)) => {
+            return directory::deliver(dir, envelope, &rcpts, message)
                 .await
-                .unwrap_or_else(|_| {
-                    let hop = hosts
-                        .first()
-                        .map(|(h, p)| super::routes::host_port(h, *p))
-                        .unwrap_or_default();
-                    all(rcpts, attempt_timed_out(cfg.settings.attempt_timeout))
-                        .into_iter()
-                        .map(|(r, o)| (r, o, hop.clone()))
-                        .collect()
-                })
+                .into_iter()
+                .map(|(r, o)| (r, o, format!("dir:{}", dir.display())))
+                .collect();
+        }
+        (None, NextHop::Smarthost { host, port }) => Via::Hosts(vec![(host.clone(), *port)]),
+        (None, NextHop::Mx) => Via::Mx,
+    };
+    match via {
+        Via::Mx => mx::deliver(cfg, &envelope.sender, &rcpts, message, deadline).await,
+        Via::Hosts(hosts) => {
+            smtp::deliver_hosts(cfg, &hosts, &envelope.sender, &rcpts, message, deadline).await
         }
     }
 }

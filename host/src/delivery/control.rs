@@ -149,8 +149,19 @@ pub async fn apply(
     let report = |done, detail: &str| Report::new(&id, action, done, detail);
     let (report, next) = match action {
         Action::Delete => {
-            spool.remove(&envelope).await;
-            (report(Done::Deleted, ""), Vec::new())
+            if spool.remove(&envelope).await {
+                (report(Done::Deleted, ""), Vec::new())
+            } else {
+                // Out of the queue now, but it may come back at the next
+                // start: the operator must hear so, not "deleted".
+                (
+                    report(
+                        Done::Failed,
+                        "the envelope's removal is not durable (see the log); it may come back at the next start",
+                    ),
+                    Vec::new(),
+                )
+            }
         }
         Action::Hold if envelope.is_held() => {
             (report(Done::Unchanged, "held already"), vec![envelope])

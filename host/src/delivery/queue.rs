@@ -50,7 +50,7 @@ struct Request {
 pub struct QueueStopped;
 
 /// How many messages the queue holds, how many of them are held, and when
-/// the oldest was received.
+/// the oldest that is not held was received.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
     pub messages: usize,
@@ -123,10 +123,16 @@ impl QueueContents {
 
     fn summary(&self) -> Summary {
         match self.entries.lock() {
+            // Held messages wait on an operator, not on delivery: they do
+            // not make the oldest message's age (an alert's input) grow.
             Ok(m) => Summary {
                 messages: m.len(),
                 held: m.values().filter(|(_, held)| *held).count(),
-                oldest: m.values().map(|(at, _)| *at).min(),
+                oldest: m
+                    .values()
+                    .filter(|(_, held)| !held)
+                    .map(|(at, _)| *at)
+                    .min(),
             },
             Err(_) => Summary::default(),
         }
@@ -166,6 +172,7 @@ pub fn start(
         waiting: HashMap::new(),
         in_flight: HashMap::new(),
         running: JoinSet::new(),
+        tasks: HashMap::new(),
         slots,
     };
     let join = tokio::spawn(queue.run(rx, requests, flush, shutdown));
@@ -196,6 +203,9 @@ struct Queue {
     /// when they come back.
     in_flight: HashMap<SpoolId, Vec<Deferred>>,
     running: JoinSet<Finished>,
+    /// The message each running task holds, to take it back should the
+    /// task fail (a panic) without handing it back.
+    tasks: HashMap<tokio::task::Id, SpoolId>,
     slots: Arc<Semaphore>,
 }
 
@@ -217,9 +227,13 @@ impl Queue {
             tokio::select! {
                 Some(e) = rx.recv() => self.place(e),
                 Some(r) = requests.recv() => self.request(r),
-                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
-                    if let Ok(finished) = done {
-                        self.finished(finished);
+                Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => {
+                    match done {
+                        Ok((task, finished)) => {
+                            self.tasks.remove(&task);
+                            self.finished(finished);
+                        }
+                        Err(e) => self.failed(e.id()),
                     }
                 }
                 _ = flush.notified() => self.flush_all(),
@@ -259,11 +273,13 @@ impl Queue {
             };
             self.in_flight.insert(id.clone(), Vec::new());
             let (spool, cfg) = (self.spool.clone(), self.cfg.clone());
-            self.running.spawn(async move {
+            let task_id = id.clone();
+            let task = self.running.spawn(async move {
                 let next = attempt(&spool, &cfg, envelope).await;
                 drop(permit);
-                Finished { id, next }
+                Finished { id: task_id, next }
             });
+            self.tasks.insert(task.id(), id);
         }
     }
 
@@ -296,7 +312,9 @@ impl Queue {
         let id = envelope.id.clone();
         self.in_flight.insert(id.clone(), Vec::new());
         let (spool, cfg, contents) = (self.spool.clone(), self.cfg.clone(), self.contents.clone());
-        self.running.spawn(async move {
+        let task_id = id.clone();
+        let task = self.running.spawn(async move {
+            let id = task_id;
             let mut current = Some(envelope);
             let mut next = Vec::new();
             for (action, reply) in actions {
@@ -326,6 +344,30 @@ impl Queue {
             next.extend(current);
             Finished { id, next }
         });
+        self.tasks.insert(task.id(), id);
+    }
+
+    /// A task ended without handing its message back (it panicked): the
+    /// message is read again from the spool, which is the truth, and waits
+    /// for its next attempt; the actions waiting for it are logged as not
+    /// applied.
+    fn failed(&mut self, task: tokio::task::Id) {
+        let Some(id) = self.tasks.remove(&task) else {
+            return;
+        };
+        let deferred = self.in_flight.remove(&id).unwrap_or_default();
+        tracing::error!(target: "attrelay::queue", queue_id = %id, actions_not_applied = deferred.len(), "a delivery task failed; the message is read again from the spool");
+        match self.spool.read_envelope(&id) {
+            Ok(mut e) => {
+                e.next_attempt = now() + self.cfg.settings.retry_initial.as_secs() as i64;
+                self.contents.insert(&e);
+                self.place(e);
+            }
+            Err(e) => {
+                warn!(target: "attrelay::queue", queue_id = %id, error = %e, "the message is not in the spool any more");
+                self.contents.remove(&id);
+            }
+        }
     }
 
     /// A task ended: what it hands back waits again, unless actions wait

@@ -51,37 +51,54 @@ impl HopResult {
     }
 }
 
-/// Delivers to `hosts` (`host:port` each) in order: the next when one
-/// could not be resolved, reached or talked to (no reply decided any
-/// recipient and no message can have reached it), as with MX hosts (RFC
-/// 5321 5.1). Each outcome comes with the hop that gave it, as the log's
-/// `relay` names it: `host[address]:port`.
+/// Delivers to `hosts` (`host:port` each) in order, by `deadline`: the
+/// next when one could not be resolved, reached or talked to (no reply
+/// decided any recipient and no message can have reached it), as with MX
+/// hosts (RFC 5321 5.1), and at most `mx_session_limit` hosts that take
+/// the connection and then stall. Each outcome comes with the hop that gave
+/// it, as the log's `relay` names it: `host[address]:port`.
 pub async fn deliver_hosts(
     cfg: &DeliveryContext,
     hosts: &[(String, u16)],
     sender: &str,
     recipients: &[String],
     message: &Stored,
+    deadline: tokio::time::Instant,
 ) -> Vec<(String, Outcome, String)> {
     let mut last = Vec::new();
+    let mut stalled = 0;
     for (host, port) in hosts {
-        let (result, relay) = match resolve(host, *port, cfg.settings.timeout).await {
-            Ok(addr) => (
-                deliver_at(cfg, host, addr, sender, recipients, message).await,
-                format!("{host}[{}]:{}", addr.ip(), addr.port()),
-            ),
-            Err(e) => (
-                HopResult::untouched(recipients, &e),
-                super::routes::host_port(host, *port),
-            ),
+        let mut relay = super::routes::host_port(host, *port);
+        let hop = async {
+            match resolve(host, *port, cfg.settings.timeout).await {
+                Ok(addr) => {
+                    relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
+                    deliver_at(cfg, host, addr, sender, recipients, message).await
+                }
+                Err(e) => HopResult::untouched(recipients, &e),
+            }
+        };
+        let Ok(result) = tokio::time::timeout_at(deadline, hop).await else {
+            let outcome = super::outcome::attempt_timed_out(cfg.settings.attempt_timeout);
+            return all(recipients, outcome)
+                .into_iter()
+                .map(|(r, o)| (r, o, relay.clone()))
+                .collect();
         };
         last = result
             .outcomes
             .into_iter()
             .map(|(r, o)| (r, o, relay.clone()))
             .collect();
-        if result.reach == Reach::Decided {
-            break;
+        match result.reach {
+            Reach::Decided => break,
+            Reach::Untouched { stalled: true } => {
+                stalled += 1;
+                if stalled >= cfg.settings.mx_session_limit {
+                    break;
+                }
+            }
+            Reach::Untouched { stalled: false } => {}
         }
     }
     last

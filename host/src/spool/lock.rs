@@ -7,7 +7,7 @@
 //! crash leaves no stale lock to clean up.
 
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::error::{SpoolError, io};
 use super::private::FILE_MODE;
@@ -41,16 +41,6 @@ impl SpoolLock {
             Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
         }
     }
-
-    /// Whether another process holds the lock of the spool at `root` now
-    /// (a relay runs on it). `false` when there is no lock file.
-    pub fn is_held(root: &Path) -> bool {
-        let path: PathBuf = root.join(LOCK_FILE);
-        let Ok(file) = File::open(&path) else {
-            return false;
-        };
-        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
-    }
 }
 
 #[cfg(test)]
@@ -60,14 +50,11 @@ mod tests {
     #[test]
     fn one_owner_at_a_time_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(!SpoolLock::is_held(dir.path()));
         let first = SpoolLock::acquire(dir.path()).unwrap();
-        assert!(SpoolLock::is_held(dir.path()));
         let second = SpoolLock::acquire(dir.path()).unwrap_err();
         assert!(matches!(second, SpoolError::Locked { .. }), "{second}");
         assert!(second.to_string().contains("another process"), "{second}");
         drop(first);
-        assert!(!SpoolLock::is_held(dir.path()));
         SpoolLock::acquire(dir.path()).unwrap();
     }
 }

@@ -106,6 +106,16 @@ impl Spool {
     pub fn open_owned(root: &Path, min_free_bytes: u64) -> Result<Spool, SpoolError> {
         private::private_dir(root).map_err(io(root))?;
         let lock = SpoolLock::acquire(root)?;
+        Spool::open_locked(root, min_free_bytes, lock)
+    }
+
+    /// [`Spool::open_with`] for the holder of its `lock`, which it keeps
+    /// until the spool is dropped.
+    pub fn open_locked(
+        root: &Path,
+        min_free_bytes: u64,
+        lock: SpoolLock,
+    ) -> Result<Spool, SpoolError> {
         Ok(Spool {
             _lock: Some(lock),
             ..Spool::open_with(root, min_free_bytes)?
@@ -331,8 +341,9 @@ impl Spool {
     /// (removed at recovery), never an envelope without one. A failure is
     /// logged: the message was delivered, and recovery removes what is
     /// left. (A crash before the sync may deliver the message again:
-    /// at-least-once, as with any MTA.)
-    pub async fn remove(&self, envelope: &Envelope) {
+    /// at-least-once, as with any MTA.) Returns whether the removal is
+    /// durable.
+    pub async fn remove(&self, envelope: &Envelope) -> bool {
         let pool = self.layout.pool.clone();
         let syncer = self.committer.queue_syncer();
         let shares = self.shares.clone();
@@ -359,9 +370,11 @@ impl Spool {
             }
             true
         });
-        if !matches!(removed.await, Ok(true)) {
-            tracing::warn!(queue_id = %envelope.id, "a delivered envelope's removal is not durable; its body stays until the next start");
+        let durable = matches!(removed.await, Ok(true));
+        if !durable {
+            tracing::warn!(queue_id = %envelope.id, "an envelope's removal is not durable; it may come back at the next start");
         }
+        durable
     }
 
     /// [`Spool::remove`] on the calling thread.

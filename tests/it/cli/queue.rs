@@ -442,3 +442,47 @@ async fn actions_on_a_stopped_relays_spool_hold_across_a_restart() {
         "looking creates nothing"
     );
 }
+
+/// Without `[admin] token_file`, any local user can reach a loopback
+/// endpoint: it still makes messages due (flush), but deleting, holding or
+/// bouncing someone's mail is refused, and `attrelay queue` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_endpoint_refuses_to_delete_or_bounce() {
+    let sink = Sink::start().await;
+    let pki = Pki::new();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = Setup::for_pki(&pki)
+        .set("delivery.next_hop", sink.addr.to_string())
+        .set("admin.listen", admin.to_string())
+        .write();
+    let relay = serve(Some(&config), &pki.path("")).await;
+    send(
+        &relay,
+        "john@contoso.com",
+        "defer-x@internet.example",
+        "kept",
+    )
+    .await;
+    let id = deferred_queue(&config, 1).await[0].id.to_string();
+    for action in [
+        vec!["delete", id.as_str()],
+        vec!["bounce", id.as_str()],
+        vec!["hold", id.as_str()],
+    ] {
+        let out = queue(&config, &action).await;
+        assert_eq!(out.status.code(), Some(2), "{action:?}");
+        assert!(
+            stderr(&out).contains("403 Forbidden")
+                && stderr(&out).contains("needs [admin] token_file"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let flushed = queue(&config, &["flush", &id]).await;
+    assert_eq!(flushed.status.code(), Some(0), "{}", stderr(&flushed));
+    assert_eq!(
+        deferred_queue(&config, 1).await[0].id.as_str(),
+        id,
+        "still queued"
+    );
+}

@@ -269,7 +269,8 @@ fn policy(config: &Config) -> Table {
     t
 }
 
-/// A policy's settings, those named like a secret redacted.
+/// A policy's settings: those named like a secret redacted, and the
+/// credentials of a URL (`postgres://user:password@host`) removed.
 fn settings(pairs: &[(String, String)]) -> Table {
     pairs
         .iter()
@@ -277,28 +278,65 @@ fn settings(pairs: &[(String, String)]) -> Table {
             let value = if may_be_secret(k) {
                 REDACTED.to_string()
             } else {
-                v.clone()
+                without_credentials(v)
             };
             (k.clone(), value.into())
         })
         .collect()
 }
 
-/// Whether a setting's name says it holds a secret.
+/// Whether a setting's name says it holds a secret: one of its words
+/// (split at `_`, `-`, `.` and case changes) is one a secret's name uses.
 fn may_be_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
+    const WORDS: &[&str] = &[
         "password",
         "passwd",
+        "pass",
+        "pwd",
+        "passphrase",
         "secret",
         "token",
+        "key",
         "apikey",
-        "api_key",
-        "private_key",
+        "auth",
+        "bearer",
         "credential",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
+        "credentials",
+        "hmac",
+        "signature",
+        "private",
+        "cookie",
+        "dsn",
+    ];
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut previous_lower = false;
+    for c in key.chars() {
+        let boundary = !c.is_ascii_alphanumeric() || (c.is_ascii_uppercase() && previous_lower);
+        if boundary && !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+        previous_lower = c.is_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            word.push(c.to_ascii_lowercase());
+        }
+    }
+    words.push(word);
+    words.iter().any(|w| WORDS.contains(&w.as_str()))
+}
+
+/// `value` without the user information of any URL in it
+/// (`scheme://user:password@host` → `scheme://<redacted>@host`).
+fn without_credentials(value: &str) -> String {
+    let Some(scheme_end) = value.find("://") else {
+        return value.to_string();
+    };
+    let rest = &value[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://{REDACTED}{}", &value[..scheme_end], &rest[at..]),
+        None => value.to_string(),
+    }
 }
 
 fn policyd(p: &crate::policyd::PolicydSettings) -> Table {

@@ -2,11 +2,13 @@
 //! relay's admin endpoint when a relay owns the spool (so that no attempt
 //! undoes the change), directly on the spool when none does.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use hyper::{Method, StatusCode};
 
+use super::super::terminal::terminal_safe;
 use super::super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config};
 use super::filter::Filter;
 use super::remote::Endpoint;
@@ -15,7 +17,7 @@ use crate::config::Config;
 use crate::delivery::DeliveryContext;
 use crate::delivery::control::{self, Action, Done, Report};
 use crate::metrics::Metrics;
-use crate::spool::{Spool, SpoolError, SpoolId, SpoolLock};
+use crate::spool::{Envelope, Spool, SpoolError, SpoolId, SpoolLock};
 
 /// The messages an action is for: ids, or every message the filters match.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -73,8 +75,13 @@ impl Targets {
 }
 
 /// Applies `action` to the messages `targets` name in the queue of the
-/// relay configured by `config`, printing one report per message; exit 1
-/// if any message was not queued or could not be changed.
+/// relay configured by `config`, printing one report per message as it
+/// comes; exit 1 if any message was not queued or could not be changed.
+///
+/// Whoever owns the spool decides the way: the command takes the spool's
+/// lock itself (as the spool's owner, when run as root, so that what it
+/// writes stays the relay's) and acts on the spool, or, when the running
+/// relay holds the lock, acts through its admin endpoint.
 pub fn act(
     config: Option<&PathBuf>,
     action: Action,
@@ -85,54 +92,86 @@ pub fn act(
     let config = load_config(config.map(PathBuf::as_path))?;
     crate::spool::list(&config.spool).map_err(UsageError::new)?;
     let ids = targets.resolve(&config.spool)?;
+    if ids.is_none() && !matches!(action, Action::Flush) {
+        return Err(UsageError(format!(
+            "name the messages to {}: queue ids, or --all-matching with filters",
+            action.name()
+        )));
+    }
+    // The token may be root's to read: read before becoming the spool's owner.
+    let endpoint = config.admin.as_ref().map(Endpoint::new);
+    crate::privileges::become_owner_of(&config.spool).map_err(UsageError::new)?;
+    let lock = match SpoolLock::acquire(&config.spool) {
+        Ok(lock) => Some(lock),
+        Err(SpoolError::Locked { .. }) => None,
+        Err(e) => return Err(UsageError::new(e)),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(UsageError::new)?;
-    let running = SpoolLock::is_held(&config.spool);
-    let Some(ids) = ids else {
-        if !matches!(action, Action::Flush) {
-            return Err(UsageError(format!(
-                "name the messages to {}: queue ids, or --all-matching with filters",
-                action.name()
-            )));
+    let mut printer = Printer {
+        json,
+        out,
+        reports: Vec::new(),
+    };
+    let done = match (ids, lock) {
+        (None, Some(_)) => {
+            let queued = crate::spool::list(&config.spool)
+                .map_err(UsageError::new)?
+                .envelopes
+                .len();
+            writeln!(printer.out, "the relay is not running: its {queued} queued messages are attempted when it starts")
+                .map_err(UsageError::new)?;
+            return Ok(EXIT_OK);
         }
-        return runtime.block_on(flush_all(&config, running, out));
+        (None, None) => return runtime.block_on(flush_all(&config, endpoint, printer.out)),
+        (Some(ids), Some(lock)) => {
+            runtime.block_on(on_spool(&config, lock, &action, &ids, &mut printer))
+        }
+        (Some(ids), None) => runtime.block_on(through_relay(
+            &config,
+            endpoint,
+            &action,
+            &ids,
+            &mut printer,
+        )),
     };
-    let reports = if running {
-        runtime.block_on(through_relay(&config, &action, &ids))?
-    } else {
-        runtime.block_on(on_spool(&config, &action, &ids))?
-    };
-    print(&reports, json, out).map_err(UsageError::new)?;
-    Ok(if reports.iter().all(|r| r.result.is_success()) {
+    printer.finish().map_err(UsageError::new)?;
+    done?;
+    Ok(if printer.reports.iter().all(|r| r.result.is_success()) {
         EXIT_OK
     } else {
         EXIT_REFUSED
     })
 }
 
-fn endpoint(config: &Config) -> Result<Endpoint, UsageError> {
-    let settings = config.admin.as_ref().ok_or_else(|| {
-        UsageError(format!(
+/// The running relay's endpoint, or why there is none to act through.
+fn endpoint(
+    config: &Config,
+    endpoint: Option<Result<Endpoint, UsageError>>,
+) -> Result<Endpoint, UsageError> {
+    endpoint.unwrap_or_else(|| {
+        Err(UsageError(format!(
             "the relay runs on spool {} (it holds the spool's lock) and has no [admin] endpoint to act through; enable [admin] or stop the relay",
             config.spool.display()
-        ))
-    })?;
-    Endpoint::new(settings)
+        )))
+    })
 }
 
-/// Each action sent to the running relay.
+/// Each action sent to the running relay, each report printed as it comes
+/// (so that a failure midway leaves no doubt about what was done).
 async fn through_relay(
     config: &Config,
+    endpoint: Option<Result<Endpoint, UsageError>>,
     action: &Action,
     ids: &[SpoolId],
-) -> Result<Vec<Report>, UsageError> {
-    let endpoint = endpoint(config)?;
-    let mut reports = Vec::new();
+    printer: &mut Printer<'_>,
+) -> Result<(), UsageError> {
+    let mut endpoint = self::endpoint(config, endpoint)?;
     for id in ids {
         if !id.is_sound() {
-            reports.push(Report::new(id, action, Done::NotQueued, "not a queue id"));
+            printer.report(Report::new(id, action, Done::NotQueued, "not a queue id"))?;
             continue;
         }
         let (method, path) = match action {
@@ -149,35 +188,32 @@ async fn through_relay(
             other => (Method::POST, format!("/queue/{id}/{}", other.name())),
         };
         let (status, answer) = endpoint.request(method, &path).await?;
-        reports.push(serde_json::from_str(&answer).map_err(|_| refused(status, &answer))?);
+        printer.report(serde_json::from_str(&answer).map_err(|_| refused(status, &answer))?)?;
     }
-    Ok(reports)
+    Ok(())
 }
 
 /// The admin endpoint's refusal (no token, a wrong one...), in its words.
 fn refused(status: StatusCode, answer: &str) -> UsageError {
     UsageError(format!(
         "the admin endpoint answered {status}: {}",
-        super::super::terminal::terminal_safe(answer.trim())
+        terminal_safe(answer.trim())
     ))
 }
 
 /// Each action applied to the spool of a relay that is not running, which
-/// this command owns meanwhile.
+/// this command owns meanwhile (`lock`).
 async fn on_spool(
     config: &Config,
+    lock: SpoolLock,
     action: &Action,
     ids: &[SpoolId],
-) -> Result<Vec<Report>, UsageError> {
-    let spool =
-        Spool::open_owned(&config.spool, config.spool_min_free_bytes).map_err(|e| match e {
-            SpoolError::Locked { .. } => UsageError(format!(
-                "{e}: the relay started meanwhile; run the command again"
-            )),
-            e => UsageError::new(e),
-        })?;
+    printer: &mut Printer<'_>,
+) -> Result<(), UsageError> {
+    let spool = Spool::open_locked(&config.spool, config.spool_min_free_bytes, lock)
+        .map_err(UsageError::new)?;
     let (recovered, _) = spool.recover().map_err(UsageError::new)?;
-    let mut queued: std::collections::HashMap<SpoolId, crate::spool::Envelope> =
+    let mut queued: HashMap<SpoolId, Envelope> =
         recovered.into_iter().map(|e| (e.id.clone(), e)).collect();
     let metrics = std::sync::Arc::new(Metrics::new());
     let delivery = DeliveryContext::new(
@@ -187,34 +223,25 @@ async fn on_spool(
         &metrics,
     )
     .map_err(UsageError::new)?;
-    let mut reports = Vec::new();
     for id in ids {
         let Some(envelope) = queued.remove(id) else {
-            reports.push(Report::new(id, action, Done::NotQueued, ""));
+            printer.report(Report::new(id, action, Done::NotQueued, ""))?;
             continue;
         };
         let (report, next) = control::apply(&spool, &delivery, envelope, action, now()).await;
         queued.extend(next.into_iter().map(|e| (e.id.clone(), e)));
-        reports.push(report);
+        printer.report(report)?;
     }
-    Ok(reports)
+    Ok(())
 }
 
-/// `queue flush` with no id: every waiting message due now.
-async fn flush_all(config: &Config, running: bool, out: &mut dyn Write) -> Result<u8, UsageError> {
-    if !running {
-        let queued = crate::spool::list(&config.spool)
-            .map_err(UsageError::new)?
-            .envelopes
-            .len();
-        writeln!(
-            out,
-            "the relay is not running: its {queued} queued messages are attempted when it starts"
-        )
-        .map_err(UsageError::new)?;
-        return Ok(EXIT_OK);
-    }
-    let (status, answer) = endpoint(config)?
+/// `queue flush` with no id, the relay running: every waiting message due now.
+async fn flush_all(
+    config: &Config,
+    endpoint: Option<Result<Endpoint, UsageError>>,
+    out: &mut dyn Write,
+) -> Result<u8, UsageError> {
+    let (status, answer) = self::endpoint(config, endpoint)?
         .request(Method::POST, "/queue/flush")
         .await?;
     if status != StatusCode::OK {
@@ -224,33 +251,40 @@ async fn flush_all(config: &Config, running: bool, out: &mut dyn Write) -> Resul
     Ok(EXIT_OK)
 }
 
-fn print(reports: &[Report], json: bool, out: &mut dyn Write) -> std::io::Result<()> {
-    if json {
-        return writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(reports).unwrap_or_default()
-        );
+/// Prints reports: each line as it comes, or one JSON array at the end.
+struct Printer<'a> {
+    json: bool,
+    out: &'a mut dyn Write,
+    reports: Vec<Report>,
+}
+
+impl Printer<'_> {
+    fn report(&mut self, r: Report) -> Result<(), UsageError> {
+        if !self.json {
+            let result = serde_json::to_value(r.result)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let mut line = format!("{}  {} {result}", terminal_safe(&r.id), r.action);
+            if !r.detail.is_empty() {
+                line.push_str(&format!(": {}", terminal_safe(&r.detail)));
+            }
+            writeln!(self.out, "{line}").map_err(UsageError::new)?;
+            self.out.flush().map_err(UsageError::new)?;
+        }
+        self.reports.push(r);
+        Ok(())
     }
-    for r in reports {
-        let result = serde_json::to_value(r.result)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        write!(
-            out,
-            "{}  {} {result}",
-            super::super::terminal::terminal_safe(&r.id),
-            r.action
-        )?;
-        if !r.detail.is_empty() {
-            write!(
-                out,
-                ": {}",
-                super::super::terminal::terminal_safe(&r.detail)
+
+    /// The JSON array, with whatever was done (also after a failure).
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.json {
+            writeln!(
+                self.out,
+                "{}",
+                serde_json::to_string_pretty(&self.reports).unwrap_or_default()
             )?;
         }
-        writeln!(out)?;
+        Ok(())
     }
-    Ok(())
 }

@@ -17,10 +17,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most of an answer that is read.
 const MAX_ANSWER: usize = 1 << 20;
 
-/// The admin endpoint of the running relay, as `attrelay queue` reaches it.
+/// The admin endpoint of the running relay, as `attrelay queue` reaches it:
+/// one connection, kept open for the requests that follow (an action on a
+/// hundred thousand messages opens one connection, not a hundred thousand).
 pub struct Endpoint {
     addr: SocketAddr,
     token: Option<String>,
+    connection: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
 }
 
 impl Endpoint {
@@ -49,40 +52,65 @@ impl Endpoint {
         Ok(Endpoint {
             addr: SocketAddr::new(ip, settings.listen.port()),
             token,
+            connection: None,
         })
     }
 
     /// Sends `method path` and returns the status and the answer's text.
     pub async fn request(
-        &self,
+        &mut self,
         method: Method,
         path: &str,
     ) -> Result<(StatusCode, String), UsageError> {
+        let addr = self.addr;
         tokio::time::timeout(REQUEST_TIMEOUT, self.send(method, path))
             .await
             .map_err(|_| {
                 UsageError(format!(
-                    "the admin endpoint http://{} did not answer within {}s",
-                    self.addr,
+                    "the admin endpoint http://{addr} did not answer within {}s",
                     REQUEST_TIMEOUT.as_secs()
                 ))
             })?
     }
 
-    async fn send(&self, method: Method, path: &str) -> Result<(StatusCode, String), UsageError> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            UsageError(format!(
-                "the relay runs (it holds the spool's lock) but its admin endpoint http://{} cannot be reached: {e}",
-                self.addr
-            ))
-        };
-        let tcp = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| unreachable(&e))?;
-        tokio::spawn(connection);
+    fn unreachable(&self, e: &dyn std::fmt::Display) -> UsageError {
+        UsageError(format!(
+            "the relay runs (it holds the spool's lock) but its admin endpoint http://{} cannot be reached: {e}",
+            self.addr
+        ))
+    }
+
+    /// The open connection, or a new one when the endpoint closed it (it
+    /// closes each after a while).
+    async fn ready(
+        &mut self,
+    ) -> Result<&mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, UsageError> {
+        if let Some(c) = &mut self.connection
+            && c.ready().await.is_err()
+        {
+            self.connection = None;
+        }
+        if self.connection.is_none() {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| self.unreachable(&e))?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| self.unreachable(&e))?;
+            tokio::spawn(connection);
+            self.connection = Some(sender);
+        }
+        let addr = self.addr;
+        self.connection
+            .as_mut()
+            .ok_or_else(|| UsageError(format!("no connection to http://{addr}")))
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, String), UsageError> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -93,15 +121,19 @@ impl Endpoint {
         let request = request
             .body(Empty::<Bytes>::new())
             .map_err(UsageError::new)?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let sent = self.ready().await?.send_request(request).await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.connection = None;
+                return Err(self.unreachable(&e));
+            }
+        };
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| unreachable(&e))?
+            .map_err(|e| self.unreachable(&e))?
             .to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
