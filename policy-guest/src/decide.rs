@@ -171,11 +171,14 @@ impl<D: Directory> Session<D> {
             ));
             Origin::Certificate(m.clone())
         } else {
-            // Step 3: connectors that identify the server without attributing it.
+            // Step 3: connectors that identify the server without attributing
+            // it: IP connectors, and certificate names whose domain is not
+            // accepted. A certificate-based connector tied with another
+            // tenant's attributes nothing, and identifies nothing either
+            // (reference, steps 2 and 3): the sender domain cannot pick one.
             let mut identifying: Vec<Connector> = self.ip_connectors.clone();
             for m in &self.cert.matches {
-                let counts = !m.domain_accepted || self.cert.tie.contains(&m.connector.tenant);
-                if counts && !identifying.iter().any(|c| c.same_as(&m.connector)) {
+                if !m.domain_accepted && !identifying.iter().any(|c| c.same_as(&m.connector)) {
                     identifying.push(m.connector.clone());
                 }
             }
@@ -204,6 +207,13 @@ impl<D: Directory> Session<D> {
                     Origin::Unrecognized {
                         connectors: identifying,
                     }
+                }
+                None if !self.cert.tie.is_empty() => {
+                    lines.push(format!(
+                        "no tenant attributed: the certificate matches certificate-based connectors of tenants {} equally specifically, so it attributes the session to neither, and no IP connector identified the server; give one connector a more specific name (an exact host name beats a wildcard, a longer domain a shorter one), or issue each tenant's server its own certificate",
+                        self.cert.tie.join(" and ")
+                    ));
+                    Origin::Unknown
                 }
                 None => {
                     lines.push(

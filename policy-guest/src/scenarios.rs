@@ -525,10 +525,10 @@ pub fn scenarios() -> Vec<Scenario> {
                 ENFORCED,
             ),
             "",
-            vec![("someone@internet.example", attr36_enforced(None))],
+            vec![("someone@internet.example", DENIED)],
         ),
         scenario(
-            "tie between tenants: the sender domain decides",
+            "tie between tenants: the sender domain does not pick one",
             facts(
                 UNKNOWN_IP,
                 Some(cert(
@@ -538,7 +538,11 @@ pub fn scenarios() -> Vec<Scenario> {
                 ENFORCED,
             ),
             "john@adatum.com",
-            vec![("someone@internet.example", by_ip("adatum"))],
+            vec![
+                ("someone@internet.example", DENIED),
+                // Mail for a tenant is still incoming mail (step 4).
+                ("kate@northwind.com", incoming("northwind")),
+            ],
         ),
         // Grace period and enforcement.
         scenario(

@@ -421,7 +421,7 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
     );
     assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
     // adatum's policy loops: only adatum's mail is deferred, within its budget...
-    let mut c = live.session(UNKNOWN_IP, Some("tie")).await;
+    let mut c = live.session(UNKNOWN_IP, Some("adatum-host")).await;
     assert_eq!(c.cmd("MAIL FROM:<john@adatum.com>").await.code, 250);
     let t = Instant::now();
     let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
@@ -432,7 +432,7 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
     assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
     assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
     // A tenant policy cannot attribute mail to another tenant.
-    let mut c = live.session(UNKNOWN_IP, Some("tie")).await;
+    let mut c = live.session(UNKNOWN_IP, Some("northwind-host")).await;
     assert_eq!(c.cmd("MAIL FROM:<john@northwind.com>").await.code, 250);
     assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(451, "4.3.5"));
     // Incoming mail for contoso still reaches the tenant policy and passes.

@@ -157,11 +157,11 @@ fn seed_cases() -> Vec<Case> {
             vec![denied],
         ),
         case(
-            "tie between tenants, sender decides",
+            "tie between tenants, the sender does not pick one",
             UNKNOWN_IP,
             Some("tie"),
             "john@adatum.com",
-            vec![ok("adatum")],
+            vec![denied],
         ),
         case(
             "incoming mail",

@@ -133,6 +133,13 @@ impl Pki {
                 &["mail.northwind.com", "mail.adatum.com"],
                 LONG,
             ),
+            ("adatum-host", "mail.adatum.com", &["mail.adatum.com"], LONG),
+            (
+                "northwind-host",
+                "mail.northwind.com",
+                &["mail.northwind.com"],
+                LONG,
+            ),
             (
                 "expired",
                 "mail.contoso.com",
