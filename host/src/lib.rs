@@ -31,6 +31,8 @@
 //! - [`tls`]: the server's and the client's TLS (rustls);
 //! - [`admin`]: the HTTP endpoint; [`logs`]: the log writer;
 //!   [`clock`]: the relay's clock;
+//! - [`lint`]: the directory lint (what a configuration that loads may
+//!   still get wrong);
 //! - [`privileges`]: giving up root for `[server] user` once the listeners
 //!   are bound.
 //!
@@ -48,6 +50,7 @@ pub mod config;
 pub mod delivery;
 pub mod intake;
 pub(crate) mod judges;
+pub mod lint;
 pub mod logs;
 pub(crate) mod metrics;
 pub(crate) mod open_files;

@@ -52,6 +52,40 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// From an on-premises server's logs to the fix.
+    Diagnose {
+        #[command(subcommand)]
+        command: DiagnoseCommand,
+    },
+    /// Tenant directory tools.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiagnoseCommand {
+    /// Read Exchange send protocol logs (2010, 2013 and later) and say, for
+    /// each certificate the server sent, which connector and tenant it is
+    /// attributed to or why not, and the fix. Exit 1 unless every
+    /// certificate is attributed.
+    SendLog(commands::diagnose::SendLogArgs),
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Every warning about the tenants and connectors, with file and line:
+    /// names or ranges two tenants share, ranges wider than a /16 or /48,
+    /// tenants that cannot relay, certificate connectors without client_ca.
+    /// Exit 1 when there is any.
+    Lint {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +229,12 @@ fn main() -> ExitCode {
             command: ConfigCommand::Show { config, defaults },
         } => commands::config::show(config.as_ref(), defaults, &mut stdout),
         Command::Queue { command } => queue_command(command, &mut stdout),
+        Command::Diagnose {
+            command: DiagnoseCommand::SendLog(args),
+        } => commands::diagnose::send_log(&args, &mut stdout),
+        Command::Directory {
+            command: DirectoryCommand::Lint { config, json },
+        } => commands::directory::lint(config.as_ref(), json, &mut stdout),
     };
     let _ = stdout.flush();
     // The log lines before the outcome, in order.

@@ -142,6 +142,11 @@ pub async fn start_with(
         }
     };
     let s = &config.server;
+    // What the directory lint finds (the configuration's own warnings were
+    // printed when it was loaded).
+    for w in crate::lint::findings(config) {
+        warn!(config = %config.source.display(), "{w}");
+    }
     // The files it names, each problem with the configuration's file, line
     // and key, before anything is bound or written.
     let problems = crate::preflight::files(config);

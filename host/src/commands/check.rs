@@ -162,6 +162,9 @@ pub fn run_check(args: &CheckArgs) -> Result<CheckReport, UsageError> {
         return Err(UsageError("give at least one --to recipient".into()));
     }
     let config = load_config(args.config.as_deref())?;
+    for w in crate::lint::findings(&config) {
+        eprintln!("warning: {}: {w}", config.source.display());
+    }
     // One spelling: an IPv4-mapped address is the IPv4 client it carries.
     let ip: IpAddr = args
         .ip

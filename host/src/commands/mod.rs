@@ -5,6 +5,8 @@
 pub mod bench;
 pub mod check;
 pub mod config;
+pub mod diagnose;
+pub mod directory;
 pub mod inspect;
 pub mod policy;
 pub mod queue;

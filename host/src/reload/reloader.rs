@@ -190,7 +190,7 @@ impl Reloader {
                     (Config::embedded_default(), None)
                 }
             };
-            for w in &config.warnings {
+            for w in crate::lint::report(&config) {
                 warn!(config = %config.source.display(), "{w}");
             }
             // What the next start would refuse (restart-only settings

@@ -280,20 +280,35 @@ fn host_name_connector_and_ties() {
     // TenantAttribution refusal (not ATTR36, which would send the
     // administrator looking at sender domains), naming both tenants.
     for sender in ["", "john@northwind.com"] {
-        let (code, report) = c.check(UNKNOWN_IP, Some("tie"), sender, &["x@internet.example"], NOW);
+        let (code, report) = c.check(
+            UNKNOWN_IP,
+            Some("tie"),
+            sender,
+            &["x@internet.example"],
+            NOW,
+        );
         let r = &report["recipients"][0];
         assert_eq!(code, 1, "{report}");
         assert_eq!(
-            (r["code"].as_u64(), r["enhanced"].as_str(), r["reason"].as_str()),
+            (
+                r["code"].as_u64(),
+                r["enhanced"].as_str(),
+                r["reason"].as_str()
+            ),
             (Some(550), Some("5.7.64"), Some("tenant-attribution")),
             "{sender}: {report}"
         );
         assert!(
-            r["text"].as_str().unwrap_or_default().contains("TenantAttribution; Relay Access Denied"),
+            r["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("TenantAttribution; Relay Access Denied"),
             "{report}"
         );
         assert!(
-            rcpt(&report, 0).3.contains("tenants adatum and northwind equally specifically"),
+            rcpt(&report, 0)
+                .3
+                .contains("tenants adatum and northwind equally specifically"),
             "{report}"
         );
         assert!(r["tenant"].is_null());

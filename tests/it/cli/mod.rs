@@ -5,6 +5,7 @@ mod commands;
 mod config_errors;
 mod config_scale;
 mod config_test;
+mod diagnose;
 mod privileges;
 mod queue;
 mod serve;

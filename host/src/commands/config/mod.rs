@@ -24,6 +24,18 @@ pub fn test(config: Option<&PathBuf>, out: &mut dyn Write) -> Result<u8, UsageEr
     if let Err(e) = crate::reload::build(&without_log, &engine, 0) {
         problems.push(format!("{}: {e}", config.source.display()));
     }
+    // The lint's findings are warnings: said, and no reason to refuse.
+    for w in crate::lint::findings(&config) {
+        writeln!(
+            out,
+            "{}:{}: warning: {}: {}",
+            config.source.display(),
+            w.line,
+            w.key,
+            w.message
+        )
+        .map_err(UsageError::new)?;
+    }
     if problems.is_empty() {
         writeln!(out, "{}: ok", config.source.display()).map_err(UsageError::new)?;
         return Ok(EXIT_OK);

@@ -29,6 +29,8 @@ pub struct Tenant {
     /// Normalised (lower case, no trailing dot).
     pub accepted_domains: Vec<String>,
     pub connectors: Vec<Connector>,
+    /// The line each of `connectors` starts on.
+    pub connector_lines: Vec<usize>,
     pub line: usize,
     /// The tenant's own policy, run after the base attribution.
     pub policy: Option<TenantPolicySettings>,
@@ -131,6 +133,7 @@ fn tenant(
     let smart_hosts = smart_hosts(src, t, key)?;
     let tenant = Tenant {
         smart_hosts,
+        connector_lines: lines.clone(),
         id,
         accepted_domains: accepted,
         connectors,
