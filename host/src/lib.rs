@@ -17,7 +17,8 @@
 //!   ([`relay::start`], [`relay::RelayHandle`]);
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
 //! - [`commands`]: the command-line tools (`check`, `cert inspect`,
-//!   `policy diff` and `validate`, `queue list`, `config test`, `bench`);
+//!   `policy diff` and `validate`, `queue`, `config test`/`show`, `diagnose
+//!   send-log`, `directory lint`, `bench`);
 //! - [`smtp`]: the SMTP server (STARTTLS, client certificates, pipelining),
 //!   whose [`smtp::Session`] the tests drive in memory;
 //! - [`intake`]: the one way a message enters the queue, and
