@@ -4,8 +4,8 @@
 //! own warnings (a host-name connector whose domain is not accepted) come
 //! with it; this module adds what needs every tenant at once:
 //!
-//! - a certificate name that connectors of two tenants match (equally
-//!   specifically, a tie: the certificate attributes nothing);
+//! - certificate names that connectors of two tenants match (which one
+//!   takes a certificate depends on accepted domains and specificity);
 //! - one tenant's IP range overlapping another's;
 //! - a tenant whose every on-premises connector is disabled, or which has
 //!   none (its servers cannot relay);
@@ -19,7 +19,7 @@
 //! directory of a hundred thousand tenants; each class is capped at
 //! [`MAX_PER_CLASS`] findings, the rest counted.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use attrelay_policy::certname;
@@ -74,7 +74,7 @@ pub fn findings(config: &Config) -> Vec<ConfigWarning> {
     let mut out = Vec::new();
     out.extend(capped(wide_ranges(&on_prem)));
     out.extend(capped(overlapping_ranges(&on_prem)));
-    out.extend(capped(shared_certificate_names(&on_prem)));
+    out.extend(capped(shared_certificate_names(config, &on_prem)));
     out.extend(capped(no_way_in(config)));
     out.extend(certificates_without_ca(config, &on_prem));
     out
@@ -140,124 +140,203 @@ fn wide_ranges(sites: &[&Site<'_>]) -> Vec<ConfigWarning> {
     out
 }
 
-/// A range as two numbers in one space (IPv4 mapped into IPv6's), for
-/// sorting IPv4 and IPv6 together.
+/// A range's first and last address, in its own family.
 fn span(net: &IpNet) -> (u128, u128) {
     let wide = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
         IpAddr::V6(v6) => u128::from(v6),
     };
     (wide(net.network()), wide(net.broadcast()))
 }
 
+/// Other tenants' ranges a range is compared with, at most; the rest are
+/// counted.
+const RIVALS_NAMED: usize = 3;
+
 /// One tenant's range overlapping another tenant's: both identify the same
-/// servers, and the sender domain alone then decides. A sweep over the
-/// ranges sorted by start, the widest reach so far kept.
+/// servers, and the sender domain alone then tells the tenants apart. IPv4
+/// and IPv6 each swept apart, ranges sorted by start, the ranges still open
+/// (reaching the current start) kept by their end.
 fn overlapping_ranges(sites: &[&Site<'_>]) -> Vec<ConfigWarning> {
-    let mut ranges: Vec<(u128, u128, IpNet, &Site<'_>)> = sites
-        .iter()
-        .flat_map(|s| nets(s.connector).map(move |n| (span(&n).0, span(&n).1, n, *s)))
-        .collect();
-    ranges.sort_by_key(|r| (r.0, std::cmp::Reverse(r.1)));
     let mut out = Vec::new();
-    let mut reach: Option<(u128, IpNet, &Site<'_>)> = None;
-    let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
-    for (start, end, net, site) in ranges {
-        if let Some((far, wide, owner)) = &reach
-            && start <= *far
-            && owner.connector.tenant != site.connector.tenant
-        {
-            let pair = (owner.connector.label(), site.connector.label());
-            if reported.insert(pair) {
+    for v4 in [true, false] {
+        // One entry per range and tenant: a tenant's own duplicates
+        // overlap nothing of anyone else's twice.
+        let mut ranges: Vec<(u128, u128, IpNet, &Site<'_>)> = sites
+            .iter()
+            .flat_map(|s| nets(s.connector).map(move |n| (n, *s)))
+            .filter(|(n, _)| matches!(n, IpNet::V4(_)) == v4)
+            .map(|(n, s)| (span(&n).0, span(&n).1, n, s))
+            .collect();
+        ranges.sort_by(|a, b| {
+            (a.0, std::cmp::Reverse(a.1), &a.3.connector.tenant).cmp(&(
+                b.0,
+                std::cmp::Reverse(b.1),
+                &b.3.connector.tenant,
+            ))
+        });
+        ranges.dedup_by(|a, b| {
+            a.0 == b.0 && a.1 == b.1 && a.3.connector.tenant == b.3.connector.tenant
+        });
+        let mut open: std::collections::BinaryHeap<std::cmp::Reverse<(u128, usize)>> =
+            Default::default();
+        for (i, (start, end, net, site)) in ranges.iter().enumerate() {
+            while open
+                .peek()
+                .is_some_and(|std::cmp::Reverse((e, _))| e < start)
+            {
+                open.pop();
+            }
+            let rivals: Vec<usize> = open
+                .iter()
+                .map(|std::cmp::Reverse((_, j))| *j)
+                .filter(|j| ranges[*j].3.connector.tenant != site.connector.tenant)
+                .take(RIVALS_NAMED + 1)
+                .collect();
+            if let Some(&first) = rivals.first() {
+                let (_, _, wide, owner) = &ranges[first];
+                let more = if rivals.len() > RIVALS_NAMED {
+                    " (and ranges of other tenants too)"
+                } else {
+                    ""
+                };
                 out.push(ConfigWarning {
                     line: site.line,
                     key: site.key("sender_ip_addresses"),
                     message: format!(
-                        "{net} of {} overlaps {wide} of {} (line {}): a server there is identified for both tenants, and only its MAIL FROM domain tells them apart",
+                        "{net} of {} overlaps {wide} of {} (line {}){more}: a server there is identified for both tenants, and only its MAIL FROM domain tells them apart",
                         site.connector.label(),
                         owner.connector.label(),
                         owner.line
                     ),
                 });
             }
-        }
-        if reach.as_ref().is_none_or(|(far, _, _)| end > *far) {
-            reach = Some((end, net, site));
+            open.push(std::cmp::Reverse((*end, i)));
         }
     }
     out
 }
 
-/// A certificate name that connectors of two tenants match: looked up by
-/// the domains a name or wildcard covers, so each name costs its labels.
-fn shared_certificate_names(sites: &[&Site<'_>]) -> Vec<ConfigWarning> {
-    // Wildcard connectors by the domain they cover (`*.d` covers `d` and
-    // below), and exact names as written.
-    let mut wildcards: HashMap<&str, Vec<&Site<'_>>> = HashMap::new();
-    let mut exact: HashMap<&str, Vec<&Site<'_>>> = HashMap::new();
+/// Whether connector `c`'s certificate name's domain is an accepted domain
+/// of its own tenant: then it attributes by certificate (step 2);
+/// otherwise it only identifies the server (step 3).
+fn certificate_based(c: &Connector, accepted: &HashMap<&str, &str>) -> bool {
+    c.tls_sender_certificate_name
+        .as_deref()
+        .is_some_and(|n| accepted.get(certname::domain_of(n)) == Some(&c.tenant.as_str()))
+}
+
+/// Connectors of different tenants whose certificate names cover some of
+/// the same names. Looked up by the domains a name or wildcard covers
+/// (each connector costs its labels), one finding per connector however
+/// many rivals share its name.
+fn shared_certificate_names(config: &Config, sites: &[&Site<'_>]) -> Vec<ConfigWarning> {
+    let accepted: HashMap<&str, &str> = config
+        .tenants
+        .iter()
+        .flat_map(|t| {
+            t.accepted_domains
+                .iter()
+                .map(move |d| (d.as_str(), t.id.as_str()))
+        })
+        .collect();
+    // Connectors by the exact name, and wildcards by the domain they cover
+    // (`*.d` covers `d` and below).
+    let mut exact: HashMap<&str, Group<'_>> = HashMap::new();
+    let mut wildcards: HashMap<&str, Group<'_>> = HashMap::new();
     for s in sites {
         let Some(name) = s.connector.tls_sender_certificate_name.as_deref() else {
             continue;
         };
-        match name.strip_prefix("*.") {
-            Some(domain) => wildcards.entry(domain).or_default().push(s),
-            None => exact.entry(name).or_default().push(s),
-        }
+        let group = match name.strip_prefix("*.") {
+            Some(domain) => wildcards.entry(domain).or_default(),
+            None => exact.entry(name).or_default(),
+        };
+        group.add(s);
     }
     let mut out = Vec::new();
-    let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     for s in sites {
         let Some(name) = s.connector.tls_sender_certificate_name.as_deref() else {
             continue;
         };
-        let domain = certname::domain_of(name);
-        let mut rivals: Vec<(&Site<'_>, bool)> = Vec::new();
+        let own = s.connector.tenant.as_str();
+        let mut groups: Vec<&Group<'_>> = Vec::new();
         if !certname::is_wildcard(name) {
-            rivals.extend(exact.get(name).into_iter().flatten().map(|r| (*r, true)));
+            groups.extend(exact.get(name));
         }
-        // Wildcards covering this name's domain: the same one ties, a
-        // parent's loses to the longer domain (and to an exact name).
-        let mut d = domain;
+        let mut d = certname::domain_of(name);
         loop {
-            let tie = certname::is_wildcard(name) && d == domain;
-            rivals.extend(wildcards.get(d).into_iter().flatten().map(|r| (*r, tie)));
+            groups.extend(wildcards.get(d));
             match d.split_once('.') {
                 Some((_, parent)) if parent.contains('.') => d = parent,
                 _ => break,
             }
         }
-        for (rival, tie) in rivals {
-            if rival.connector.tenant == s.connector.tenant {
-                continue;
-            }
-            let (a, b) = (s.connector.label(), rival.connector.label());
-            let pair = if a < b { (a, b) } else { (b, a) };
-            if !reported.insert(pair) {
-                continue;
-            }
-            let rival_name = rival
-                .connector
-                .tls_sender_certificate_name
-                .as_deref()
-                .unwrap_or_default();
-            let effect = if tie {
-                "equally specifically: a certificate with that name attributes the session to neither tenant (550 5.7.64 TenantAttribution); give each tenant's server its own name"
+        let rivals: usize = groups.iter().map(|g| g.others(own)).sum();
+        let Some(rival) = groups.iter().find_map(|g| g.first_other(own)) else {
+            continue;
+        };
+        let kind = |c: &Connector| {
+            if certificate_based(c, &accepted) {
+                "certificate-based: it attributes a certificate to its tenant"
             } else {
-                "the more specific name wins (an exact name over a wildcard, a longer domain over a shorter), so the other tenant's connector never gets a certificate both match"
-            };
-            out.push(ConfigWarning {
-                line: s.line,
-                key: s.key("tls_sender_certificate_name"),
-                message: format!(
-                    "{} ({name}) and {} ({rival_name}, line {}) match the same certificate names, {effect}",
-                    s.connector.label(),
-                    rival.connector.label(),
-                    rival.line
-                ),
-            });
-        }
+                "its domain is not accepted by its tenant: it only identifies the server"
+            }
+        };
+        let rival_name = rival
+            .connector
+            .tls_sender_certificate_name
+            .as_deref()
+            .unwrap_or_default();
+        out.push(ConfigWarning {
+            line: s.line,
+            key: s.key("tls_sender_certificate_name"),
+            message: format!(
+                "{} ({name}; {}) matches some certificate names that {} connector(s) of other tenants match too, first {} ({rival_name}, line {}; {}): where several certificate-based connectors match, the most specific name takes the certificate (a tie attributes it to no tenant), and connectors that only identify the server leave the choice to the sender domain; make sure each tenant's servers present names no other tenant's connector matches",
+                s.connector.label(),
+                kind(s.connector),
+                rivals,
+                rival.connector.label(),
+                rival.line,
+                kind(rival.connector)
+            ),
+        });
     }
     out
+}
+
+/// Connectors sharing one certificate name (or wildcard domain), counted
+/// by tenant so that "the others" costs nothing to find.
+#[derive(Default)]
+struct Group<'a> {
+    sites: Vec<&'a Site<'a>>,
+    by_tenant: HashMap<&'a str, usize>,
+    /// The first site of each of the first two tenants seen.
+    firsts: Vec<&'a Site<'a>>,
+}
+
+impl<'a> Group<'a> {
+    fn add(&mut self, s: &'a Site<'a>) {
+        let tenant = s.connector.tenant.as_str();
+        let n = self.by_tenant.entry(tenant).or_default();
+        if *n == 0 && self.firsts.len() < 2 {
+            self.firsts.push(s);
+        }
+        *n += 1;
+        self.sites.push(s);
+    }
+
+    /// How many of its connectors belong to another tenant than `own`.
+    fn others(&self, own: &str) -> usize {
+        self.sites.len() - self.by_tenant.get(own).copied().unwrap_or(0)
+    }
+
+    fn first_other(&self, own: &str) -> Option<&'a Site<'a>> {
+        self.firsts
+            .iter()
+            .find(|s| s.connector.tenant != own)
+            .copied()
+    }
 }
 
 /// Tenants whose servers cannot relay: no on-premises connector at all,
@@ -419,10 +498,77 @@ mod tests {
                 "tls_sender_certificate_name = \"mail.shared.example\""
             )
         ));
+        assert_eq!(found.len(), 3, "one finding per connector: {found:?}");
+        let a = found
+            .iter()
+            .find(|f| f.contains("connector 'a' (tenant a) (*.shared.example; certificate-based"))
+            .unwrap_or_else(|| panic!("{found:?}"));
+        // A connector is compared with the names at and above its own (a
+        // wildcard finds the narrower names that match it from theirs).
+        assert!(a.contains("1 connector(s) of other tenants match too, first connector 'b' (tenant b) (*.shared.example, line 14; its domain is not accepted by its tenant"), "{a}");
+        let c = found
+            .iter()
+            .find(|f| {
+                f.contains(
+                    "connector 'c' (tenant c) (mail.shared.example; its domain is not accepted",
+                )
+            })
+            .unwrap_or_else(|| panic!("{found:?}"));
+        assert!(
+            c.contains("2 connector(s) of other tenants match too, first connector 'a' (tenant a)"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn a_thousand_tenants_on_one_name_cost_one_finding_each() {
+        let mut text = CA.to_string();
+        for i in 0..1000 {
+            text += &tenant(
+                &format!("t{i}"),
+                &format!("t{i}.example"),
+                "tls_sender_certificate_name = \"*.hoster.example\"",
+            );
+        }
+        let found = lint(&text);
+        assert_eq!(found.len(), MAX_PER_CLASS + 1, "{:?}", found.last());
+        assert!(
+            found.last().unwrap().contains("and 950 more"),
+            "{:?}",
+            found.last()
+        );
+        assert!(
+            found[0].contains("999 connector(s) of other tenants"),
+            "{}",
+            found[0]
+        );
+    }
+
+    #[test]
+    fn identical_and_nested_ranges_of_three_tenants() {
+        let found = lint(&format!(
+            "{CA}{}{}{}",
+            tenant("a", "a.example", "sender_ip_addresses = [\"10.1.0.0/16\"]"),
+            tenant("b", "b.example", "sender_ip_addresses = [\"10.1.2.0/24\"]"),
+            tenant(
+                "c",
+                "c.example",
+                "sender_ip_addresses = [\"10.1.2.0/24\", \"2001:db8:5::/48\"]"
+            )
+        ));
         let text = found.join("\n");
-        assert!(text.contains("connector 'a' (tenant a) (*.shared.example) and connector 'b' (tenant b) (*.shared.example, line 14) match the same certificate names, equally specifically"), "{text}");
-        assert!(text.contains("the more specific name wins"), "{text}");
-        assert_eq!(found.len(), 3, "a-b, a-c and b-c: {text}");
+        assert!(
+            text.contains(
+                "10.1.2.0/24 of connector 'b' (tenant b) overlaps 10.1.0.0/16 of connector 'a'"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.1.2.0/24 of connector 'c' (tenant c) overlaps"),
+            "{text}"
+        );
+        // IPv4 and IPv6 are apart: an IPv6 range overlaps no IPv4 one.
+        assert_eq!(found.len(), 2, "{text}");
     }
 
     #[test]

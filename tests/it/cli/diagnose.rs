@@ -228,7 +228,10 @@ fn the_directory_lint_names_each_regretted_grant_with_its_line() {
         "{warning}\n{block:?}"
     );
     // The fixture's woodgrove tenants share names by design: more specific wins.
-    assert!(text.contains("the more specific name wins"), "{text}");
+    assert!(
+        text.contains("the most specific name takes the certificate"),
+        "{text}"
+    );
     let json: serde_json::Value = serde_json::from_str(&stdout(&attrelay(&[
         "directory",
         "lint",

@@ -160,7 +160,11 @@ async fn a_tenants_mail_reaches_its_smart_host_and_the_rest_its_route_or_next_ho
     // The directory lint speaks at start and again at the reload (the
     // fixture's woodgrove tenants share certificate names by design).
     assert!(
-        relay.log().matches("the more specific name wins").count() >= 4,
+        relay
+            .log()
+            .matches("the most specific name takes the certificate")
+            .count()
+            >= 4,
         "{}",
         relay.log()
     );

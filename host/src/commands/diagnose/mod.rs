@@ -32,6 +32,10 @@ pub struct SendLogArgs {
     pub json: bool,
 }
 
+/// Distinct certificates judged; the rest are counted (a server sends one
+/// or two; thousands mean the log is not what it seems).
+pub const MAX_CERTIFICATES: usize = 1000;
+
 /// One certificate, the sessions that sent it and its verdict.
 #[derive(Debug, Serialize)]
 struct Finding<'a> {
@@ -54,6 +58,7 @@ pub fn send_log(args: &SendLogArgs, out: &mut dyn Write) -> Result<u8, UsageErro
             .map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
         sendlog::read(std::io::BufReader::new(f), &mut read);
     }
+    read.finish();
     let dir = config.directory();
     let mut by_cert: BTreeMap<String, Vec<&Session>> = BTreeMap::new();
     for s in &read.sessions {
@@ -61,8 +66,10 @@ pub fn send_log(args: &SendLogArgs, out: &mut dyn Write) -> Result<u8, UsageErro
     }
     let findings: Vec<Finding<'_>> = by_cert
         .values()
+        .take(MAX_CERTIFICATES)
         .map(|sessions| finding(&dir, sessions))
         .collect();
+    let not_judged = by_cert.len().saturating_sub(MAX_CERTIFICATES);
     let all_attributed = !findings.is_empty()
         && findings
             .iter()
@@ -73,11 +80,17 @@ pub fn send_log(args: &SendLogArgs, out: &mut dyn Write) -> Result<u8, UsageErro
             "certificates": findings,
             "sessions_without_certificate": read.without_certificate,
             "lines_skipped": read.skipped,
+            "files_unreadable": read.unreadable,
+            "certificates_not_judged": not_judged,
             "cannot_tell": UNSEEN,
         });
         writeln!(out, "{report:#}").map_err(UsageError::new)?;
     } else {
         write_text(&read, &findings, out).map_err(UsageError::new)?;
+        if not_judged > 0 {
+            writeln!(out, "{not_judged} more distinct certificates were not judged (at most {MAX_CERTIFICATES})")
+                .map_err(UsageError::new)?;
+        }
     }
     Ok(if all_attributed {
         EXIT_OK
@@ -87,7 +100,12 @@ pub fn send_log(args: &SendLogArgs, out: &mut dyn Write) -> Result<u8, UsageErro
 }
 
 fn finding<'a>(dir: &crate::directory::Directory, sessions: &[&'a Session]) -> Finding<'a> {
-    let first = sessions[0];
+    // The earliest session that sent it is the one shown and judged.
+    let first = sessions
+        .iter()
+        .min_by_key(|s| s.started.as_str())
+        .copied()
+        .unwrap_or(sessions[0]);
     let mut connectors: Vec<&str> = sessions.iter().map(|s| s.connector.as_str()).collect();
     connectors.sort_unstable();
     connectors.dedup();
@@ -167,6 +185,9 @@ fn write_text(read: &Read, findings: &[Finding<'_>], out: &mut dyn Write) -> std
         if !f.verdict.fix.is_empty() {
             writeln!(out, "  fix:         {}", terminal_safe(&f.verdict.fix))?;
         }
+        if !f.verdict.note.is_empty() {
+            writeln!(out, "  note:        {}", terminal_safe(&f.verdict.note))?;
+        }
     }
     if read.without_certificate > 0 {
         writeln!(out)?;
@@ -181,6 +202,13 @@ fn write_text(read: &Read, findings: &[Finding<'_>], out: &mut dyn Write) -> std
             out,
             "{} lines were not protocol log lines and were skipped",
             read.skipped
+        )?;
+    }
+    if read.unreadable > 0 {
+        writeln!(
+            out,
+            "{} files could not be read to their end",
+            read.unreadable
         )?;
     }
     writeln!(out)?;

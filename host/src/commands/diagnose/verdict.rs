@@ -43,6 +43,9 @@ pub struct Verdict {
     pub why: String,
     /// What to change; empty when nothing needs to.
     pub fix: String,
+    /// What else to know about this verdict.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 /// The verdict on `sent` for the directory `dir`.
@@ -79,16 +82,21 @@ pub fn verdict(dir: &Directory, sent: &SentCertificate) -> Verdict {
             outcome: Outcome::NoMatch,
             why: format!("the log records no usable name (subject '{}')", sent.subject),
             fix: "send a certificate whose subject or alternative names carry the server's DNS name under an accepted domain".into(),
+            note: String::new(),
         };
     }
-    match (tenants.len(), top.first()) {
+    let mut v = match (tenants.len(), top.first()) {
         (1, Some(v)) => attributed(names, v),
         (n, _) if n > 1 => ambiguous(names, tenants),
         _ => match matching.first() {
-            Some(v) => identifies_only(dir, names, v),
+            Some(v) => identifies_only(dir, names, v, matching.len() - 1),
             None => no_match(dir, names, &views),
         },
+    };
+    if sent.alternate_names.is_empty() {
+        v.note = "the log lists no alternate names (Exchange 2010 logs none): judged by the subject's CN, while the relay judges a certificate that has DNS names by those".into();
     }
+    v
 }
 
 fn pattern(v: &ConnectorView) -> &str {
@@ -112,6 +120,7 @@ fn attributed(names: Vec<String>, v: &ConnectorView) -> Verdict {
             connector: v.connector.name.clone(),
         },
         fix: String::new(),
+        note: String::new(),
         names,
     }
 }
@@ -120,16 +129,22 @@ fn ambiguous(names: Vec<String>, tenants: BTreeSet<&str>) -> Verdict {
     let list: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
     Verdict {
         why: format!(
-            "certificate-based connectors of tenants {} match it equally specifically: it attributes the session to neither (550 5.7.64 TenantAttribution)",
+            "certificate-based connectors of tenants {} match it equally specifically: it attributes the session to neither, and unless an IP connector identifies the server, recipients outside the tenants get 550 5.7.64 TenantAttribution",
             list.join(" and ")
         ),
         fix: "give one tenant's connector a more specific name (an exact host name beats a wildcard, a longer domain a shorter one), or give each tenant's server a certificate of its own".into(),
         outcome: Outcome::Ambiguous { tenants: list },
+        note: String::new(),
         names,
     }
 }
 
-fn identifies_only(dir: &Directory, names: Vec<String>, v: &ConnectorView) -> Verdict {
+fn identifies_only(
+    dir: &Directory,
+    names: Vec<String>,
+    v: &ConnectorView,
+    others: usize,
+) -> Verdict {
     let domain = certname::domain_of(pattern(v));
     let accepted = dir.accepted_domains(&v.connector.tenant);
     let parent = accepted
@@ -159,6 +174,13 @@ fn identifies_only(dir: &Directory, names: Vec<String>, v: &ConnectorView) -> Ve
             connector: v.connector.name.clone(),
         },
         fix,
+        note: if others > 0 {
+            format!(
+                "{others} other connector(s) match it the same way; the sender domain picks among their tenants"
+            )
+        } else {
+            String::new()
+        },
         names,
     }
 }
@@ -189,6 +211,11 @@ fn no_match(dir: &Directory, names: Vec<String>, views: &[ConnectorView]) -> Ver
         dir.tenant_of_domain(certname::domain_of(n))
             .map(|t| (n.clone(), t))
     });
+    // A connector that matches but is disabled explains it first.
+    let disabled = views
+        .iter()
+        .find(|v| v.matched.is_some() && !v.connector.enabled);
+    let closest = disabled.or(closest);
     let (why, fix) = match (closest, owner) {
         (Some(v), _) if !v.connector.enabled => (
             format!("{} ({}) would match, but it is disabled", v.connector.label(), pattern(v)),
@@ -220,5 +247,6 @@ fn no_match(dir: &Directory, names: Vec<String>, views: &[ConnectorView]) -> Ver
         outcome: Outcome::NoMatch,
         why,
         fix,
+        note: String::new(),
     }
 }
