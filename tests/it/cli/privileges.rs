@@ -6,8 +6,6 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::support::binary::serve;
 use crate::support::relay::Setup;
 use crate::support::smtp::{Client, Sink};
@@ -40,13 +38,8 @@ fn ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
 }
 
 async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    serde_json::from_str(buf.split_once("\r\n\r\n").unwrap().1).unwrap()
+    let (_, body) = crate::support::http::request(admin, "GET", "/status", None).await;
+    serde_json::from_str(&body).unwrap()
 }
 
 /// Everything under `dir`, `dir` included.

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::support::binary::{Served, serve};
 use crate::support::postfix::free_port;
 use crate::support::relay::Setup;
@@ -35,25 +33,7 @@ async fn queue(config: &Path, args: &[&str]) -> Output {
 
 /// `GET`/`POST`/`DELETE` on the admin endpoint with the token.
 async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    crate::support::http::request(addr, method, path, Some(TOKEN)).await
 }
 
 /// A relay delivering to `next_hop`, its admin endpoint on a fixed free
@@ -346,26 +326,10 @@ async fn an_operator_manages_a_deferred_queue_through_the_running_relay() {
     assert_eq!(remaining[0].id.as_str(), a);
     assert!(!remaining[0].held);
 
-    // Without the token the endpoint refuses, and the command says so.
-    let (code, _) = {
-        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-        s.write_all(
-            format!("DELETE /queue/{a} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        (
-            String::from_utf8_lossy(&buf)
-                .get(9..12)
-                .unwrap_or("")
-                .to_string(),
-            (),
-        )
-    };
-    assert_eq!(code, "401");
+    // Without the token the endpoint refuses.
+    let (code, _) =
+        crate::support::http::request(admin, "DELETE", &format!("/queue/{a}"), None).await;
+    assert_eq!(code, 401);
 }
 
 /// With the relay stopped, `attrelay queue` owns the spool itself: a

@@ -14,7 +14,6 @@ use attrelay::relay::RelayHandle;
 use support::relay::Setup;
 use support::smtp::{Client, Sink};
 use support::{Pki, attrelay as run_attrelay, stdout};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONTOSO_IP: &str = "127.0.1.10";
 const UNKNOWN_IP: &str = "127.0.2.77";
@@ -86,22 +85,7 @@ impl Live {
 
 /// A minimal HTTP/1.1 request; returns (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    crate::support::http::request(addr, method, path, None).await
 }
 
 /// The default component as a file, with `tag` appended as a custom section

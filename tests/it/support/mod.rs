@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod dns;
+pub mod http;
 pub mod postfix;
 pub mod relay;
 pub mod smtp;
