@@ -351,14 +351,7 @@ async fn actions_on_a_stopped_relays_spool_hold_across_a_restart() {
     )
     .await;
     let id = deferred_queue(&config, 1).await[0].id.to_string();
-    let pid = relay.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    relay.signal("TERM");
     relay.child.wait().await.unwrap();
 
     let held = queue(&config, &["hold", &id]).await;

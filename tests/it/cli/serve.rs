@@ -16,11 +16,7 @@ async fn sighup_on_the_demo_relay_reloads_and_keeps_it_running() {
     // The demo writes attrelay-data/ in its working folder.
     let dir = tempfile::tempdir().unwrap();
     let mut relay = serve(None, dir.path()).await;
-    let pid = relay.child.id().unwrap().to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status();
-    assert!(hup.unwrap().success());
+    relay.signal("HUP");
     let said = relay.log_until(|l| l.contains("reloaded")).await.join("\n");
     assert!(
         said.contains("the embedded configuration has no file to re-read"),

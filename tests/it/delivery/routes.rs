@@ -148,14 +148,7 @@ async fn a_tenants_mail_reaches_its_smart_host_and_the_rest_its_route_or_next_ho
     Setup::read(&config)
         .merge_tenant("contoso", &format!("smart_hosts = [\"{}\"]", moved.addr))
         .write();
-    let pid = relay.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    relay.signal("HUP");
     relay.log_until(|l| l.contains("reloaded")).await;
     // The directory lint speaks at start and again at the reload (the
     // fixture's woodgrove tenants share certificate names by design).

@@ -192,14 +192,7 @@ async fn sighup_reloads_the_running_binary() {
             .unwrap()
     };
     assert_eq!(generation().await, 0);
-    let pid = relay.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    relay.signal("HUP");
     for _ in 0..100 {
         if generation().await == 1 {
             return;

@@ -180,6 +180,16 @@ impl Served {
             .expect("an admin address")
     }
 
+    /// Sends it `signal` (`HUP`, `TERM`...) as `kill -SIGNAL PID` does.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
     /// Whether it still runs.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
