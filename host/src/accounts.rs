@@ -2,35 +2,41 @@
 //! list them (the files, not NSS: a relay's service account is a local
 //! one), for `[server] user` / `group` and `[policyd] socket_group`.
 
+/// Each entry of `/etc/passwd` as (name, uid, primary gid); none when the
+/// file cannot be read.
+fn passwd() -> Vec<(String, u32, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            match fields.as_slice() {
+                [name, _, uid, gid, ..] => {
+                    Some((name.to_string(), uid.parse().ok()?, gid.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// A user's id and primary group: numeric (`65534`, primary group the
 /// same number), or looked up by name in `/etc/passwd`.
 pub fn user(name: &str) -> Option<(u32, u32)> {
     if let Ok(uid) = name.parse() {
         return Some((uid, uid));
     }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        match fields.as_slice() {
-            [n, _, uid, gid, ..] if *n == name => Some((uid.parse().ok()?, gid.parse().ok()?)),
-            _ => None,
-        }
-    })
+    passwd()
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, uid, gid)| (uid, gid))
 }
 
 /// A user's name by id, for logs and `/status`; the number when unlisted.
 pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let fields: Vec<&str> = line.split(':').collect();
-                match fields.as_slice() {
-                    [n, _, id, ..] if id.parse() == Ok(uid) => Some(n.to_string()),
-                    _ => None,
-                }
-            })
-        })
+    passwd()
+        .into_iter()
+        .find(|(_, id, _)| *id == uid)
+        .map(|(name, _, _)| name)
         .unwrap_or_else(|| uid.to_string())
 }
 

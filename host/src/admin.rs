@@ -396,6 +396,10 @@ pub struct Admin {
     pub reload: ReloadFn,
     pub metrics: Arc<Metrics>,
     pub settings: AdminSettings,
+    /// The user the relay runs as, named once it has settled
+    /// (`crate::privileges`): `/status` shows it without reading
+    /// `/etc/passwd` at every scrape.
+    pub user: String,
 }
 
 impl Admin {
@@ -538,11 +542,12 @@ impl Admin {
             }
             (&Method::GET, "/status") => {
                 let eval = self.ctx.evaluation.load();
+                let queue = self.ctx.queue.contents();
                 let body = serde_json::json!({
                     "hostname": self.ctx.hostname,
                     // Who the relay runs as: root only when `[server] user`
                     // is not set (a warning at start says so too).
-                    "user": crate::privileges::current_user(),
+                    "user": self.user,
                     "root": crate::privileges::is_root(),
                     "generation": eval.generation,
                     "policy": eval.policy.origin(),
@@ -550,8 +555,8 @@ impl Admin {
                     "tenants": eval.directory.tenant_count(),
                     "tenant_policies": eval.tenant_policies.keys().collect::<Vec<_>>(),
                     "shadow": eval.shadow.as_ref().map(|s| s.origin()),
-                    "queue": self.ctx.queue.contents().messages,
-                    "queue_held": self.ctx.queue.contents().held,
+                    "queue": queue.messages,
+                    "queue_held": queue.held,
                     "sessions_active": self.metrics.sessions_active.get(),
                 });
                 ok("application/json", format!("{body}\n"))

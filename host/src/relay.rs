@@ -239,6 +239,7 @@ pub async fn start_with(
                 }),
                 metrics: metrics.clone(),
                 settings: settings.clone(),
+                user: crate::privileges::current_user(),
             });
             listeners
                 .admin

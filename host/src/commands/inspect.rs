@@ -46,7 +46,7 @@ pub struct ConnectorView {
 
 /// Labels shared at the end of two names ("mail.contoso.com" and
 /// "contoso.com" share 2): how close a non-matching connector came.
-fn shared_suffix_labels(a: &str, b: &str) -> usize {
+pub(super) fn shared_suffix_labels(a: &str, b: &str) -> usize {
     a.rsplit('.')
         .zip(b.rsplit('.'))
         .take_while(|(x, y)| x == y)

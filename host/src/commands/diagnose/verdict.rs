@@ -10,7 +10,7 @@ use attrelay_policy::certname;
 use attrelay_policy::model::{ClientCertificate, Directory as _};
 use serde::Serialize;
 
-use super::super::inspect::{ConnectorView, connector_views};
+use super::super::inspect::{ConnectorView, connector_views, shared_suffix_labels};
 use super::sendlog::SentCertificate;
 use crate::directory::Directory;
 
@@ -185,21 +185,15 @@ fn identifies_only(
     }
 }
 
-/// Labels two names share at their end.
-fn shared_labels(a: &str, b: &str) -> usize {
-    a.rsplit('.')
-        .zip(b.rsplit('.'))
-        .take_while(|(x, y)| x == y)
-        .count()
-}
-
 fn no_match(dir: &Directory, names: Vec<String>, views: &[ConnectorView]) -> Verdict {
     let closest = views
         .iter()
         .map(|v| {
             let near = names
                 .iter()
-                .map(|n| shared_labels(certname::domain_of(pattern(v)), certname::domain_of(n)))
+                .map(|n| {
+                    shared_suffix_labels(certname::domain_of(pattern(v)), certname::domain_of(n))
+                })
                 .max()
                 .unwrap_or(0);
             (near, v)
