@@ -80,6 +80,7 @@ enum DirectoryCommand {
     /// tenants that cannot relay, certificate connectors without client_ca.
     /// Exit 1 when there is any.
     Lint {
+        /// The relay's configuration (default: the embedded demo).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// One JSON array.
@@ -94,12 +95,14 @@ enum ConfigCommand {
     /// CA files, policies, writable directories), binding and writing
     /// nothing; exit 1 with every problem listed.
     Test {
+        /// The configuration to test (default: the embedded demo).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Print the configuration in effect as TOML: the keys the file sets,
     /// each with the value the relay uses (like postconf -n).
     Show {
+        /// The configuration to show (default: the embedded demo).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Every key, the defaults written out (like postconf).
@@ -125,6 +128,7 @@ enum QueueCommand {
     /// reply, the header section.
     Show {
         id: String,
+        /// The relay's configuration (for its spool path).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// As GET /queue/ID returns it.
@@ -155,6 +159,7 @@ enum QueueCommand {
 struct QueueAction {
     #[command(flatten)]
     targets: queue::Targets,
+    /// The relay's configuration: its spool, and its admin endpoint and token.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// One JSON array of reports.
