@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    // Without the runtime nothing embeds a policy (the gateway component
+    // links the default policy's Rust code instead).
+    if env::var_os("CARGO_FEATURE_RUNTIME").is_none() {
+        return;
+    }
     // A prebuilt component may be given instead (packaging, or toolchains
     // without the wasm32-wasip2 target, such as the fuzzing nightly).
     println!("cargo:rerun-if-env-changed=ATTRELAY_POLICY_WASM");

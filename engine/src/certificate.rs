@@ -30,7 +30,7 @@ use x509_parser::asn1_rs::{Any, Class, Tag, ToDer};
 use x509_parser::oid_registry::OID_X509_EXT_NAME_CONSTRAINTS;
 use x509_parser::prelude::*;
 
-use crate::pem::{PemError, read_certificates};
+use crate::pem::{PemError, parse_certificates, read_certificates};
 
 /// The longest subject or issuer handed on, in bytes after escaping. Real
 /// names are far shorter; the bound keeps a hostile one from filling log lines
@@ -84,8 +84,21 @@ impl TrustAnchors {
         Ok(t)
     }
 
+    /// Every certificate of PEM text `pem` as a trust anchor; `origin`
+    /// names it in errors. For hosts that hand over the anchors as text (the
+    /// gateway component reads no files).
+    pub fn from_pem(pem: &[u8], origin: &Path) -> Result<TrustAnchors, CertError> {
+        let mut t = TrustAnchors::default();
+        t.add(parse_certificates(pem, origin)?, origin)?;
+        Ok(t)
+    }
+
     fn add_file(&mut self, path: &Path) -> Result<(), CertError> {
-        for (i, der) in read_certificates(path)?.iter().enumerate() {
+        self.add(read_certificates(path)?, path)
+    }
+
+    fn add(&mut self, certs: Vec<CertificateDer<'static>>, path: &Path) -> Result<(), CertError> {
+        for (i, der) in certs.iter().enumerate() {
             let anchor = webpki::anchor_from_trusted_cert(der).map_err(|e| CertError::Anchor {
                 path: path.to_path_buf(),
                 index: i + 1,

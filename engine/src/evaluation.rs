@@ -18,8 +18,8 @@ use crate::decisions::{
     DecisionBudget, DecisionLog, DecisionRecord, Grant, MAX_RECORDS_PER_SESSION,
 };
 use crate::directory::{Directory, RecipientCheck, recipient_not_found_verdict};
-use crate::policy::verdict::vouches_for_sender;
 use crate::policy::{LoadedPolicy, PolicySession, TenantPolicy, TenantSession};
+use crate::verdict::refuse_unvouched_routing;
 
 /// What judges a session.
 pub struct Evaluation {
@@ -130,34 +130,6 @@ pub fn too_many_tenants(tenant: &str) -> Verdict {
             "Too many tenants in one session; send this recipient again in a new session",
             Some(tenant.to_string()),
             "tenant-limit",
-        )
-    }
-}
-
-/// `recipient` accepted with sender routing in its local part (`@`, `%`
-/// or `!`: [`crate::address::has_routing`]) for a client no connector
-/// vouched for becomes `550 5.7.1`: the server behind the tenant's domain
-/// might route it onward, to anywhere (Postfix's `allow_untrusted_routing =
-/// no`). Checked here so that the SMTP server and the Postfix policy service
-/// refuse alike.
-fn refuse_unvouched_routing(recipient: &str, v: Verdict) -> Verdict {
-    if v.action != Action::Accept
-        || !crate::address::has_routing(recipient)
-        || vouches_for_sender(v.reason.as_deref())
-    {
-        return v;
-    }
-    Verdict {
-        explanation: vec![format!(
-            "{recipient}: the local part holds a route to another host, and no connector vouched for the client"
-        )],
-        ..replies::verdict(
-            Action::Reject,
-            550,
-            "5.7.1",
-            "Sender-specified routing (@, % or ! in the local part) is not accepted",
-            None,
-            "sender-routing",
         )
     }
 }

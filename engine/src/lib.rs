@@ -14,11 +14,20 @@
 //! - [`evaluation`]: what judges a session (base policy, tenant policies,
 //!   shadow, decision log) and the judging itself;
 //! - [`decisions`]: the decision log; [`validate`]: the seed scenarios a
-//!   policy must pass before it goes live.
+//!   policy must pass before it goes live;
+//! - [`verdict`]: the checks every verdict passes before a host acts on it,
+//!   and the failure every host answers instead.
+//!
+//! The feature `runtime` (on by default) brings wasmtime and with it
+//! `policy`, `evaluation`, `decisions` and `validate`. Without it the crate
+//! builds for `wasm32-wasip2`: the gateway component (`gateway/`) is this
+//! crate's certificate, directory and verdict code, compiled into a
+//! component any host can run.
 //!
 //! # Embedding
 //!
 //! ```no_run
+//! # #[cfg(feature = "runtime")] {
 //! use std::sync::Arc;
 //! use attrelay_engine::policy::{EngineLimits, PolicyEngine, PolicySource};
 //! use attrelay_engine::evaluation::Evaluation;
@@ -30,6 +39,7 @@
 //! let mut session = evaluation.session(facts(), "192.0.2.1");
 //! let verdict = session.mail_from("john@contoso.com");
 //! println!("{}", verdict.reply_line());
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -47,13 +57,18 @@
 pub mod address;
 pub mod certificate;
 pub mod chain;
+#[cfg(feature = "runtime")]
 pub mod decisions;
 pub mod directory;
+#[cfg(feature = "runtime")]
 pub mod evaluation;
 pub mod pem;
+#[cfg(feature = "runtime")]
 pub mod policy;
 pub mod throttle;
+#[cfg(feature = "runtime")]
 pub mod validate;
+pub mod verdict;
 
 /// The data model shared with policies written in Rust (the facts, the
 /// connector, the verdict).

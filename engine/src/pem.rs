@@ -55,17 +55,27 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Pe
         path: path.to_path_buf(),
         error,
     })?;
-    let der = looks_like_der(&bytes);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+    parse_certificates(&bytes, path)
+}
+
+/// Every certificate of PEM text `bytes`, in order; `origin` names where
+/// the text came from in errors (a file, or a configuration field of the
+/// gateway component, which reads no files).
+pub fn parse_certificates(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let der = looks_like_der(bytes);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| PemError::Parse {
-            path: path.to_path_buf(),
+            path: origin.to_path_buf(),
             detail: e.to_string(),
             der,
         })?;
     if certs.is_empty() {
         return Err(PemError::Empty {
-            path: path.to_path_buf(),
+            path: origin.to_path_buf(),
             der,
         });
     }

@@ -66,4 +66,5 @@ pub mod tls;
 
 pub use attrelay_engine::{
     address, certificate, decisions, directory, evaluation, pem, policy, throttle, validate,
+    verdict,
 };

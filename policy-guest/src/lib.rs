@@ -4,8 +4,8 @@
 //! over the native types of [`model`], so they compile and are tested natively
 //! and serve as the native baseline in the host's benchmarks. Built for
 //! `wasm32-wasip2`, the crate also exports the `attribution-policy` world of
-//! `wit/policy.wit` (module `component`), and becomes the component the relay
-//! embeds.
+//! `wit/policy.wit` (module `component`, feature `component`), and becomes
+//! the component the relay embeds.
 
 pub mod certname;
 pub mod decide;
@@ -14,7 +14,7 @@ pub mod replies;
 pub mod scenarios;
 pub mod settings;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod component;
 
 pub use decide::Session;

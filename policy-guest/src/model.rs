@@ -212,6 +212,22 @@ impl<T: Directory + ?Sized> Directory for &T {
     }
 }
 
+/// A shared directory is a directory (a gateway's sessions share one).
+impl<T: Directory + ?Sized> Directory for std::sync::Arc<T> {
+    fn connectors_by_ip(&self, ip: IpAddr) -> Vec<Connector> {
+        (**self).connectors_by_ip(ip)
+    }
+    fn connectors_by_certificate_name(&self, name: &str) -> Vec<Connector> {
+        (**self).connectors_by_certificate_name(name)
+    }
+    fn connectors_of_tenant(&self, tenant: &str) -> Vec<Connector> {
+        (**self).connectors_of_tenant(tenant)
+    }
+    fn tenant_of_domain(&self, domain: &str) -> Option<String> {
+        (**self).tenant_of_domain(domain)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -434,7 +434,7 @@ impl LoadedPolicy {
             .call_configure(&mut *store, &self.inner.settings)
         {
             Ok(Ok(())) => Ok(bindings),
-            Ok(Err(message)) => Err(StartError::Settings(super::verdict::one_line(&message))),
+            Ok(Err(message)) => Err(StartError::Settings(crate::verdict::one_line(&message))),
             Err(e) => Err(StartError::Failed(describe(store, e))),
         }
     }

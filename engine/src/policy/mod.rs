@@ -10,9 +10,9 @@ pub mod store;
 pub mod tenant;
 pub mod verdict;
 
+pub use crate::verdict::policy_failure;
 pub use engine::{EngineLimits, LoadedPolicy, PolicyEngine, PolicyError, PolicySource};
 pub use session::PolicySession;
 pub use tenant::{TenantBudget, TenantPolicy, TenantSession};
-pub use verdict::policy_failure;
 
 pub use engine::DEFAULT_POLICY;

@@ -10,8 +10,9 @@ use wasmtime::component::ResourceAny;
 use super::bindings::{AttributionPolicy, types as wit};
 use super::engine::{LoadedPolicy, PolicyEngine, StartError};
 use super::store::{SessionState, describe_error_with, facts_to_wit};
-use super::verdict::{check, policy_failure};
+use super::verdict::check;
 use crate::directory::Directory;
+use crate::verdict::policy_failure;
 
 /// Turns a wasmtime error into an operator-readable cause.
 pub(crate) fn describe_error(

@@ -17,8 +17,9 @@ use super::engine::{
 };
 use super::session::within_budget;
 use super::store::{SessionState, describe_error_with, facts_to_wit};
-use super::verdict::{check, policy_failure, vouches_for_sender};
+use super::verdict::check;
 use crate::directory::Directory;
+use crate::verdict::{policy_failure, vouches_for_sender};
 
 /// The budgets of one tenant's policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +158,7 @@ impl TenantPolicy {
             .call_configure(&mut *store, &self.inner.settings)
         {
             Ok(Ok(())) => Ok(bindings),
-            Ok(Err(m)) => Err(StartError::Settings(super::verdict::one_line(&m))),
+            Ok(Err(m)) => Err(StartError::Settings(crate::verdict::one_line(&m))),
             Err(e) => Err(StartError::Failed(self.describe(store, e))),
         }
     }

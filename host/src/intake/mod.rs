@@ -20,8 +20,8 @@ use std::net::IpAddr;
 use attrelay_policy::model::{HeaderField, TlsFacts};
 use tracing::info;
 
-use crate::policy::verdict::vouches_for_sender;
 use crate::spool::{Body, Envelope, Recipient, RecipientState, Spool, SpoolError, SpoolId};
+use crate::verdict::vouches_for_sender;
 
 /// A recipient the policies accepted, with what its verdict asks the
 /// relay to write.

@@ -1,0 +1,238 @@
+//! The gateway's judgement: configured once ([`Gateway`]), then one
+//! [`Session`] per SMTP session, answering `MAIL FROM` and `RCPT TO` as the
+//! relay answers them.
+//!
+//! The order is the relay's ([`attrelay_engine::evaluation`]): a recipient
+//! its tenant's list does not hold is refused before the policy; the base
+//! policy's verdict is checked ([`attrelay_engine::verdict::check`]); an
+//! accepted recipient with sender routing from an unvouched client is
+//! refused. Tenant policies are the relay's alone (the directory refuses
+//! tenants that have one).
+
+use std::sync::Arc;
+
+use attrelay_engine::address::Mailbox;
+use attrelay_engine::certificate::{TrustAnchors, inspect_chain, unix_time};
+use attrelay_engine::directory::{Directory, RecipientCheck, recipient_not_found_verdict};
+use attrelay_engine::verdict::{check, policy_failure, refuse_unvouched_routing};
+use attrelay_policy::model::{Action, HeaderField, SessionFacts, TlsFacts, UnixSeconds, Verdict};
+use attrelay_policy::replies::{self, ATTRIBUTION_HEADER, WARNING_HEADER, grace_warning};
+use attrelay_policy::{Session as PolicySession, Settings};
+use rustls_pki_types::CertificateDer;
+
+use crate::tenants::{self, Format};
+
+/// What a host configures once.
+#[derive(Debug, Clone)]
+pub struct Configuration {
+    pub directory: String,
+    pub directory_format: Format,
+    /// PEM text.
+    pub client_trust_anchors: String,
+    pub settings: Vec<(String, String)>,
+}
+
+/// The raw facts of an SMTP session, as a host has them.
+#[derive(Debug, Clone)]
+pub struct RawFacts {
+    pub client_ip: std::net::IpAddr,
+    pub helo: String,
+    pub server_hostname: String,
+    pub time: UnixSeconds,
+    pub tls: Option<RawTls>,
+}
+
+/// The TLS state, with the client's chain as it was received.
+#[derive(Debug, Clone)]
+pub struct RawTls {
+    pub protocol: String,
+    pub cipher: String,
+    /// Leaf first, DER.
+    pub client_chain: Vec<Vec<u8>>,
+}
+
+/// A configured gateway: immutable, shared by its sessions.
+#[derive(Debug)]
+pub struct Gateway {
+    directory: Arc<Directory>,
+    anchors: TrustAnchors,
+    settings: Settings,
+}
+
+impl Gateway {
+    /// Checks `config`; the error names the key.
+    pub fn configure(config: &Configuration) -> Result<Gateway, String> {
+        let directory = tenants::load(&config.directory, config.directory_format)?;
+        let anchors = if config.client_trust_anchors.trim().is_empty() {
+            TrustAnchors::default()
+        } else {
+            TrustAnchors::from_pem(
+                config.client_trust_anchors.as_bytes(),
+                std::path::Path::new("client-trust-anchors"),
+            )
+            .map_err(|e| e.to_string())?
+        };
+        let settings = Settings::from_pairs(
+            config
+                .settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(|e| format!("settings: {e}"))?;
+        Ok(Gateway {
+            directory: Arc::new(directory),
+            anchors,
+            settings,
+        })
+    }
+
+    /// The facts the policy receives for `raw`: the chain verified at the
+    /// session time and reduced to the certificate's facts.
+    pub fn facts(&self, raw: RawFacts) -> SessionFacts {
+        let tls = raw.tls.map(|t| {
+            let chain: Vec<CertificateDer<'_>> = t
+                .client_chain
+                .iter()
+                .map(|der| CertificateDer::from(der.as_slice()))
+                .collect();
+            let client_certificate = if chain.is_empty() {
+                None
+            } else {
+                // An unparsable leaf identifies nobody: no certificate.
+                inspect_chain(&chain, &self.anchors, unix_time(raw.time)).ok()
+            };
+            TlsFacts {
+                protocol: t.protocol,
+                cipher: t.cipher,
+                client_certificate,
+            }
+        });
+        SessionFacts {
+            client_ip: attrelay_engine::directory::canonical_ip(raw.client_ip),
+            helo: raw.helo,
+            server_hostname: raw.server_hostname,
+            time: raw.time,
+            tls,
+        }
+    }
+
+    /// Opens a session.
+    pub fn session(&self, raw: RawFacts) -> Session {
+        let facts = self.facts(raw);
+        Session {
+            directory: self.directory.clone(),
+            policy: PolicySession::open(self.directory.clone(), self.settings.clone(), facts),
+            sender: None,
+        }
+    }
+}
+
+/// One SMTP session's judgement.
+pub struct Session {
+    directory: Arc<Directory>,
+    policy: PolicySession<Arc<Directory>>,
+    /// The accepted transaction's sender.
+    sender: Option<String>,
+}
+
+impl Session {
+    /// `MAIL FROM:<sender>` (`""` for `<>`).
+    pub fn mail_from(&mut self, sender: &str) -> Verdict {
+        self.sender = None;
+        if !sender.is_empty()
+            && let Err(e) = canonical(sender)
+        {
+            return bad_address(Stage::Sender, &e);
+        }
+        let v = self.checked(|p| p.mail_from(sender));
+        if v.action == Action::Accept {
+            self.sender = Some(sender.to_string());
+        }
+        v
+    }
+
+    /// `RCPT TO:<recipient>`; the verdict's headers are every field the
+    /// host writes for it (see the WIT's `rcpt-to`).
+    pub fn rcpt_to(&mut self, recipient: &str) -> Verdict {
+        if self.sender.is_none() {
+            return replies::verdict(
+                Action::Reject,
+                503,
+                "5.5.1",
+                "MAIL FROM first",
+                None,
+                "bad-sequence",
+            );
+        }
+        if let Err(e) = canonical(recipient) {
+            return bad_address(Stage::Recipient, &e);
+        }
+        if let RecipientCheck::Unknown { tenant } = self.directory.recipient_check(recipient) {
+            return recipient_not_found_verdict(recipient, &tenant);
+        }
+        let v = self.checked(|p| p.rcpt_to(recipient));
+        with_relay_headers(refuse_unvouched_routing(recipient, v))
+    }
+
+    /// The policy's verdict, checked as every host checks it.
+    fn checked(
+        &mut self,
+        ask: impl FnOnce(&mut PolicySession<Arc<Directory>>) -> Verdict,
+    ) -> Verdict {
+        let v = ask(&mut self.policy);
+        check(v, &self.directory).unwrap_or_else(policy_failure)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stage {
+    Sender,
+    Recipient,
+}
+
+/// `text` when it is a mailbox in the canonical form the relay writes.
+fn canonical(text: &str) -> Result<(), String> {
+    match Mailbox::parse(text, false) {
+        Ok(m) if m.to_string() == text => Ok(()),
+        Ok(m) => Err(format!(
+            "not in canonical form (the relay writes it as {m})"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `553`: the address is not one the host can write onward as judged.
+fn bad_address(stage: Stage, why: &str) -> Verdict {
+    let (enhanced, text, reason) = match stage {
+        Stage::Sender => ("5.1.7", "Bad sender address syntax", "bad-sender"),
+        Stage::Recipient => ("5.1.3", "Bad recipient address syntax", "bad-recipient"),
+    };
+    Verdict {
+        explanation: vec![attrelay_engine::verdict::one_line(why)],
+        ..replies::verdict(Action::Reject, 553, enhanced, text, None, reason)
+    }
+}
+
+/// The relay's own fields first, then the policy's: what a host writes for
+/// an accepted recipient.
+fn with_relay_headers(mut v: Verdict) -> Verdict {
+    if v.action != Action::Accept {
+        return v;
+    }
+    let mut headers = Vec::new();
+    if let Some(t) = &v.tenant {
+        headers.push(HeaderField {
+            name: ATTRIBUTION_HEADER.into(),
+            value: t.clone(),
+        });
+    }
+    if let Some(w) = grace_warning(&v) {
+        headers.push(HeaderField {
+            name: WARNING_HEADER.into(),
+            value: w.to_string(),
+        });
+    }
+    headers.append(&mut v.headers);
+    v.headers = headers;
+    v
+}
