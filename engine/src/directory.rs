@@ -230,6 +230,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 impl Directory {
     /// The built-in scenario fixture as a directory (for validating policies).
+    #[cfg(feature = "runtime")]
     pub fn from_fixture(fixture: &attrelay_policy::scenarios::MemoryDirectory) -> Directory {
         Self::from_tenants(fixture.tenants.iter().map(|t| TenantRecord {
             id: &t.id,

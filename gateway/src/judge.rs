@@ -139,14 +139,17 @@ impl Session {
     /// `MAIL FROM:<sender>` (`""` for `<>`).
     pub fn mail_from(&mut self, sender: &str) -> Verdict {
         self.sender = None;
-        if !sender.is_empty()
-            && let Err(e) = canonical(sender)
-        {
-            return bad_address(Stage::Sender, &e);
-        }
-        let v = self.checked(|p| p.mail_from(sender));
+        let sender = if sender.is_empty() {
+            String::new()
+        } else {
+            match canonical(sender) {
+                Ok(c) => c,
+                Err(e) => return bad_address(Stage::Sender, &e),
+            }
+        };
+        let v = self.checked(|p| p.mail_from(&sender));
         if v.action == Action::Accept {
-            self.sender = Some(sender.to_string());
+            self.sender = Some(sender);
         }
         v
     }
@@ -164,14 +167,15 @@ impl Session {
                 "bad-sequence",
             );
         }
-        if let Err(e) = canonical(recipient) {
-            return bad_address(Stage::Recipient, &e);
+        let recipient = match canonical(recipient) {
+            Ok(c) => c,
+            Err(e) => return bad_address(Stage::Recipient, &e),
+        };
+        if let RecipientCheck::Unknown { tenant } = self.directory.recipient_check(&recipient) {
+            return recipient_not_found_verdict(&recipient, &tenant);
         }
-        if let RecipientCheck::Unknown { tenant } = self.directory.recipient_check(recipient) {
-            return recipient_not_found_verdict(recipient, &tenant);
-        }
-        let v = self.checked(|p| p.rcpt_to(recipient));
-        with_relay_headers(refuse_unvouched_routing(recipient, v))
+        let v = self.checked(|p| p.rcpt_to(&recipient));
+        with_relay_headers(refuse_unvouched_routing(&recipient, v))
     }
 
     /// The policy's verdict, checked as every host checks it.
@@ -190,13 +194,15 @@ enum Stage {
     Recipient,
 }
 
-/// `text` when it is a mailbox in the canonical form the relay writes.
-fn canonical(text: &str) -> Result<(), String> {
+/// The canonical form of mailbox `text`, judged in its place, when `text`
+/// differs from it at most in letter case (which the canonical form keeps
+/// in the local part, so only the domain's case can differ: the same
+/// mailbox). Any other difference (quotes, escapes) means the host would
+/// write onward something else than what was judged: refused.
+fn canonical(text: &str) -> Result<String, String> {
     match Mailbox::parse(text, false) {
-        Ok(m) if m.to_string() == text => Ok(()),
-        Ok(m) => Err(format!(
-            "not in canonical form (the relay writes it as {m})"
-        )),
+        Ok(m) if m.to_string().eq_ignore_ascii_case(text) => Ok(m.to_string()),
+        Ok(m) => Err(format!("not in canonical form (written canonically: {m})")),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -11,6 +11,7 @@ pub mod certname;
 pub mod decide;
 pub mod model;
 pub mod replies;
+#[cfg(any(test, feature = "scenarios"))]
 pub mod scenarios;
 pub mod settings;
 

@@ -1,11 +1,14 @@
-//! The seed scenarios as data: a fixture of tenants and, for each scenario, the
-//! session facts, the settings, the sender and the expected reply per
-//! recipient.
+//! The seed scenarios as data: the conformance kit's table
+//! (`conformance/scenarios.json`), read here into the fixture directory
+//! and, for each scenario, the session facts, the settings, the sender and
+//! the expected reply per recipient.
 //!
-//! One table serves three purposes: the native unit tests of the rules, the
-//! host's tests that run the same table through the compiled component, and
-//! the built-in checks a host can run on a new policy before letting it decide
-//! (a policy that gets the reference's scenarios wrong should not go live).
+//! One table serves every purpose: the native unit tests of the rules, the
+//! host's tests that run it through the compiled component, the built-in
+//! checks a host runs on a new policy before letting it decide (a policy
+//! that gets the reference's scenarios wrong should not go live), and the
+//! kit's runners against whole hosts (the relay, the policy service, the
+//! gateway component in wasmtime, Node and Haraka).
 
 use std::net::IpAddr;
 
@@ -96,107 +99,6 @@ impl Directory for MemoryDirectory {
     }
 }
 
-fn on_prem(tenant: &str, name: &str, ips: &[&str], cert: Option<&str>) -> Connector {
-    Connector {
-        sender_ip_addresses: ips.iter().map(|s| s.to_string()).collect(),
-        tls_sender_certificate_name: cert.map(str::to_string),
-        ..Connector::on_premises(tenant, name)
-    }
-}
-
-fn tenant(id: &str, domains: &[&str], connectors: Vec<Connector>) -> FixtureTenant {
-    FixtureTenant {
-        id: id.to_string(),
-        accepted_domains: domains.iter().map(|s| s.to_string()).collect(),
-        connectors,
-    }
-}
-
-/// The fixture: the reference's example organisations.
-pub fn fixture() -> MemoryDirectory {
-    let mut disabled = on_prem("litware", "Litware old relay", &["192.0.2.200"], None);
-    disabled.enabled = false;
-    let partner = Connector {
-        kind: ConnectorKind::Partner,
-        sender_ip_addresses: vec!["192.0.2.128/25".into()],
-        sender_domains: vec!["partner.example".into()],
-        restrict_domains_to_ip_addresses: true,
-        ..Connector::on_premises("tailspintoys", "Partner relay")
-    };
-    MemoryDirectory {
-        tenants: vec![
-            tenant(
-                "contoso",
-                &["contoso.com"],
-                vec![on_prem(
-                    "contoso",
-                    "Contoso on-premises",
-                    &["203.0.113.0/24", "2001:db8::/32"],
-                    Some("*.contoso.com"),
-                )],
-            ),
-            // Configured by the hybrid wizard with a host name, not an accepted domain.
-            tenant(
-                "fabrikam",
-                &["fabrikam.com"],
-                vec![on_prem(
-                    "fabrikam",
-                    "Fabrikam HCW",
-                    &[],
-                    Some("mail.fabrikam.com"),
-                )],
-            ),
-            tenant("tailspintoys", &["tailspintoys.com"], vec![partner]),
-            tenant(
-                "northwind",
-                &["northwind.com"],
-                vec![on_prem(
-                    "northwind",
-                    "Northwind",
-                    &[],
-                    Some("*.northwind.com"),
-                )],
-            ),
-            tenant(
-                "adatum",
-                &["adatum.com"],
-                vec![on_prem("adatum", "Adatum", &[], Some("*.adatum.com"))],
-            ),
-            tenant(
-                "woodgrove",
-                &["woodgrove.com"],
-                vec![on_prem(
-                    "woodgrove",
-                    "Woodgrove",
-                    &[],
-                    Some("*.woodgrove.com"),
-                )],
-            ),
-            tenant(
-                "woodgrove-eu",
-                &["eu.woodgrove.com"],
-                vec![on_prem(
-                    "woodgrove-eu",
-                    "Woodgrove EU",
-                    &[],
-                    Some("*.eu.woodgrove.com"),
-                )],
-            ),
-            tenant(
-                "woodgrove-mail",
-                &["mail.woodgrove.com"],
-                vec![on_prem(
-                    "woodgrove-mail",
-                    "Woodgrove mail host",
-                    &[],
-                    Some("mail.woodgrove.com"),
-                )],
-            ),
-            tenant("litware", &["litware.com"], vec![disabled]),
-        ],
-    }
-}
-
 /// What a recipient must get.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expect {
@@ -208,56 +110,195 @@ pub struct Expect {
     pub warning_header: bool,
 }
 
-const fn expect(
-    code: u16,
-    enhanced: &'static str,
-    tenant: Option<&'static str>,
-    reason: &'static str,
-) -> Expect {
-    Expect {
-        code,
-        enhanced,
-        tenant,
-        reason,
-        warning_header: false,
+/// The conformance kit's table (`conformance/scenarios.json`), compiled in.
+pub const KIT_JSON: &str = include_str!("../../conformance/scenarios.json");
+
+/// The kit as written (see `conformance/README.md` for the schema).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Kit {
+    pub version: u32,
+    pub helo: String,
+    pub server_hostname: String,
+    pub tls_protocol: String,
+    pub tls_cipher: String,
+    /// The authority of `certs/recipe.json` whose certificate is the trust anchor.
+    pub trust_anchors: String,
+    /// The relay's `[[tenant]]` tables, as JSON.
+    pub directory: KitDirectory,
+    /// Certificate name (a chain `make-certs.py` writes) → the facts a
+    /// host derives from it.
+    pub certificates: std::collections::BTreeMap<String, KitCertificate>,
+    pub scenarios: Vec<KitScenario>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KitDirectory {
+    pub tenant: Vec<KitTenant>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KitTenant {
+    pub id: String,
+    #[serde(default)]
+    pub accepted_domains: Vec<String>,
+    #[serde(default)]
+    pub recipients: Option<Vec<String>>,
+    #[serde(default)]
+    pub connector: Vec<KitConnector>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KitConnector {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub sender_ip_addresses: Vec<String>,
+    pub tls_sender_certificate_name: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
+    #[serde(default)]
+    pub recipient_domains: Vec<String>,
+    #[serde(default)]
+    pub restrict_domains_to_ip_addresses: bool,
+    #[serde(default)]
+    pub restrict_domains_to_certificate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a host makes of a chain at the kit's instants (2017).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct KitCertificate {
+    pub subject: String,
+    pub verified: bool,
+    pub common_names: Vec<String>,
+    pub dns_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KitScenario {
+    pub name: String,
+    /// `policy`: the bare policy judges it so (given the facts); `host`:
+    /// what a host adds around the policy (chain verification, recipient
+    /// lists, sender routing) is tested, so only whole hosts run it.
+    pub layer: String,
+    pub client_ip: String,
+    /// RFC 3339.
+    pub time: String,
+    /// `None`: clear text.
+    pub tls: Option<KitTls>,
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// `false`: the scenario needs the session time to be `time` (a host
+    /// judging at its wall clock cannot run it; see the README).
+    #[serde(default = "yes")]
+    pub wall_clock: bool,
+    pub sender: String,
+    pub recipients: Vec<KitRecipient>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KitTls {
+    pub certificate: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KitRecipient {
+    pub address: String,
+    pub code: u16,
+    pub enhanced: String,
+    pub tenant: Option<String>,
+    pub reason: String,
+    pub warning: bool,
+}
+
+/// The kit, parsed once.
+pub fn kit() -> &'static Kit {
+    static KIT: std::sync::OnceLock<Kit> = std::sync::OnceLock::new();
+    KIT.get_or_init(|| serde_json::from_str(KIT_JSON).expect("conformance/scenarios.json parses"))
+}
+
+impl KitRecipient {
+    pub fn expect(&'static self) -> Expect {
+        Expect {
+            code: self.code,
+            enhanced: &self.enhanced,
+            tenant: self.tenant.as_deref(),
+            reason: &self.reason,
+            warning_header: self.warning,
+        }
     }
 }
 
-/// Relay allowed by a certificate-based connector.
-pub const fn by_cert(t: &'static str) -> Expect {
-    expect(250, "2.1.5", Some(t), "originating-certificate")
-}
-/// Relay allowed: a connector identified the server, the sender domain is accepted.
-pub const fn by_ip(t: &'static str) -> Expect {
-    expect(250, "2.1.5", Some(t), "originating-ip")
-}
-/// Incoming mail for an accepted domain.
-pub const fn incoming(t: &'static str) -> Expect {
-    expect(250, "2.1.5", Some(t), "incoming")
-}
-/// `550 5.7.64 TenantAttribution; Relay Access Denied`.
-pub const DENIED: Expect = expect(550, "5.7.64", None, "tenant-attribution");
-/// `550 5.7.64 ... ATTR36` (enforcement in force).
-pub const fn attr36_enforced(t: Option<&'static str>) -> Expect {
-    expect(550, "5.7.64", t, "attr36")
-}
-/// `451 4.4.4 ... ATTR36` (grace period, defer mode).
-pub const fn attr36_deferred(t: Option<&'static str>) -> Expect {
-    expect(451, "4.4.4", t, "attr36")
-}
-/// Accepted with the warning header (grace period, warn mode).
-pub const fn attr36_warned(t: Option<&'static str>) -> Expect {
-    Expect {
-        code: 250,
-        enhanced: "2.1.5",
-        tenant: t,
-        reason: "attr36",
-        warning_header: true,
+impl KitCertificate {
+    /// The facts a policy receives for this certificate.
+    pub fn facts(&self) -> ClientCertificate {
+        ClientCertificate {
+            verified: self.verified,
+            verification_error: (!self.verified).then(|| "not verified (conformance kit)".into()),
+            subject: self.subject.clone(),
+            common_names: self.common_names.clone(),
+            dns_names: self.dns_names.clone(),
+            issuer: "CN=Conformance Kit Root CA".into(),
+            serial: "01".into(),
+            sha256_fingerprint: "00".repeat(32),
+            not_before: 1_420_070_400,
+            not_after: 4_102_358_400,
+        }
     }
 }
-/// `550 5.7.51 TenantInboundAttribution`.
-pub const fn inbound_denied(t: &'static str) -> Expect {
-    expect(550, "5.7.51", Some(t), "tenant-inbound-attribution")
+
+impl KitScenario {
+    /// The session facts a host gives the policy for this scenario.
+    pub fn facts(&self) -> SessionFacts {
+        let kit = kit();
+        SessionFacts {
+            client_ip: self.client_ip.parse().expect("kit client_ip"),
+            helo: kit.helo.clone(),
+            server_hostname: kit.server_hostname.clone(),
+            time: crate::settings::parse_instant(&self.time).expect("kit time"),
+            tls: self.tls.as_ref().map(|t| TlsFacts {
+                protocol: kit.tls_protocol.clone(),
+                cipher: kit.tls_cipher.clone(),
+                client_certificate: t.certificate.as_ref().map(|c| kit.certificates[c].facts()),
+            }),
+        }
+    }
+}
+
+/// The kit's directory as the fixture the bare policy's tests look up.
+pub fn fixture() -> MemoryDirectory {
+    let tenants = kit().directory.tenant.iter().map(|t| FixtureTenant {
+        id: t.id.clone(),
+        accepted_domains: t.accepted_domains.clone(),
+        connectors: t
+            .connector
+            .iter()
+            .map(|c| Connector {
+                tenant: t.id.clone(),
+                name: c.name.clone(),
+                kind: match c.kind.as_str() {
+                    "partner" => ConnectorKind::Partner,
+                    _ => ConnectorKind::OnPremises,
+                },
+                enabled: c.enabled,
+                sender_ip_addresses: c.sender_ip_addresses.clone(),
+                tls_sender_certificate_name: c.tls_sender_certificate_name.clone(),
+                sender_domains: c.sender_domains.clone(),
+                recipient_domains: c.recipient_domains.clone(),
+                restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+                restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+            })
+            .collect(),
+    });
+    MemoryDirectory {
+        tenants: tenants.collect(),
+    }
 }
 
 /// One scenario: a session, a sender and recipients with their expected replies.
@@ -272,360 +313,28 @@ pub struct Scenario {
     pub recipients: Vec<(&'static str, Expect)>,
 }
 
-/// 2017-03-01, in the grace period before the default enforcement date.
-pub const GRACE: i64 = 1_488_326_400;
-/// 2017-08-01, after the default enforcement date.
-pub const ENFORCED: i64 = 1_501_545_600;
-
-/// A verified certificate with the given CN and DNS SANs.
-pub fn cert(cn: &str, sans: &[&str]) -> ClientCertificate {
-    ClientCertificate {
-        verified: true,
-        verification_error: None,
-        subject: format!("CN={cn}"),
-        common_names: vec![cn.to_string()],
-        dns_names: sans.iter().map(|s| s.to_string()).collect(),
-        issuer: "CN=Fixture Issuing CA".into(),
-        serial: "01".into(),
-        sha256_fingerprint: "00".repeat(32),
-        not_before: 1_400_000_000,
-        not_after: 2_000_000_000,
-    }
-}
-
-/// The same certificate, failing verification for `why`.
-pub fn unverified(mut c: ClientCertificate, why: &str) -> ClientCertificate {
-    c.verified = false;
-    c.verification_error = Some(why.to_string());
-    c
-}
-
-fn facts(ip: &str, cert: Option<ClientCertificate>, time: i64) -> SessionFacts {
-    SessionFacts {
-        client_ip: ip.parse().expect("fixture IP"),
-        helo: "mail.example.test".into(),
-        server_hostname: "relay.example.test".into(),
-        time,
-        tls: Some(TlsFacts {
-            protocol: "TLSv1.3".into(),
-            cipher: "TLS_AES_256_GCM_SHA384".into(),
-            client_certificate: cert,
-        }),
-    }
-}
-
-fn clear(ip: &str, time: i64) -> SessionFacts {
-    SessionFacts {
-        tls: None,
-        ..facts(ip, None, time)
-    }
-}
-
-fn scenario(
-    name: &'static str,
-    facts: SessionFacts,
-    sender: &'static str,
-    recipients: Vec<(&'static str, Expect)>,
-) -> Scenario {
-    Scenario {
-        name,
-        settings: Vec::new(),
-        facts,
-        sender,
-        recipients,
-    }
-}
-
-/// Client IPs: contoso's on-premises range, an address nobody configured.
-const CONTOSO_IP: &str = "203.0.113.10";
-const UNKNOWN_IP: &str = "192.0.2.77";
-
-/// Every scenario of the seeds and the reference.
+/// The kit's scenarios of the `policy` layer, as facts for a bare policy.
 pub fn scenarios() -> Vec<Scenario> {
-    let contoso_cert = || cert("mail.contoso.com", &["mail.contoso.com"]);
-    let mut v = vec![
-        // The three scenarios that work only through a certificate-based connector.
-        scenario(
-            "NDR through the certificate-based connector",
-            facts(UNKNOWN_IP, Some(contoso_cert()), ENFORCED),
-            "",
-            vec![("sender@internet.example", by_cert("contoso"))],
-        ),
-        scenario(
-            "sending as a domain the tenant does not own, with the certificate",
-            facts(UNKNOWN_IP, Some(contoso_cert()), ENFORCED),
-            "john@fabrikam-other.example",
-            vec![("someone@internet.example", by_cert("contoso"))],
-        ),
-        scenario(
-            "forwarding rule, with the certificate",
-            facts(CONTOSO_IP, Some(contoso_cert()), ENFORCED),
-            "john@fabrikam.com",
-            vec![("kate@tailspintoys.example", by_cert("contoso"))],
-        ),
-        // The same three through an IP-only identification: ATTR36.
-        scenario(
-            "NDR identified by IP only, enforced",
-            clear(CONTOSO_IP, ENFORCED),
-            "",
-            vec![("sender@internet.example", attr36_enforced(Some("contoso")))],
-        ),
-        scenario(
-            "sending as an unowned domain by IP only, enforced",
-            clear(CONTOSO_IP, ENFORCED),
-            "john@fabrikam-other.example",
-            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
-        ),
-        scenario(
-            "forwarding by IP only, enforced",
-            facts(CONTOSO_IP, None, ENFORCED),
-            "john@fabrikam.com",
-            vec![(
-                "kate@tailspintoys.example",
-                attr36_enforced(Some("contoso")),
-            )],
-        ),
-        // Rule 1: the sender domain.
-        scenario(
-            "originating by IP with an accepted sender domain",
-            clear(CONTOSO_IP, ENFORCED),
-            "John@CONTOSO.com",
-            vec![("someone@internet.example", by_ip("contoso"))],
-        ),
-        scenario(
-            "originating by IPv6",
-            clear("2001:db8::25", ENFORCED),
-            "john@contoso.com",
-            vec![("someone@internet.example", by_ip("contoso"))],
-        ),
-        scenario(
-            "a subdomain of an accepted domain is not accepted",
-            clear(CONTOSO_IP, ENFORCED),
-            "john@sales.contoso.com",
-            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
-        ),
-        // The troubleshooting article: no connector matches any more.
-        scenario(
-            "certificate renewed under a different name",
-            facts(
-                UNKNOWN_IP,
-                Some(cert("mail.contoso-mail.net", &["mail.contoso-mail.net"])),
-                ENFORCED,
-            ),
-            "john@contoso.com",
-            vec![("someone@internet.example", DENIED)],
-        ),
-        scenario(
-            "on-premises IP address changed",
-            clear(UNKNOWN_IP, ENFORCED),
-            "john@contoso.com",
-            vec![("someone@internet.example", DENIED)],
-        ),
-        // Host-name connector (mail.fabrikam.com is not an accepted domain).
-        scenario(
-            "host-name connector with an accepted sender domain",
-            facts(UNKNOWN_IP, Some(cert("mail.fabrikam.com", &[])), ENFORCED),
-            "john@fabrikam.com",
-            vec![("someone@internet.example", by_ip("fabrikam"))],
-        ),
-        scenario(
-            "host-name connector cannot relay NDRs",
-            facts(UNKNOWN_IP, Some(cert("mail.fabrikam.com", &[])), ENFORCED),
-            "",
-            vec![(
-                "someone@internet.example",
-                attr36_enforced(Some("fabrikam")),
-            )],
-        ),
-        // Certificates.
-        scenario(
-            "wildcard certificate",
-            facts(
-                UNKNOWN_IP,
-                Some(cert("*.contoso.com", &["*.contoso.com"])),
-                ENFORCED,
-            ),
-            "",
-            vec![("someone@internet.example", by_cert("contoso"))],
-        ),
-        scenario(
-            "multi-SAN certificate",
-            facts(
-                UNKNOWN_IP,
-                Some(cert(
-                    "mail1.contoso.com",
-                    &["mail1.contoso.com", "mail2.contoso.com"],
-                )),
-                ENFORCED,
-            ),
-            "",
-            vec![("someone@internet.example", by_cert("contoso"))],
-        ),
-        scenario(
-            "look-alike names do not match",
-            facts(
-                UNKNOWN_IP,
-                Some(cert("contoso.com.evil.example", &["evilcontoso.com"])),
-                ENFORCED,
-            ),
-            "",
-            vec![("someone@internet.example", DENIED)],
-        ),
-        scenario(
-            "self-signed certificate is not authentication",
-            facts(
-                UNKNOWN_IP,
-                Some(unverified(contoso_cert(), "self-signed certificate")),
-                ENFORCED,
-            ),
-            "",
-            vec![("someone@internet.example", DENIED)],
-        ),
-        scenario(
-            "expired certificate is not authentication",
-            facts(
-                UNKNOWN_IP,
-                Some(unverified(contoso_cert(), "certificate expired")),
-                ENFORCED,
-            ),
-            "",
-            vec![("someone@internet.example", DENIED)],
-        ),
-        scenario(
-            "unverified certificate falls back to the IP rule",
-            facts(
-                CONTOSO_IP,
-                Some(unverified(contoso_cert(), "issuer not trusted")),
-                ENFORCED,
-            ),
-            "",
-            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
-        ),
-        // Most specific match and ties.
-        scenario(
-            "an exact name beats a wildcard",
-            facts(UNKNOWN_IP, Some(cert("mail.woodgrove.com", &[])), ENFORCED),
-            "",
-            vec![("someone@internet.example", by_cert("woodgrove-mail"))],
-        ),
-        scenario(
-            "a longer domain beats a shorter one",
-            facts(UNKNOWN_IP, Some(cert("mx.eu.woodgrove.com", &[])), ENFORCED),
-            "",
-            vec![("someone@internet.example", by_cert("woodgrove-eu"))],
-        ),
-        scenario(
-            "tie between tenants: nothing attributed by certificate",
-            facts(
-                UNKNOWN_IP,
-                Some(cert(
-                    "mail.northwind.com",
-                    &["mail.northwind.com", "mail.adatum.com"],
-                )),
-                ENFORCED,
-            ),
-            "",
-            vec![("someone@internet.example", DENIED)],
-        ),
-        scenario(
-            "tie between tenants: the sender domain does not pick one",
-            facts(
-                UNKNOWN_IP,
-                Some(cert(
-                    "mail.northwind.com",
-                    &["mail.northwind.com", "mail.adatum.com"],
-                )),
-                ENFORCED,
-            ),
-            "john@adatum.com",
-            vec![
-                ("someone@internet.example", DENIED),
-                // Mail for a tenant is still incoming mail (step 4).
-                ("kate@northwind.com", incoming("northwind")),
-            ],
-        ),
-        // Grace period and enforcement.
-        scenario(
-            "ATTR36 in the grace period is deferred",
-            clear(CONTOSO_IP, GRACE),
-            "john@fabrikam-other.example",
-            vec![("someone@internet.example", attr36_deferred(Some("contoso")))],
-        ),
-        scenario(
-            "ATTR36 exactly at the deadline is enforced",
-            clear(CONTOSO_IP, 1_499_212_800),
-            "",
-            vec![("someone@internet.example", attr36_enforced(Some("contoso")))],
-        ),
-        Scenario {
-            settings: vec![("before_enforcement", "warn")],
-            ..scenario(
-                "ATTR36 in the grace period, warn mode",
-                clear(CONTOSO_IP, GRACE),
-                "",
-                vec![("someone@internet.example", attr36_warned(Some("contoso")))],
-            )
-        },
-        Scenario {
-            settings: vec![("enforcement", "2030-01-01T00:00:00Z")],
-            ..scenario(
-                "a later enforcement date set by the operator",
-                clear(CONTOSO_IP, ENFORCED),
-                "",
-                vec![("someone@internet.example", attr36_deferred(Some("contoso")))],
-            )
-        },
-        // Incoming mail and partner connectors.
-        scenario(
-            "incoming mail from the Internet",
-            clear(UNKNOWN_IP, ENFORCED),
-            "someone@internet.example",
-            vec![
-                ("kate@contoso.com", incoming("contoso")),
-                ("other@internet.example", DENIED),
-            ],
-        ),
-        scenario(
-            "incoming NDR from the Internet",
-            clear(UNKNOWN_IP, ENFORCED),
-            "",
-            vec![("kate@CONTOSO.COM", incoming("contoso"))],
-        ),
-        scenario(
-            "partner connector restricts a sender domain to its IPs",
-            clear(UNKNOWN_IP, ENFORCED),
-            "john@partner.example",
-            vec![
-                ("kate@tailspintoys.com", inbound_denied("tailspintoys")),
-                ("kate@contoso.com", incoming("contoso")),
-            ],
-        ),
-        scenario(
-            "partner connector admits its IPs",
-            clear("192.0.2.130", ENFORCED),
-            "john@partner.example",
-            vec![("kate@tailspintoys.com", incoming("tailspintoys"))],
-        ),
-        // Mixed recipients in one transaction.
-        scenario(
-            "mixed recipients with an unowned sender domain",
-            clear(CONTOSO_IP, ENFORCED),
-            "john@fabrikam-other.example",
-            vec![
-                ("kate@contoso.com", incoming("contoso")),
-                ("bob@tailspintoys.com", incoming("tailspintoys")),
-                ("someone@internet.example", attr36_enforced(Some("contoso"))),
-            ],
-        ),
-        scenario(
-            "a disabled connector never matches",
-            clear("192.0.2.200", ENFORCED),
-            "john@litware.com",
-            vec![("someone@internet.example", DENIED)],
-        ),
-    ];
-    v.sort_by_key(|s| s.name);
-    v
+    kit()
+        .scenarios
+        .iter()
+        .filter(|s| s.layer == "policy")
+        .map(|s| Scenario {
+            name: &s.name,
+            settings: s
+                .settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            facts: s.facts(),
+            sender: &s.sender,
+            recipients: s
+                .recipients
+                .iter()
+                .map(|r| (r.address.as_str(), r.expect()))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Checks a verdict against an expectation; `Err` says what differs.
@@ -659,6 +368,53 @@ mod tests {
     use super::*;
     use crate::decide::Session;
     use crate::settings::Settings;
+
+    const CONTOSO_IP: &str = "203.0.113.10";
+    const UNKNOWN_IP: &str = "192.0.2.77";
+    /// 2017-03-01, in the grace period before the default enforcement date.
+    const GRACE: i64 = 1_488_326_400;
+    /// 2017-08-01, after it.
+    const ENFORCED: i64 = 1_501_545_600;
+
+    fn clear(ip: &str, time: i64) -> SessionFacts {
+        SessionFacts {
+            client_ip: ip.parse().unwrap(),
+            helo: "mail.example.test".into(),
+            server_hostname: "relay.example.test".into(),
+            time,
+            tls: None,
+        }
+    }
+
+    fn with_certificate(ip: &str, dns_names: &[&str], time: i64) -> SessionFacts {
+        let certificate = KitCertificate {
+            subject: format!("CN={}", dns_names[0]),
+            verified: true,
+            common_names: Vec::new(),
+            dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
+        };
+        SessionFacts {
+            tls: Some(TlsFacts {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS_AES_256_GCM_SHA384".into(),
+                client_certificate: Some(certificate.facts()),
+            }),
+            ..clear(ip, time)
+        }
+    }
+
+    #[test]
+    fn the_kit_covers_every_seed() {
+        let kit = kit();
+        assert_eq!(kit.version, 1);
+        assert!(scenarios().len() >= 33, "{}", scenarios().len());
+        for s in &kit.scenarios {
+            assert!(["policy", "host"].contains(&s.layer.as_str()), "{}", s.name);
+            if let Some(c) = s.tls.as_ref().and_then(|t| t.certificate.as_ref()) {
+                assert!(kit.certificates.contains_key(c), "{}: {c}", s.name);
+            }
+        }
+    }
 
     #[test]
     fn every_seed_scenario_natively() {
@@ -710,11 +466,7 @@ mod tests {
         let mut s = Session::open(
             fixture(),
             Settings::default(),
-            facts(
-                UNKNOWN_IP,
-                Some(cert("mail.contoso-mail.net", &[])),
-                ENFORCED,
-            ),
+            with_certificate(UNKNOWN_IP, &["mail.contoso-mail.net"], ENFORCED),
         );
         s.mail_from("john@contoso.com");
         let v = s.rcpt_to("x@internet.example");

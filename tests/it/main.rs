@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod conformance;
 mod delivery;
 mod interop;
 mod policy;

@@ -389,3 +389,32 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Builds the gateway component (`gateway/`, profile `gateway`) for
+/// wasm32-wasip2 in a target directory of its own and returns the `.wasm`.
+pub fn build_gateway() -> PathBuf {
+    let target = root().join("target/test-components");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "attrelay-gateway",
+            "--profile",
+            "gateway",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("running cargo to build the gateway component");
+    assert!(status.success(), "building the gateway component failed");
+    let wasm = target.join("wasm32-wasip2/gateway/attrelay_gateway.wasm");
+    assert!(wasm.exists(), "{} missing", wasm.display());
+    wasm
+}

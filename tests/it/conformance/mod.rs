@@ -1,0 +1,133 @@
+//! The conformance kit (`conformance/`) against every host that judges
+//! mail: each runner gives a host the kit's sessions and compares what it
+//! answers with the kit's expectations. A host that prepares facts its own
+//! way (a test double skipping chain verification) must fail it.
+
+mod engine;
+mod gateway;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use attrelay_policy::model::Verdict;
+use attrelay_policy::scenarios::{KitScenario, kit};
+
+use crate::support;
+
+/// What a host answered for one recipient, as far as it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub code: u16,
+    pub enhanced: String,
+    pub tenant: Option<String>,
+    pub reason: Option<String>,
+    /// The host wrote (or would write) the grace-period warning field.
+    pub warning: bool,
+}
+
+impl Observed {
+    /// A verdict's fields; `warning` as the host decides it.
+    pub fn from_verdict(v: &Verdict, warning: bool) -> Observed {
+        Observed {
+            code: v.code,
+            enhanced: v.enhanced.clone(),
+            tenant: v.tenant.clone(),
+            reason: v.reason.clone(),
+            warning,
+        }
+    }
+}
+
+/// A host under test.
+pub trait Host {
+    /// The verdicts for `MAIL FROM` and each recipient of `scenario`, its
+    /// chain (if any) read from `certs`.
+    fn run(&mut self, scenario: &KitScenario, certs: &Path) -> (Observed, Vec<Observed>);
+}
+
+/// The kit's certificates, made once per test run by the kit's own script.
+pub fn certs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("attrelay-kit-certs-{}", std::process::id()));
+        let status = Command::new("python3")
+            .arg(support::root().join("conformance/make-certs.py"))
+            .arg(&dir)
+            .status()
+            .expect("running python3 conformance/make-certs.py");
+        assert!(status.success(), "make-certs.py failed");
+        dir
+    })
+}
+
+/// The PEM of the kit's trust anchor.
+pub fn anchor_pem() -> PathBuf {
+    certs().join(format!("{}.pem", kit().trust_anchors))
+}
+
+/// The DER certificates of chain `name`.
+pub fn chain(name: &str) -> Vec<Vec<u8>> {
+    attrelay::pem::read_certificates(&certs().join(format!("{name}.pem")))
+        .unwrap()
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// Runs every scenario of the kit (both layers) through `host`; the
+/// failures, each naming the scenario and recipient, and how many
+/// recipients were compared.
+pub fn run_kit(host: &mut dyn Host) -> (Vec<String>, usize) {
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for s in &kit().scenarios {
+        let (mail, rcpts) = host.run(s, certs());
+        if (mail.code, mail.enhanced.as_str()) != (250, "2.1.0") {
+            failures.push(format!("{}: MAIL FROM:<{}> got {mail:?}", s.name, s.sender));
+            continue;
+        }
+        for (r, got) in s.recipients.iter().zip(&rcpts) {
+            compared += 1;
+            let want = Observed {
+                code: r.code,
+                enhanced: r.enhanced.clone(),
+                tenant: r.tenant.clone(),
+                reason: Some(r.reason.clone()),
+                warning: r.warning,
+            };
+            if *got != want {
+                failures.push(format!(
+                    "{} / RCPT TO:<{}>\n  want {want:?}\n  got  {got:?}",
+                    s.name, r.address
+                ));
+            }
+        }
+        if rcpts.len() != s.recipients.len() {
+            failures.push(format!(
+                "{}: {} answers for {} recipients",
+                s.name,
+                rcpts.len(),
+                s.recipients.len()
+            ));
+        }
+    }
+    (failures, compared)
+}
+
+/// Every recipient of the kit, for runners that must have compared them all.
+pub fn recipients_in_kit() -> usize {
+    kit().scenarios.iter().map(|s| s.recipients.len()).sum()
+}
+
+/// Asserts that `host` passes the whole kit.
+pub fn assert_passes(host: &mut dyn Host) {
+    let (failures, compared) = run_kit(host);
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(compared, recipients_in_kit(), "every recipient compared");
+}
