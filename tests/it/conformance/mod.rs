@@ -5,6 +5,7 @@
 
 mod engine;
 mod gateway;
+mod node;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
