@@ -348,30 +348,6 @@ async fn a_stalled_decision_log_holds_up_no_decision() {
     handle.stop().await;
 }
 
-/// Adds `addrs` to the loopback interface (root, like the Postfix tests):
-/// distinct IPv6 clients on one machine. Fails, never skips, without them.
-fn add_loopback_addresses(addrs: &[&str]) {
-    for a in addrs {
-        let out = std::process::Command::new("ip")
-            .args([
-                "-6",
-                "addr",
-                "add",
-                &format!("{a}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ])
-            .output()
-            .expect("running ip(8) from iproute2");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || err.contains("File exists") || err.contains("already assigned"),
-            "cannot add {a} to lo (this test needs root and iproute2): {err}"
-        );
-    }
-}
-
 /// Connects from `source` and returns the first line the relay says.
 async fn first_line_from(source: &str, addr: SocketAddr) -> (BufReader<TcpStream>, String) {
     let socket = tokio::net::TcpSocket::new_v6().unwrap();
@@ -396,7 +372,7 @@ async fn ipv6_clients_of_one_64_share_the_per_ip_limit() {
         "fd7a:a77e:1e1a::12",
         "fd7a:a77e:1e1a:1::11",
     );
-    add_loopback_addresses(&[a1, a2, b]);
+    support::add_loopback_addresses(&[a1, a2, b]);
     let pki = Pki::new();
     let path = write_config(
         &pki,

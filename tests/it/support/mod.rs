@@ -418,3 +418,27 @@ pub fn build_gateway() -> PathBuf {
     assert!(wasm.exists(), "{} missing", wasm.display());
     wasm
 }
+
+/// Adds `addrs` (IPv4 or IPv6) to the loopback interface (root, like the
+/// Postfix tests): distinct clients on one machine. Fails, never skips,
+/// without them.
+pub fn add_loopback_addresses(addrs: &[&str]) {
+    for a in addrs {
+        let v6 = a.contains(':');
+        let mut args = vec![if v6 { "-6" } else { "-4" }, "addr", "add"];
+        let with_prefix = format!("{a}/{}", if v6 { 128 } else { 32 });
+        args.extend([with_prefix.as_str(), "dev", "lo"]);
+        if v6 {
+            args.push("nodad");
+        }
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("running ip(8) from iproute2");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("File exists") || err.contains("already assigned"),
+            "cannot add {a} to lo (this test needs root and iproute2): {err}"
+        );
+    }
+}
