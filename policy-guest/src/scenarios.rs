@@ -194,10 +194,14 @@ pub struct KitScenario {
     pub tls: Option<KitTls>,
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
-    /// `false`: the scenario needs the session time to be `time` (a host
-    /// judging at its wall clock cannot run it; see the README).
-    #[serde(default = "yes")]
-    pub wall_clock: bool,
+    /// What a host must know to run the scenario, beyond what every host
+    /// knows (see the README): `session-time` (judging at `time` rather
+    /// than at its wall clock), `subject-alt-names` (the certificate's DNS
+    /// names, which Postfix does not pass on), `verifying-chain` (the
+    /// chain that verified it, for its name constraints). A host that
+    /// lacks one leaves the scenario out and says so.
+    #[serde(default)]
+    pub needs: Vec<String>,
     pub sender: String,
     pub recipients: Vec<KitRecipient>,
 }

@@ -15,8 +15,11 @@ use attrelay_policy::scenarios::{KIT_JSON, KitScenario};
 use tempfile::TempDir;
 
 use super::node::{dist, plugin_dir};
-use super::smtp::{Group, combine, loopback_clients, send, verdict_lines, wall_clock_groups};
-use super::{Host, Observed, anchor_pem, assert_passes};
+use super::smtp::{
+    Group, combine, free_port, loopback_clients, send, server_certificate, verdict_lines,
+    wall_clock_groups,
+};
+use super::{Host, Observed, SESSION_TIME, anchor_pem, assert_passes};
 
 /// A private Haraka: its own directory, configuration and port.
 pub struct Haraka {
@@ -65,6 +68,9 @@ impl Haraka {
             write(name, text);
         }
         server_certificate(&config);
+        // A prepared DH group: Haraka would otherwise generate one at start.
+        std::fs::write(config.join("dhparams.pem"), include_str!("ffdhe2048.pem")).unwrap();
+        std::fs::write(config.join("tls.ini"), "dhparam=dhparams.pem\n").unwrap();
         std::fs::create_dir_all(dir.path().join("node_modules")).unwrap();
         std::os::unix::fs::symlink(
             plugin_dir(),
@@ -130,40 +136,6 @@ impl Drop for Haraka {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("[::]:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Haraka's own STARTTLS certificate (self-signed, made by openssl).
-fn server_certificate(config: &Path) {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .arg("-keyout")
-        .arg(config.join("tls_key.pem"))
-        .arg("-out")
-        .arg(config.join("tls_cert.pem"))
-        .args(["-days", "3650", "-subj", "/CN=relay.example.test"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A prepared DH group: Haraka would otherwise generate one at start.
-    std::fs::write(config.join("dhparams.pem"), include_str!("ffdhe2048.pem")).unwrap();
-    std::fs::write(config.join("tls.ini"), "dhparam=dhparams.pem\n").unwrap();
-}
-
 /// The kit's tenants (JSON, the relay's keys) and the plugin's settings.
 pub fn kit_attrelay_ini(settings: &BTreeMap<String, String>) -> String {
     let mut ini = format!(
@@ -217,8 +189,8 @@ impl HarakaHost {
 }
 
 impl Host for HarakaHost {
-    fn runs(&self, s: &KitScenario) -> bool {
-        s.wall_clock
+    fn lacks(&self) -> &'static [&'static str] {
+        &[SESSION_TIME]
     }
 
     fn run(&mut self, s: &KitScenario, _certs: &Path) -> (Observed, Vec<Observed>) {

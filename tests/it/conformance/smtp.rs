@@ -16,9 +16,8 @@ use crate::support;
 /// The scenarios one host instance judges at its wall clock: the kit's
 /// settings with the enforcement instant moved by (now − the scenario's
 /// time), so that the session's distance to the deadline is the
-/// scenario's. Scenarios whose certificates' validity matters at their
-/// own time (`wall_clock: false`) cannot be moved: they are left out, and
-/// the runner says so.
+/// scenario's. Scenarios that need their own session time (a
+/// certificate's validity at it) cannot be moved: they are left out.
 pub struct Group {
     pub settings: BTreeMap<String, String>,
     pub scenarios: Vec<&'static KitScenario>,
@@ -26,7 +25,11 @@ pub struct Group {
 
 pub fn wall_clock_groups(now: i64) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    for s in kit().scenarios.iter().filter(|s| s.wall_clock) {
+    for s in kit()
+        .scenarios
+        .iter()
+        .filter(|s| !s.needs.iter().any(|n| n == super::SESSION_TIME))
+    {
         let mut settings = s.settings.clone();
         let enforcement = settings
             .get("enforcement")
@@ -171,4 +174,40 @@ pub fn combine(
         out.insert(s.name.clone(), (mail.expect("a MAIL FROM"), rcpts));
     }
     out
+}
+
+/// A port free on loopback for both IPv4 and IPv6 (a host listens on both).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("[::]:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A server's own STARTTLS certificate, `tls_cert.pem` and `tls_key.pem`
+/// in `config` (self-signed, made by openssl).
+pub fn server_certificate(config: &std::path::Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(config.join("tls_key.pem"))
+        .arg("-out")
+        .arg(config.join("tls_cert.pem"))
+        .args(["-days", "3650", "-subj", "/CN=relay.example.test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A prepared DH group: Haraka would otherwise generate one at start.
+    std::fs::write(config.join("dhparams.pem"), include_str!("ffdhe2048.pem")).unwrap();
+    std::fs::write(config.join("tls.ini"), "dhparam=dhparams.pem\n").unwrap();
 }
