@@ -76,6 +76,8 @@ impl GuestSession for Session {
     }
 
     fn rcpt_to(&self, recipient: String) -> wit::Verdict {
+        #[cfg(feature = "faults")]
+        crate::faults::inject(&recipient);
         verdict_to_wit(match &mut *self.0.borrow_mut() {
             Ok(s) => s.rcpt_to(&recipient),
             Err(why) => policy_failure(why.as_str()),

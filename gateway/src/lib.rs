@@ -21,5 +21,7 @@ pub mod tenants;
 
 #[cfg(target_arch = "wasm32")]
 mod component;
+#[cfg(feature = "faults")]
+pub mod faults;
 
 pub use judge::{Configuration, Gateway, RawFacts, RawTls, Session};

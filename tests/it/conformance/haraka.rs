@@ -33,6 +33,16 @@ impl Haraka {
     /// `[main]` keys beyond `dist`, and `[settings]`), forwarding accepted
     /// mail to `forward`. Waits (60 s at most) for its greeting.
     pub fn start(attrelay_ini: &str, files: &[(&str, &str)], forward: SocketAddr) -> Haraka {
+        Haraka::start_with(dist(), attrelay_ini, files, forward)
+    }
+
+    /// [`Haraka::start`] with the component transpiled in `dist`.
+    pub fn start_with(
+        dist: &Path,
+        attrelay_ini: &str,
+        files: &[(&str, &str)],
+        forward: SocketAddr,
+    ) -> Haraka {
         let dir = tempfile::tempdir().unwrap();
         let haraka = plugin_dir().join("node_modules/.bin/haraka");
         let out = Command::new(&haraka)
@@ -62,7 +72,7 @@ impl Haraka {
         );
         write(
             "attrelay.ini",
-            &format!("[main]\ndist={}\n{attrelay_ini}", dist().display()),
+            &format!("[main]\ndist={}\n{attrelay_ini}", dist.display()),
         );
         for (name, text) in files {
             write(name, text);

@@ -7,6 +7,7 @@ mod engine;
 mod gateway;
 mod haraka;
 mod node;
+mod plugin;
 mod relay;
 mod smtp;
 

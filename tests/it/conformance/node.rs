@@ -27,22 +27,31 @@ pub fn plugin_dir() -> PathBuf {
 /// The gateway component transpiled for Node, once per test run.
 pub fn dist() -> &'static Path {
     static DIST: OnceLock<PathBuf> = OnceLock::new();
-    DIST.get_or_init(|| {
-        let dist = std::env::temp_dir().join(format!("attrelay-gateway-js-{}", std::process::id()));
-        let out = Command::new("node")
-            .arg("scripts/build.mjs")
-            .current_dir(plugin_dir())
-            .env("ATTRELAY_GATEWAY_WASM", gateway_wasm())
-            .env("ATTRELAY_GATEWAY_DIST", &dist)
-            .output()
-            .expect("running node scripts/build.mjs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dist
-    })
+    DIST.get_or_init(|| transpile(gateway_wasm(), "gateway-js"))
+}
+
+/// The component with the feature `faults`, transpiled for Node.
+pub fn faulty_dist() -> &'static Path {
+    static DIST: OnceLock<PathBuf> = OnceLock::new();
+    DIST.get_or_init(|| transpile(&support::build_faulty_gateway(), "gateway-faults-js"))
+}
+
+/// `npm run build` of the plugin, for `wasm`, into a directory of its own.
+fn transpile(wasm: &Path, name: &str) -> PathBuf {
+    let dist = std::env::temp_dir().join(format!("attrelay-{name}-{}", std::process::id()));
+    let out = Command::new("node")
+        .arg("scripts/build.mjs")
+        .current_dir(plugin_dir())
+        .env("ATTRELAY_GATEWAY_WASM", wasm)
+        .env("ATTRELAY_GATEWAY_DIST", &dist)
+        .output()
+        .expect("running node scripts/build.mjs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dist
 }
 
 #[derive(Deserialize)]

@@ -393,7 +393,17 @@ pub fn stderr(o: &Output) -> String {
 /// Builds the gateway component (`gateway/`, profile `gateway`) for
 /// wasm32-wasip2 in a target directory of its own and returns the `.wasm`.
 pub fn build_gateway() -> PathBuf {
-    let target = root().join("target/test-components");
+    build_gateway_in("target/test-components", &[])
+}
+
+/// The gateway component with the feature `faults` (misbehaviour on
+/// request, for the hosts' fail-closed tests).
+pub fn build_faulty_gateway() -> PathBuf {
+    build_gateway_in("target/test-components-faults", &["--features", "faults"])
+}
+
+fn build_gateway_in(target: &str, extra: &[&str]) -> PathBuf {
+    let target = root().join(target);
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
         .args([
@@ -408,6 +418,7 @@ pub fn build_gateway() -> PathBuf {
             "--target-dir",
         ])
         .arg(&target)
+        .args(extra)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR")
