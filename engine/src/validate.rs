@@ -71,3 +71,62 @@ pub fn check_scenarios(policy: &LoadedPolicy) -> Result<ScenarioReport, String> 
     }
     Ok(report)
 }
+
+/// Runs a tenant policy (`world tenant-rules`) over the built-in scenarios:
+/// each recipient the default policy attributes to a tenant goes through
+/// `load(tenant)`'s policy (the same component loaded for that tenant) with
+/// the default verdict as its base, as the relay runs it. `Err` at the
+/// first policy failure (a trap, a budget, a verdict the checks refuse,
+/// such as one naming another tenant); the verdicts it changed are listed.
+pub fn check_tenant_scenarios(
+    mut load: impl FnMut(&str) -> Result<crate::policy::TenantPolicy, String>,
+) -> Result<ScenarioReport, String> {
+    use attrelay_policy::scenarios::{fixture, scenarios};
+    use attrelay_policy::{Session, Settings};
+    let directory = Arc::new(Directory::from_fixture(&fixture()));
+    let mut policies = std::collections::HashMap::new();
+    let mut report = ScenarioReport {
+        scenarios: 0,
+        calls: 0,
+        differing: Vec::new(),
+    };
+    for s in scenarios() {
+        report.scenarios += 1;
+        let settings = Settings::from_pairs(s.settings.iter().copied())?;
+        let mut base = Session::open(fixture(), settings, s.facts.clone());
+        if base.mail_from(s.sender).code >= 300 {
+            continue;
+        }
+        let mut sessions = std::collections::HashMap::new();
+        for (rcpt, _) in &s.recipients {
+            let base_v = base.rcpt_to(rcpt);
+            let Some(tenant) = base_v.tenant.clone() else {
+                continue;
+            };
+            if !policies.contains_key(&tenant) {
+                policies.insert(tenant.clone(), load(&tenant)?);
+            }
+            let session = sessions
+                .entry(tenant.clone())
+                .or_insert_with(|| policies[&tenant].open_session(directory.clone(), &s.facts));
+            let v = session.rcpt_to(s.sender, rcpt, &base_v);
+            report.calls += 1;
+            if v.reason.as_deref() == Some("policy-failure") {
+                return Err(format!(
+                    "scenario '{}': RCPT TO {rcpt} (tenant {tenant}) failed: {}",
+                    s.name,
+                    v.explanation.join("; ")
+                ));
+            }
+            if v.code != base_v.code || v.enhanced != base_v.enhanced || v.reason != base_v.reason {
+                report.differing.push(format!(
+                    "{} / {rcpt} (tenant {tenant}): {} instead of {}",
+                    s.name,
+                    v.reply_line(),
+                    base_v.reply_line()
+                ));
+            }
+        }
+    }
+    Ok(report)
+}

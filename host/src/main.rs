@@ -169,12 +169,20 @@ struct QueueAction {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Compile, link and configure a component and run the built-in scenarios through it.
+    /// Tell which world a component implements (a base policy or a tenant's
+    /// rules), compile, link and configure it, and run the built-in scenarios
+    /// through it.
     Validate {
         component: PathBuf,
         /// Take the policy settings from this configuration.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// A tenant policy: take this tenant's settings and budgets from --config.
+        #[arg(long, value_name = "ID")]
+        tenant: Option<String>,
+        /// A setting KEY=VALUE, over the configuration's (repeatable).
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
     },
     /// Replay a decision log through two components and print the differences.
     Diff {
@@ -216,8 +224,22 @@ fn main() -> ExitCode {
             command: CertCommand::Inspect(args),
         } => commands::inspect::inspect(&args, &mut stdout),
         Command::Policy {
-            command: PolicyCommand::Validate { component, config },
-        } => commands::policy::validate(&component, config.as_ref(), &mut stdout),
+            command:
+                PolicyCommand::Validate {
+                    component,
+                    config,
+                    tenant,
+                    settings,
+                },
+        } => commands::policy::validate(
+            &commands::policy::ValidateArgs {
+                component: &component,
+                config: config.as_ref(),
+                tenant: tenant.as_deref(),
+                settings: &settings,
+            },
+            &mut stdout,
+        ),
         Command::Policy {
             command:
                 PolicyCommand::Diff {

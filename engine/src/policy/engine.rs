@@ -70,11 +70,11 @@ pub enum PolicyError {
         origin: String,
         detail: anyhow::Error,
     },
-    #[error(
-        "{origin}: the component does not implement the attrelay:policy/attribution-policy world: {detail:#}"
-    )]
+    #[error("{origin}: the component does not implement the {} world: {detail:#}", world.name())]
     Link {
         origin: String,
+        /// The world it was linked against.
+        world: World,
         detail: anyhow::Error,
     },
     #[error("{origin}: the policy refused its settings: {message}")]
@@ -310,7 +310,7 @@ impl PolicyEngine {
             .linker
             .instantiate_pre(&component)
             .and_then(AttributionPolicyPre::new)
-            .map_err(link_error(origin))?;
+            .map_err(link_error(origin, World::AttributionPolicy))?;
         let policy = LoadedPolicy {
             inner: Arc::new(LoadedInner {
                 engine: self.clone(),
@@ -339,12 +339,59 @@ impl PolicyEngine {
     }
 }
 
-/// The error of a component that does not implement the world it is
-/// loaded for.
-pub(crate) fn link_error(origin: &str) -> impl Fn(wasmtime::Error) -> PolicyError + '_ {
+/// The error of a component that does not implement `world`, the one it
+/// is loaded for.
+pub(crate) fn link_error(
+    origin: &str,
+    world: World,
+) -> impl Fn(wasmtime::Error) -> PolicyError + '_ {
     move |e| PolicyError::Link {
         origin: origin.to_string(),
+        world,
         detail: e.into(),
+    }
+}
+
+/// The worlds of `wit/policy.wit` a component can implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// A base policy: exports `policy`, imports `directory`.
+    AttributionPolicy,
+    /// A tenant's own rules: exports `tenant-policy`, imports `tenant-directory`.
+    TenantRules,
+}
+
+impl World {
+    pub fn name(self) -> &'static str {
+        match self {
+            World::AttributionPolicy => "attrelay:policy/attribution-policy",
+            World::TenantRules => "attrelay:policy/tenant-rules",
+        }
+    }
+
+    /// The interface the world exports, as a component names it.
+    fn export(self) -> &'static str {
+        match self {
+            World::AttributionPolicy => "attrelay:policy/policy@0.1.0",
+            World::TenantRules => "attrelay:policy/tenant-policy@0.1.0",
+        }
+    }
+}
+
+impl PolicyEngine {
+    /// The world the component `bytes` implements, told by what it exports
+    /// (`None`: neither interface). Linking still decides whether it
+    /// implements it whole.
+    pub fn world_of(&self, origin: &str, bytes: &[u8]) -> Result<Option<World>, PolicyError> {
+        let (component, _, _) = self.component(origin, bytes)?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(self.engine())
+            .map(|(name, _)| name.to_string())
+            .collect();
+        Ok([World::AttributionPolicy, World::TenantRules]
+            .into_iter()
+            .find(|w| exports.iter().any(|e| e == w.export())))
     }
 }
 

@@ -11,7 +11,7 @@ pub mod tenant;
 pub mod verdict;
 
 pub use crate::verdict::policy_failure;
-pub use engine::{EngineLimits, LoadedPolicy, PolicyEngine, PolicyError, PolicySource};
+pub use engine::{EngineLimits, LoadedPolicy, PolicyEngine, PolicyError, PolicySource, World};
 pub use session::PolicySession;
 pub use tenant::{TenantBudget, TenantPolicy, TenantSession};
 

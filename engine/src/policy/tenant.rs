@@ -13,7 +13,7 @@ use super::bindings::tenant::{TenantRules, TenantRulesPre};
 use super::bindings::{tenant_guest, types as wit};
 use super::cache::Provenance;
 use super::engine::{
-    PolicyEngine, PolicyError, PolicySource, StartError, link_error, wit_settings,
+    PolicyEngine, PolicyError, PolicySource, StartError, World, link_error, wit_settings,
 };
 use super::session::within_budget;
 use super::store::{SessionState, describe_error_with, facts_to_wit};
@@ -72,6 +72,7 @@ impl PolicyEngine {
             PolicySource::Embedded => {
                 return Err(PolicyError::Link {
                     origin,
+                    world: World::TenantRules,
                     detail: anyhow::anyhow!("the embedded default policy is not a tenant policy"),
                 });
             }
@@ -85,7 +86,7 @@ impl PolicyEngine {
             .tenant_linker()
             .instantiate_pre(&component)
             .and_then(TenantRulesPre::new)
-            .map_err(link_error(&origin))?;
+            .map_err(link_error(&origin, World::TenantRules))?;
         let policy = TenantPolicy {
             inner: Arc::new(Inner {
                 engine: self.clone(),

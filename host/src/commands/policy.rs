@@ -10,28 +10,52 @@ use std::sync::Arc;
 use attrelay_policy::model::Verdict;
 
 use super::{EXIT_OK, EXIT_REFUSED, UsageError, load_config};
-use crate::policy::{EngineLimits, PolicyEngine, PolicySource};
-use crate::validate::check_scenarios;
+use crate::policy::{EngineLimits, PolicyEngine, PolicyError, PolicySource, TenantBudget, World};
+use crate::validate::{check_scenarios, check_tenant_scenarios};
 
-/// Loads `component` with the configuration's settings (or none) and runs
-/// the built-in scenarios through it. Exit 0 when it answers them all.
-pub fn validate(
-    component: &Path,
-    config: Option<&PathBuf>,
-    out: &mut dyn Write,
-) -> Result<u8, UsageError> {
-    let settings = match config {
-        Some(c) => load_config(Some(c))?.policy.settings,
-        None => Vec::new(),
-    };
+/// What `attrelay policy validate` is asked.
+pub struct ValidateArgs<'a> {
+    pub component: &'a Path,
+    /// The configuration whose settings (and budgets) apply.
+    pub config: Option<&'a PathBuf>,
+    /// A tenant policy: the tenant of the configuration whose settings and
+    /// budgets apply.
+    pub tenant: Option<&'a str>,
+    /// `KEY=VALUE` settings, over the configuration's.
+    pub settings: &'a [String],
+}
+
+/// Finds which world `component` implements (by its exports), loads it
+/// for that world with the settings given, and runs the built-in scenarios
+/// through it. Exit 0 when it answers them all.
+pub fn validate(args: &ValidateArgs<'_>, out: &mut dyn Write) -> Result<u8, UsageError> {
+    let config = args.config.map(|c| load_config(Some(c))).transpose()?;
     let engine = PolicyEngine::new(EngineLimits {
         max_instances: 8,
         ..EngineLimits::default()
     })
     .map_err(UsageError::new)?;
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(UsageError::new);
-    let policy = match engine.load(&PolicySource::File(component.to_path_buf()), &settings) {
-        Ok(p) => p,
+    let origin = args.component.display().to_string();
+    let world = std::fs::read(args.component)
+        .map_err(|e| PolicyError::Read {
+            origin: origin.clone(),
+            source: e,
+        })
+        .and_then(|bytes| engine.world_of(&origin, &bytes));
+    let world = match world {
+        Ok(Some(world)) => world,
+        Ok(None) => {
+            w(
+                out,
+                format!(
+                    "INVALID: {origin}: the component exports neither attrelay:policy/policy (world {}) nor attrelay:policy/tenant-policy (world {})",
+                    World::AttributionPolicy.name(),
+                    World::TenantRules.name()
+                ),
+            )?;
+            return Ok(EXIT_REFUSED);
+        }
         Err(e) => {
             w(out, format!("INVALID: {e}"))?;
             return Ok(EXIT_REFUSED);
@@ -39,47 +63,130 @@ pub fn validate(
     };
     w(
         out,
-        format!(
-            "component {} (sha256 {})",
-            component.display(),
-            policy.sha256()
-        ),
+        format!("component {origin}: implements {}", world.name()),
     )?;
-    w(
-        out,
-        "  compiled, linked against attrelay:policy/attribution-policy, configured: ok".into(),
-    )?;
-    match check_scenarios(&policy) {
-        Ok(report) => {
-            w(
-                out,
-                format!(
-                    "  built-in scenarios: {} sessions, {} calls, all answered",
-                    report.scenarios, report.calls
-                ),
-            )?;
-            if report.differing.is_empty() {
-                w(out, "  every verdict matches the reference rules".into())?;
-            } else {
-                w(
-                    out,
-                    format!(
-                        "  {} verdicts differ from the reference rules (fine if intended):",
-                        report.differing.len()
-                    ),
-                )?;
-                for d in &report.differing {
-                    w(out, format!("    - {d}"))?;
-                }
-            }
-            w(out, "VALID".into())?;
-            Ok(EXIT_OK)
+    let source = PolicySource::File(args.component.to_path_buf());
+    let outcome = match world {
+        World::AttributionPolicy => {
+            let mut settings = config.map(|c| c.policy.settings).unwrap_or_default();
+            overlay(&mut settings, args.settings)?;
+            engine
+                .load(&source, &settings)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    w(
+                        out,
+                        format!("  sha256 {}; compiled, linked, configured: ok", p.sha256()),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    check_scenarios(&p)
+                })
         }
+        World::TenantRules => {
+            let (mut settings, budget) = tenant_settings(config.as_ref(), args.tenant)?;
+            overlay(&mut settings, args.settings)?;
+            let mut first = true;
+            check_tenant_scenarios(|tenant| {
+                let p = engine
+                    .load_tenant(&source, &settings, tenant, budget)
+                    .map_err(|e| e.to_string())?;
+                if std::mem::take(&mut first) {
+                    let _ = writeln!(
+                        out,
+                        "  sha256 {}; compiled, linked, configured: ok",
+                        p.sha256()
+                    );
+                }
+                Ok(p)
+            })
+        }
+    };
+    report(outcome, world, out)
+}
+
+/// `KEY=VALUE` settings over `settings` (a key given again replaces it).
+fn overlay(settings: &mut Vec<(String, String)>, given: &[String]) -> Result<(), UsageError> {
+    for s in given {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| UsageError::new(format!("--setting {s}: write KEY=VALUE")))?;
+        settings.retain(|(key, _)| key != k);
+        settings.push((k.to_string(), v.to_string()));
+    }
+    Ok(())
+}
+
+/// A tenant policy's settings and budgets: the configured tenant's, or none
+/// and the engine's defaults.
+fn tenant_settings(
+    config: Option<&crate::config::Config>,
+    tenant: Option<&str>,
+) -> Result<(Vec<(String, String)>, TenantBudget), UsageError> {
+    let defaults = EngineLimits::default();
+    let budget = TenantBudget {
+        call_timeout: defaults.call_timeout,
+        memory_limit: defaults.memory_limit,
+    };
+    let Some(id) = tenant else {
+        return Ok((Vec::new(), budget));
+    };
+    let config = config.ok_or_else(|| UsageError::new("--tenant needs --config"))?;
+    let t =
+        config.tenants.iter().find(|t| t.id == id).ok_or_else(|| {
+            UsageError::new(format!("{}: no tenant '{id}'", config.source.display()))
+        })?;
+    Ok(match &t.policy {
+        Some(p) => (
+            p.settings.clone(),
+            TenantBudget {
+                call_timeout: p.timeout,
+                memory_limit: p.memory_limit,
+            },
+        ),
+        None => (Vec::new(), budget),
+    })
+}
+
+fn report(
+    outcome: Result<crate::validate::ScenarioReport, String>,
+    world: World,
+    out: &mut dyn Write,
+) -> Result<u8, UsageError> {
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(UsageError::new);
+    let report = match outcome {
+        Ok(r) => r,
         Err(e) => {
             w(out, format!("INVALID: {e}"))?;
-            Ok(EXIT_REFUSED)
+            return Ok(EXIT_REFUSED);
+        }
+    };
+    let judged = match world {
+        World::AttributionPolicy => "calls",
+        World::TenantRules => "recipients judged by the tenant policy",
+    };
+    w(
+        out,
+        format!(
+            "  built-in scenarios: {} sessions, {} {judged}, all answered",
+            report.scenarios, report.calls
+        ),
+    )?;
+    if report.differing.is_empty() {
+        w(out, "  every verdict matches the reference rules".into())?;
+    } else {
+        w(
+            out,
+            format!(
+                "  {} verdicts differ from the reference rules (fine if intended):",
+                report.differing.len()
+            ),
+        )?;
+        for d in &report.differing {
+            w(out, format!("    - {d}"))?;
         }
     }
+    w(out, "VALID".into())?;
+    Ok(EXIT_OK)
 }
 
 fn summary(v: &Verdict) -> String {
