@@ -452,6 +452,66 @@ async fn tenant_policies_run_sandboxed_for_their_own_tenant_only() {
     live.handle.stop().await;
 }
 
+/// Tenant policies written in JavaScript (componentize-js) run under the
+/// same budgets as Rust ones: the example's longer grace period applies to
+/// its tenant, and a trap, a loop, an allocation bomb or a verdict naming
+/// another tenant each defer only their own tenant's mail (451 4.3.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_policies_in_javascript_run_sandboxed_for_their_own_tenant_only() {
+    let grace = support::build_tenant_js();
+    let rogue = support::build_rogue_tenant_js();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let live = Live::start(
+        "",
+        &[
+            ("contoso", &format!("policy = {}\npolicy_settings = {{ grace_until = \"2099-01-01T00:00:00Z\" }}", q(&grace))),
+            ("fabrikam", &format!("policy = {}\npolicy_settings = {{ behavior = \"trap\" }}", q(&rogue))),
+            ("adatum", &format!("policy = {}\npolicy_timeout_ms = 100\npolicy_settings = {{ behavior = \"loop\" }}", q(&rogue))),
+            ("northwind", &format!("policy = {}\npolicy_memory_limit_mib = 16\npolicy_settings = {{ behavior = \"bomb\" }}", q(&rogue))),
+            ("woodgrove", &format!("policy = {}\npolicy_settings = {{ behavior = \"steal\" }}", q(&rogue))),
+        ],
+    )
+    .await;
+    // contoso's longer grace, in JavaScript: ATTR36 deferred, not rejected.
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<>").await.code, 250);
+    let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
+    assert!(r.is(451, "4.4.4"), "{r:?}");
+    // Each rogue policy defers its own tenant's mail, within its budget.
+    for (tenant, cert) in [
+        ("fabrikam", "fabrikam-host"),
+        ("adatum", "adatum-host"),
+        ("northwind", "northwind-host"),
+    ] {
+        let mut c = live.session(UNKNOWN_IP, Some(cert)).await;
+        assert_eq!(
+            c.cmd(&format!("MAIL FROM:<john@{tenant}.com>")).await.code,
+            250
+        );
+        let t = Instant::now();
+        let r = c.cmd(&format!("RCPT TO:<{EXT}>")).await;
+        assert!(r.is(451, "4.3.5"), "{tenant}: {r:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{tenant}: {:?}",
+            t.elapsed()
+        );
+    }
+    // Incoming mail for woodgrove: its policy names another tenant.
+    let mut c = live.session(UNKNOWN_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<a@internet.example>").await.code, 250);
+    let r = c.cmd("RCPT TO:<kate@woodgrove.com>").await;
+    assert!(r.is(451, "4.3.5"), "{r:?}");
+    // ...while a tenant without a policy is judged as ever, in the same session.
+    let r = c.cmd("RCPT TO:<kate@tailspintoys.com>").await;
+    assert!(r.is(250, "2.1.5"), "{r:?}");
+    // And contoso's mail keeps flowing beside the rogues.
+    let mut c = live.session(CONTOSO_IP, None).await;
+    assert_eq!(c.cmd("MAIL FROM:<john@contoso.com>").await.code, 250);
+    assert!(c.cmd(&format!("RCPT TO:<{EXT}>")).await.is(250, "2.1.5"));
+    live.handle.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_decision_log_diff_validate_and_metrics() {
     let dir = tempfile::tempdir().unwrap();

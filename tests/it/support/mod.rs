@@ -453,3 +453,61 @@ pub fn add_loopback_addresses(addrs: &[&str]) {
         );
     }
 }
+
+/// `examples/tenant-js`, whose `node_modules` `.ci/run` installs (`npm ci`).
+fn tenant_js_dir() -> PathBuf {
+    let dir = root().join("examples/tenant-js");
+    assert!(
+        dir.join("node_modules/.bin/componentize-js").exists(),
+        "examples/tenant-js/node_modules is missing: run `npm ci` there (.ci/run does)"
+    );
+    dir
+}
+
+/// The JavaScript tenant policy of `examples/tenant-js`, built by its own
+/// `npm run build` (componentize-js), once per test run.
+pub fn build_tenant_js() -> PathBuf {
+    static WASM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    WASM.get_or_init(|| {
+        let dir = tenant_js_dir();
+        let out = Command::new("npm")
+            .args(["run", "build"])
+            .current_dir(&dir)
+            .output()
+            .expect("running npm run build in examples/tenant-js");
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        dir.join("tenant-js.wasm")
+    })
+    .clone()
+}
+
+/// `tests/components/rogue-tenant-js/rogue.js`, built with the example's
+/// componentize-js and its options, once per test run.
+pub fn build_rogue_tenant_js() -> PathBuf {
+    static WASM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    WASM.get_or_init(|| {
+        let dir = tenant_js_dir();
+        let wasm = root().join("target/test-components/rogue-tenant-js.wasm");
+        std::fs::create_dir_all(wasm.parent().unwrap()).unwrap();
+        let out = Command::new(dir.join("node_modules/.bin/componentize-js"))
+            .arg("--wit")
+            .arg(root().join("wit/policy.wit"))
+            .args([
+                "--world-name",
+                "tenant-rules",
+                "--disable",
+                "http",
+                "fetch-event",
+                "stdio",
+                "--out",
+            ])
+            .arg(&wasm)
+            .arg(root().join("tests/components/rogue-tenant-js/rogue.js"))
+            .current_dir(&dir)
+            .output()
+            .expect("running componentize-js");
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        wasm
+    })
+    .clone()
+}
