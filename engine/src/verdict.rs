@@ -121,6 +121,12 @@ fn enhanced_ok(e: &str, class: u16) -> bool {
 /// contract documents on `verdict`, and that a named tenant is one
 /// `directory` knows. Every host applies it, whatever ran the policy.
 pub fn check(v: Verdict, directory: &Directory) -> Result<Verdict, String> {
+    check_with(v, |t| directory.has_tenant(t))
+}
+
+/// [`check`], asking `known_tenant` whether a named tenant exists (a host
+/// whose directory lives elsewhere: a composed gateway's).
+pub fn check_with(v: Verdict, known_tenant: impl Fn(&str) -> bool) -> Result<Verdict, String> {
     let action = v.action;
     let class = v.code / 100;
     let expected = match action {
@@ -147,7 +153,7 @@ pub fn check(v: Verdict, directory: &Directory) -> Result<Verdict, String> {
         ));
     }
     if let Some(t) = &v.tenant
-        && !directory.has_tenant(t)
+        && !known_tenant(t)
     {
         return Err(format!("verdict names unknown tenant {:?}", truncate(t)));
     }

@@ -18,10 +18,9 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use attrelay::gateway::types::DirectoryFormat;
 use attrelay::policy::types as wit;
-use exports::attrelay::gateway::gateway::{
-    Configuration, DirectoryFormat, Guest, GuestSession, SessionFacts,
-};
+use exports::attrelay::gateway::gateway::{Configuration, Guest, GuestSession, SessionFacts};
 
 thread_local! {
     /// The configured gateway; `Err` with the reason until `configure`
@@ -58,7 +57,7 @@ impl Guest for Component {
 }
 
 /// A session, or why there is none (every call then fails closed).
-struct Session(RefCell<Result<judge::Session, String>>);
+struct Session(RefCell<Result<judge::NativeSession, String>>);
 
 impl GuestSession for Session {
     fn new(facts: SessionFacts) -> Self {

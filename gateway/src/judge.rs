@@ -4,17 +4,22 @@
 //!
 //! The order is the relay's ([`attrelay_engine::evaluation`]): a recipient
 //! its tenant's list does not hold is refused before the policy; the base
-//! policy's verdict is checked ([`attrelay_engine::verdict::check`]); an
-//! accepted recipient with sender routing from an unvouched client is
+//! policy's verdict is checked ([`attrelay_engine::verdict::check_with`]);
+//! an accepted recipient with sender routing from an unvouched client is
 //! refused. Tenant policies are the relay's alone (the directory refuses
 //! tenants that have one).
+//!
+//! A [`Session`] is generic over where the policy and the directory are:
+//! linked in ([`NativeSession`], the `attrelay-gateway` component and
+//! native callers), or imported from the other parts of a composed gateway
+//! (the `gateway-socket` component).
 
 use std::sync::Arc;
 
 use attrelay_engine::address::Mailbox;
 use attrelay_engine::certificate::{TrustAnchors, inspect_chain, unix_time};
 use attrelay_engine::directory::{Directory, RecipientCheck, recipient_not_found_verdict};
-use attrelay_engine::verdict::{check, policy_failure, refuse_unvouched_routing};
+use attrelay_engine::verdict::{check_with, policy_failure, refuse_unvouched_routing};
 use attrelay_policy::model::{Action, HeaderField, SessionFacts, TlsFacts, UnixSeconds, Verdict};
 use attrelay_policy::replies::{self, ATTRIBUTION_HEADER, WARNING_HEADER, grace_warning};
 use attrelay_policy::{Session as PolicySession, Settings};
@@ -51,7 +56,82 @@ pub struct RawTls {
     pub client_chain: Vec<Vec<u8>>,
 }
 
-/// A configured gateway: immutable, shared by its sessions.
+/// The trust anchors of `pem` (none for empty text); the error says why.
+pub fn anchors(pem: &str) -> Result<TrustAnchors, String> {
+    if pem.trim().is_empty() {
+        return Ok(TrustAnchors::default());
+    }
+    TrustAnchors::from_pem(pem.as_bytes(), std::path::Path::new("client-trust-anchors"))
+        .map_err(|e| e.to_string())
+}
+
+/// The facts the policy receives for `raw`: the chain verified against
+/// `anchors` at the session time and reduced to the certificate's facts.
+pub fn facts(anchors: &TrustAnchors, raw: RawFacts) -> SessionFacts {
+    let tls = raw.tls.map(|t| {
+        let chain: Vec<CertificateDer<'_>> = t
+            .client_chain
+            .iter()
+            .map(|der| CertificateDer::from(der.as_slice()))
+            .collect();
+        let client_certificate = if chain.is_empty() {
+            None
+        } else {
+            // An unparsable leaf identifies nobody: no certificate.
+            inspect_chain(&chain, anchors, unix_time(raw.time)).ok()
+        };
+        TlsFacts {
+            protocol: t.protocol,
+            cipher: t.cipher,
+            client_certificate,
+        }
+    });
+    SessionFacts {
+        client_ip: attrelay_engine::directory::canonical_ip(raw.client_ip),
+        helo: raw.helo,
+        server_hostname: raw.server_hostname,
+        time: raw.time,
+        tls,
+    }
+}
+
+/// What the judgement asks of the directory beyond the policy's lookups.
+pub trait Tenants {
+    /// Whether a verdict may name tenant `id`.
+    fn has_tenant(&self, id: &str) -> bool;
+    /// The tenant whose recipient list refuses canonical `address`, if any.
+    fn unknown_recipient(&self, address: &str) -> Option<String>;
+}
+
+impl Tenants for Arc<Directory> {
+    fn has_tenant(&self, id: &str) -> bool {
+        Directory::has_tenant(self, id)
+    }
+    fn unknown_recipient(&self, address: &str) -> Option<String> {
+        match self.recipient_check(address) {
+            RecipientCheck::Unknown { tenant } => Some(tenant),
+            _ => None,
+        }
+    }
+}
+
+/// The base policy's session: its two calls.
+pub trait PolicyCalls {
+    fn mail_from(&mut self, sender: &str) -> Verdict;
+    fn rcpt_to(&mut self, recipient: &str) -> Verdict;
+}
+
+impl<D: attrelay_policy::model::Directory> PolicyCalls for PolicySession<D> {
+    fn mail_from(&mut self, sender: &str) -> Verdict {
+        PolicySession::mail_from(self, sender)
+    }
+    fn rcpt_to(&mut self, recipient: &str) -> Verdict {
+        PolicySession::rcpt_to(self, recipient)
+    }
+}
+
+/// A configured gateway with the default policy linked in: immutable,
+/// shared by its sessions.
 #[derive(Debug)]
 pub struct Gateway {
     directory: Arc<Directory>,
@@ -59,19 +139,14 @@ pub struct Gateway {
     settings: Settings,
 }
 
+/// A session of a [`Gateway`].
+pub type NativeSession = Session<PolicySession<Arc<Directory>>, Arc<Directory>>;
+
 impl Gateway {
     /// Checks `config`; the error names the key.
     pub fn configure(config: &Configuration) -> Result<Gateway, String> {
         let directory = tenants::load(&config.directory, config.directory_format)?;
-        let anchors = if config.client_trust_anchors.trim().is_empty() {
-            TrustAnchors::default()
-        } else {
-            TrustAnchors::from_pem(
-                config.client_trust_anchors.as_bytes(),
-                std::path::Path::new("client-trust-anchors"),
-            )
-            .map_err(|e| e.to_string())?
-        };
+        let anchors = anchors(&config.client_trust_anchors)?;
         let settings = Settings::from_pairs(
             config
                 .settings
@@ -86,56 +161,31 @@ impl Gateway {
         })
     }
 
-    /// The facts the policy receives for `raw`: the chain verified at the
-    /// session time and reduced to the certificate's facts.
-    pub fn facts(&self, raw: RawFacts) -> SessionFacts {
-        let tls = raw.tls.map(|t| {
-            let chain: Vec<CertificateDer<'_>> = t
-                .client_chain
-                .iter()
-                .map(|der| CertificateDer::from(der.as_slice()))
-                .collect();
-            let client_certificate = if chain.is_empty() {
-                None
-            } else {
-                // An unparsable leaf identifies nobody: no certificate.
-                inspect_chain(&chain, &self.anchors, unix_time(raw.time)).ok()
-            };
-            TlsFacts {
-                protocol: t.protocol,
-                cipher: t.cipher,
-                client_certificate,
-            }
-        });
-        SessionFacts {
-            client_ip: attrelay_engine::directory::canonical_ip(raw.client_ip),
-            helo: raw.helo,
-            server_hostname: raw.server_hostname,
-            time: raw.time,
-            tls,
-        }
-    }
-
     /// Opens a session.
-    pub fn session(&self, raw: RawFacts) -> Session {
-        let facts = self.facts(raw);
-        Session {
-            directory: self.directory.clone(),
-            policy: PolicySession::open(self.directory.clone(), self.settings.clone(), facts),
-            sender: None,
-        }
+    pub fn session(&self, raw: RawFacts) -> NativeSession {
+        let facts = facts(&self.anchors, raw);
+        let policy = PolicySession::open(self.directory.clone(), self.settings.clone(), facts);
+        Session::new(policy, self.directory.clone())
     }
 }
 
 /// One SMTP session's judgement.
-pub struct Session {
-    directory: Arc<Directory>,
-    policy: PolicySession<Arc<Directory>>,
+pub struct Session<P, T> {
+    tenants: T,
+    policy: P,
     /// The accepted transaction's sender.
     sender: Option<String>,
 }
 
-impl Session {
+impl<P: PolicyCalls, T: Tenants> Session<P, T> {
+    pub fn new(policy: P, tenants: T) -> Self {
+        Session {
+            tenants,
+            policy,
+            sender: None,
+        }
+    }
+
     /// `MAIL FROM:<sender>` (`""` for `<>`).
     pub fn mail_from(&mut self, sender: &str) -> Verdict {
         self.sender = None;
@@ -171,7 +221,7 @@ impl Session {
             Ok(c) => c,
             Err(e) => return bad_address(Stage::Recipient, &e),
         };
-        if let RecipientCheck::Unknown { tenant } = self.directory.recipient_check(&recipient) {
+        if let Some(tenant) = self.tenants.unknown_recipient(&recipient) {
             return recipient_not_found_verdict(&recipient, &tenant);
         }
         let v = self.checked(|p| p.rcpt_to(&recipient));
@@ -179,12 +229,10 @@ impl Session {
     }
 
     /// The policy's verdict, checked as every host checks it.
-    fn checked(
-        &mut self,
-        ask: impl FnOnce(&mut PolicySession<Arc<Directory>>) -> Verdict,
-    ) -> Verdict {
+    fn checked(&mut self, ask: impl FnOnce(&mut P) -> Verdict) -> Verdict {
         let v = ask(&mut self.policy);
-        check(v, &self.directory).unwrap_or_else(policy_failure)
+        let tenants = &self.tenants;
+        check_with(v, |t| tenants.has_tenant(t)).unwrap_or_else(policy_failure)
     }
 }
 

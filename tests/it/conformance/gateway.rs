@@ -58,8 +58,13 @@ pub struct WasmtimeGateway {
 
 impl WasmtimeGateway {
     pub fn new() -> WasmtimeGateway {
+        Self::from_file(gateway_wasm())
+    }
+
+    /// A component of the same world at `wasm` (a composed gateway).
+    pub fn from_file(wasm: &Path) -> WasmtimeGateway {
         let engine = Engine::default();
-        let component = Component::from_file(&engine, gateway_wasm()).unwrap();
+        let component = Component::from_file(&engine, wasm).unwrap();
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
         WasmtimeGateway {

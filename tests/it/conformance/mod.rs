@@ -3,6 +3,7 @@
 //! answers with the kit's expectations. A host that prepares facts its own
 //! way (a test double skipping chain verification) must fail it.
 
+mod composed;
 mod engine;
 mod gateway;
 mod haraka;

@@ -402,6 +402,18 @@ pub fn build_faulty_gateway() -> PathBuf {
     build_gateway_in("target/test-components-faults", &["--features", "faults"])
 }
 
+/// The gateway crate built as another of its components (`socket`,
+/// `directory-provider`), copied out of the shared target directory under
+/// its own name. One build at a time: they share the artifact's path.
+pub fn build_gateway_variant(feature: &str) -> PathBuf {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let built = build_gateway_in("target/test-components-variants", &["--features", feature]);
+    let copy = built.with_file_name(format!("{feature}.wasm"));
+    std::fs::copy(&built, &copy).unwrap();
+    copy
+}
+
 fn build_gateway_in(target: &str, extra: &[&str]) -> PathBuf {
     let target = root().join(target);
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

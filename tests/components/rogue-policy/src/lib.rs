@@ -3,7 +3,8 @@
 //! `mail-from`, `rcpt-to` (default) or `every` stage. With `only`, it
 //! misbehaves only when the address contains that text (so it passes
 //! load-time checks and fails on live traffic). `iterations` sets the work
-//! of the `spin` behaviour.
+//! of the `spin` behaviour. `accept-all` (the default) accepts everything,
+//! attributing mail for a tenant's domain to that tenant.
 
 use std::cell::RefCell;
 
@@ -155,7 +156,14 @@ fn act(stage: &str, address: &str) -> Verdict {
                 ..ok()
             }
         }
-        "accept-all" | "" => ok(),
+        // An open relay for everyone, attributing mail for a tenant's
+        // domain to that tenant (read from the host's directory).
+        "accept-all" | "" => Verdict {
+            tenant: address
+                .rsplit_once('@')
+                .and_then(|(_, domain)| attrelay::policy::directory::tenant_of_domain(domain)),
+            ..ok()
+        },
         other => panic!("unknown behavior {other}"),
     }
 }

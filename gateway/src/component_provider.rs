@@ -1,0 +1,102 @@
+//! The component glue of the `directory-provider` world (feature
+//! `directory-provider`): the directory of a composed gateway. The socket
+//! loads it; the plugged policy reads it through `attrelay:policy/directory`,
+//! the same lookups the relay's engine answers.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use attrelay_engine::directory::{Directory, RecipientCheck};
+use attrelay_policy::model::{self, Directory as _};
+
+use crate::tenants::{self, Format};
+
+wit_bindgen::generate!({
+    path: "../wit/gateway",
+    world: "directory-provider",
+    generate_all,
+});
+
+use attrelay::gateway::types::DirectoryFormat;
+use attrelay::policy::types as wit;
+use exports::attrelay::gateway::directory_store::Guest as StoreGuest;
+use exports::attrelay::policy::directory::Guest as DirectoryGuest;
+
+thread_local! {
+    /// Empty until `load`: an empty directory attributes nothing.
+    static DIRECTORY: RefCell<Rc<Directory>> = RefCell::new(Rc::new(Directory::default()));
+}
+
+fn directory() -> Rc<Directory> {
+    DIRECTORY.with(|d| d.borrow().clone())
+}
+
+struct Component;
+
+impl StoreGuest for Component {
+    fn load(text: String, format: DirectoryFormat) -> Result<(), String> {
+        let format = match format {
+            DirectoryFormat::Toml => Format::Toml,
+            DirectoryFormat::Json => Format::Json,
+        };
+        let loaded = tenants::load(&text, format)?;
+        DIRECTORY.with(|d| *d.borrow_mut() = Rc::new(loaded));
+        Ok(())
+    }
+
+    fn has_tenant(id: String) -> bool {
+        directory().has_tenant(&id)
+    }
+
+    fn unknown_recipient(address: String) -> Option<String> {
+        match directory().recipient_check(&address) {
+            RecipientCheck::Unknown { tenant } => Some(tenant),
+            _ => None,
+        }
+    }
+}
+
+impl DirectoryGuest for Component {
+    fn connectors_by_ip(ip: wit::IpAddress) -> Vec<wit::Connector> {
+        let ip = match ip {
+            wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+                IpAddr::from([a, b, c, d, e, f, g, h])
+            }
+        };
+        to_wit(directory().connectors_by_ip(ip))
+    }
+    fn connectors_by_certificate_name(name: String) -> Vec<wit::Connector> {
+        to_wit(directory().connectors_by_certificate_name(&name))
+    }
+    fn connectors_of_tenant(tenant: String) -> Vec<wit::Connector> {
+        to_wit(directory().connectors_of_tenant(&tenant))
+    }
+    fn tenant_of_domain(domain: String) -> Option<String> {
+        directory().tenant_of_domain(&domain)
+    }
+}
+
+fn to_wit(connectors: Vec<model::Connector>) -> Vec<wit::Connector> {
+    connectors
+        .into_iter()
+        .map(|c| wit::Connector {
+            tenant: c.tenant,
+            name: c.name,
+            kind: match c.kind {
+                model::ConnectorKind::OnPremises => wit::ConnectorKind::OnPremises,
+                model::ConnectorKind::Partner => wit::ConnectorKind::Partner,
+            },
+            enabled: c.enabled,
+            sender_ip_addresses: c.sender_ip_addresses,
+            tls_sender_certificate_name: c.tls_sender_certificate_name,
+            sender_domains: c.sender_domains,
+            recipient_domains: c.recipient_domains,
+            restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+            restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+        })
+        .collect()
+}
+
+export!(Component);
