@@ -115,5 +115,7 @@ export function denyAll() {
     imports[`${name}@0.2.6`] = value;
   }
   imports['attrelay:policy/types@0.1.0'] = {};
+  imports['attrelay:gateway/types'] = {};
+  imports['attrelay:gateway/types@0.1.0'] = {};
   return { imports, output };
 }

@@ -71,7 +71,7 @@ fn a_gateway_composed_with_an_operators_policy_judges_by_it_within_the_checks() 
     // An unknown client relaying to the Internet: the default policy says
     // 550 5.7.64; this operator's policy accepts everything.
     let open = r#"{"name": "open", "layer": "host", "client_ip": "192.0.2.77",
-        "time": "2017-08-01T00:00:00Z", "tls": null, "settings": {"behavior": "accept-all"},
+        "time": "2017-08-01T00:00:00Z", "tls": null, "settings": {"behavior": "attribute-by-domain"},
         "sender": "a@internet.example", "recipients": [
         {"address": "b@elsewhere.example", "code": 0, "enhanced": "", "tenant": null, "reason": "", "warning": false},
         {"address": "kate@contoso.com", "code": 0, "enhanced": "", "tenant": null, "reason": "", "warning": false}]}"#;
@@ -85,7 +85,7 @@ fn a_gateway_composed_with_an_operators_policy_judges_by_it_within_the_checks() 
     assert_eq!(got[1].tenant.as_deref(), Some("contoso"), "{got:?}");
     // Its verdict naming a tenant the directory does not have fails the
     // socket's checks: 451 4.3.5, never an accept.
-    let unknown = open.replace("accept-all", "unknown-tenant");
+    let unknown = open.replace("attribute-by-domain", "unknown-tenant");
     let got = judge(&mut host, &unknown);
     assert_eq!(
         (got[0].code, got[0].enhanced.as_str()),

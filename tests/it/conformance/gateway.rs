@@ -194,7 +194,8 @@ fn the_gateway_component_on_wasmtime_passes_the_kit() {
 /// What a deny-all host must provide: WASI's standard streams,
 /// environment, exit and an insecure seed (Rust's standard library links
 /// them; the gateway never reads the environment) and the types-only
-/// interface of `attrelay:policy`. No files, clocks, sockets or HTTP.
+/// interfaces of `attrelay:policy` and `attrelay:gateway`. No files, clocks,
+/// sockets or HTTP.
 #[test]
 fn the_gateway_component_imports_only_what_deny_all_hosts_provide() {
     let engine = Engine::default();
@@ -205,7 +206,11 @@ fn the_gateway_component_imports_only_what_deny_all_hosts_provide() {
         .map(|(name, _)| name.to_string())
         .collect();
     let allowed = |i: &str| {
-        i == "attrelay:policy/types@0.1.0"
+        [
+            "attrelay:policy/types@0.1.0",
+            "attrelay:gateway/types@0.1.0",
+        ]
+        .contains(&i)
             || ["wasi:io/", "wasi:cli/", "wasi:random/insecure-seed"]
                 .iter()
                 .any(|p| i.starts_with(p))

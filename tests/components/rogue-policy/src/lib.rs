@@ -3,8 +3,9 @@
 //! `mail-from`, `rcpt-to` (default) or `every` stage. With `only`, it
 //! misbehaves only when the address contains that text (so it passes
 //! load-time checks and fails on live traffic). `iterations` sets the work
-//! of the `spin` behaviour. `accept-all` (the default) accepts everything,
-//! attributing mail for a tenant's domain to that tenant.
+//! of the `spin` behaviour. `accept-all` (the default) accepts everything;
+//! `attribute-by-domain` too, attributing mail for a tenant's domain to that
+//! tenant (read from the host's directory).
 
 use std::cell::RefCell;
 
@@ -158,12 +159,13 @@ fn act(stage: &str, address: &str) -> Verdict {
         }
         // An open relay for everyone, attributing mail for a tenant's
         // domain to that tenant (read from the host's directory).
-        "accept-all" | "" => Verdict {
+        "attribute-by-domain" => Verdict {
             tenant: address
                 .rsplit_once('@')
                 .and_then(|(_, domain)| attrelay::policy::directory::tenant_of_domain(domain)),
             ..ok()
         },
+        "accept-all" | "" => ok(),
         other => panic!("unknown behavior {other}"),
     }
 }
