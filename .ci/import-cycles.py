@@ -26,7 +26,7 @@ import os
 import re
 import sys
 
-CRATES = ["engine/src", "host/src", "policy-guest/src"]
+CRATES = ["engine/src", "host/src", "policy-guest/src", "gateway/src"]
 
 
 def modules(root):
