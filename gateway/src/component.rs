@@ -3,11 +3,9 @@
 //! here.
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::rc::Rc;
 
 use attrelay_engine::verdict::policy_failure;
-use attrelay_policy::model;
 
 use crate::judge::{self, Gateway};
 use crate::tenants::Format;
@@ -63,7 +61,7 @@ impl GuestSession for Session {
     fn new(facts: SessionFacts) -> Self {
         let gateway = GATEWAY.with(|g| g.borrow().clone());
         Session(RefCell::new(
-            gateway.map(|g| g.session(facts_from_wit(facts))),
+            gateway.map(|g| g.session(raw_from_wit(facts))),
         ))
     }
 
@@ -84,14 +82,9 @@ impl GuestSession for Session {
     }
 }
 
-fn facts_from_wit(f: SessionFacts) -> judge::RawFacts {
+fn raw_from_wit(f: SessionFacts) -> judge::RawFacts {
     judge::RawFacts {
-        client_ip: match f.client_ip {
-            wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
-            wit::IpAddress::Ipv6((a, b, c, d, e, g, h, i)) => {
-                IpAddr::from([a, b, c, d, e, g, h, i])
-            }
-        },
+        client_ip: ip_from_wit(f.client_ip),
         helo: f.helo,
         server_hostname: f.server_hostname,
         time: f.time.seconds,
@@ -103,28 +96,6 @@ fn facts_from_wit(f: SessionFacts) -> judge::RawFacts {
     }
 }
 
-fn verdict_to_wit(v: model::Verdict) -> wit::Verdict {
-    wit::Verdict {
-        action: match v.action {
-            model::Action::Accept => wit::Action::Accept,
-            model::Action::Defer => wit::Action::Defer,
-            model::Action::Reject => wit::Action::Reject,
-        },
-        code: v.code,
-        enhanced: v.enhanced,
-        text: v.text,
-        tenant: v.tenant,
-        reason: v.reason,
-        explanation: v.explanation,
-        headers: v
-            .headers
-            .into_iter()
-            .map(|h| wit::HeaderField {
-                name: h.name,
-                value: h.value,
-            })
-            .collect(),
-    }
-}
+attrelay_policy::wit_conversions!(wit);
 
 export!(Component);

@@ -4,7 +4,6 @@
 //! the same lookups the relay's engine answers.
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::rc::Rc;
 
 use attrelay_engine::directory::{Directory, RecipientCheck};
@@ -59,13 +58,7 @@ impl StoreGuest for Component {
 
 impl DirectoryGuest for Component {
     fn connectors_by_ip(ip: wit::IpAddress) -> Vec<wit::Connector> {
-        let ip = match ip {
-            wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
-            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
-                IpAddr::from([a, b, c, d, e, f, g, h])
-            }
-        };
-        to_wit(directory().connectors_by_ip(ip))
+        to_wit(directory().connectors_by_ip(ip_from_wit(ip)))
     }
     fn connectors_by_certificate_name(name: String) -> Vec<wit::Connector> {
         to_wit(directory().connectors_by_certificate_name(&name))
@@ -79,24 +72,9 @@ impl DirectoryGuest for Component {
 }
 
 fn to_wit(connectors: Vec<model::Connector>) -> Vec<wit::Connector> {
-    connectors
-        .into_iter()
-        .map(|c| wit::Connector {
-            tenant: c.tenant,
-            name: c.name,
-            kind: match c.kind {
-                model::ConnectorKind::OnPremises => wit::ConnectorKind::OnPremises,
-                model::ConnectorKind::Partner => wit::ConnectorKind::Partner,
-            },
-            enabled: c.enabled,
-            sender_ip_addresses: c.sender_ip_addresses,
-            tls_sender_certificate_name: c.tls_sender_certificate_name,
-            sender_domains: c.sender_domains,
-            recipient_domains: c.recipient_domains,
-            restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
-            restrict_domains_to_certificate: c.restrict_domains_to_certificate,
-        })
-        .collect()
+    connectors.into_iter().map(connector_to_wit).collect()
 }
+
+attrelay_policy::wit_conversions!(wit);
 
 export!(Component);

@@ -5,7 +5,6 @@
 //! `directory-provider` both read. The judgement is [`crate::judge`]'s.
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::rc::Rc;
 
 use attrelay_engine::certificate::TrustAnchors;
@@ -104,26 +103,6 @@ impl GuestSession for Session {
     }
 }
 
-fn ip_from_wit(ip: wit::IpAddress) -> IpAddr {
-    match ip {
-        wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
-        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
-    }
-}
-
-fn ip_to_wit(ip: IpAddr) -> wit::IpAddress {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            wit::IpAddress::Ipv4((a, b, c, d))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            wit::IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
-        }
-    }
-}
-
 fn raw_from_wit(f: SessionFacts) -> judge::RawFacts {
     judge::RawFacts {
         client_ip: ip_from_wit(f.client_ip),
@@ -138,88 +117,6 @@ fn raw_from_wit(f: SessionFacts) -> judge::RawFacts {
     }
 }
 
-fn datetime(seconds: i64) -> wit::Datetime {
-    wit::Datetime {
-        seconds,
-        nanoseconds: 0,
-    }
-}
-
-/// The facts as the plugged policy receives them.
-fn facts_to_wit(f: &model::SessionFacts) -> wit::SessionFacts {
-    wit::SessionFacts {
-        client_ip: ip_to_wit(f.client_ip),
-        helo: f.helo.clone(),
-        server_hostname: f.server_hostname.clone(),
-        time: datetime(f.time),
-        tls: f.tls.as_ref().map(|t| wit::TlsFacts {
-            protocol: t.protocol.clone(),
-            cipher: t.cipher.clone(),
-            client_certificate: t
-                .client_certificate
-                .as_ref()
-                .map(|c| wit::ClientCertificate {
-                    verified: c.verified,
-                    verification_error: c.verification_error.clone(),
-                    subject: c.subject.clone(),
-                    common_names: c.common_names.clone(),
-                    dns_names: c.dns_names.clone(),
-                    issuer: c.issuer.clone(),
-                    serial: c.serial.clone(),
-                    sha256_fingerprint: c.sha256_fingerprint.clone(),
-                    not_before: datetime(c.not_before),
-                    not_after: datetime(c.not_after),
-                }),
-        }),
-    }
-}
-
-fn verdict_from_wit(v: wit::Verdict) -> model::Verdict {
-    model::Verdict {
-        action: match v.action {
-            wit::Action::Accept => model::Action::Accept,
-            wit::Action::Defer => model::Action::Defer,
-            wit::Action::Reject => model::Action::Reject,
-        },
-        code: v.code,
-        enhanced: v.enhanced,
-        text: v.text,
-        tenant: v.tenant,
-        reason: v.reason,
-        explanation: v.explanation,
-        headers: v
-            .headers
-            .into_iter()
-            .map(|h| model::HeaderField {
-                name: h.name,
-                value: h.value,
-            })
-            .collect(),
-    }
-}
-
-fn verdict_to_wit(v: model::Verdict) -> wit::Verdict {
-    wit::Verdict {
-        action: match v.action {
-            model::Action::Accept => wit::Action::Accept,
-            model::Action::Defer => wit::Action::Defer,
-            model::Action::Reject => wit::Action::Reject,
-        },
-        code: v.code,
-        enhanced: v.enhanced,
-        text: v.text,
-        tenant: v.tenant,
-        reason: v.reason,
-        explanation: v.explanation,
-        headers: v
-            .headers
-            .into_iter()
-            .map(|h| wit::HeaderField {
-                name: h.name,
-                value: h.value,
-            })
-            .collect(),
-    }
-}
+attrelay_policy::wit_conversions!(wit);
 
 export!(Component);

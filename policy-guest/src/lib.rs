@@ -14,6 +14,7 @@ pub mod replies;
 #[cfg(any(test, feature = "scenarios"))]
 pub mod scenarios;
 pub mod settings;
+pub mod wit_conversions;
 
 #[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod component;

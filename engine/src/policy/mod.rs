@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod cache;
+mod convert;
 pub mod engine;
 pub mod sandbox;
 pub mod session;

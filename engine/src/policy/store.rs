@@ -3,15 +3,15 @@
 //! interfaces, the facts as the component receives them, and what a failure
 //! inside it means. Below the engine and the sessions, which both build on it.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use attrelay_policy::model::{self, Directory as _, SessionFacts};
+use attrelay_policy::model::{Directory as _, SessionFacts};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{attrelay::policy::directory, types as wit};
+use super::convert::{connector_to_wit, ip_from_wit, ip_to_wit};
 use crate::directory::Directory;
 
 /// The per-session memory and table budget. Records when it refused growth
@@ -114,66 +114,26 @@ impl WasiView for SessionState {
 
 impl wit::Host for SessionState {}
 
-fn ip_to_wit(ip: IpAddr) -> wit::IpAddress {
-    match crate::directory::canonical_ip(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            wit::IpAddress::Ipv4((a, b, c, d))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            wit::IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
-        }
-    }
-}
-
-fn ip_from_wit(ip: wit::IpAddress) -> IpAddr {
-    match ip {
-        wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
-        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
-    }
-}
-
-impl From<model::Connector> for wit::Connector {
-    fn from(c: model::Connector) -> wit::Connector {
-        wit::Connector {
-            tenant: c.tenant,
-            name: c.name,
-            kind: match c.kind {
-                model::ConnectorKind::OnPremises => wit::ConnectorKind::OnPremises,
-                model::ConnectorKind::Partner => wit::ConnectorKind::Partner,
-            },
-            enabled: c.enabled,
-            sender_ip_addresses: c.sender_ip_addresses,
-            tls_sender_certificate_name: c.tls_sender_certificate_name,
-            sender_domains: c.sender_domains,
-            recipient_domains: c.recipient_domains,
-            restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
-            restrict_domains_to_certificate: c.restrict_domains_to_certificate,
-        }
-    }
-}
-
 impl directory::Host for SessionState {
     fn connectors_by_ip(&mut self, ip: wit::IpAddress) -> Vec<wit::Connector> {
         self.directory
             .connectors_by_ip(ip_from_wit(ip))
             .into_iter()
-            .map(wit::Connector::from)
+            .map(connector_to_wit)
             .collect()
     }
     fn connectors_by_certificate_name(&mut self, name: String) -> Vec<wit::Connector> {
         self.directory
             .connectors_by_certificate_name(&name)
             .into_iter()
-            .map(wit::Connector::from)
+            .map(connector_to_wit)
             .collect()
     }
     fn connectors_of_tenant(&mut self, tenant: String) -> Vec<wit::Connector> {
         self.directory
             .connectors_of_tenant(&tenant)
             .into_iter()
-            .map(wit::Connector::from)
+            .map(connector_to_wit)
             .collect()
     }
     fn tenant_of_domain(&mut self, domain: String) -> Option<String> {
@@ -198,44 +158,18 @@ impl super::bindings::tenant::attrelay::policy::tenant_directory::Host for Sessi
         self.directory
             .connectors_of_tenant(t)
             .into_iter()
-            .map(wit::Connector::from)
+            .map(connector_to_wit)
             .collect()
     }
 }
 
-fn datetime(seconds: i64) -> wit::Datetime {
-    wit::Datetime {
-        seconds,
-        nanoseconds: 0,
-    }
-}
-
-/// The facts, as the component receives them.
+/// The facts, as the component receives them: the client's address in
+/// its one canonical form (an IPv4-mapped IPv6 address as IPv4), whatever
+/// the front end passed.
 pub fn facts_to_wit(f: &SessionFacts) -> wit::SessionFacts {
     wit::SessionFacts {
-        client_ip: ip_to_wit(f.client_ip),
-        helo: f.helo.clone(),
-        server_hostname: f.server_hostname.clone(),
-        time: datetime(f.time),
-        tls: f.tls.as_ref().map(|t| wit::TlsFacts {
-            protocol: t.protocol.clone(),
-            cipher: t.cipher.clone(),
-            client_certificate: t
-                .client_certificate
-                .as_ref()
-                .map(|c| wit::ClientCertificate {
-                    verified: c.verified,
-                    verification_error: c.verification_error.clone(),
-                    subject: c.subject.clone(),
-                    common_names: c.common_names.clone(),
-                    dns_names: c.dns_names.clone(),
-                    issuer: c.issuer.clone(),
-                    serial: c.serial.clone(),
-                    sha256_fingerprint: c.sha256_fingerprint.clone(),
-                    not_before: datetime(c.not_before),
-                    not_after: datetime(c.not_after),
-                }),
-        }),
+        client_ip: ip_to_wit(crate::directory::canonical_ip(f.client_ip)),
+        ..super::convert::facts_to_wit(f)
     }
 }
 

@@ -1,7 +1,7 @@
 //! A component's verdict, lifted out of its instance and checked
 //! ([`crate::verdict::check`]) before anyone acts on it.
 
-use attrelay_policy::model::{Action, HeaderField, Verdict};
+use attrelay_policy::model::Verdict;
 
 use super::bindings::types as wit;
 use crate::directory::Directory;
@@ -18,26 +18,5 @@ pub const MAX_LIFTED_BYTES: usize = 128 * 1024;
 
 /// Converts a verdict returned by a component and checks it.
 pub fn check(v: wit::Verdict, directory: &Directory) -> Result<Verdict, String> {
-    let verdict = Verdict {
-        action: match v.action {
-            wit::Action::Accept => Action::Accept,
-            wit::Action::Defer => Action::Defer,
-            wit::Action::Reject => Action::Reject,
-        },
-        code: v.code,
-        enhanced: v.enhanced,
-        text: v.text,
-        tenant: v.tenant,
-        reason: v.reason,
-        explanation: v.explanation,
-        headers: v
-            .headers
-            .into_iter()
-            .map(|h| HeaderField {
-                name: h.name,
-                value: h.value,
-            })
-            .collect(),
-    };
-    crate::verdict::check(verdict, directory)
+    crate::verdict::check(super::convert::verdict_from_wit(v), directory)
 }
