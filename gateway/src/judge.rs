@@ -217,6 +217,11 @@ impl<P: PolicyCalls, T: Tenants> Session<P, T> {
                 "bad-sequence",
             );
         }
+        // RFC 5321 4.5.1: every server accepts the bare `<postmaster>`; the
+        // host delivers it to its own postmaster, as the relay does.
+        if recipient.eq_ignore_ascii_case("postmaster") {
+            return replies::recipient_ok(None, "postmaster");
+        }
         let recipient = match canonical(recipient) {
             Ok(c) => c,
             Err(e) => return bad_address(Stage::Recipient, &e),
@@ -289,4 +294,61 @@ fn with_relay_headers(mut v: Verdict) -> Verdict {
     headers.append(&mut v.headers);
     v.headers = headers;
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway() -> Gateway {
+        Gateway::configure(&Configuration {
+            directory: "[[tenant]]\nid = \"contoso\"\naccepted_domains = [\"contoso.com\"]\n"
+                .into(),
+            directory_format: Format::Toml,
+            client_trust_anchors: String::new(),
+            settings: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    fn session() -> NativeSession {
+        gateway().session(RawFacts {
+            client_ip: "192.0.2.77".parse().unwrap(),
+            helo: "mail.example.test".into(),
+            server_hostname: "relay.example.test".into(),
+            time: 1_501_545_600,
+            tls: None,
+        })
+    }
+
+    #[test]
+    fn only_what_the_host_writes_onward_is_judged() {
+        let mut s = session();
+        assert_eq!(s.mail_from("someone@internet.example").code, 250);
+        // Quoting the relay would drop, an escape, a second address: refused.
+        for bad in [
+            "\"kate\"@contoso.com",
+            "ka\\te@contoso.com",
+            "a@b@contoso.com",
+            "kate@contoso.com>",
+        ] {
+            let v = s.rcpt_to(bad);
+            assert_eq!(
+                (v.code, v.enhanced.as_str()),
+                (553, "5.1.3"),
+                "{bad}: {v:?}"
+            );
+        }
+        // The domain's case is the same mailbox.
+        let v = s.rcpt_to("kate@CONTOSO.com");
+        assert_eq!(
+            (v.code, v.tenant.as_deref()),
+            (250, Some("contoso")),
+            "{v:?}"
+        );
+        assert_eq!(v.headers[0].name, ATTRIBUTION_HEADER);
+        // The bare postmaster, as RFC 5321 requires.
+        let v = s.rcpt_to("PostMaster");
+        assert_eq!((v.code, v.tenant.as_deref()), (250, None), "{v:?}");
+    }
 }

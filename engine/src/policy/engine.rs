@@ -381,7 +381,9 @@ impl World {
 impl PolicyEngine {
     /// The world the component `bytes` implements, told by what it exports
     /// (`None`: neither interface). Linking still decides whether it
-    /// implements it whole.
+    /// implements it whole. A component exporting both is refused: it
+    /// could be deployed as either, and a validation of one would say
+    /// nothing of the other.
     pub fn world_of(&self, origin: &str, bytes: &[u8]) -> Result<Option<World>, PolicyError> {
         let (component, _, _) = self.component(origin, bytes)?;
         let exports: Vec<String> = component
@@ -389,9 +391,21 @@ impl PolicyEngine {
             .exports(self.engine())
             .map(|(name, _)| name.to_string())
             .collect();
-        Ok([World::AttributionPolicy, World::TenantRules]
+        let worlds: Vec<World> = [World::AttributionPolicy, World::TenantRules]
             .into_iter()
-            .find(|w| exports.iter().any(|e| e == w.export())))
+            .filter(|w| exports.iter().any(|e| e == w.export()))
+            .collect();
+        match worlds.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            _ => Err(PolicyError::Link {
+                origin: origin.to_string(),
+                world: World::AttributionPolicy,
+                detail: anyhow::anyhow!(
+                    "the component exports both attrelay:policy/policy and attrelay:policy/tenant-policy; a policy implements one world"
+                ),
+            }),
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 // nothing. No environment, arguments, working directory, files, clocks or
 // network reach it; `exit` throws (the call fails, the host answers 451
 // and discards the instance); stdin is closed; what the component writes
-// to stdout or stderr (a Rust panic message) is kept, bounded, for the
-// host's log, never written to the process's streams.
+// to stdout or stderr (a Rust panic message) is kept, bounded and on one
+// printable line, for the host's log, never written to the process's
+// streams.
 //
 // @bytecodealliance/preview2-shim is not used: it hands a component the
 // process's environment and arguments, and its `exit` ends the process.
@@ -20,7 +21,8 @@ export function denyAll() {
     if (output.text.length < MAX_OUTPUT) {
       output.text += Buffer.from(bytes)
         .toString('latin1')
-        .replace(/[^\x20-\x7e\n]/g, '?')
+        .replace(/\n/g, ' | ')
+        .replace(/[^\x20-\x7e]/g, '?')
         .slice(0, MAX_OUTPUT - output.text.length);
     }
   };

@@ -1,7 +1,10 @@
-// A worker thread holding one gateway instance and its open sessions. The
-// plugin sends one call at a time and terminates the thread when a call
-// overruns its time budget; an exception inside a call discards the
-// instance (a new one is made, and configured, for the next call).
+// A worker thread holding one gateway instance and its open sessions. It
+// compiles and configures the component when it starts, then says
+// `{ ready: true }` (or `{ ready: false, error }`). The plugin sends one
+// call at a time and terminates the thread when a call overruns its time
+// budget. An exception from inside the component discards the instance
+// and its sessions (a new instance is made for the next call); a refusal
+// of the worker's own (an unknown session) discards nothing.
 //
 // Messages in:  { id, op: 'open', session, facts } | { id, op: 'mail', session, sender }
 //               | { id, op: 'rcpt', session, recipient } | { id, op: 'close', session }
@@ -10,10 +13,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { compile, instantiate, sessionFacts } from './gateway.mjs';
 
-/** Sessions one worker holds at most (the plugin closes them at disconnect). */
+/** Sessions one worker holds at most; past it the oldest is closed. */
 const MAX_SESSIONS = 10000;
 
-const compiled = await compile(workerData.dist, { maxMemoryBytes: workerData.maxMemoryBytes });
+/** A call the worker refuses itself: the instance is fine. */
+class Refusal extends Error {}
+
+let compiled;
 let instance = null;
 const sessions = new Map();
 
@@ -28,14 +34,14 @@ function call({ op, session, ...args }) {
   switch (op) {
     case 'open': {
       drop(session);
-      if (sessions.size >= MAX_SESSIONS) throw new Error(`more than ${MAX_SESSIONS} open sessions`);
+      if (sessions.size >= MAX_SESSIONS) drop(sessions.keys().next().value);
       sessions.set(session, new instance.api.Session(sessionFacts(args.facts)));
       return { ok: true };
     }
     case 'mail':
     case 'rcpt': {
       const s = sessions.get(session);
-      if (!s) throw new Error('no open session (the worker restarted)');
+      if (!s) throw new Refusal('no open session (closed, or its instance was discarded)');
       const v = op === 'mail' ? s.mailFrom(args.sender) : s.rcptTo(args.recipient);
       return { verdict: v };
     }
@@ -43,7 +49,7 @@ function call({ op, session, ...args }) {
       drop(session);
       return { ok: true };
     default:
-      throw new Error(`unknown operation ${op}`);
+      throw new Refusal(`unknown operation ${op}`);
   }
 }
 
@@ -52,10 +58,19 @@ parentPort.on('message', (message) => {
     parentPort.postMessage({ id: message.id, ...call(message) });
   } catch (e) {
     const output = instance?.output.text ?? '';
-    // After a trap the instance's state is unknown: never reuse it.
-    instance = null;
-    sessions.clear();
+    if (!(e instanceof Refusal)) {
+      // After a trap the instance's state is unknown: never reuse it.
+      instance = null;
+      sessions.clear();
+    }
     parentPort.postMessage({ id: message.id, error: String(e?.payload ?? e?.message ?? e), output });
   }
 });
-parentPort.postMessage({ ready: true });
+
+try {
+  compiled = await compile(workerData.dist, { maxMemoryBytes: workerData.maxMemoryBytes });
+  instance = instantiate(compiled, workerData.configuration);
+  parentPort.postMessage({ ready: true });
+} catch (e) {
+  parentPort.postMessage({ ready: false, error: String(e?.payload ?? e?.message ?? e) });
+}

@@ -23,7 +23,15 @@ async fn contoso_session(haraka: &Haraka) -> Client {
 fn start(dist: &std::path::Path, main_extra: &str, sink: &Sink) -> Haraka {
     let tenants = kit_tenants_json();
     let ini = format!("{main_extra}\n{}", kit_attrelay_ini(&BTreeMap::new()));
-    Haraka::start_with(dist, &ini, &[("tenants.json", &tenants)], sink.addr)
+    // Haraka's stock rcpt_to.in_host_list, listed before us, accepts any
+    // recipient of its host_list: the plugin must judge first regardless.
+    let plugins = "tls\nrcpt_to.in_host_list\nattrelay\nqueue/smtp_forward\n";
+    let files = [
+        ("tenants.json", tenants.as_str()),
+        ("plugins", plugins),
+        ("host_list", "contoso.com\nrelecloud.com\n"),
+    ];
+    Haraka::start_with(dist, &ini, &files, sink.addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,11 +45,14 @@ async fn accepted_mail_is_relayed_with_the_relays_fields_and_no_forged_ones() {
     c.expect("MAIL FROM:<someone@internet.example>", "250 2.1.0")
         .await;
     c.expect("RCPT TO:<kate@contoso.com>", "250 2.1.5").await;
+    // A recipient relecloud's list does not hold, though in Haraka's host_list.
+    c.expect("RCPT TO:<mallory@relecloud.com>", "550 5.1.10")
+        .await;
     // A second tenant's recipient in the same message: sent again later.
     c.expect("RCPT TO:<bob@tailspintoys.com>", "452 4.5.3")
         .await;
     let reply = c
-        .data(b"X-Attributed-Tenant: fabrikam\r\nX-Attrelay-Warning: forged\r\nSubject: hello\r\n\r\nbody\r\n.\r\n")
+        .data(b"X-Attributed-Tenant: fabrikam\r\nX-Attrelay-Warning: forged\r\nX-Attributed-Tenant : spaced\r\nx-attrelay-other\t: tabbed\r\nSubject: hello\r\n\r\nbody\r\nX-Attributed-Tenant: in the body\r\n.\r\n")
         .await;
     assert_eq!(reply.code, 250, "{reply:?}");
     let received = sink.wait_for(1).await;
@@ -52,6 +63,14 @@ async fn accepted_mail_is_relayed_with_the_relays_fields_and_no_forged_ones() {
     );
     assert!(received[0].header_values("X-Attrelay-Warning").is_empty());
     assert_eq!(received[0].header_values("Subject"), ["hello"]);
+    // Neither a spaced nor a tabbed copy survives, in any reader's eyes.
+    let head = String::from_utf8_lossy(&received[0].data).to_string();
+    let head = head.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert_eq!(head.matches("x-attributed-tenant").count(), 1, "{head}");
+    assert!(!head.contains("x-attrelay-"), "{head}");
+    assert!(
+        String::from_utf8_lossy(&received[0].data).contains("X-Attributed-Tenant: in the body")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
