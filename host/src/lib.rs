@@ -58,6 +58,7 @@ pub(crate) mod open_files;
 pub mod policyd;
 pub(crate) mod preflight;
 pub mod privileges;
+pub mod proxy;
 pub mod relay;
 pub mod reload;
 pub mod smtp;
