@@ -29,6 +29,9 @@ pub struct Metrics {
     registry: Registry,
     pub sessions: Counter,
     pub sessions_active: Gauge,
+    /// Connections closed before their session for their PROXY header: not
+    /// from a configured balancer, malformed, too slow.
+    pub proxy_refused: Counter,
     pub decisions: Family<DecisionLabels, Counter>,
     pub policy_latency: Histogram,
     pub policy_failures: Counter,
@@ -61,6 +64,7 @@ impl Metrics {
         let m = Metrics {
             sessions: Counter::default(),
             sessions_active: Gauge::default(),
+            proxy_refused: Counter::default(),
             decisions: Family::default(),
             // 10 µs to ~2.6 s.
             policy_latency: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
@@ -87,6 +91,11 @@ impl Metrics {
             "sessions_active",
             "SMTP sessions in progress",
             m.sessions_active.clone(),
+        );
+        registry.register(
+            "proxy_refused",
+            "Connections closed before their session for their PROXY header (not from a configured balancer, malformed or too slow)",
+            m.proxy_refused.clone(),
         );
         registry.register(
             "decisions",

@@ -254,7 +254,8 @@ pub async fn start_with(
         s.max_sessions,
         s.max_sessions_per_ip,
         s.ipv6_prefix_length,
-    );
+    )
+    .with_proxy(s.proxy.clone());
     let addrs = server.local_addrs();
     let (policyd, policyd_task) = match (&config.policyd, listeners.policyd) {
         (Some(settings), Some(bound)) => {

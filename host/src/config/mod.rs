@@ -18,6 +18,7 @@ mod admin;
 mod delivery;
 mod policy;
 mod policyd;
+mod proxy;
 mod routes;
 mod server;
 mod source;

@@ -44,6 +44,9 @@ pub(super) struct RawServer {
     hopcount_limit: Option<Spanned<u64>>,
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<bool>>,
+    #[serde(default)]
+    proxy_from: Vec<Spanned<String>>,
 }
 
 /// `[server]`
@@ -75,6 +78,9 @@ pub struct ServerSettings {
     /// `user` / `group`: who the relay runs as once its listeners are
     /// bound (`crate::privileges`); `None` keeps the starting user.
     pub run_as: Option<crate::privileges::RunAs>,
+    /// `proxy_protocol` / `proxy_from`: the PROXY protocol from these
+    /// balancers.
+    pub proxy: crate::proxy::ProxySettings,
 }
 
 /// `user` (a name in /etc/passwd or a uid) and `group` (a name in
@@ -130,6 +136,7 @@ pub(super) fn parse(
     src.both_or_neither("server", ("tls_cert", &s.tls_cert), ("tls_key", &s.tls_key))?;
     let hostname = hostname(src, &s)?;
     Ok(ServerSettings {
+        proxy: super::proxy::parse(src, "server", s.proxy_protocol.as_ref(), &s.proxy_from)?,
         run_as: run_as(src, &s)?,
         postmaster: postmaster(src, &s, &hostname)?,
         hostname,

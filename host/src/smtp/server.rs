@@ -20,6 +20,7 @@ pub struct Server {
     max_sessions: usize,
     max_per_ip: usize,
     ipv6_prefix_length: u8,
+    proxy: Arc<crate::proxy::ProxySettings>,
 }
 
 /// Where the server listens without `[server] listen`: loopback, the
@@ -120,7 +121,15 @@ impl Server {
             max_sessions,
             max_per_ip,
             ipv6_prefix_length,
+            proxy: Arc::default(),
         }
+    }
+
+    /// Takes each client's address from the PROXY header of a configured
+    /// balancer (`[server] proxy_protocol`, see [`crate::proxy`]).
+    pub fn with_proxy(mut self, proxy: crate::proxy::ProxySettings) -> Server {
+        self.proxy = Arc::new(proxy);
+        self
     }
 
     /// The bound addresses (with the real port when 0 was asked for).
@@ -139,11 +148,12 @@ impl Server {
         let (max_per_ip, ipv6_prefix_length) = (self.max_per_ip, self.ipv6_prefix_length);
         let mut accepting = Vec::new();
         for listener in self.listeners {
-            let (ctx, tracker, slots, per_ip) = (
+            let (ctx, tracker, slots, per_ip, proxy) = (
                 self.ctx.clone(),
                 tracker.clone(),
                 slots.clone(),
                 per_ip.clone(),
+                self.proxy.clone(),
             );
             accepting.push(tokio::spawn(async move {
                 let mut failures = crate::throttle::Throttled::default();
@@ -171,15 +181,26 @@ impl Server {
                         let _ = tcp.write_all(msg.as_bytes()).await;
                         continue;
                     };
-                    let key = client_key(peer.ip(), ipv6_prefix_length);
-                    let Some(ip_slot) = per_ip.acquire(key, max_per_ip) else {
-                        info!(client = %peer, counted_as = %key, "per-IP session limit reached: 421");
-                        let msg = format!("421 4.7.0 {} Too many connections from your address, try again later\r\n", ctx.hostname);
-                        let _ = tcp.write_all(msg.as_bytes()).await;
-                        continue;
-                    };
-                    let ctx = ctx.clone();
+                    let (ctx, per_ip, proxy) = (ctx.clone(), per_ip.clone(), proxy.clone());
                     tracker.spawn(async move {
+                        // Behind a balancer, the client is who its header
+                        // says; a stranger's or a bad header ends here,
+                        // before a banner.
+                        let peer = match proxy.client(&mut tcp, peer).await {
+                            Ok(client) => client,
+                            Err(e) => {
+                                ctx.metrics.proxy_refused.inc();
+                                info!(peer = %peer, "PROXY protocol: {e}");
+                                return;
+                            }
+                        };
+                        let key = client_key(peer.ip(), ipv6_prefix_length);
+                        let Some(ip_slot) = per_ip.acquire(key, max_per_ip) else {
+                            info!(client = %peer, counted_as = %key, "per-IP session limit reached: 421");
+                            let msg = format!("421 4.7.0 {} Too many connections from your address, try again later\r\n", ctx.hostname);
+                            let _ = tcp.write_all(msg.as_bytes()).await;
+                            return;
+                        };
                         let _ip_slot = ip_slot;
                         ctx.metrics.sessions.inc();
                         ctx.metrics.sessions_active.inc();

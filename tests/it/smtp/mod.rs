@@ -9,3 +9,4 @@ mod dialogue;
 mod hostile_certs;
 mod injection;
 mod protocol;
+mod proxy;

@@ -36,6 +36,17 @@ pub struct Client {
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Client {
+    /// A client on a connected stream (after a PROXY header, say); reads the
+    /// greeting and asserts it is `220`.
+    pub async fn from_stream(tcp: TcpStream) -> Client {
+        let mut c = Client {
+            io: Some(BufReader::new(Box::new(tcp) as Box<dyn Io>)),
+        };
+        let greeting = c.read().await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        c
+    }
+
     /// Connects from `source` (any 127.0.0.0/8 address works on loopback) and reads the greeting.
     pub async fn connect_from(server: SocketAddr, source: IpAddr) -> (Client, Reply) {
         let socket = TcpSocket::new_v4().unwrap();

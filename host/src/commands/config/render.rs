@@ -135,6 +135,19 @@ fn server(config: &Config) -> Table {
     t.insert("max_sessions".into(), int(s.max_sessions));
     t.insert("max_sessions_per_ip".into(), int(s.max_sessions_per_ip));
     t.insert("ipv6_prefix_length".into(), int(s.ipv6_prefix_length));
+    t.insert("proxy_protocol".into(), s.proxy.enabled.into());
+    if s.proxy.enabled {
+        t.insert(
+            "proxy_from".into(),
+            toml::Value::Array(
+                s.proxy
+                    .from
+                    .iter()
+                    .map(|n| crate::directory::net_text(n).into())
+                    .collect(),
+            ),
+        );
+    }
     t.insert("idle_timeout_secs".into(), secs(l.idle_timeout));
     t.insert("max_session_secs".into(), secs(l.max_session));
     t.insert("max_errors".into(), int(l.max_errors));
