@@ -5,8 +5,6 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use attrelay_engine::verdict::policy_failure;
-
 use crate::judge::{self, Gateway};
 use crate::tenants::Format;
 
@@ -55,46 +53,28 @@ impl Guest for Component {
 }
 
 /// A session, or why there is none (every call then fails closed).
-struct Session(RefCell<Result<judge::NativeSession, String>>);
+struct Session(RefCell<judge::Judging<judge::NativeSession>>);
 
 impl GuestSession for Session {
     fn new(facts: SessionFacts) -> Self {
         let gateway = GATEWAY.with(|g| g.borrow().clone());
-        Session(RefCell::new(
+        Session(RefCell::new(judge::Judging(
             gateway.map(|g| g.session(raw_from_wit(facts))),
-        ))
+        )))
     }
 
     fn mail_from(&self, sender: String) -> wit::Verdict {
-        verdict_to_wit(match &mut *self.0.borrow_mut() {
-            Ok(s) => s.mail_from(&sender),
-            Err(why) => policy_failure(why.as_str()),
-        })
+        verdict_to_wit(self.0.borrow_mut().mail_from(&sender))
     }
 
     fn rcpt_to(&self, recipient: String) -> wit::Verdict {
         #[cfg(feature = "faults")]
         crate::faults::inject(&recipient);
-        verdict_to_wit(match &mut *self.0.borrow_mut() {
-            Ok(s) => s.rcpt_to(&recipient),
-            Err(why) => policy_failure(why.as_str()),
-        })
+        verdict_to_wit(self.0.borrow_mut().rcpt_to(&recipient))
     }
 }
 
-fn raw_from_wit(f: SessionFacts) -> judge::RawFacts {
-    judge::RawFacts {
-        client_ip: ip_from_wit(f.client_ip),
-        helo: f.helo,
-        server_hostname: f.server_hostname,
-        time: f.time.seconds,
-        tls: f.tls.map(|t| judge::RawTls {
-            protocol: t.protocol,
-            cipher: t.cipher,
-            client_chain: t.client_chain,
-        }),
-    }
-}
+judge::raw_from_wit!();
 
 attrelay_policy::wit_conversions!(wit);
 

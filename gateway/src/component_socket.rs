@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use attrelay_engine::certificate::TrustAnchors;
-use attrelay_engine::verdict::policy_failure;
 use attrelay_policy::model;
 
 use crate::judge::{self, PolicyCalls, Tenants};
@@ -76,46 +75,28 @@ impl PolicyCalls for ImportedPolicy {
     }
 }
 
-struct Session(RefCell<Result<judge::Session<ImportedPolicy, ImportedTenants>, String>>);
+struct Session(RefCell<judge::Judging<judge::Session<ImportedPolicy, ImportedTenants>>>);
 
 impl GuestSession for Session {
     fn new(facts: SessionFacts) -> Self {
         let anchors = ANCHORS.with(|a| a.borrow().clone());
-        Session(RefCell::new(anchors.map(|a| {
+        Session(RefCell::new(judge::Judging(anchors.map(|a| {
             let facts = judge::facts(&a, raw_from_wit(facts));
             let policy = ImportedPolicy(base::Session::new(&facts_to_wit(&facts)));
             judge::Session::new(policy, ImportedTenants)
-        })))
+        }))))
     }
 
     fn mail_from(&self, sender: String) -> wit::Verdict {
-        verdict_to_wit(match &mut *self.0.borrow_mut() {
-            Ok(s) => s.mail_from(&sender),
-            Err(why) => policy_failure(why.as_str()),
-        })
+        verdict_to_wit(self.0.borrow_mut().mail_from(&sender))
     }
 
     fn rcpt_to(&self, recipient: String) -> wit::Verdict {
-        verdict_to_wit(match &mut *self.0.borrow_mut() {
-            Ok(s) => s.rcpt_to(&recipient),
-            Err(why) => policy_failure(why.as_str()),
-        })
+        verdict_to_wit(self.0.borrow_mut().rcpt_to(&recipient))
     }
 }
 
-fn raw_from_wit(f: SessionFacts) -> judge::RawFacts {
-    judge::RawFacts {
-        client_ip: ip_from_wit(f.client_ip),
-        helo: f.helo,
-        server_hostname: f.server_hostname,
-        time: f.time.seconds,
-        tls: f.tls.map(|t| judge::RawTls {
-            protocol: t.protocol,
-            cipher: t.cipher,
-            client_chain: t.client_chain,
-        }),
-    }
-}
+judge::raw_from_wit!();
 
 attrelay_policy::wit_conversions!(wit);
 

@@ -169,6 +169,52 @@ impl Gateway {
     }
 }
 
+/// A session, or why there could be none (the gateway is not configured,
+/// or was refused its configuration): every call then fails closed. The
+/// one rule both component glues follow.
+pub struct Judging<S>(pub Result<S, String>);
+
+impl<P: PolicyCalls, T: Tenants> Judging<Session<P, T>> {
+    pub fn mail_from(&mut self, sender: &str) -> Verdict {
+        match &mut self.0 {
+            Ok(s) => s.mail_from(sender),
+            Err(why) => policy_failure(why.as_str()),
+        }
+    }
+
+    pub fn rcpt_to(&mut self, recipient: &str) -> Verdict {
+        match &mut self.0 {
+            Ok(s) => s.rcpt_to(recipient),
+            Err(why) => policy_failure(why.as_str()),
+        }
+    }
+}
+
+/// The gateway interface's session facts as [`RawFacts`]: each component's
+/// bindings generate their own copy of the same WIT record, so this is a
+/// macro for the glue to expand with its `SessionFacts` in scope (and
+/// `ip_from_wit` from `attrelay_policy::wit_conversions!`).
+#[cfg(all(target_arch = "wasm32", not(feature = "directory-provider")))]
+macro_rules! raw_from_wit {
+    () => {
+        fn raw_from_wit(f: SessionFacts) -> $crate::judge::RawFacts {
+            $crate::judge::RawFacts {
+                client_ip: ip_from_wit(f.client_ip),
+                helo: f.helo,
+                server_hostname: f.server_hostname,
+                time: f.time.seconds,
+                tls: f.tls.map(|t| $crate::judge::RawTls {
+                    protocol: t.protocol,
+                    cipher: t.cipher,
+                    client_chain: t.client_chain,
+                }),
+            }
+        }
+    };
+}
+#[cfg(all(target_arch = "wasm32", not(feature = "directory-provider")))]
+pub(crate) use raw_from_wit;
+
 /// One SMTP session's judgement.
 pub struct Session<P, T> {
     tenants: T,

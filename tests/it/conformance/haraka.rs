@@ -171,16 +171,12 @@ struct HarakaHost {
 impl HarakaHost {
     fn run_all() -> HarakaHost {
         loopback_clients();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
         let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut answers = HashMap::new();
         for Group {
             settings,
             scenarios,
-        } in wall_clock_groups(now)
+        } in wall_clock_groups()
         {
             let tenants = kit_tenants_json();
             let haraka = Haraka::start(

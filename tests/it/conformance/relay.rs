@@ -87,13 +87,6 @@ pub fn record_line(r: &DecisionRecord) -> VerdictLine {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// Every wall-clock group through a relay of its own, over SMTP.
 struct RelayOverSmtp {
     answers: HashMap<String, (Observed, Vec<Observed>)>,
@@ -106,7 +99,7 @@ impl RelayOverSmtp {
         for Group {
             settings,
             scenarios,
-        } in wall_clock_groups(now())
+        } in wall_clock_groups()
         {
             let relay = KitRelay::start(&settings, "").await;
             let port = relay.port;
@@ -225,7 +218,7 @@ impl PolicyService {
         for Group {
             settings,
             scenarios,
-        } in wall_clock_groups(now())
+        } in wall_clock_groups()
         {
             let relay = KitRelay::start(&settings, "[policyd]\nlisten = [\"127.0.0.1:0\"]\n").await;
             let stream = tokio::net::TcpStream::connect(relay.handle.policyd[0])
