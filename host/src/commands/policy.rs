@@ -29,6 +29,12 @@ pub struct ValidateArgs<'a> {
 /// for that world with the settings given, and runs the built-in scenarios
 /// through it. Exit 0 when it answers them all.
 pub fn validate(args: &ValidateArgs<'_>, out: &mut dyn Write) -> Result<u8, UsageError> {
+    // Usage errors before any work: a malformed --setting, or --tenant
+    // without the configuration it names a tenant of.
+    overlay(&mut Vec::new(), args.settings)?;
+    if args.tenant.is_some() && args.config.is_none() {
+        return Err(UsageError::new("--tenant needs --config"));
+    }
     let config = args.config.map(|c| load_config(Some(c))).transpose()?;
     let engine = PolicyEngine::new(EngineLimits {
         max_instances: 8,

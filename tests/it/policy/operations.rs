@@ -644,6 +644,51 @@ async fn shadow_decision_log_diff_validate_and_metrics() {
     );
 }
 
+/// `policy validate` tells the world by the exports: a tenant policy (the
+/// JavaScript example) is validated as one, its settings checked; usage
+/// errors come before any work.
+#[test]
+fn policy_validate_knows_both_worlds() {
+    let js = support::build_tenant_js();
+    let js = js.to_str().unwrap();
+    let ok = run_attrelay(&[
+        "policy",
+        "validate",
+        js,
+        "--setting",
+        "grace_until=2099-01-01T00:00:00Z",
+    ]);
+    let text = stdout(&ok);
+    assert_eq!(ok.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("implements attrelay:policy/tenant-rules"),
+        "{text}"
+    );
+    assert!(
+        text.contains("recipients judged by the tenant policy, all answered"),
+        "{text}"
+    );
+    // Without its required setting, the tenant policy refuses to start.
+    let refused = run_attrelay(&["policy", "validate", js]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stdout(&refused).contains("INVALID: ") && stdout(&refused).contains("grace_until"),
+        "{}",
+        stdout(&refused)
+    );
+    for args in [vec!["--setting", "oops"], vec!["--tenant", "contoso"]] {
+        let mut all = vec!["policy", "validate", js];
+        all.extend(args);
+        let usage = run_attrelay(&all);
+        assert_eq!(usage.status.code(), Some(2), "{all:?}");
+        assert!(
+            stdout(&usage).is_empty(),
+            "nothing done before a usage error: {}",
+            stdout(&usage)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_gauges_listing_and_flush() {
     let live = Live::start("", &[]).await;
